@@ -1,0 +1,1 @@
+//! brandkms client SDK, officer and participant commands, and the card simulator.

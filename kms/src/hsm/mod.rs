@@ -1,0 +1,200 @@
+//! The HSM layer: one PKCS#11 context per process, a bounded pool of sessions that
+//! share one login held for the life of the process, every call off the async
+//! runtime. Knows nothing of gRPC, policy or the database.
+
+mod error;
+mod ops;
+mod raw;
+mod spec;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::RvError;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+use zeroize::Zeroizing;
+
+pub use error::HsmError;
+pub use ops::{GeneratedKey, HsmSession, Kcv, SessionKey, TokenObject};
+pub use raw::{CMAC_LEN, EcbDerive};
+pub use spec::{Exportability, KeyRole, KeySpec, OBJECT_ID_LEN, ObjectId, SecretAlgorithm};
+
+/// How to reach the token.
+#[derive(Clone)]
+pub struct HsmParams {
+    /// Path of the vendor's PKCS#11 module.
+    pub module: PathBuf,
+    /// Label of the token to use.
+    pub token_label: String,
+    /// The user PIN.
+    pub pin: Zeroizing<String>,
+    /// Maximum number of sessions, and of HSM calls under way at once.
+    pub sessions: usize,
+}
+
+impl std::fmt::Debug for HsmParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmParams")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("pin", &"<redacted>")
+            .field("sessions", &self.sessions)
+            .finish()
+    }
+}
+
+/// The process's connection to the token. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Hsm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Field order matters for drop: sessions close before the context finalises.
+    idle: Mutex<Vec<Session>>,
+    _login: Mutex<Session>,
+    handles: Mutex<HashMap<ObjectId, ObjectHandle>>,
+    permits: Arc<Semaphore>,
+    raw: raw::RawFunctions,
+    slot: Slot,
+    pkcs11: Pkcs11,
+    token_label: String,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hsm")
+            .field("slot", &self.slot)
+            .field("token_label", &self.token_label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hsm {
+    /// Loads the module, finds the token by label and logs in. Blocking: call it
+    /// before the runtime starts or from a blocking task.
+    pub fn open(params: &HsmParams) -> Result<Hsm, HsmError> {
+        let module_error = |source| HsmError::Module {
+            path: params.module.clone(),
+            source,
+        };
+        let pkcs11 = Pkcs11::new(&params.module).map_err(module_error)?;
+        match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) => {}
+            Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(module_error(e)),
+        }
+        let slot = find_slot(&pkcs11, &params.token_label)?;
+        let login = pkcs11.open_rw_session(slot)?;
+        let pin = AuthPin::from(params.pin.as_str());
+        match login.login(UserType::User, Some(&pin)) {
+            Ok(()) => {}
+            Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(cryptoki::error::Error::Pkcs11(
+                rv @ (RvError::PinIncorrect
+                | RvError::PinInvalid
+                | RvError::PinLenRange
+                | RvError::PinLocked
+                | RvError::PinExpired),
+                _,
+            )) => return Err(HsmError::PinRefused(rv)),
+            Err(e) => return Err(e.into()),
+        }
+        let raw = raw::RawFunctions::bind(&params.module)?;
+        let sessions = params.sessions.max(1);
+        Ok(Hsm {
+            inner: Arc::new(Inner {
+                idle: Mutex::new(Vec::with_capacity(sessions)),
+                _login: Mutex::new(login),
+                handles: Mutex::new(HashMap::new()),
+                permits: Arc::new(Semaphore::new(sessions)),
+                raw,
+                slot,
+                pkcs11,
+                token_label: params.token_label.clone(),
+            }),
+        })
+    }
+
+    /// The label of the token in use.
+    pub fn token_label(&self) -> &str {
+        &self.inner.token_label
+    }
+
+    /// Runs `f` with a pooled, logged-in session on a blocking thread, with at most
+    /// `sessions` calls under way at once. The caller's tracing span is kept.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, HsmError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&HsmSession<'_>) -> Result<T, HsmError> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.inner.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| HsmError::Worker(e.to_string()))?;
+        let inner = Arc::clone(&self.inner);
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let result = inner.with_session(f);
+            drop(permit);
+            result
+        })
+        .in_current_span()
+        .await
+        .map_err(|e| HsmError::Worker(e.to_string()))?
+    }
+}
+
+impl Inner {
+    fn with_session<T>(
+        &self,
+        f: impl FnOnce(&HsmSession<'_>) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let pooled = lock(&self.idle).pop();
+        let session = match pooled {
+            Some(s) => s,
+            None => self.pkcs11.open_rw_session(self.slot)?,
+        };
+        let result = f(&HsmSession::new(&session, self));
+        match &result {
+            // A session the token no longer knows is dropped, not pooled.
+            Err(e) if e.is_stale_handle() => drop(session),
+            _ => lock(&self.idle).push(session),
+        }
+        result
+    }
+}
+
+fn find_slot(pkcs11: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
+    let mut present = Vec::new();
+    for slot in pkcs11.get_slots_with_token()? {
+        let info = pkcs11.get_token_info(slot)?;
+        let this = info.label().trim_end().to_string();
+        if this == label {
+            return Ok(slot);
+        }
+        present.push(this);
+    }
+    Err(HsmError::TokenNotFound {
+        label: label.to_string(),
+        present: if present.is_empty() {
+            "none".to_string()
+        } else {
+            present.join(", ")
+        },
+    })
+}
+
+/// Locks a mutex; a poisoned one is still usable because every holder leaves the
+/// data consistent (it only pushes, pops or inserts).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,493 @@
+//! Operations on a pooled session. Every key is addressed by its `CKA_ID`; handles
+//! are looked up once and cached, because finding an object gets slower as the
+//! token fills (DESIGN.md §8).
+
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::MechanismType;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+
+use super::raw::{CMAC_LEN, EcbDerive};
+use super::spec::{
+    KeySpec, OBJECT_ID_LEN, ObjectId, Usage, derived_des2_template, token_key_template,
+};
+use super::{HsmError, Inner, lock};
+
+/// A key check value: the first 3 bytes of the key encrypting a zero block.
+pub type Kcv = [u8; 3];
+
+/// A key the token has just generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GeneratedKey {
+    /// Its random `CKA_ID`.
+    pub id: ObjectId,
+    /// Its check value, computed by the token.
+    pub kcv: Kcv,
+}
+
+/// A token object as reconciliation sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenObject {
+    /// `CKA_ID` (objects without a 16-byte id are not brandkms's and are skipped).
+    pub id: ObjectId,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_SENSITIVE`, where the object has it.
+    pub sensitive: Option<bool>,
+    /// `CKA_EXTRACTABLE`, where the object has it.
+    pub extractable: Option<bool>,
+}
+
+/// A logged-in session lent by the pool for the length of one call.
+pub struct HsmSession<'a> {
+    session: &'a Session,
+    inner: &'a Inner,
+}
+
+impl std::fmt::Debug for HsmSession<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HsmSession")
+    }
+}
+
+/// A key derived into a session object (`K_C`, `K_S`); destroyed when dropped.
+pub struct SessionKey<'a> {
+    handle: ObjectHandle,
+    session: &'a Session,
+}
+
+impl std::fmt::Debug for SessionKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionKey({})", self.handle)
+    }
+}
+
+impl SessionKey<'_> {
+    /// The object's handle, valid until this value is dropped.
+    pub fn handle(&self) -> ObjectHandle {
+        self.handle
+    }
+}
+
+impl Drop for SessionKey<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.session.destroy_object(self.handle) {
+            tracing::warn!(error = %e, "could not destroy a derived session key");
+        }
+    }
+}
+
+impl<'a> HsmSession<'a> {
+    pub(super) fn new(session: &'a Session, inner: &'a Inner) -> Self {
+        HsmSession { session, inner }
+    }
+
+    /// Random bytes from the token.
+    pub fn random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
+        let mut out = vec![0u8; len];
+        self.session.generate_random_slice(&mut out)?;
+        Ok(out)
+    }
+
+    /// A fresh random `CKA_ID`.
+    pub fn new_object_id(&self) -> Result<ObjectId, HsmError> {
+        let mut id = [0u8; OBJECT_ID_LEN];
+        self.session.generate_random_slice(&mut id)?;
+        Ok(ObjectId(id))
+    }
+
+    /// Generates a persistent secret key with a random `CKA_ID` and records nothing:
+    /// the caller writes the row, and destroys the object if that fails.
+    pub fn generate(&self, spec: &KeySpec, label: &str) -> Result<GeneratedKey, HsmError> {
+        spec.validate()?;
+        let id = self.new_object_id()?;
+        let template = token_key_template(spec, &id, label);
+        let handle = self
+            .session
+            .generate_key(&spec.algorithm.keygen(), &template)
+            .map_err(|e| mechanism_hint(e.into(), spec))?;
+        lock(&self.inner.handles).insert(id, handle);
+        let kcv = match self.check_value(handle) {
+            Ok(kcv) => kcv,
+            Err(e) => {
+                self.destroy(&id)?;
+                return Err(e.with_id(id));
+            }
+        };
+        Ok(GeneratedKey { id, kcv })
+    }
+
+    /// Imports a secret key in clear. Tests only: brand keys are always generated.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn import_for_tests(
+        &self,
+        spec: &KeySpec,
+        label: &str,
+        value: &[u8],
+    ) -> Result<GeneratedKey, HsmError> {
+        let id = self.new_object_id()?;
+        let template = super::spec::imported_key_template(spec, &id, label, value);
+        let handle = self.session.create_object(&template)?;
+        lock(&self.inner.handles).insert(id, handle);
+        let kcv = self.check_value(handle).map_err(|e| e.with_id(id))?;
+        Ok(GeneratedKey { id, kcv })
+    }
+
+    /// The key's `CKA_CHECK_VALUE`, which the token computes itself: for DES, TDES
+    /// and AES keys the first 3 bytes of the key encrypting a zero block.
+    fn check_value(&self, handle: ObjectHandle) -> Result<Kcv, HsmError> {
+        let attrs = self
+            .session
+            .get_attributes(handle, &[AttributeType::CheckValue])?;
+        for attr in attrs {
+            if let Attribute::CheckValue(v) = attr
+                && let Some(kcv) = v.get(..3).and_then(|k| Kcv::try_from(k).ok())
+            {
+                return Ok(kcv);
+            }
+        }
+        Err(HsmError::NoCheckValue(ObjectId([0; OBJECT_ID_LEN])))
+    }
+
+    /// The key's check value, looked up by `CKA_ID`.
+    pub fn kcv(&self, id: &ObjectId) -> Result<Kcv, HsmError> {
+        let handle = self.find(id)?;
+        self.check_value(handle).map_err(|e| e.with_id(*id))
+    }
+
+    /// The handle of the one object with this `CKA_ID`; fails on zero or several.
+    pub fn find(&self, id: &ObjectId) -> Result<ObjectHandle, HsmError> {
+        if let Some(h) = lock(&self.inner.handles).get(id) {
+            return Ok(*h);
+        }
+        let found = self.session.find_objects(&[Attribute::Id(id.0.to_vec())])?;
+        let handle = match found.as_slice() {
+            [] => return Err(HsmError::ObjectNotFound(*id)),
+            [one] => *one,
+            many => {
+                return Err(HsmError::AmbiguousObject {
+                    id: *id,
+                    count: many.len(),
+                });
+            }
+        };
+        lock(&self.inner.handles).insert(*id, handle);
+        Ok(handle)
+    }
+
+    /// Runs `op` with the key's handle; a stale cached handle is looked up again once.
+    fn with_key<T>(
+        &self,
+        id: &ObjectId,
+        op: impl Fn(ObjectHandle) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let handle = self.find(id)?;
+        match op(handle) {
+            Err(e)
+                if matches!(
+                    e.rv(),
+                    Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid)
+                ) =>
+            {
+                lock(&self.inner.handles).remove(id);
+                op(self.find(id)?)
+            }
+            other => other,
+        }
+    }
+
+    /// Destroys the object with this `CKA_ID`.
+    pub fn destroy(&self, id: &ObjectId) -> Result<(), HsmError> {
+        let handle = self.find(id)?;
+        lock(&self.inner.handles).remove(id);
+        self.session.destroy_object(handle)?;
+        Ok(())
+    }
+
+    /// True when an object with this `CKA_ID` exists (and only one).
+    pub fn exists(&self, id: &ObjectId) -> Result<bool, HsmError> {
+        lock(&self.inner.handles).remove(id);
+        match self.find(id) {
+            Ok(_) => Ok(true),
+            Err(HsmError::ObjectNotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every token object whose label starts with `prefix`, with its protection flags.
+    pub fn list_objects(&self, prefix: &str) -> Result<Vec<TokenObject>, HsmError> {
+        let mut out = Vec::new();
+        for handle in self.session.find_objects(&[Attribute::Token(true)])? {
+            let attrs = self.session.get_attributes(
+                handle,
+                &[
+                    AttributeType::Id,
+                    AttributeType::Label,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                ],
+            )?;
+            let (mut id, mut label, mut sensitive, mut extractable) = (None, None, None, None);
+            for attr in attrs {
+                match attr {
+                    Attribute::Id(v) => id = v.try_into().ok().map(ObjectId),
+                    Attribute::Label(v) => label = Some(String::from_utf8_lossy(&v).into_owned()),
+                    Attribute::Sensitive(b) => sensitive = Some(b),
+                    Attribute::Extractable(b) => extractable = Some(b),
+                    _ => {}
+                }
+            }
+            if let (Some(id), Some(label)) = (id, label)
+                && label.starts_with(prefix)
+            {
+                out.push(TokenObject {
+                    id,
+                    label,
+                    sensitive,
+                    extractable,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.label.cmp(&b.label));
+        Ok(out)
+    }
+
+    /// Reads `CKA_VALUE`. Exists only so that tests can show the token refuses it
+    /// for every brandkms key; nothing else in brandkms reads key values.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn read_value_for_tests(&self, id: &ObjectId) -> Result<Vec<u8>, HsmError> {
+        let handle = self.find(id)?;
+        let attrs = self
+            .session
+            .get_attributes(handle, &[AttributeType::Value])?;
+        match attrs.into_iter().next() {
+            Some(Attribute::Value(v)) => Ok(v),
+            _ => Err(HsmError::Pkcs11 {
+                function: cryptoki::context::Function::GetAttributeValue,
+                rv: RvError::AttributeSensitive,
+            }),
+        }
+    }
+
+    /// HMAC-SHA-256 of `data` with a generic-secret key.
+    pub fn hmac_sha256(&self, key: &ObjectId, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.with_key(key, |h| {
+            Ok(self.session.sign(&Mechanism::Sha256Hmac, h, data)?)
+        })
+    }
+
+    /// Verifies an HMAC-SHA-256 in the token. `Ok(false)` when it does not match.
+    pub fn hmac_sha256_verify(
+        &self,
+        key: &ObjectId,
+        data: &[u8],
+        mac: &[u8],
+    ) -> Result<bool, HsmError> {
+        self.with_key(key, |h| {
+            verified(self.session.verify(&Mechanism::Sha256Hmac, h, data, mac))
+        })
+    }
+
+    /// TDES-ECB encryption of whole blocks with a token key.
+    pub fn tdes_ecb_encrypt(&self, key: &ObjectId, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.with_key(key, |h| self.tdes_ecb_encrypt_handle(h, data))
+    }
+
+    /// TDES-ECB decryption of whole blocks with a token key.
+    pub fn tdes_ecb_decrypt(&self, key: &ObjectId, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        blocks(data)?;
+        self.with_key(key, |h| {
+            Ok(self.session.decrypt(&Mechanism::Des3Ecb, h, data)?)
+        })
+    }
+
+    /// TDES-ECB encryption with a key handle (a session key).
+    pub fn tdes_ecb_encrypt_handle(
+        &self,
+        key: ObjectHandle,
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        blocks(data)?;
+        Ok(self.session.encrypt(&Mechanism::Des3Ecb, key, data)?)
+    }
+
+    /// TDES-CBC encryption, no padding, with a key handle.
+    pub fn tdes_cbc_encrypt(
+        &self,
+        key: ObjectHandle,
+        iv: [u8; 8],
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        blocks(data)?;
+        Ok(self.session.encrypt(&Mechanism::Des3Cbc(iv), key, data)?)
+    }
+
+    /// TDES-CBC decryption, no padding, with a key handle.
+    pub fn tdes_cbc_decrypt(
+        &self,
+        key: ObjectHandle,
+        iv: [u8; 8],
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        blocks(data)?;
+        Ok(self.session.decrypt(&Mechanism::Des3Cbc(iv), key, data)?)
+    }
+
+    /// Derives a two-key TDES session object `E_base(data)` (16 data bytes), with the
+    /// usage of a card key `K_C`. Destroyed when the returned value is dropped.
+    pub fn derive_card_key(
+        &self,
+        master: &ObjectId,
+        mechanism: EcbDerive,
+        data: &[u8; 16],
+    ) -> Result<SessionKey<'a>, HsmError> {
+        let template = derived_des2_template(Usage::CARD_KEY);
+        let handle = self.with_key(master, |h| {
+            self.inner
+                .raw
+                .derive_ecb_encrypt_data(self.session, h, mechanism, data, &template)
+                .map_err(|e| des_hint(e, mechanism))
+        })?;
+        Ok(SessionKey {
+            handle,
+            session: self.session,
+        })
+    }
+
+    /// Derives a session key `K_S = E_KC(data)` from a derived card key.
+    pub fn derive_session_key(
+        &self,
+        card_key: &SessionKey<'_>,
+        data: &[u8; 16],
+    ) -> Result<SessionKey<'a>, HsmError> {
+        let template = derived_des2_template(Usage::SESSION_KEY);
+        let handle = self.inner.raw.derive_ecb_encrypt_data(
+            self.session,
+            card_key.handle(),
+            EcbDerive::Des3,
+            data,
+            &template,
+        )?;
+        Ok(SessionKey {
+            handle,
+            session: self.session,
+        })
+    }
+
+    /// TDES-CMAC (8 bytes) with a key handle.
+    pub fn tdes_cmac(&self, key: ObjectHandle, data: &[u8]) -> Result<[u8; CMAC_LEN], HsmError> {
+        self.inner.raw.des3_cmac(self.session, key, data)
+    }
+
+    /// Verifies a TDES-CMAC in the token. `Ok(false)` when it does not match.
+    pub fn tdes_cmac_verify(
+        &self,
+        key: ObjectHandle,
+        data: &[u8],
+        mac: &[u8; CMAC_LEN],
+    ) -> Result<bool, HsmError> {
+        self.inner
+            .raw
+            .des3_cmac_verify(self.session, key, data, mac)
+    }
+
+    /// Wraps `key` under the AES key `wrapping` with `CKM_AES_KEY_WRAP_PAD` (RFC 5649).
+    /// The token refuses keys that are not `CKA_EXTRACTABLE`.
+    pub fn wrap_aes_kwp(&self, wrapping: &ObjectId, key: &ObjectId) -> Result<Vec<u8>, HsmError> {
+        let key_handle = self.find(key)?;
+        self.with_key(wrapping, |w| {
+            Ok(self
+                .session
+                .wrap_key(&Mechanism::AesKeyWrapPad, w, key_handle)?)
+        })
+    }
+
+    /// The names of the mechanisms the token lists for its slot.
+    pub fn mechanisms(&self) -> Result<Vec<MechanismType>, HsmError> {
+        Ok(self.inner.pkcs11.get_mechanism_list(self.inner.slot)?)
+    }
+
+    /// RSA-OAEP parameters for SHA-1 (what SoftHSM2 accepts for decryption).
+    pub fn oaep_sha1() -> PkcsOaepParams<'static> {
+        PkcsOaepParams::new(
+            MechanismType::SHA1,
+            PkcsMgfType::MGF1_SHA1,
+            PkcsOaepSource::empty(),
+        )
+    }
+
+    /// The object class of a key, for diagnostics.
+    pub fn class(&self, id: &ObjectId) -> Result<Option<ObjectClass>, HsmError> {
+        let handle = self.find(id)?;
+        let attrs = self
+            .session
+            .get_attributes(handle, &[AttributeType::Class])?;
+        Ok(attrs.into_iter().find_map(|a| match a {
+            Attribute::Class(c) => Some(c),
+            _ => None,
+        }))
+    }
+}
+
+fn blocks(data: &[u8]) -> Result<(), HsmError> {
+    if data.is_empty() || data.len() % 8 != 0 {
+        return Err(HsmError::InvalidInput(
+            "TDES input must be a non-empty multiple of 8 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn verified(r: cryptoki::error::Result<()>) -> Result<bool, HsmError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(cryptoki::error::Error::Pkcs11(
+            RvError::SignatureInvalid | RvError::SignatureLenRange,
+            _,
+        )) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+const LEGACY_HINT: &str = "; with SoftHSM2, single DES needs OpenSSL's legacy provider: set OPENSSL_CONF to a config that activates the default and legacy providers before the module loads (softhsm/mktoken.sh and `kms init --dev` write one)";
+
+fn mechanism_hint(e: HsmError, spec: &KeySpec) -> HsmError {
+    if e.rv() == Some(RvError::MechanismInvalid) {
+        return HsmError::MechanismUnavailable {
+            mechanism: spec.algorithm.keygen_name(),
+            hint: if spec.algorithm == super::SecretAlgorithm::Des {
+                LEGACY_HINT
+            } else {
+                ""
+            },
+        };
+    }
+    e
+}
+
+fn des_hint(e: HsmError, mechanism: EcbDerive) -> HsmError {
+    if e.rv() == Some(RvError::MechanismInvalid) {
+        return match mechanism {
+            EcbDerive::Des => HsmError::MechanismUnavailable {
+                mechanism: "CKM_DES_ECB_ENCRYPT_DATA",
+                hint: LEGACY_HINT,
+            },
+            EcbDerive::Des3 => HsmError::MechanismUnavailable {
+                mechanism: "CKM_DES3_ECB_ENCRYPT_DATA",
+                hint: "",
+            },
+        };
+    }
+    e
+}
+
+impl HsmError {
+    fn with_id(self, id: ObjectId) -> HsmError {
+        match self {
+            HsmError::NoCheckValue(_) => HsmError::NoCheckValue(id),
+            other => other,
+        }
+    }
+}
