@@ -1,1 +1,7 @@
-fn main() {}
+//! `kms`: the brandkms server and its host commands.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    brandkms::cli::main()
+}

@@ -102,3 +102,107 @@ pub fn hsm() -> Hsm {
     HSM.get_or_init(|| Hsm::open(&token().params()).expect("open the test token"))
         .clone()
 }
+
+/// Opens a token other than the process's test token (e.g. a dev deployment's),
+/// selecting it with `SOFTHSM2_CONF`. Only for a test binary that uses no other
+/// token: the module reads the variable once per process.
+pub fn open_other_token(env: &TokenDir, params: &HsmParams) -> Hsm {
+    assert!(
+        TOKEN.get().is_none(),
+        "this process already uses the test token"
+    );
+    set_module_env(env);
+    Hsm::open(params).expect("open the token")
+}
+
+/// A fresh database for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// Connection settings.
+    pub settings: crate::config::DatabaseSettings,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Environment variable with a PostgreSQL URL whose user may create databases.
+pub const PG_URL_ENV: &str = "BRANDKMS_TEST_DATABASE_URL";
+
+/// A fresh SQLite database in a temporary directory.
+pub fn sqlite_db() -> TestDb {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display());
+    TestDb {
+        backend: "sqlite",
+        settings: crate::config::DatabaseSettings {
+            url,
+            max_connections: 4,
+        },
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh PostgreSQL database, when [`PG_URL_ENV`] is set. Under CI (`CI` set)
+/// its absence is an error, so that PostgreSQL tests never pass by being skipped.
+pub async fn postgres_db() -> Option<TestDb> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let Ok(base) = std::env::var(PG_URL_ENV) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{PG_URL_ENV} must be set under CI: PostgreSQL tests may not be skipped"
+        );
+        return None;
+    };
+    let name = format!(
+        "brandkms_t_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut conn = crate::store::connect_one(&base)
+        .await
+        .expect("connect to the PostgreSQL test server");
+    drop_stale_databases(&mut conn).await;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let (prefix, _) = base.rsplit_once('/').expect("URL with a database name");
+    Some(TestDb {
+        backend: "postgres",
+        settings: crate::config::DatabaseSettings {
+            url: format!("{prefix}/{name}"),
+            max_connections: 4,
+        },
+        _dir: None,
+    })
+}
+
+/// Drops the databases of test processes that have exited.
+async fn drop_stale_databases(conn: &mut sqlx::AnyConnection) {
+    use sqlx::Row;
+    let Ok(rows) = sqlx::query("SELECT datname FROM pg_database WHERE datname LIKE 'brandkms_t_%'")
+        .fetch_all(&mut *conn)
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let Ok(name) = row.try_get::<String, _>(0) else {
+            continue;
+        };
+        let pid = name.split('_').nth(2).unwrap_or_default();
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}
+
+/// Every database the tests run against: SQLite always, PostgreSQL when given.
+pub async fn databases() -> Vec<TestDb> {
+    let mut dbs = vec![sqlite_db()];
+    dbs.extend(postgres_db().await);
+    dbs
+}

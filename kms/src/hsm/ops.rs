@@ -119,6 +119,26 @@ impl<'a> HsmSession<'a> {
         Ok(GeneratedKey { id, kcv })
     }
 
+    /// Generates a session object with a random `CKA_ID` (gone when its session
+    /// closes at the latest): for probes that must leave nothing behind.
+    pub fn generate_ephemeral(&self, spec: &KeySpec) -> Result<ObjectId, HsmError> {
+        spec.validate()?;
+        let id = self.new_object_id()?;
+        let template: Vec<Attribute> = token_key_template(spec, &id, "brandkms-probe")
+            .into_iter()
+            .map(|a| match a {
+                Attribute::Token(_) => Attribute::Token(false),
+                other => other,
+            })
+            .collect();
+        let handle = self
+            .session
+            .generate_key(&spec.algorithm.keygen(), &template)
+            .map_err(|e| mechanism_hint(e.into(), spec))?;
+        lock(&self.inner.handles).insert(id, handle);
+        Ok(id)
+    }
+
     /// Imports a secret key in clear. Tests only: brand keys are always generated.
     #[cfg(any(test, feature = "testing"))]
     pub fn import_for_tests(
@@ -432,7 +452,7 @@ impl<'a> HsmSession<'a> {
 }
 
 fn blocks(data: &[u8]) -> Result<(), HsmError> {
-    if data.is_empty() || data.len() % 8 != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(8) {
         return Err(HsmError::InvalidInput(
             "TDES input must be a non-empty multiple of 8 bytes",
         ));

@@ -82,7 +82,7 @@ impl RawFunctions {
         data: &[u8],
         template: &[Attribute],
     ) -> Result<ObjectHandle, HsmError> {
-        if data.is_empty() || data.len() % 8 != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(8) {
             return Err(HsmError::InvalidInput(
                 "derivation data must be a non-empty multiple of 8 bytes",
             ));

@@ -1,0 +1,306 @@
+//! The `kms` command line: `init`, `reconcile`, `doctor` (and `serve`). Each
+//! command loads and validates the configuration, applies the PKCS#11 module's
+//! environment while the process is still single-threaded, then runs on Tokio.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::audit::AuditEvent;
+use crate::config::{ProcessEnv, Settings};
+use crate::hsm::Hsm;
+use crate::init::OfficerSeed;
+use crate::store::Store;
+use crate::{dev, doctor, init, reconcile};
+
+/// brandkms: the brand's central key service.
+#[derive(Debug, Parser)]
+#[command(name = "kms", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run migrations and create the internal keys (idempotent).
+    Init {
+        /// The configuration file.
+        #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+        config: Option<PathBuf>,
+        /// Write a ready development deployment (token, PKI, config) into DIR first.
+        #[arg(long, value_name = "DIR")]
+        dev: Option<PathBuf>,
+        /// Register a first officer with this entity id (repeatable).
+        #[arg(long = "officer", value_name = "ID")]
+        officers: Vec<String>,
+    },
+    /// Report token objects no row knows and rows whose object is missing.
+    Reconcile {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Destroy the orphan objects (asks for confirmation).
+        #[arg(long)]
+        fix: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, requires = "fix")]
+        yes: bool,
+    },
+    /// Probe what the configured token can do.
+    Doctor {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Failure of a command: the message is printed as `kms: error: ...`.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(e: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 2,
+            message: e.to_string(),
+        }
+    }
+
+    fn runtime(e: impl std::fmt::Display) -> Failure {
+        Failure {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Entry point of the `kms` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("kms: error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::Init {
+            config,
+            dev,
+            mut officers,
+        } => {
+            let config = match (config, dev) {
+                (Some(c), _) => c,
+                (None, Some(dir)) => {
+                    let (config, written) =
+                        dev::write_deployment(&dir).map_err(Failure::runtime)?;
+                    if written {
+                        println!("wrote development deployment in {}", dir.display());
+                    } else {
+                        println!(
+                            "development deployment in {} already present",
+                            dir.display()
+                        );
+                    }
+                    officers.extend(dev::DEV_OFFICERS.iter().map(|s| s.to_string()));
+                    config
+                }
+                (None, None) => return Err(Failure::usage("give --config FILE or --dev DIR")),
+            };
+            let settings = settings(&config)?;
+            runtime()?.block_on(cmd_init(settings, officers))
+        }
+        Command::Reconcile { config, fix, yes } => {
+            let settings = settings(&config)?;
+            runtime()?.block_on(cmd_reconcile(settings, fix, yes))
+        }
+        Command::Doctor { config } => {
+            let settings = settings(&config)?;
+            runtime()?.block_on(cmd_doctor(settings))
+        }
+    }
+}
+
+/// Loads the configuration and applies the module's environment.
+fn settings(path: &Path) -> Result<Settings, Failure> {
+    let settings = Settings::load(path, &ProcessEnv).map_err(Failure::usage)?;
+    apply_module_env(&settings.module_env);
+    Ok(settings)
+}
+
+#[allow(unsafe_code)]
+fn apply_module_env(vars: &[(String, String)]) {
+    for (name, value) in vars {
+        // A variable already set in the environment wins over the file.
+        if std::env::var_os(name).is_none() {
+            // SAFETY: called from `main` before the Tokio runtime or any other
+            // thread exists, and before the PKCS#11 module (the reader) is loaded.
+            unsafe { std::env::set_var(name, value) };
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::runtime)
+}
+
+/// Opens the token (blocking) and the store.
+async fn open(settings: &Settings) -> Result<(Hsm, Store), Failure> {
+    let params = settings.hsm.clone();
+    let hsm = tokio::task::spawn_blocking(move || Hsm::open(&params))
+        .await
+        .map_err(Failure::runtime)?
+        .map_err(|e| Failure::runtime(format!("hsm: {e}")))?;
+    let store = Store::connect(&settings.database)
+        .await
+        .map_err(Failure::runtime)?;
+    Ok((hsm, store))
+}
+
+fn local_actor(command: &str) -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_string());
+    format!("local:{command}:{user}")
+}
+
+async fn cmd_init(settings: Settings, officers: Vec<String>) -> Result<ExitCode, Failure> {
+    let (hsm, store) = open(&settings).await?;
+    let seeds: Vec<OfficerSeed> = officers
+        .into_iter()
+        .map(|id| OfficerSeed {
+            name: format!("security officer {id}"),
+            id,
+        })
+        .collect();
+    let report = init::run(&hsm, &store, &local_actor("init"), &seeds)
+        .await
+        .map_err(Failure::runtime)?;
+    for (alias, kcv) in &report.created {
+        println!(
+            "created internal key {alias} v1 (KCV {kcv}) in token {}",
+            hsm.token_label()
+        );
+    }
+    for id in &report.officers_added {
+        println!("registered officer {id}");
+    }
+    if report.nothing_to_do() {
+        println!(
+            "nothing to do: already initialised ({} present in token {})",
+            report.present.join(", "),
+            hsm.token_label()
+        );
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_reconcile(settings: Settings, fix: bool, yes: bool) -> Result<ExitCode, Failure> {
+    let (hsm, store) = open(&settings).await?;
+    let report = reconcile::check(&hsm, &store)
+        .await
+        .map_err(Failure::runtime)?;
+    println!(
+        "token {}: {} brandkms objects; database: {} live key versions",
+        hsm.token_label(),
+        report.objects,
+        report.rows
+    );
+    for o in &report.orphans {
+        println!("orphan object (no row): cka_id={} label={}", o.id, o.label);
+    }
+    for r in &report.missing {
+        println!(
+            "missing object (row without object): {} v{} state={} cka_id={}",
+            r.alias, r.version, r.state, r.cka_id
+        );
+    }
+    if report.is_consistent() {
+        println!("consistent");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if fix && !report.orphans.is_empty() {
+        if !yes && !confirm(report.orphans.len())? {
+            println!("nothing destroyed");
+            return Ok(ExitCode::FAILURE);
+        }
+        let destroyed = reconcile::remove_orphans(&hsm, &store, &report.orphans)
+            .await
+            .map_err(Failure::runtime)?;
+        if let Ok(auditor) = init::auditor(&hsm, &store).await {
+            for o in &destroyed {
+                let event =
+                    AuditEvent::allowed(&local_actor("reconcile"), "reconcile.destroy_orphan")
+                        .outcome(
+                            crate::audit::Outcome::Allowed,
+                            Some(format!("cka_id {} label {}", o.id, o.label)),
+                        );
+                auditor
+                    .record(&store, &event)
+                    .await
+                    .map_err(Failure::runtime)?;
+            }
+        }
+        for o in &destroyed {
+            println!("destroyed orphan object cka_id={} label={}", o.id, o.label);
+        }
+        if report.missing.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn confirm(count: usize) -> Result<bool, Failure> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Failure::usage(
+            "refusing to destroy objects without confirmation: run in a terminal or add --yes",
+        ));
+    }
+    print!("destroy {count} orphan object(s) in the token? type 'destroy' to confirm: ");
+    std::io::stdout().flush().map_err(Failure::runtime)?;
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(Failure::runtime)?;
+    Ok(line.trim() == "destroy")
+}
+
+async fn cmd_doctor(settings: Settings) -> Result<ExitCode, Failure> {
+    let (hsm, store) = open(&settings).await?;
+    println!(
+        "module {}: token {} logged in",
+        settings.hsm.module.display(),
+        hsm.token_label()
+    );
+    let probes = doctor::run(&hsm).await.map_err(Failure::runtime)?;
+    for p in &probes {
+        match &p.result {
+            Ok(()) => println!("ok           {}", p.capability),
+            Err(e) => println!("unavailable  {}: {e}", p.capability),
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,520 @@
+//! Configuration: one TOML file, then environment overrides, then validation into
+//! typed [`Settings`]. Every error names the field it is about. The PIN never comes
+//! from the file: it is read from an environment variable or from a file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::hsm::HsmParams;
+
+/// Default number of HSM sessions (and HSM calls under way at once).
+pub const DEFAULT_SESSIONS: usize = 8;
+/// Default environment variable holding the user PIN.
+pub const DEFAULT_PIN_ENV: &str = "BRANDKMS_PIN";
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+
+/// A configuration that cannot be used, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A field has an unusable value.
+    #[error("config field {field}: {reason}")]
+    Field {
+        /// The field, as `section.name` (or the environment variable that set it).
+        field: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+fn field(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    #[serde(default)]
+    hsm: RawHsm,
+    #[serde(default)]
+    database: RawDatabase,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    service: RawService,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHsm {
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    pin_env: Option<String>,
+    pin_file: Option<PathBuf>,
+    /// Present only to reject it with a precise message.
+    pin: Option<toml::Value>,
+    sessions: Option<usize>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+    max_connections: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    challenge_ttl_secs: Option<u64>,
+    session_ttl_secs: Option<u64>,
+    destruction_check_secs: Option<u64>,
+}
+
+/// Validated settings, built once at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the gRPC service listens.
+    pub listen: SocketAddr,
+    /// How to reach the token.
+    pub hsm: HsmParams,
+    /// Environment for the PKCS#11 module, applied before it loads
+    /// (for SoftHSM2: `SOFTHSM2_CONF`, `OPENSSL_CONF`).
+    pub module_env: Vec<(String, String)>,
+    /// The metadata database.
+    pub database: DatabaseSettings,
+    /// TLS files, required by `kms serve`.
+    pub tls: Option<TlsSettings>,
+    /// Lifetimes of challenges and sessions, and the destruction scheduler's period.
+    pub service: ServiceSettings,
+}
+
+/// The metadata database.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// TLS files.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The brand CA that client certificates must chain to.
+    pub ca: PathBuf,
+    /// The server certificate chain.
+    pub cert: PathBuf,
+    /// The server private key.
+    pub key: PathBuf,
+}
+
+/// Service timings.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSettings {
+    /// How long a card challenge stays valid.
+    pub challenge_ttl_secs: u64,
+    /// How long a card session stays valid.
+    pub session_ttl_secs: u64,
+    /// How often due key destructions are carried out.
+    pub destruction_check_secs: u64,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            challenge_ttl_secs: 30,
+            session_ttl_secs: 120,
+            destruction_check_secs: 60,
+        }
+    }
+}
+
+/// Where settings come from besides the file: the process environment.
+pub trait Env {
+    /// The value of a variable, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Settings {
+    /// Reads, overrides from the environment and validates a configuration file.
+    pub fn load(path: &Path, env: &impl Env) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Self::from_raw(raw, &base, env)
+    }
+
+    fn from_raw(raw: RawConfig, base: &Path, env: &impl Env) -> Result<Settings, ConfigError> {
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let listen_text = env
+            .var("BRANDKMS_LISTEN")
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_text.parse().map_err(|_| {
+            field(
+                "listen",
+                format!("{listen_text:?} is not an address like 127.0.0.1:7443"),
+            )
+        })?;
+
+        if raw.hsm.pin.is_some() {
+            return Err(field(
+                "hsm.pin",
+                "a PIN never goes in the config file; name an environment variable with hsm.pin_env or a file with hsm.pin_file",
+            ));
+        }
+        let module = env
+            .var("BRANDKMS_PKCS11_MODULE")
+            .map(PathBuf::from)
+            .or(raw.hsm.module)
+            .map(resolve)
+            .ok_or_else(|| field("hsm.module", "missing: the path of the PKCS#11 module"))?;
+        if !module.is_file() {
+            return Err(field(
+                "hsm.module",
+                format!("PKCS#11 module {} does not exist", module.display()),
+            ));
+        }
+        let token_label = env
+            .var("BRANDKMS_TOKEN_LABEL")
+            .or(raw.hsm.token_label)
+            .ok_or_else(|| field("hsm.token_label", "missing: the label of the token"))?;
+        let pin_file = env
+            .var("BRANDKMS_PIN_FILE")
+            .map(PathBuf::from)
+            .or(raw.hsm.pin_file)
+            .map(resolve);
+        let pin = match pin_file {
+            Some(path) => read_pin_file(&path)?,
+            None => {
+                let name = raw
+                    .hsm
+                    .pin_env
+                    .unwrap_or_else(|| DEFAULT_PIN_ENV.to_string());
+                Zeroizing::new(env.var(&name).ok_or_else(|| {
+                    field(
+                        "hsm.pin_env",
+                        format!("environment variable {name} (the user PIN) is not set"),
+                    )
+                })?)
+            }
+        };
+        let sessions = match env.var("BRANDKMS_HSM_SESSIONS") {
+            Some(v) => v
+                .parse()
+                .map_err(|_| field("BRANDKMS_HSM_SESSIONS", "not a whole number"))?,
+            None => raw.hsm.sessions.unwrap_or(DEFAULT_SESSIONS),
+        };
+        if !(1..=256).contains(&sessions) {
+            return Err(field("hsm.sessions", "must be between 1 and 256"));
+        }
+        let module_env = raw
+            .hsm
+            .env
+            .into_iter()
+            .map(|(k, v)| (k, resolve_env_path(base, v)))
+            .collect();
+
+        let url = env
+            .var("BRANDKMS_DATABASE_URL")
+            .or(raw.database.url)
+            .ok_or_else(|| field("database.url", "missing: sqlite://PATH or postgres://..."))?;
+        let url = normalise_database_url(&url, base)?;
+        let max_connections = raw.database.max_connections.unwrap_or(8);
+        if max_connections == 0 {
+            return Err(field("database.max_connections", "must be at least 1"));
+        }
+
+        let tls = raw
+            .tls
+            .map(|t| -> Result<TlsSettings, ConfigError> {
+                let need = |name: &str, p: Option<PathBuf>| {
+                    p.map(resolve)
+                        .ok_or_else(|| field(&format!("tls.{name}"), "missing"))
+                };
+                Ok(TlsSettings {
+                    ca: need("ca", t.ca)?,
+                    cert: need("cert", t.cert)?,
+                    key: need("key", t.key)?,
+                })
+            })
+            .transpose()?;
+
+        let defaults = ServiceSettings::default();
+        let service = ServiceSettings {
+            challenge_ttl_secs: raw
+                .service
+                .challenge_ttl_secs
+                .unwrap_or(defaults.challenge_ttl_secs),
+            session_ttl_secs: raw
+                .service
+                .session_ttl_secs
+                .unwrap_or(defaults.session_ttl_secs),
+            destruction_check_secs: raw
+                .service
+                .destruction_check_secs
+                .unwrap_or(defaults.destruction_check_secs),
+        };
+        for (name, v) in [
+            ("service.challenge_ttl_secs", service.challenge_ttl_secs),
+            ("service.session_ttl_secs", service.session_ttl_secs),
+            (
+                "service.destruction_check_secs",
+                service.destruction_check_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(field(name, "must be at least 1"));
+            }
+        }
+
+        Ok(Settings {
+            listen,
+            hsm: HsmParams {
+                module,
+                token_label,
+                pin,
+                sessions,
+            },
+            module_env,
+            database: DatabaseSettings {
+                url,
+                max_connections,
+            },
+            tls,
+            service,
+        })
+    }
+}
+
+fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        field(
+            "hsm.pin_file",
+            format!("cannot read PIN file {}: {e}", path.display()),
+        )
+    })?);
+    let pin = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_string());
+    if pin.is_empty() {
+        return Err(field(
+            "hsm.pin_file",
+            format!("PIN file {} is empty", path.display()),
+        ));
+    }
+    Ok(pin)
+}
+
+/// Relative paths in module environment values that name files are resolved
+/// against the config file's directory (values starting with `./`).
+fn resolve_env_path(base: &Path, value: String) -> String {
+    match value.strip_prefix("./") {
+        Some(rest) => base.join(rest).display().to_string(),
+        None => value,
+    }
+}
+
+/// Accepts `sqlite://PATH` (relative to the config file, created when missing) and
+/// `postgres://` / `postgresql://` URLs.
+fn normalise_database_url(url: &str, base: &Path) -> Result<String, ConfigError> {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.is_empty() {
+            return Err(field("database.url", "sqlite:// needs a file path"));
+        }
+        let path = if Path::new(path).is_absolute() {
+            PathBuf::from(path)
+        } else {
+            base.join(path)
+        };
+        let query = if query.is_empty() { "mode=rwc" } else { query };
+        return Ok(format!("sqlite://{}?{query}", path.display()));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(url.to_string());
+    }
+    Err(field(
+        "database.url",
+        format!(
+            "unsupported URL {:?}: use sqlite://PATH or postgres://USER@HOST/DB",
+            redact_url(url)
+        ),
+    ))
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = url.get(scheme_end + 3..at).unwrap_or_default();
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!(
+                "{}{}:***{}",
+                url.get(..scheme_end + 3).unwrap_or_default(),
+                user,
+                url.get(at..).unwrap_or_default()
+            )
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, String>);
+
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn env(pairs: &[(&'static str, &str)]) -> MapEnv {
+        MapEnv(pairs.iter().map(|(k, v)| (*k, v.to_string())).collect())
+    }
+
+    fn load(text: &str, e: &MapEnv) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "t.toml".into(),
+            message: e.to_string(),
+        })?;
+        Settings::from_raw(raw, Path::new("/etc/brandkms"), e)
+    }
+
+    const MODULE: &str = "/bin/sh"; // any existing file stands in for the module path
+
+    fn base() -> String {
+        format!(
+            "[hsm]\nmodule = \"{MODULE}\"\ntoken_label = \"t\"\n[database]\nurl = \"sqlite://kms.db\"\n"
+        )
+    }
+
+    fn field_of(r: Result<Settings, ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Field { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_validates_with_the_pin_from_the_environment() {
+        let s = load(&base(), &env(&[("BRANDKMS_PIN", "1234")])).unwrap();
+        assert_eq!(s.hsm.pin.as_str(), "1234");
+        assert_eq!(s.database.url, "sqlite:///etc/brandkms/kms.db?mode=rwc");
+        assert_eq!(s.hsm.sessions, DEFAULT_SESSIONS);
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let e = env(&[
+            ("BRANDKMS_PIN", "1"),
+            ("BRANDKMS_TOKEN_LABEL", "other"),
+            ("BRANDKMS_DATABASE_URL", "postgres://u:secret@h/db"),
+            ("BRANDKMS_LISTEN", "0.0.0.0:9000"),
+        ]);
+        let s = load(&base(), &e).unwrap();
+        assert_eq!(s.hsm.token_label, "other");
+        assert_eq!(s.database.url, "postgres://u:secret@h/db");
+        assert_eq!(s.listen.port(), 9000);
+    }
+
+    #[test]
+    fn a_pin_in_the_file_is_refused() {
+        let text = base().replace("token_label", "pin = \"1234\"\ntoken_label");
+        assert_eq!(field_of(load(&text, &env(&[]))), "hsm.pin");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = env(&[("BRANDKMS_PIN", "1")]);
+        assert_eq!(
+            field_of(load(&base().replace(MODULE, "/nope.so"), &e)),
+            "hsm.module"
+        );
+        assert_eq!(field_of(load(&base(), &env(&[]))), "hsm.pin_env");
+        let bad_db = base().replace("sqlite://kms.db", "mysql://x");
+        assert_eq!(field_of(load(&bad_db, &e)), "database.url");
+        let pin_file = base().replace(
+            "token_label",
+            "pin_file = \"/nonexistent/pin\"\ntoken_label",
+        );
+        assert_eq!(field_of(load(&pin_file, &e)), "hsm.pin_file");
+        let zero = base().replace("token_label", "sessions = 0\ntoken_label");
+        assert_eq!(field_of(load(&zero, &e)), "hsm.sessions");
+        let listen = format!("listen = \"nowhere\"\n{}", base());
+        assert_eq!(field_of(load(&listen, &e)), "listen");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = base().replace("[database]", "[database]\nurll = \"x\"");
+        assert!(matches!(
+            load(&text, &env(&[])),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite:///x"), "sqlite:///x");
+    }
+}

@@ -1,0 +1,159 @@
+//! `kms init`: migrations (run by `Store::connect`), the service's internal keys in
+//! the token, and the first officers. Idempotent: a second run changes nothing.
+
+use brandkms_policy::{Algorithm, EntityKind, EntityStatus, KeyClass, KeyState};
+
+use crate::audit::{AuditEvent, Auditor};
+use crate::hsm::{Exportability, Hsm, KeyRole, KeySpec, ObjectId, SecretAlgorithm};
+use crate::keys::{AuditKey, KeyError, NewVersion, create_version};
+use crate::store::entities::{self, EntityRecord};
+use crate::store::keys::{self as key_rows, KeyRecord};
+use crate::store::{Store, StoreError, now_ms};
+
+/// Alias of the audit trail's MAC key.
+pub const AUDIT_KEY: &str = "brandkms.audit-mac";
+/// Alias of the key that seals session state.
+pub const SEAL_KEY: &str = "brandkms.session-seal";
+
+/// The internal keys, in creation order (the audit key first: it MACs the rest).
+const INTERNAL_KEYS: [(&str, SecretAlgorithm, KeyRole); 2] = [
+    (AUDIT_KEY, SecretAlgorithm::HmacSha256, KeyRole::AuditMac),
+    (SEAL_KEY, SecretAlgorithm::Aes256, KeyRole::SessionSeal),
+];
+
+/// What `kms init` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InitReport {
+    /// Internal keys created: alias and KCV.
+    pub created: Vec<(String, String)>,
+    /// Internal keys that were already there.
+    pub present: Vec<String>,
+    /// Officers registered.
+    pub officers_added: Vec<String>,
+}
+
+impl InitReport {
+    /// True when the run changed nothing.
+    pub fn nothing_to_do(&self) -> bool {
+        self.created.is_empty() && self.officers_added.is_empty()
+    }
+}
+
+/// An officer to register at initialisation.
+#[derive(Debug, Clone)]
+pub struct OfficerSeed {
+    /// Entity id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Creates what is missing: internal keys, then officers.
+pub async fn run(
+    hsm: &Hsm,
+    store: &Store,
+    actor: &str,
+    officers: &[OfficerSeed],
+) -> Result<InitReport, KeyError> {
+    let mut report = InitReport::default();
+    for (alias, algorithm, role) in INTERNAL_KEYS {
+        let mut conn = store.conn().await?;
+        if key_rows::key(&mut conn, alias).await?.is_some() {
+            report.present.push(alias.to_string());
+            continue;
+        }
+        drop(conn);
+        let auditor = match role {
+            KeyRole::AuditMac => None,
+            _ => Some(auditor(hsm, store).await?),
+        };
+        let spec = KeySpec {
+            algorithm,
+            role,
+            export: Exportability::Never,
+        };
+        let now = now_ms();
+        let created = create_version(
+            hsm,
+            store,
+            auditor
+                .as_ref()
+                .map_or(AuditKey::TheNewKey, AuditKey::Existing),
+            move |s, label| s.generate(&spec, label),
+            NewVersion {
+                key: Some(KeyRecord {
+                    alias: alias.to_string(),
+                    class: KeyClass::Internal,
+                    algorithm: match algorithm {
+                        SecretAlgorithm::HmacSha256 => Algorithm::HmacSha256,
+                        _ => Algorithm::Aes256,
+                    },
+                    purpose: None,
+                    service_code: None,
+                    exportable: false,
+                    owner_entity: None,
+                    created_at: now,
+                }),
+                alias: alias.to_string(),
+                version: 1,
+                state: KeyState::Active,
+                weak: false,
+            },
+            AuditEvent::allowed(actor, "init.create_internal_key"),
+        )
+        .await?;
+        report.created.push((alias.to_string(), created.kcv));
+    }
+    let auditor = auditor(hsm, store).await?;
+    for officer in officers {
+        let mut tx = store.begin().await?;
+        if entities::get(&mut tx, &officer.id).await?.is_some() {
+            continue;
+        }
+        let now = now_ms();
+        auditor
+            .append(
+                &mut tx,
+                &AuditEvent::allowed(actor, "init.register_officer"),
+            )
+            .await?;
+        entities::insert(
+            &mut tx,
+            &EntityRecord {
+                id: officer.id.clone(),
+                kind: EntityKind::Officer,
+                name: officer.name.clone(),
+                online: true,
+                tamper_resistant: false,
+                status: EntityStatus::Active,
+                created_at: now,
+                updated_at: now,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        report.officers_added.push(officer.id.clone());
+    }
+    Ok(report)
+}
+
+/// The `CKA_ID` of an internal key's active version.
+pub async fn internal_key(store: &Store, alias: &str) -> Result<Option<ObjectId>, StoreError> {
+    let mut conn = store.conn().await?;
+    Ok(key_rows::versions(&mut conn, alias)
+        .await?
+        .into_iter()
+        .find(|v| v.state == KeyState::Active)
+        .map(|v| v.cka_id))
+}
+
+/// The auditor, with the audit key recorded by `kms init`.
+pub async fn auditor(hsm: &Hsm, store: &Store) -> Result<Auditor, KeyError> {
+    let id = internal_key(store, AUDIT_KEY)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt {
+            table: "keys",
+            reason: format!("internal key {AUDIT_KEY} is missing: run `kms init`"),
+        })?;
+    Ok(Auditor::new(hsm.clone(), id))
+}

@@ -1,0 +1,124 @@
+//! Key versions: the token object is written first, then its rows and their audit
+//! record in one transaction; if the rows cannot be written, the object is
+//! destroyed. A crash in between leaves an orphan object that `kms reconcile`
+//! reports (and removes with `--fix`); nothing is silently lost.
+
+use brandkms_policy::KeyState;
+
+use crate::audit::{AuditError, AuditEvent, Auditor};
+use crate::failpoint;
+use crate::hsm::{GeneratedKey, Hsm, HsmError, HsmSession, ObjectId};
+use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
+use crate::store::{Store, StoreError, now_ms};
+
+/// Every token object brandkms creates carries a label with this prefix.
+pub const LABEL_PREFIX: &str = "brandkms/";
+
+/// The label of a key version's token object.
+pub fn object_label(alias: &str, version: u32) -> String {
+    format!("{LABEL_PREFIX}{alias}/v{version}")
+}
+
+/// Errors while creating a key version.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The token failed.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit trail failed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// What to record for a new version.
+#[derive(Clone, Debug)]
+pub struct NewVersion {
+    /// The key row, when this is the key's first version.
+    pub key: Option<KeyRecord>,
+    /// The alias.
+    pub alias: String,
+    /// The version number.
+    pub version: u32,
+    /// The initial state.
+    pub state: KeyState,
+    /// True for single DES.
+    pub weak: bool,
+}
+
+/// Which key MACs the audit record of the creation.
+#[derive(Clone, Copy, Debug)]
+pub enum AuditKey<'a> {
+    /// The service's audit key.
+    Existing(&'a Auditor),
+    /// The key being created is the audit key itself.
+    TheNewKey,
+}
+
+/// Generates a token object with `generate`, then writes its rows and `event` in
+/// one transaction; destroys the object if that fails.
+pub async fn create_version<G>(
+    hsm: &Hsm,
+    store: &Store,
+    audit_key: AuditKey<'_>,
+    generate: G,
+    new: NewVersion,
+    event: AuditEvent,
+) -> Result<KeyVersionRecord, KeyError>
+where
+    G: FnOnce(&HsmSession<'_>, &str) -> Result<GeneratedKey, HsmError> + Send + 'static,
+{
+    let label = object_label(&new.alias, new.version);
+    let generated = hsm.run(move |s| generate(s, &label)).await?;
+    failpoint::hit("key-object-created");
+    let auditor = match audit_key {
+        AuditKey::Existing(a) => a.clone(),
+        AuditKey::TheNewKey => Auditor::new(hsm.clone(), generated.id),
+    };
+    match write_rows(store, &auditor, &generated, new, event).await {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            destroy_quietly(hsm, generated.id).await;
+            Err(e)
+        }
+    }
+}
+
+async fn write_rows(
+    store: &Store,
+    auditor: &Auditor,
+    generated: &GeneratedKey,
+    new: NewVersion,
+    event: AuditEvent,
+) -> Result<KeyVersionRecord, KeyError> {
+    let now = now_ms();
+    let version = KeyVersionRecord {
+        alias: new.alias.clone(),
+        version: new.version,
+        state: new.state,
+        cka_id: generated.id,
+        kcv: hex::encode_upper(generated.kcv),
+        weak: new.weak,
+        created_at: now,
+        state_changed_at: now,
+        destroy_after: None,
+        destroyed_at: None,
+    };
+    let mut tx = store.begin().await?;
+    let event = event.key(&new.alias, Some(new.version));
+    auditor.append(&mut tx, &event).await?;
+    if let Some(key) = &new.key {
+        rows::insert_key(&mut tx, key).await?;
+    }
+    rows::insert_version(&mut tx, &version).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(version)
+}
+
+async fn destroy_quietly(hsm: &Hsm, id: ObjectId) {
+    if let Err(e) = hsm.run(move |s| s.destroy(&id)).await {
+        tracing::error!(cka_id = %id, error = %e, "could not destroy the object of a key whose rows failed; `kms reconcile` will report it");
+    }
+}

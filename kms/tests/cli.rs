@@ -1,0 +1,330 @@
+//! The `kms` binary: start-up failures name their cause, `init` is idempotent, and
+//! a SIGKILL between object creation and row commit leaves exactly the orphan that
+//! `kms reconcile` reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use brandkms::softhsm::{TokenDir, create_token};
+use brandkms::testing::{TEST_PIN, TEST_SO_PIN, TEST_TOKEN_LABEL};
+
+const KMS: &str = env!("CARGO_BIN_EXE_kms");
+
+/// A deployment with a token of its own (children select it with SOFTHSM2_CONF),
+/// so that tests running side by side never see each other's objects.
+struct Deployment {
+    dir: tempfile::TempDir,
+    token: TokenDir,
+}
+
+impl Deployment {
+    /// A config on the process's test token with a SQLite file of its own.
+    fn new() -> Deployment {
+        Self::with(|c| c)
+    }
+
+    fn with(edit: impl FnOnce(String) -> String) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let token = create_token(
+            &dir.path().join("token"),
+            TEST_TOKEN_LABEL,
+            TEST_SO_PIN,
+            TEST_PIN,
+        )
+        .expect("create a token");
+        let config = format!(
+            "[hsm]\nmodule = \"{}\"\ntoken_label = \"{TEST_TOKEN_LABEL}\"\npin_env = \"TEST_KMS_PIN\"\n\
+             [database]\nurl = \"sqlite://kms.db\"\n",
+            token.module.display()
+        );
+        std::fs::write(dir.path().join("kms.toml"), edit(config)).unwrap();
+        Deployment { dir, token }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("kms.toml")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(KMS);
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.config())
+            .env("TEST_KMS_PIN", TEST_PIN)
+            .env("RUST_LOG", "warn");
+        cmd.env("SOFTHSM2_CONF", &self.token.softhsm2_conf)
+            .env("OPENSSL_CONF", &self.token.openssl_conf);
+        cmd
+    }
+
+    /// The CKA_ID (hex) of the object with this label, as pkcs11-tool lists it.
+    fn object_id(&self, label: &str) -> String {
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", &self.token.softhsm2_conf)
+            .args(["--module", &self.token.module.display().to_string()])
+            .args([
+                "--token-label",
+                TEST_TOKEN_LABEL,
+                "--login",
+                "--pin",
+                TEST_PIN,
+            ])
+            .arg("--list-objects")
+            .output()
+            .unwrap();
+        let listing = text(&out.stdout);
+        let mut lines = listing
+            .lines()
+            .skip_while(|l| !l.contains(&format!("label:      {label}")));
+        lines
+            .find_map(|l| l.trim().strip_prefix("ID:").map(|id| id.trim().to_string()))
+            .unwrap_or_else(|| panic!("{label} not in {listing}"))
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_fails_naming(out: &Output, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr should name {needle:?}: {stderr}"
+    );
+}
+
+#[test]
+fn init_is_idempotent_and_reconcile_finds_nothing() {
+    let d = Deployment::new();
+    let first = d.run(&["init", "--officer", "officer-1"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let out = text(&first.stdout);
+    assert!(
+        out.contains("created internal key brandkms.audit-mac v1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("created internal key brandkms.session-seal v1"),
+        "{out}"
+    );
+    assert!(out.contains("registered officer officer-1"), "{out}");
+
+    let second = d.run(&["init", "--officer", "officer-1"]);
+    assert!(second.status.success());
+    assert!(
+        text(&second.stdout).contains("nothing to do"),
+        "{}",
+        text(&second.stdout)
+    );
+
+    let rec = d.run(&["reconcile"]);
+    assert!(rec.status.success(), "{}", text(&rec.stdout));
+    assert!(text(&rec.stdout).contains("consistent"));
+
+    // An object deleted behind brandkms's back is reported as missing.
+    let seal_id = d.object_id("brandkms/brandkms.session-seal/v1");
+    let deleted = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &d.token.softhsm2_conf)
+        .args(["--module", &d.token.module.display().to_string()])
+        .args([
+            "--token-label",
+            TEST_TOKEN_LABEL,
+            "--login",
+            "--pin",
+            TEST_PIN,
+        ])
+        .args(["--delete-object", "--type", "secrkey", "--id", &seal_id])
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "{}", text(&deleted.stderr));
+    let rec = d.run(&["reconcile"]);
+    let out = text(&rec.stdout);
+    assert!(!rec.status.success());
+    assert!(
+        out.contains(&format!("missing object (row without object): brandkms.session-seal v1 state=active cka_id={seal_id}")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_sigkill_between_object_and_row_leaves_exactly_the_orphan_reconcile_reports() {
+    let d = Deployment::new();
+    let mut child = d
+        .command(&["init"])
+        .env("BRANDKMS_FAILPOINT", "key-object-created")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let reached = lines.any(|l| {
+        l.unwrap_or_default()
+            .contains("failpoint key-object-created reached")
+    });
+    assert!(reached, "the failpoint must be reached");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let rec = d.run(&["reconcile"]);
+    let out = text(&rec.stdout);
+    assert!(
+        !rec.status.success(),
+        "an orphan is an inconsistency: {out}"
+    );
+    let orphans: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("orphan object"))
+        .collect();
+    assert_eq!(orphans.len(), 1, "{out}");
+    assert!(
+        orphans[0].contains("label=brandkms/brandkms.audit-mac/v1"),
+        "{out}"
+    );
+    assert!(!out.contains("missing object"), "{out}");
+
+    // Without a terminal and without --yes, --fix refuses to destroy anything.
+    let refused = d
+        .command(&["reconcile", "--fix"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_fails_naming(&refused, "--yes");
+
+    let fixed = d.run(&["reconcile", "--fix", "--yes"]);
+    assert!(
+        text(&fixed.stdout).contains("destroyed orphan object"),
+        "{}",
+        text(&fixed.stdout)
+    );
+    let rec = d.run(&["reconcile"]);
+    assert!(rec.status.success(), "{}", text(&rec.stdout));
+
+    // Initialisation then completes normally.
+    let init = d.run(&["init"]);
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    assert!(d.run(&["reconcile"]).status.success());
+}
+
+#[test]
+fn a_missing_module_is_named() {
+    let d = Deployment::with(|c| {
+        let module = brandkms::softhsm::module_path()
+            .unwrap()
+            .display()
+            .to_string();
+        c.replace(&module, "/usr/lib/nothing/libnone.so")
+    });
+    assert_fails_naming(&d.run(&["doctor"]), "hsm.module");
+}
+
+#[test]
+fn a_wrong_token_label_is_named() {
+    let d = Deployment::with(|c| c.replace(TEST_TOKEN_LABEL, "no-such-token"));
+    let out = d.run(&["doctor"]);
+    assert_fails_naming(&out, "no token labelled \"no-such-token\"");
+    assert_fails_naming(&out, TEST_TOKEN_LABEL); // lists the tokens present
+}
+
+#[test]
+fn a_wrong_pin_is_named() {
+    let d = Deployment::new();
+    let out = d
+        .command(&["doctor"])
+        .env("TEST_KMS_PIN", "wrong-pin")
+        .output()
+        .unwrap();
+    assert_fails_naming(&out, "refused the PIN");
+}
+
+#[test]
+fn a_missing_pin_is_named() {
+    let d = Deployment::new();
+    let out = d
+        .command(&["doctor"])
+        .env_remove("TEST_KMS_PIN")
+        .output()
+        .unwrap();
+    assert_fails_naming(&out, "hsm.pin_env");
+}
+
+#[test]
+fn an_unreadable_pin_file_is_named() {
+    let d = Deployment::with(|c| c.replace("pin_env = \"TEST_KMS_PIN\"", "pin_file = \"pin-dir\""));
+    std::fs::create_dir(d.dir.path().join("pin-dir")).unwrap();
+    let out = d.run(&["doctor"]);
+    assert_fails_naming(&out, "hsm.pin_file");
+    assert_fails_naming(&out, "cannot read PIN file");
+}
+
+#[test]
+fn a_bad_database_url_is_named() {
+    let d = Deployment::with(|c| c.replace("sqlite://kms.db", "mysql://db/kms"));
+    assert_fails_naming(&d.run(&["doctor"]), "database.url");
+    // A well-formed URL whose server is not there.
+    let d =
+        Deployment::with(|c| c.replace("sqlite://kms.db", "postgres://kms:secret@127.0.0.1:1/kms"));
+    let out = d.run(&["doctor"]);
+    assert_fails_naming(
+        &out,
+        "cannot connect to database postgres://kms:***@127.0.0.1:1/kms",
+    );
+    assert!(
+        !text(&out.stderr).contains("secret"),
+        "the password must not be printed"
+    );
+}
+
+#[test]
+fn a_pin_in_the_config_file_is_refused() {
+    let d = Deployment::with(|c| c.replace("pin_env = \"TEST_KMS_PIN\"", "pin = \"1234\""));
+    assert_fails_naming(&d.run(&["doctor"]), "hsm.pin");
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let out = Command::new(KMS)
+        .args(["doctor", "--config", "/nonexistent/kms.toml"])
+        .output()
+        .unwrap();
+    assert_fails_naming(&out, "/nonexistent/kms.toml");
+}
+
+#[test]
+fn without_the_legacy_provider_single_des_gives_a_clear_error() {
+    let d = Deployment::new();
+    let cnf = d.dir.path().join("no-legacy.cnf");
+    std::fs::write(
+        &cnf,
+        "openssl_conf = init\n[init]\nproviders = prov\n[prov]\ndefault = dflt\n[dflt]\nactivate = 1\n",
+    )
+    .unwrap();
+    let out = d
+        .command(&["doctor"])
+        .env("OPENSSL_CONF", &cnf)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("ok           TDES card-key derivation and CMAC"),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("single DES"))
+        .unwrap_or_default();
+    assert!(line.starts_with("unavailable"), "{stdout}");
+    assert!(line.contains("legacy provider"), "{line}");
+
+    // With the test token's own OPENSSL_CONF (legacy active) it works.
+    let out = d.run(&["doctor"]);
+    assert!(text(&out.stdout).contains("ok           single DES card-key derivation (legacy)"));
+}

@@ -1,0 +1,324 @@
+//! The store on SQLite and on PostgreSQL (when BRANDKMS_TEST_DATABASE_URL is set;
+//! always under CI), with the audit chain MACed in a real token.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use brandkms::audit::{AuditEvent, Auditor, Outcome};
+use brandkms::hsm::{Exportability, KeyRole, KeySpec, ObjectId, SecretAlgorithm};
+use brandkms::store::entities::{self, EntityRecord};
+use brandkms::store::keys::{self, KeyRecord, KeyVersionRecord};
+use brandkms::store::{Store, audit as audit_rows, now_ms};
+use brandkms::testing::{self, TestDb};
+use brandkms_policy::{Algorithm, EntityKind, EntityStatus, KeyClass, KeyState, Purpose};
+
+async fn each_db<F, Fut>(f: F)
+where
+    F: Fn(Store, &'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dbs: Vec<TestDb> = testing::databases().await;
+    for db in &dbs {
+        let store = Store::connect(&db.settings)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", db.backend));
+        f(store.clone(), db.backend).await;
+        store.close().await;
+    }
+}
+
+fn entity(id: &str, kind: EntityKind) -> EntityRecord {
+    let now = now_ms();
+    EntityRecord {
+        id: id.to_string(),
+        kind,
+        name: format!("entity {id}"),
+        online: true,
+        tamper_resistant: false,
+        status: EntityStatus::Active,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+#[tokio::test]
+async fn entities_round_trip_and_ids_are_unique() {
+    each_db(|store, backend| async move {
+        let mut tx = store.begin().await.unwrap();
+        entities::insert(&mut tx, &entity("issuer-2-3", EntityKind::Issuer))
+            .await
+            .unwrap();
+        entities::insert(&mut tx, &entity("cybershop-k", EntityKind::Cybershop))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut conn = store.conn().await.unwrap();
+        let got = entities::get(&mut conn, "issuer-2-3")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got,
+            entity("issuer-2-3", EntityKind::Issuer).with_times(&got),
+            "{backend}"
+        );
+        assert_eq!(entities::list(&mut conn).await.unwrap().len(), 2);
+        assert!(
+            entities::set_status(&mut conn, "cybershop-k", EntityStatus::Suspended, now_ms())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !entities::set_status(&mut conn, "nobody", EntityStatus::Suspended, now_ms())
+                .await
+                .unwrap()
+        );
+        let shop = entities::get(&mut conn, "cybershop-k")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(shop.status, EntityStatus::Suspended);
+
+        let dup = entities::insert(&mut conn, &entity("issuer-2-3", EntityKind::Issuer))
+            .await
+            .unwrap_err();
+        assert!(dup.is_unique_violation(), "{backend}: {dup}");
+    })
+    .await;
+}
+
+trait WithTimes {
+    fn with_times(self, other: &EntityRecord) -> EntityRecord;
+}
+
+impl WithTimes for EntityRecord {
+    fn with_times(mut self, other: &EntityRecord) -> EntityRecord {
+        self.created_at = other.created_at;
+        self.updated_at = other.updated_at;
+        self
+    }
+}
+
+fn key(alias: &str) -> KeyRecord {
+    KeyRecord {
+        alias: alias.to_string(),
+        class: KeyClass::CardAccess,
+        algorithm: Algorithm::Tdes2,
+        purpose: Some(Purpose::Load),
+        service_code: Some(0x0A01),
+        exportable: true,
+        owner_entity: None,
+        created_at: now_ms(),
+    }
+}
+
+fn version(alias: &str, version: u32, state: KeyState, id: u8) -> KeyVersionRecord {
+    let now = now_ms();
+    KeyVersionRecord {
+        alias: alias.to_string(),
+        version,
+        state,
+        cka_id: ObjectId([id; 16]),
+        kcv: "08D7B4".to_string(),
+        weak: false,
+        created_at: now,
+        state_changed_at: now,
+        destroy_after: None,
+        destroyed_at: None,
+    }
+}
+
+#[tokio::test]
+async fn keys_and_versions_round_trip() {
+    each_db(|store, backend| async move {
+        let mut tx = store.begin().await.unwrap();
+        keys::insert_key(&mut tx, &key("key-a")).await.unwrap();
+        keys::insert_version(&mut tx, &version("key-a", 1, KeyState::AuthOnly, 1))
+            .await
+            .unwrap();
+        keys::insert_version(&mut tx, &version("key-a", 2, KeyState::Active, 2))
+            .await
+            .unwrap();
+        keys::insert_version(&mut tx, &version("key-a", 3, KeyState::Destroyed, 3))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut conn = store.conn().await.unwrap();
+        assert_eq!(
+            keys::key(&mut conn, "key-a")
+                .await
+                .unwrap()
+                .unwrap()
+                .service_code,
+            Some(0x0A01)
+        );
+        assert!(keys::key(&mut conn, "key-z").await.unwrap().is_none());
+        let versions = keys::versions(&mut conn, "key-a").await.unwrap();
+        assert_eq!(
+            versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+            [1, 2, 3],
+            "{backend}"
+        );
+        assert_eq!(versions[1].cka_id, ObjectId([2; 16]));
+        let live = keys::live_versions(&mut conn).await.unwrap();
+        assert_eq!(live.len(), 2, "destroyed versions are not live");
+        assert_eq!(
+            keys::version(&mut conn, "key-a", 2)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            KeyState::Active
+        );
+
+        // A CKA_ID belongs to one version only.
+        let dup = keys::insert_version(&mut conn, &version("key-a", 4, KeyState::Active, 2))
+            .await
+            .unwrap_err();
+        assert!(dup.is_unique_violation(), "{backend}: {dup}");
+        // A version of an unknown key is refused.
+        assert!(
+            keys::insert_version(&mut conn, &version("key-x", 1, KeyState::Active, 9))
+                .await
+                .is_err()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_leaves_nothing() {
+    each_db(|store, _| async move {
+        let mut tx = store.begin().await.unwrap();
+        keys::insert_key(&mut tx, &key("key-r")).await.unwrap();
+        tx.rollback().await.unwrap();
+        let mut conn = store.conn().await.unwrap();
+        assert!(keys::key(&mut conn, "key-r").await.unwrap().is_none());
+    })
+    .await;
+}
+
+async fn auditor() -> Auditor {
+    let hsm = testing::hsm();
+    let spec = KeySpec {
+        algorithm: SecretAlgorithm::HmacSha256,
+        role: KeyRole::AuditMac,
+        export: Exportability::Never,
+    };
+    let key = hsm
+        .run(move |s| s.generate(&spec, "brandkms-test/audit"))
+        .await
+        .unwrap();
+    Auditor::new(hsm, key.id)
+}
+
+async fn append_some(store: &Store, auditor: &Auditor, n: u32) {
+    for i in 0..n {
+        let event = AuditEvent::allowed("officer-1", "admin.create_key")
+            .key(&format!("key-{i}"), Some(1))
+            .outcome(
+                if i % 2 == 0 {
+                    Outcome::Allowed
+                } else {
+                    Outcome::Denied
+                },
+                (i % 2 == 1).then(|| "rule 7: officer role required".to_string()),
+            );
+        auditor.record(store, &event).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_audit_chain_verifies_and_finds_an_altered_record() {
+    each_db(|store, backend| async move {
+        let auditor = auditor().await;
+        append_some(&store, &auditor, 6).await;
+        let report = auditor.verify(&store).await.unwrap();
+        assert_eq!(report.records, 6, "{backend}");
+        assert_eq!(report.first_broken, None, "{backend}");
+
+        sqlx::query("UPDATE audit SET outcome = 'allowed' WHERE seq = 4")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let broken = auditor.verify(&store).await.unwrap().first_broken.unwrap();
+        assert_eq!(broken.seq, 4, "{backend}: {broken:?}");
+        assert!(broken.problem.contains("altered"), "{broken:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_audit_chain_finds_a_deleted_record_and_a_deleted_tail() {
+    each_db(|store, backend| async move {
+        let auditor = auditor().await;
+        append_some(&store, &auditor, 5).await;
+        sqlx::query("DELETE FROM audit WHERE seq = 5")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let broken = auditor.verify(&store).await.unwrap().first_broken.unwrap();
+        assert_eq!(
+            broken.seq, 5,
+            "{backend}: a deleted last record is found through the head"
+        );
+        sqlx::query("DELETE FROM audit WHERE seq = 2")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let broken = auditor.verify(&store).await.unwrap().first_broken.unwrap();
+        assert_eq!(broken.seq, 2, "{backend}: {broken:?}");
+        assert!(broken.problem.contains("missing"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_record_with_a_recomputed_hash_fails_its_mac() {
+    each_db(|store, backend| async move {
+        let auditor = auditor().await;
+        append_some(&store, &auditor, 3).await;
+        // A database administrator who rewrites a record and its hash chain cannot
+        // recompute the MACs: they need the token's audit key.
+        let mut conn = store.conn().await.unwrap();
+        let rows = audit_rows::page(&mut conn, 0, 10).await.unwrap();
+        let mut forged = rows[2].clone();
+        forged.reason = Some("forged".to_string());
+        sqlx::query("DELETE FROM audit WHERE seq = 3")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        forged.hash = hex::encode(brandkms::audit::record_hash(&forged));
+        audit_rows::insert(&mut conn, &forged).await.unwrap();
+        audit_rows::set_head_hash(&mut conn, &forged.hash)
+            .await
+            .unwrap();
+        let broken = auditor.verify(&store).await.unwrap().first_broken.unwrap();
+        assert_eq!(broken.seq, 3, "{backend}: {broken:?}");
+        assert!(broken.problem.contains("MAC"), "{backend}: {broken:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_appends_keep_one_chain() {
+    each_db(|store, backend| async move {
+        let auditor = auditor().await;
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, auditor) = (store.clone(), auditor.clone());
+                tokio::spawn(async move { append_some(&store, &auditor, 10).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let report = auditor.verify(&store).await.unwrap();
+        assert_eq!(
+            (report.records, report.first_broken),
+            (40, None),
+            "{backend}"
+        );
+    })
+    .await;
+}
