@@ -1,1 +1,5 @@
 //! brandkms client SDK, officer and participant commands, and the card simulator.
+
+pub mod sdk;
+
+pub use sdk::{Client, ClientError, ConnectOptions};

@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, requires = "fix")]
         yes: bool,
     },
+    /// Serve the gRPC API (mTLS) until SIGINT or SIGTERM.
+    Serve {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Probe what the configured token can do.
     Doctor {
         /// The configuration file.
@@ -130,6 +136,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Reconcile { config, fix, yes } => {
             let settings = settings(&config)?;
             runtime()?.block_on(cmd_reconcile(settings, fix, yes))
+        }
+        Command::Serve { config } => {
+            let settings = settings(&config)?;
+            runtime()?.block_on(cmd_serve(settings))
         }
         Command::Doctor { config } => {
             let settings = settings(&config)?;
@@ -303,4 +313,35 @@ async fn cmd_doctor(settings: Settings) -> Result<ExitCode, Failure> {
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_serve(settings: Settings) -> Result<ExitCode, Failure> {
+    let server = crate::server::Server::build(&settings, crate::clock::Clock::default())
+        .await
+        .map_err(Failure::runtime)?;
+    let listener = crate::server::bind(settings.listen).await.map_err(Failure::runtime)?;
+    let addr = listener.local_addr().map_err(Failure::runtime)?;
+    tracing::info!(%addr, token = %settings.hsm.token_label, "kms serving (mTLS)");
+    println!("kms listening on {addr}");
+    server
+        .serve(listener, shutdown_signal())
+        .await
+        .map_err(Failure::runtime)?;
+    tracing::info!("kms stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

@@ -98,6 +98,7 @@ pub async fn run(
                 version: 1,
                 state: KeyState::Active,
                 weak: false,
+                demote_active_to: None,
             },
             AuditEvent::allowed(actor, "init.create_internal_key"),
         )

@@ -46,6 +46,8 @@ pub struct NewVersion {
     pub state: KeyState,
     /// True for single DES.
     pub weak: bool,
+    /// Rotation: the state the key's active versions move to, in the same transaction.
+    pub demote_active_to: Option<KeyState>,
 }
 
 /// Which key MACs the audit record of the creation.
@@ -111,6 +113,9 @@ async fn write_rows(
     auditor.append(&mut tx, &event).await?;
     if let Some(key) = &new.key {
         rows::insert_key(&mut tx, key).await?;
+    }
+    if let Some(to) = new.demote_active_to {
+        rows::demote_active(&mut tx, &new.alias, to, now).await?;
     }
     rows::insert_version(&mut tx, &version).await?;
     tx.commit().await.map_err(StoreError::from)?;

@@ -6,15 +6,21 @@
 
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod doctor;
 pub mod failpoint;
 pub mod hsm;
+pub mod identity;
 pub mod init;
 pub mod keys;
+pub mod ops;
 pub mod reconcile;
+pub mod server;
+pub mod service;
 pub mod softhsm;
 pub mod store;
+pub mod tls;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,1 +1,186 @@
-//! Helpers for the end-to-end tests of brandkms.
+//! Helpers for the end-to-end tests: a real `kms` server (real SoftHSM2 token,
+//! SQLite or PostgreSQL, mTLS with certificates generated for the run) on a
+//! pre-bound port-0 listener, driven through the public SDK.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use brandkms::clock::Clock;
+use brandkms::config::{ServiceSettings, Settings, TlsSettings};
+use brandkms::init::{self, OfficerSeed};
+use brandkms::server::Server;
+use brandkms::service::Shared;
+use brandkms::store::Store;
+use brandkms::testing::{self, TestDb};
+use brandkms_clients::{Client, ConnectOptions};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+/// A running server for one test.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The PKI directory (`ca.pem`, `<entity>.pem`, `<entity>-key.pem`, and a
+    /// foreign CA's `foreign-<entity>.pem`).
+    pub pki: PathBuf,
+    /// Its shared state (clock, store).
+    pub state: Shared,
+    /// Which database.
+    pub backend: &'static str,
+    db: TestDb,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestServer({}, {})", self.addr, self.backend)
+    }
+}
+
+/// The officers every test server starts with.
+pub const OFFICERS: &[&str] = &["officer-1", "officer-2"];
+
+impl TestServer {
+    /// Starts a server on `db`, initialised with [`OFFICERS`], and waits until it
+    /// reports itself healthy.
+    pub async fn start(db: TestDb) -> TestServer {
+        Self::start_with(db, ServiceSettings::default()).await
+    }
+
+    /// As [`TestServer::start`], with other timings.
+    pub async fn start_with(db: TestDb, service: ServiceSettings) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        brandkms::dev::write_pki(&pki).unwrap();
+        write_foreign_pki(&pki);
+        let token = testing::token();
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            hsm: token.params(),
+            module_env: Vec::new(),
+            database: db.settings.clone(),
+            tls: Some(TlsSettings {
+                ca: pki.join("ca.pem"),
+                cert: pki.join("server.pem"),
+                key: pki.join("server-key.pem"),
+            }),
+            service,
+        };
+        let hsm = testing::hsm();
+        let store = Store::connect(&settings.database).await.unwrap();
+        let seeds: Vec<OfficerSeed> = OFFICERS
+            .iter()
+            .map(|id| OfficerSeed {
+                id: id.to_string(),
+                name: format!("officer {id}"),
+            })
+            .collect();
+        init::run(&hsm, &store, "local:test", &seeds).await.unwrap();
+        store.close().await;
+
+        let server = Server::build_with_hsm(&settings, hsm, Clock::default())
+            .await
+            .unwrap();
+        let state = server.state().clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        let s = TestServer {
+            addr,
+            pki,
+            state,
+            backend: db.backend,
+            db,
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        s.wait_healthy().await;
+        s
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(c) = Client::connect(&self.options("officer-1")).await
+                && c.healthy().await.unwrap_or(false)
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "server never became healthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Connection options as `entity`, with the brand PKI.
+    pub fn options(&self, entity: &str) -> ConnectOptions {
+        ConnectOptions {
+            endpoint: format!("https://{}", self.addr),
+            ca: self.pki.join("ca.pem"),
+            cert: self.pki.join(format!("{entity}.pem")),
+            key: self.pki.join(format!("{entity}-key.pem")),
+            domain: Some("localhost".to_string()),
+        }
+    }
+
+    /// A client connected as `entity`.
+    pub async fn client(&self, entity: &str) -> Client {
+        Client::connect(&self.options(entity)).await.unwrap()
+    }
+
+    /// The database's settings (to open the store directly).
+    pub fn db(&self) -> &TestDb {
+        &self.db
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+/// A CA that is not the brand's, and a client certificate from it that claims to
+/// be `officer-1`: `foreign-officer-1.pem` / `foreign-officer-1-key.pem`.
+fn write_foreign_pki(pki: &Path) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "not the brand CA");
+    let issuer = Issuer::new(params, key);
+    let (cert, key) = brandkms::dev::client_certificate("officer-1", &issuer).unwrap();
+    std::fs::write(pki.join("foreign-officer-1.pem"), cert).unwrap();
+    std::fs::write(pki.join("foreign-officer-1-key.pem"), key).unwrap();
+}
+
+/// Runs `f` against a fresh server on every test database (SQLite, and
+/// PostgreSQL when configured).
+pub async fn on_each_database<F, Fut>(f: F)
+where
+    F: Fn(TestServer) -> Fut,
+    Fut: std::future::Future<Output = TestServer>,
+{
+    for db in testing::databases().await {
+        let server = TestServer::start(db).await;
+        let server = f(server).await;
+        server.stop().await;
+    }
+}

@@ -202,3 +202,56 @@ fn version_from_row(r: &AnyRow) -> Result<KeyVersionRecord, StoreError> {
         destroyed_at: r.try_get("destroyed_at")?,
     })
 }
+
+/// Sets a version's state and its destruction times.
+pub async fn set_state(
+    conn: &mut Conn,
+    alias: &str,
+    version: u32,
+    state: KeyState,
+    at: i64,
+    destroy_after: Option<i64>,
+    destroyed_at: Option<i64>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE key_versions SET state = $1, state_changed_at = $2, destroy_after = $3, destroyed_at = $4
+         WHERE alias = $5 AND version = $6",
+    )
+    .bind(state.as_str())
+    .bind(at)
+    .bind(destroy_after)
+    .bind(destroyed_at)
+    .bind(alias)
+    .bind(i64::from(version))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves every active version of a key to `to` (rotation).
+pub async fn demote_active(conn: &mut Conn, alias: &str, to: KeyState, at: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE key_versions SET state = $1, state_changed_at = $2 WHERE alias = $3 AND state = $4",
+    )
+    .bind(to.as_str())
+    .bind(at)
+    .bind(alias)
+    .bind(KeyState::Active.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Versions whose pending destruction is due at `now`.
+pub async fn due_destructions(conn: &mut Conn, now: i64) -> Result<Vec<KeyVersionRecord>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {VERSION_COLUMNS} FROM key_versions WHERE state = $1 AND destroy_after <= $2 ORDER BY destroy_after"
+    ))
+    .bind(KeyState::PendingDestruction.as_str())
+    .bind(now)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(version_from_row)
+    .collect()
+}

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod entities;
 pub mod keys;
+pub mod tieups;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

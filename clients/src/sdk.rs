@@ -1,0 +1,200 @@
+//! The Rust SDK: a connection with a client certificate (mTLS), typed calls, and
+//! errors as an enum. Every brandkms client (kmsctl, participant commands, tests)
+//! goes through it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use brandkms_proto::v1 as pb;
+use brandkms_proto::v1::admin_client::AdminClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// `https://HOST:PORT`.
+    pub endpoint: String,
+    /// The brand CA (PEM) that signed the server certificate.
+    pub ca: PathBuf,
+    /// This caller's certificate (PEM).
+    pub cert: PathBuf,
+    /// This caller's private key (PEM).
+    pub key: PathBuf,
+    /// The name the server certificate must carry (default: the endpoint's host).
+    pub domain: Option<String>,
+}
+
+/// What can go wrong in a call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The connection settings are unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The connection failed.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Transport {
+        /// The endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{}: {message}", code_name(*code))]
+    Status {
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code, when the server answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// `InvalidArgument` etc.
+pub fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Status {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+fn read(what: &str, path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::Config(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+/// A connection to brandkms.
+#[derive(Clone, Debug)]
+pub struct Client {
+    channel: Channel,
+}
+
+impl Client {
+    /// Connects with the caller's certificate.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Client, ClientError> {
+        let ca = read("CA certificate", &opts.ca)?;
+        let cert = read("client certificate", &opts.cert)?;
+        let key = read("client key", &opts.key)?;
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key));
+        let domain = match &opts.domain {
+            Some(d) => Some(d.clone()),
+            None => opts
+                .endpoint
+                .split("://")
+                .nth(1)
+                .and_then(|rest| rest.rsplit_once(':').map(|(h, _)| h.to_string()))
+                .filter(|h| h.parse::<std::net::IpAddr>().is_ok())
+                .map(|_| "localhost".to_string()),
+        };
+        if let Some(d) = domain {
+            tls = tls.domain_name(d);
+        }
+        let transport = |source| ClientError::Transport {
+            endpoint: opts.endpoint.clone(),
+            source,
+        };
+        let channel = Endpoint::from_shared(opts.endpoint.clone())
+            .map_err(|e| ClientError::Config(format!("endpoint {:?}: {e}", opts.endpoint)))?
+            .tls_config(tls)
+            .map_err(transport)?
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .connect()
+            .await
+            .map_err(transport)?;
+        Ok(Client { channel })
+    }
+
+    /// The channel, for the generated clients of other services.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Whether the server reports itself serving.
+    pub async fn healthy(&self) -> Result<bool, ClientError> {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let resp = health
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await?;
+        Ok(resp.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    }
+
+    /// The Admin service (officers).
+    pub fn admin(&self) -> Admin {
+        Admin {
+            inner: AdminClient::new(self.channel.clone()),
+        }
+    }
+}
+
+/// Typed calls of the Admin service.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    inner: AdminClient<Channel>,
+}
+
+macro_rules! calls {
+    ($($(#[$doc:meta])* $name:ident($req:ty) -> $resp:ty;)+) => {
+        impl Admin {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&mut self, request: $req) -> Result<$resp, ClientError> {
+                    Ok(self.inner.$name(request).await?.into_inner())
+                }
+            )+
+        }
+    };
+}
+
+calls! {
+    /// Creates a card-access key (version 1, active).
+    create_key(pb::CreateKeyRequest) -> pb::Key;
+    /// Adds an active version; the previous one becomes auth_only.
+    rotate_key(pb::RotateKeyRequest) -> pb::Key;
+    /// Sets a version's state.
+    set_key_version_state(pb::SetKeyVersionStateRequest) -> pb::Key;
+    /// Schedules a retired version's destruction.
+    schedule_key_version_destruction(pb::ScheduleKeyVersionDestructionRequest) -> pb::Key;
+    /// Cancels a pending destruction.
+    cancel_key_version_destruction(pb::CancelKeyVersionDestructionRequest) -> pb::Key;
+    /// One key with its versions.
+    get_key(pb::GetKeyRequest) -> pb::Key;
+    /// Every key.
+    list_keys(pb::ListKeysRequest) -> pb::ListKeysResponse;
+    /// Registers a participant.
+    register_entity(pb::RegisterEntityRequest) -> pb::Entity;
+    /// Suspends a participant.
+    suspend_entity(pb::EntityRef) -> pb::Entity;
+    /// Resumes a participant.
+    resume_entity(pb::EntityRef) -> pb::Entity;
+    /// Every participant.
+    list_entities(pb::ListEntitiesRequest) -> pb::ListEntitiesResponse;
+    /// Records a tie-up.
+    create_tie_up(pb::CreateTieUpRequest) -> pb::TieUp;
+    /// Changes a tie-up.
+    update_tie_up(pb::UpdateTieUpRequest) -> pb::TieUp;
+    /// Ends a tie-up.
+    terminate_tie_up(pb::TieUpRef) -> pb::TieUp;
+    /// Every tie-up.
+    list_tie_ups(pb::ListTieUpsRequest) -> pb::ListTieUpsResponse;
+    /// Audit records.
+    list_audit(pb::ListAuditRequest) -> pb::ListAuditResponse;
+    /// Verifies the whole audit chain.
+    verify_audit(pb::VerifyAuditRequest) -> pb::VerifyAuditResponse;
+}

@@ -1,0 +1,94 @@
+//! Participants: register, suspend, resume, list.
+
+use brandkms_policy::{EntityKind, EntityStatus};
+
+use crate::service::{AppState, Caller, ServiceError};
+use crate::store::StoreError;
+use crate::store::entities::{self as rows, EntityRecord};
+
+/// A participant to register.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisterEntity {
+    /// Id (validated).
+    pub id: String,
+    /// Kind.
+    pub kind: EntityKind,
+    /// Readable name (non-empty).
+    pub name: String,
+    /// Issuers: online.
+    pub online: bool,
+    /// Terminals: tamper-resistant.
+    pub tamper_resistant: bool,
+}
+
+/// Registers an entity, active.
+pub async fn register(state: &AppState, caller: &Caller, input: RegisterEntity) -> Result<EntityRecord, ServiceError> {
+    let mut tx = state.store.begin().await?;
+    state
+        .auditor
+        .append(&mut tx, &caller.event("Admin/RegisterEntity").outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("entity {} ({})", input.id, input.kind)),
+        ))
+        .await?;
+    if rows::get(&mut tx, &input.id).await?.is_some() {
+        return Err(ServiceError::AlreadyExists(format!("entity {:?} is registered", input.id)));
+    }
+    let now = state.clock.now_ms();
+    let record = EntityRecord {
+        id: input.id,
+        kind: input.kind,
+        name: input.name,
+        online: input.online,
+        tamper_resistant: input.tamper_resistant,
+        status: EntityStatus::Active,
+        created_at: now,
+        updated_at: now,
+    };
+    rows::insert(&mut tx, &record).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(record)
+}
+
+/// Suspends or resumes an entity.
+pub async fn set_status(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    status: EntityStatus,
+) -> Result<EntityRecord, ServiceError> {
+    let operation = match status {
+        EntityStatus::Suspended => "Admin/SuspendEntity",
+        EntityStatus::Active => "Admin/ResumeEntity",
+    };
+    let mut tx = state.store.begin().await?;
+    state
+        .auditor
+        .append(&mut tx, &caller.event(operation).outcome(crate::audit::Outcome::Allowed, Some(format!("entity {id}"))))
+        .await?;
+    let entity = rows::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no entity {id:?}")))?;
+    if entity.status == status {
+        return Err(ServiceError::FailedPrecondition(format!("entity {id:?} is already {status}")));
+    }
+    if entity.id == caller.entity.id && status == EntityStatus::Suspended {
+        return Err(ServiceError::FailedPrecondition("an officer cannot suspend themself".to_string()));
+    }
+    rows::set_status(&mut tx, id, status, state.clock.now_ms()).await?;
+    let updated = rows::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no entity {id:?}")))?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(updated)
+}
+
+/// Every entity, optionally of one kind.
+pub async fn list(state: &AppState, kind: Option<EntityKind>) -> Result<Vec<EntityRecord>, ServiceError> {
+    let mut conn = state.store.conn().await?;
+    Ok(rows::list(&mut conn)
+        .await?
+        .into_iter()
+        .filter(|e| kind.is_none_or(|k| k == e.kind))
+        .collect())
+}

@@ -1,0 +1,7 @@
+//! Domain operations behind the handlers: typed inputs, the checks that decide
+//! `NotFound` / `FailedPrecondition`, the state change and its audit record in one
+//! transaction. No gRPC types here.
+
+pub mod entities;
+pub mod keys;
+pub mod tieups;

@@ -1,0 +1,185 @@
+//! Tie-up agreements: create, update, terminate, list.
+
+use std::collections::HashSet;
+
+use brandkms_policy::{EntityKind, KeyClass, TieUpMode, TieUpState};
+
+use crate::service::{AppState, Caller, ServiceError, invalid};
+use crate::store::tieups::{self as rows, TieUpRecord};
+use crate::store::{Conn, StoreError, entities, keys};
+
+/// A tie-up to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateTieUp {
+    /// The entity.
+    pub entity_id: String,
+    /// Keys and modes (at least one, no alias twice).
+    pub keys: Vec<(String, TieUpMode)>,
+    /// Start (None: now).
+    pub valid_from: Option<i64>,
+    /// End (None: open-ended).
+    pub valid_until: Option<i64>,
+    /// Sponsoring issuer.
+    pub sponsor_issuer: Option<String>,
+    /// Per-transaction limit.
+    pub per_transaction_limit: Option<u64>,
+}
+
+/// Changes to a tie-up; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpdateTieUp {
+    /// The tie-up.
+    pub id: String,
+    /// Replacement keys.
+    pub keys: Option<Vec<(String, TieUpMode)>>,
+    /// New start.
+    pub valid_from: Option<i64>,
+    /// New end (`Some(None)`: open-ended).
+    pub valid_until: Option<Option<i64>>,
+    /// New limit.
+    pub per_transaction_limit: Option<u64>,
+    /// Active or suspended.
+    pub state: Option<TieUpState>,
+}
+
+fn check_window(from: i64, until: Option<i64>) -> Result<(), ServiceError> {
+    match until {
+        Some(u) if u <= from => Err(invalid(format!(
+            "validity window ends ({u}) before or when it starts ({from})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn check_keys(conn: &mut Conn, tie_keys: &[(String, TieUpMode)]) -> Result<(), ServiceError> {
+    if tie_keys.is_empty() {
+        return Err(invalid("a tie-up covers at least one key"));
+    }
+    let mut seen = HashSet::new();
+    for (alias, _) in tie_keys {
+        if !seen.insert(alias) {
+            return Err(invalid(format!("key {alias:?} is named twice")));
+        }
+        let key = keys::key(conn, alias)
+            .await?
+            .ok_or_else(|| invalid(format!("unknown key {alias:?}")))?;
+        if matches!(key.class, KeyClass::Internal | KeyClass::Transport) {
+            return Err(invalid(format!("{} key {alias:?} cannot be covered by a tie-up", key.class)));
+        }
+    }
+    Ok(())
+}
+
+/// Records a tie-up, active.
+pub async fn create(state: &AppState, caller: &Caller, input: CreateTieUp) -> Result<TieUpRecord, ServiceError> {
+    let now = state.clock.now_ms();
+    let id = format!("tu-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut tx = state.store.begin().await?;
+    state
+        .auditor
+        .append(&mut tx, &caller.event("Admin/CreateTieUp").outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("tie-up {id} for {}", input.entity_id)),
+        ))
+        .await?;
+    entities::get(&mut tx, &input.entity_id)
+        .await?
+        .ok_or_else(|| invalid(format!("unknown entity {:?}", input.entity_id)))?;
+    if let Some(sponsor) = &input.sponsor_issuer {
+        let s = entities::get(&mut tx, sponsor)
+            .await?
+            .ok_or_else(|| invalid(format!("unknown sponsoring issuer {sponsor:?}")))?;
+        if s.kind != EntityKind::Issuer {
+            return Err(invalid(format!("sponsor {sponsor:?} is a {}, not an issuer", s.kind)));
+        }
+    }
+    check_keys(&mut tx, &input.keys).await?;
+    let valid_from = input.valid_from.unwrap_or(now);
+    check_window(valid_from, input.valid_until)?;
+    let record = TieUpRecord {
+        id,
+        entity_id: input.entity_id,
+        state: TieUpState::Active,
+        keys: input.keys,
+        valid_from,
+        valid_until: input.valid_until,
+        sponsor_issuer: input.sponsor_issuer,
+        per_transaction_limit: input.per_transaction_limit,
+        created_at: now,
+        updated_at: now,
+    };
+    rows::insert(&mut tx, &record).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(record)
+}
+
+/// Changes a tie-up that is not terminated.
+pub async fn update(state: &AppState, caller: &Caller, input: UpdateTieUp) -> Result<TieUpRecord, ServiceError> {
+    let mut tx = state.store.begin().await?;
+    state
+        .auditor
+        .append(&mut tx, &caller.event("Admin/UpdateTieUp").outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("tie-up {}", input.id)),
+        ))
+        .await?;
+    let mut t = rows::get(&mut tx, &input.id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no tie-up {:?}", input.id)))?;
+    if t.state == TieUpState::Terminated {
+        return Err(ServiceError::FailedPrecondition(format!("tie-up {:?} is terminated", input.id)));
+    }
+    if let Some(k) = input.keys {
+        check_keys(&mut tx, &k).await?;
+        t.keys = k;
+    }
+    if let Some(from) = input.valid_from {
+        t.valid_from = from;
+    }
+    if let Some(until) = input.valid_until {
+        t.valid_until = until;
+    }
+    check_window(t.valid_from, t.valid_until)?;
+    if let Some(limit) = input.per_transaction_limit {
+        t.per_transaction_limit = Some(limit);
+    }
+    if let Some(s) = input.state {
+        if s == TieUpState::Terminated {
+            return Err(invalid("terminate a tie-up with TerminateTieUp"));
+        }
+        t.state = s;
+    }
+    t.updated_at = state.clock.now_ms();
+    rows::update(&mut tx, &t).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(t)
+}
+
+/// Ends a tie-up for good.
+pub async fn terminate(state: &AppState, caller: &Caller, id: &str) -> Result<TieUpRecord, ServiceError> {
+    let mut tx = state.store.begin().await?;
+    state
+        .auditor
+        .append(&mut tx, &caller.event("Admin/TerminateTieUp").outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("tie-up {id}")),
+        ))
+        .await?;
+    let mut t = rows::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no tie-up {id:?}")))?;
+    if t.state == TieUpState::Terminated {
+        return Err(ServiceError::FailedPrecondition(format!("tie-up {id:?} is already terminated")));
+    }
+    t.state = TieUpState::Terminated;
+    t.updated_at = state.clock.now_ms();
+    rows::update(&mut tx, &t).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(t)
+}
+
+/// Every tie-up, or one entity's.
+pub async fn list(state: &AppState, entity_id: Option<&str>) -> Result<Vec<TieUpRecord>, ServiceError> {
+    let mut conn = state.store.conn().await?;
+    Ok(rows::list(&mut conn, entity_id).await?)
+}

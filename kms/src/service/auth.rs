@@ -1,0 +1,192 @@
+//! The identity layer: before any handler runs, the caller's certificate must
+//! chain to the brand CA (else `Unauthenticated`), name a registered entity (else
+//! `Unauthenticated`) that is not suspended (else `PermissionDenied`, rule 2).
+//! Each refusal is recorded in the audit trail. The caller is then handed to the
+//! handlers in the request's extensions.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use brandkms_policy::{DenyReason, EntityStatus};
+use rustls::server::danger::ClientCertVerifier;
+use tonic::Status;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use super::{Caller, Shared};
+use crate::audit::{AuditEvent, Outcome};
+use crate::identity::{self, IdentityError};
+use crate::store::entities;
+
+/// Paths that need a brand certificate but no registered entity, and whose
+/// successful calls are not audited (they touch no key and no state).
+const INFRASTRUCTURE: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Wraps the gRPC routes with caller identification.
+#[derive(Clone)]
+pub struct AuthLayer {
+    state: Shared,
+    brand_ca: Arc<dyn ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthLayer")
+    }
+}
+
+impl AuthLayer {
+    /// A layer that checks chains against `brand_ca` and entities in `state`'s store.
+    pub fn new(state: Shared, brand_ca: Arc<dyn ClientCertVerifier>) -> Self {
+        AuthLayer { state, brand_ca }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            state: Arc::clone(&self.state),
+            brand_ca: Arc::clone(&self.brand_ca),
+        }
+    }
+}
+
+/// The service the layer produces.
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    state: Shared,
+    brand_ca: Arc<dyn ClientCertVerifier>,
+}
+
+impl<S> std::fmt::Debug for Auth<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auth")
+    }
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Auth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone that was made ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = Arc::clone(&self.state);
+        let brand_ca = Arc::clone(&self.brand_ca);
+        Box::pin(async move {
+            let path = req.uri().path().to_string();
+            let chain = req
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.peer_certs());
+            let chain: &[_] = chain.as_deref().map(Vec::as_slice).unwrap_or_default();
+            match identify(&state, &brand_ca, chain, &path).await {
+                Ok(Some(caller)) => {
+                    req.extensions_mut().insert(caller);
+                    inner.call(req).await
+                }
+                Ok(None) => inner.call(req).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// `Admin/CreateKey` from `/brandkms.v1.Admin/CreateKey`.
+pub fn operation_name(path: &str) -> String {
+    path.trim_start_matches('/')
+        .trim_start_matches("brandkms.v1.")
+        .to_string()
+}
+
+async fn identify(
+    state: &Shared,
+    brand_ca: &Arc<dyn ClientCertVerifier>,
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+    path: &str,
+) -> Result<Option<Caller>, Status> {
+    let operation = operation_name(path);
+    let fingerprint = chain.first().map(identity::fingerprint);
+    let refuse = |caller: &str, outcome_status: Status| {
+        let mut event = AuditEvent::allowed(caller, &operation)
+            .outcome(Outcome::Denied, Some(outcome_status.message().to_string()));
+        event.cert_fingerprint = fingerprint.clone();
+        (event, outcome_status)
+    };
+    let peer = match identity::identify(brand_ca, chain) {
+        Ok(p) => p,
+        Err(e) => {
+            let (event, status) = refuse("unauthenticated", Status::unauthenticated(e.to_string()));
+            record(state, &event).await?;
+            if matches!(e, IdentityError::NoCertificate | IdentityError::Untrusted(_)) {
+                tracing::warn!(%operation, error = %e, "refused a client certificate");
+            }
+            return Err(status);
+        }
+    };
+    if INFRASTRUCTURE.iter().any(|p| path.starts_with(p)) {
+        return Ok(None);
+    }
+    let mut conn = state.store.conn().await.map_err(|e| super::ServiceError::from(e).to_status())?;
+    let entity = entities::get(&mut conn, &peer.entity_id)
+        .await
+        .map_err(|e| super::ServiceError::from(e).to_status())?;
+    drop(conn);
+    let Some(entity) = entity else {
+        let (event, status) = refuse(
+            &peer.entity_id,
+            Status::unauthenticated(format!(
+                "entity {:?} named by the client certificate is not registered",
+                peer.entity_id
+            )),
+        );
+        record(state, &event).await?;
+        return Err(status);
+    };
+    if entity.status == EntityStatus::Suspended {
+        let (event, status) = refuse(
+            &peer.entity_id,
+            Status::permission_denied(DenyReason::EntitySuspended.to_string()),
+        );
+        record(state, &event).await?;
+        return Err(status);
+    }
+    Ok(Some(Caller {
+        entity,
+        fingerprint: peer.fingerprint,
+    }))
+}
+
+async fn record(state: &Shared, event: &AuditEvent) -> Result<(), Status> {
+    state
+        .auditor
+        .record(&state.store, event)
+        .await
+        .map(|_| ())
+        .map_err(|e| super::ServiceError::from(e).to_status())
+}

@@ -1,0 +1,286 @@
+//! Wire types to domain types (`TryFrom`, rejecting malformed requests as
+//! `InvalidArgument`) and domain records to wire types. Generated types go no
+//! further than this module and the handlers.
+
+use brandkms_policy::{Algorithm, EntityKind, EntityStatus, KeyClass, KeyState, Purpose, TieUpMode, TieUpState};
+use brandkms_proto::v1 as pb;
+
+use super::{ServiceError, invalid, valid_name};
+use crate::ops::entities::RegisterEntity;
+use crate::ops::keys::{CreateKey, KeyView};
+use crate::ops::tieups::{CreateTieUp, UpdateTieUp};
+use crate::store::audit::AuditRow;
+use crate::store::entities::EntityRecord;
+use crate::store::tieups::TieUpRecord;
+
+/// Maps a wire enum to a domain enum; `UNSPECIFIED` is `None`, unknown numbers fail.
+macro_rules! enum_map {
+    ($to_domain:ident, $to_wire:ident, $wire:ty, $domain:ty, $what:literal, { $($w:ident => $d:ident),+ $(,)? }) => {
+        #[allow(dead_code)]
+        pub(crate) fn $to_domain(v: i32) -> Result<Option<$domain>, ServiceError> {
+            match <$wire>::try_from(v) {
+                Ok(<$wire>::Unspecified) => Ok(None),
+                $(Ok(<$wire>::$w) => Ok(Some(<$domain>::$d)),)+
+                Err(_) => Err(invalid(format!(concat!("unknown ", $what, " {}"), v))),
+            }
+        }
+
+        #[allow(dead_code)]
+        pub(crate) fn $to_wire(d: $domain) -> i32 {
+            match d {
+                $(<$domain>::$d => <$wire>::$w as i32,)+
+            }
+        }
+    };
+}
+
+enum_map!(key_class, key_class_wire, pb::KeyClass, KeyClass, "key class", {
+    CardAccess => CardAccess, Transport => Transport, Settlement => Settlement,
+    Authenticator => Authenticator, Internal => Internal,
+});
+enum_map!(algorithm, algorithm_wire, pb::KeyAlgorithm, Algorithm, "algorithm", {
+    Des => Des, Tdes2 => Tdes2, Tdes3 => Tdes3, Aes256 => Aes256, HmacSha256 => HmacSha256,
+    Rsa2048 => Rsa2048, Rsa3072 => Rsa3072, Rsa4096 => Rsa4096,
+});
+enum_map!(key_state, key_state_wire, pb::KeyState, KeyState, "key state", {
+    Active => Active, AuthOnly => AuthOnly, DecryptOnly => DecryptOnly, Retired => Retired,
+    PendingDestruction => PendingDestruction, Destroyed => Destroyed,
+});
+enum_map!(purpose, purpose_wire, pb::Purpose, Purpose, "purpose", { Load => Load, Purchase => Purchase });
+enum_map!(entity_kind, entity_kind_wire, pb::EntityKind, EntityKind, "entity kind", {
+    Issuer => Issuer, PosCenter => PosCenter, MmkCenter => MmkCenter, BankCenter => BankCenter,
+    MerchantTerminal => MerchantTerminal, Cybershop => Cybershop, LoadingPortal => LoadingPortal,
+    ClearingHouse => ClearingHouse, Officer => Officer,
+});
+enum_map!(entity_status, entity_status_wire, pb::EntityStatus, EntityStatus, "entity status", {
+    Active => Active, Suspended => Suspended,
+});
+enum_map!(tie_up_mode, tie_up_mode_wire, pb::TieUpMode, TieUpMode, "tie-up mode", {
+    Supply => Supply, Hold => Hold, ProxyLoad => ProxyLoad,
+});
+enum_map!(tie_up_state, tie_up_state_wire, pb::TieUpState, TieUpState, "tie-up state", {
+    Active => Active, Suspended => Suspended, Terminated => Terminated,
+});
+
+/// Checks an alias or entity id.
+pub fn name(what: &str, s: &str) -> Result<String, ServiceError> {
+    if s.is_empty() {
+        return Err(invalid(format!("{what} is empty")));
+    }
+    if !valid_name(s) {
+        return Err(invalid(format!(
+            "{what} {s:?} must be 1 to 64 characters of [a-z0-9._-]"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+/// A version number (from 1).
+pub fn version(v: u32) -> Result<u32, ServiceError> {
+    if v == 0 {
+        return Err(invalid("key version starts at 1"));
+    }
+    Ok(v)
+}
+
+fn non_negative_time(what: &str, t: i64) -> Result<Option<i64>, ServiceError> {
+    match t {
+        0 => Ok(None),
+        t if t < 0 => Err(invalid(format!("{what} is negative"))),
+        t => Ok(Some(t)),
+    }
+}
+
+impl TryFrom<pb::CreateKeyRequest> for CreateKey {
+    type Error = ServiceError;
+
+    fn try_from(r: pb::CreateKeyRequest) -> Result<Self, Self::Error> {
+        let alias = name("alias", &r.alias)?;
+        match key_class(r.class)? {
+            None | Some(KeyClass::CardAccess) => {}
+            Some(other) => {
+                return Err(invalid(format!(
+                    "CreateKey makes card-access keys; {other} keys are not created this way"
+                )));
+            }
+        }
+        let service_code = u16::try_from(r.service_code).map_err(|_| {
+            invalid(format!("service code {} is out of range (0 to 65535)", r.service_code))
+        })?;
+        let purpose = purpose(r.purpose)?.ok_or_else(|| invalid("purpose is required: load or purchase"))?;
+        let algorithm = algorithm(r.algorithm)?.unwrap_or(Algorithm::Tdes2);
+        match algorithm {
+            Algorithm::Tdes2 | Algorithm::Tdes3 => {}
+            Algorithm::Des if r.allow_legacy_des => {}
+            Algorithm::Des => {
+                return Err(invalid(
+                    "single DES is legacy: set allow_legacy_des to create it (it is always reported weak)",
+                ));
+            }
+            other => return Err(invalid(format!("algorithm {other} is not a card-access algorithm"))),
+        }
+        Ok(CreateKey {
+            alias,
+            service_code,
+            purpose,
+            algorithm,
+            exportable: r.exportable,
+        })
+    }
+}
+
+impl TryFrom<pb::RegisterEntityRequest> for RegisterEntity {
+    type Error = ServiceError;
+
+    fn try_from(r: pb::RegisterEntityRequest) -> Result<Self, Self::Error> {
+        let kind = entity_kind(r.kind)?.ok_or_else(|| invalid("entity kind is required"))?;
+        let name_text = r.name.trim().to_string();
+        if name_text.is_empty() || name_text.len() > 200 {
+            return Err(invalid("name must be 1 to 200 characters"));
+        }
+        Ok(RegisterEntity {
+            id: name("entity id", &r.id)?,
+            kind,
+            name: name_text,
+            online: r.online,
+            tamper_resistant: r.tamper_resistant,
+        })
+    }
+}
+
+fn tie_keys(keys: Vec<pb::TieUpKey>) -> Result<Vec<(String, TieUpMode)>, ServiceError> {
+    keys.into_iter()
+        .map(|k| {
+            let alias = name("key alias", &k.alias)?;
+            let mode = tie_up_mode(k.mode)?
+                .ok_or_else(|| invalid(format!("mode for key {alias:?} is required: supply, hold or proxy_load")))?;
+            Ok((alias, mode))
+        })
+        .collect()
+}
+
+impl TryFrom<pb::CreateTieUpRequest> for CreateTieUp {
+    type Error = ServiceError;
+
+    fn try_from(r: pb::CreateTieUpRequest) -> Result<Self, Self::Error> {
+        Ok(CreateTieUp {
+            entity_id: name("entity id", &r.entity_id)?,
+            keys: tie_keys(r.keys)?,
+            valid_from: non_negative_time("valid_from", r.valid_from)?,
+            valid_until: non_negative_time("valid_until", r.valid_until)?,
+            sponsor_issuer: if r.sponsor_issuer.is_empty() {
+                None
+            } else {
+                Some(name("sponsoring issuer", &r.sponsor_issuer)?)
+            },
+            per_transaction_limit: limit(r.per_transaction_limit)?,
+        })
+    }
+}
+
+fn limit(l: Option<u64>) -> Result<Option<u64>, ServiceError> {
+    match l {
+        Some(v) if i64::try_from(v).is_err() => Err(invalid("per-transaction limit is too large")),
+        other => Ok(other),
+    }
+}
+
+impl TryFrom<pb::UpdateTieUpRequest> for UpdateTieUp {
+    type Error = ServiceError;
+
+    fn try_from(r: pb::UpdateTieUpRequest) -> Result<Self, Self::Error> {
+        Ok(UpdateTieUp {
+            id: name("tie-up id", &r.id)?,
+            keys: if r.keys.is_empty() { None } else { Some(tie_keys(r.keys)?) },
+            valid_from: r.valid_from.map(|t| non_negative_time("valid_from", t)).transpose()?.flatten(),
+            valid_until: r.valid_until.map(|t| non_negative_time("valid_until", t)).transpose()?,
+            per_transaction_limit: limit(r.per_transaction_limit)?,
+            state: tie_up_state(r.state)?,
+        })
+    }
+}
+
+impl From<KeyView> for pb::Key {
+    fn from(v: KeyView) -> Self {
+        pb::Key {
+            alias: v.key.alias,
+            class: key_class_wire(v.key.class),
+            algorithm: algorithm_wire(v.key.algorithm),
+            purpose: v.key.purpose.map_or(0, purpose_wire),
+            service_code: v.key.service_code.map(u32::from),
+            exportable: v.key.exportable,
+            owner_entity: v.key.owner_entity.unwrap_or_default(),
+            created_at: v.key.created_at,
+            versions: v
+                .versions
+                .into_iter()
+                .map(|x| pb::KeyVersion {
+                    version: x.version,
+                    state: key_state_wire(x.state),
+                    kcv: x.kcv,
+                    weak: x.weak,
+                    created_at: x.created_at,
+                    state_changed_at: x.state_changed_at,
+                    destroy_after: x.destroy_after.unwrap_or_default(),
+                    destroyed_at: x.destroyed_at.unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<EntityRecord> for pb::Entity {
+    fn from(e: EntityRecord) -> Self {
+        pb::Entity {
+            id: e.id,
+            kind: entity_kind_wire(e.kind),
+            name: e.name,
+            online: e.online,
+            tamper_resistant: e.tamper_resistant,
+            status: entity_status_wire(e.status),
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        }
+    }
+}
+
+impl From<TieUpRecord> for pb::TieUp {
+    fn from(t: TieUpRecord) -> Self {
+        pb::TieUp {
+            id: t.id,
+            entity_id: t.entity_id,
+            state: tie_up_state_wire(t.state),
+            keys: t
+                .keys
+                .into_iter()
+                .map(|(alias, mode)| pb::TieUpKey {
+                    alias,
+                    mode: tie_up_mode_wire(mode),
+                })
+                .collect(),
+            valid_from: t.valid_from,
+            valid_until: t.valid_until.unwrap_or_default(),
+            sponsor_issuer: t.sponsor_issuer.unwrap_or_default(),
+            per_transaction_limit: t.per_transaction_limit,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+impl From<AuditRow> for pb::AuditRecord {
+    fn from(r: AuditRow) -> Self {
+        pb::AuditRecord {
+            seq: r.seq,
+            at: r.at,
+            caller: r.caller,
+            cert_fingerprint: r.cert_fingerprint.unwrap_or_default(),
+            operation: r.operation,
+            key_alias: r.key_alias.unwrap_or_default(),
+            key_version: r.key_version,
+            outcome: r.outcome,
+            reason: r.reason.unwrap_or_default(),
+            hash: r.hash,
+        }
+    }
+}

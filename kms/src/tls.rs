@@ -1,0 +1,178 @@
+//! The server's TLS: rustls with a required client certificate. The handshake
+//! demands a certificate and proof of its key; whether it chains to the brand CA
+//! is decided per request by the identity layer, so that a stranger's refusal is
+//! a gRPC `Unauthenticated` status and an audit record, not a silent reset.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::config::TlsSettings;
+
+/// TLS set-up errors, naming the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file cannot be read.
+    #[error("tls.{field}: cannot read {path}: {source}")]
+    Read {
+        /// The config field.
+        field: &'static str,
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file holds nothing usable.
+    #[error("tls.{field}: {path} {problem}")]
+    Content {
+        /// The config field.
+        field: &'static str,
+        /// The path.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// rustls refused the configuration.
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The server's rustls configuration and the brand-CA verifier the identity layer uses.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// For the acceptor.
+    pub config: Arc<ServerConfig>,
+    /// Checks client chains against the brand CA.
+    pub brand_ca: Arc<dyn ClientCertVerifier>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        field,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn certificates(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(field, path)?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Content {
+            field,
+            path: path.display().to_string(),
+            problem: format!("is not PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Content {
+            field,
+            path: path.display().to_string(),
+            problem: "holds no certificate".to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Loads the CA, the server certificate and key; refuses to start when the CA
+/// file holds no certificate.
+pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in certificates("ca", &settings.ca)? {
+        roots.add(ca).map_err(|e| TlsError::Content {
+            field: "ca",
+            path: settings.ca.display().to_string(),
+            problem: format!("holds an unusable CA certificate: {e}"),
+        })?;
+    }
+    let brand_ca = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Content {
+            field: "ca",
+            path: settings.ca.display().to_string(),
+            problem: e.to_string(),
+        })?;
+    let chain = certificates("cert", &settings.cert)?;
+    let key_pem = read("key", &settings.key)?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| TlsError::Content {
+            field: "key",
+            path: settings.key.display().to_string(),
+            problem: "holds no private key".to_string(),
+        })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(CertificateRequired {
+            brand_ca: Arc::clone(&brand_ca),
+        }))
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(ServerTls {
+        config: Arc::new(config),
+        brand_ca,
+    })
+}
+
+/// Requires a client certificate and checks the handshake signature with its key;
+/// leaves the chain to the identity layer (which checks it on every request).
+#[derive(Debug)]
+struct CertificateRequired {
+    brand_ca: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for CertificateRequired {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.brand_ca.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.brand_ca.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.brand_ca.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.brand_ca.supported_verify_schemes()
+    }
+}
