@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's first command: set everything up on a fresh Debian machine and run
-# the demo. Installs softhsm2 and opensc when missing, builds kms, writes a
-# development deployment into ./dev (SoftHSM2 token, SQLite, dev PKI; reused when
-# present), initialises it, and shows the token's objects with opensc's pkcs11-tool.
+# the service with its demo. Installs softhsm2 and opensc when missing, builds kms
+# and kmsctl, writes a development deployment into ./dev (SoftHSM2 token, SQLite,
+# dev PKI; reused when present), starts `kms serve`, records the brand's seed
+# example with kmsctl, lists it, verifies the audit trail, shows the token's
+# objects with opensc's pkcs11-tool, and stops the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV="${BRANDKMS_DEV_DIR:-$PWD/dev}"
@@ -17,9 +19,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
 fi
 
-echo "== building kms"
-cargo build --release --locked -p brandkms --bin kms
+echo "== building kms and kmsctl"
+cargo build --release --locked -p brandkms --bin kms -p brandkms-clients --bin kmsctl
 KMS="$PWD/target/release/kms"
+KMSCTL="$PWD/target/release/kmsctl"
 
 echo "== kms init --dev $DEV"
 "$KMS" init --dev "$DEV"
@@ -27,10 +30,57 @@ echo "== kms init --dev $DEV"
 echo "== kms doctor: what the token can do"
 "$KMS" doctor --config "$DEV/kms.toml"
 
-echo "== kms reconcile: token and database agree"
+echo "== kms serve"
+RUST_LOG=warn "$KMS" serve --config "$DEV/kms.toml" > "$DEV/kms.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+
+# Officer 1's connection, from the environment (a profile file works too).
+export KMSCTL_ENDPOINT=https://127.0.0.1:7443 KMSCTL_CA="$DEV/pki/ca.pem"
+export KMSCTL_CERT="$DEV/pki/officer-1.pem" KMSCTL_KEY="$DEV/pki/officer-1-key.pem"
+for _ in $(seq 1 100); do
+  "$KMSCTL" health >/dev/null 2>&1 && break
+  kill -0 "$server" 2>/dev/null || { cat "$DEV/kms.log"; exit 1; }
+  sleep 0.1
+done
+"$KMSCTL" health
+
+step() { echo; echo "\$ kmsctl $*"; "$KMSCTL" "$@"; }
+# Create what the seed example needs, unless an earlier run did.
+key() { "$KMSCTL" key show "$1" >/dev/null 2>&1 || step key create "$@"; }
+entity() { "$KMSCTL" --json entity list | grep -q "\"id\": \"$1\"" || step entity register "$@"; }
+tieup() { [ "$("$KMSCTL" --json tieup list --entity "$1")" != "[]" ] || step tieup create "$@"; }
+
+echo; echo "== the seed example: keys A, B, C; issuers 2-3 and 2-4; a bank centre and an MMK centre"
+key key-a --service-code 0x0A01 --purpose load --exportable   # loading through credit company A
+key key-b --service-code 0x0B01 --purpose load --exportable   # withdrawal from bank B
+key key-c --service-code 0x0C01 --purpose load --exportable   # credit card C
+entity issuer-2-3 --kind issuer --name "Issuer 2-3" --online
+entity issuer-2-4 --kind issuer --name "Issuer 2-4" --online
+entity bank-center-b --kind bank_center --name "Bank centre B"
+entity mmk-center --kind mmk_center --name "Multimedia-kiosk centre"
+tieup issuer-2-3 --cover key-a:supply --cover key-b:supply
+tieup issuer-2-4 --cover key-a:supply --cover key-c:supply
+tieup bank-center-b --cover key-a:supply --cover key-b:supply --sponsor issuer-2-3
+tieup mmk-center --cover key-a:supply --cover key-c:supply --sponsor issuer-2-4
+
+step key rotate key-c
+step key list --class card_access
+step entity list
+step tieup list
+step audit list --limit 8
+step audit verify
+
+echo; echo "== a participant is not an officer: kmsctl as issuer-2-3 is refused"
+KMSCTL_CERT="$DEV/pki/issuer-2-3.pem" KMSCTL_KEY="$DEV/pki/issuer-2-3-key.pem" "$KMSCTL" key list || true
+
+echo; echo "== kms reconcile: token and database agree"
 "$KMS" reconcile --config "$DEV/kms.toml"
 
-echo "== pkcs11-tool --list-objects on the dev token"
+echo; echo "== pkcs11-tool --list-objects on the dev token (labels and protection flags)"
 module="$(sed -n 's/^module = "\(.*\)"/\1/p' "$DEV/kms.toml")"
 SOFTHSM2_CONF="$DEV/softhsm/softhsm2.conf" pkcs11-tool --module "$module" \
-  --token-label brandkms-dev --login --pin "$(cat "$DEV/pin")" --list-objects 2>/dev/null
+  --token-label brandkms-dev --login --pin "$(cat "$DEV/pin")" --list-objects 2>/dev/null \
+  | grep -E "^Secret Key|label:|Access:"
+
+echo; echo "== done. Run the service yourself with: $KMS serve --config $DEV/kms.toml"

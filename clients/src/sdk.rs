@@ -31,7 +31,7 @@ pub enum ClientError {
     #[error("{0}")]
     Config(String),
     /// The connection failed.
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("cannot connect to {endpoint}")]
     Transport {
         /// The endpoint.
         endpoint: String,
@@ -74,7 +74,8 @@ impl From<tonic::Status> for ClientError {
 }
 
 fn read(what: &str, path: &Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|e| ClientError::Config(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| ClientError::Config(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 /// A connection to brandkms.
@@ -130,9 +131,12 @@ impl Client {
     pub async fn healthy(&self) -> Result<bool, ClientError> {
         let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
         let resp = health
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
             .await?;
-        Ok(resp.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+        Ok(resp.into_inner().status
+            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
     }
 
     /// The Admin service (officers).

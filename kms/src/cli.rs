@@ -319,7 +319,9 @@ async fn cmd_serve(settings: Settings) -> Result<ExitCode, Failure> {
     let server = crate::server::Server::build(&settings, crate::clock::Clock::default())
         .await
         .map_err(Failure::runtime)?;
-    let listener = crate::server::bind(settings.listen).await.map_err(Failure::runtime)?;
+    let listener = crate::server::bind(settings.listen)
+        .await
+        .map_err(Failure::runtime)?;
     let addr = listener.local_addr().map_err(Failure::runtime)?;
     tracing::info!(%addr, token = %settings.hsm.token_label, "kms serving (mTLS)");
     println!("kms listening on {addr}");

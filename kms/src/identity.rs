@@ -60,7 +60,8 @@ pub fn identify(
 
 /// The entity id in the certificate's one `urn:brandkms:entity:<id>` SAN URI.
 pub fn entity_id(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
-    let (_, x509) = X509Certificate::from_der(cert.as_ref()).map_err(|_| IdentityError::Malformed)?;
+    let (_, x509) =
+        X509Certificate::from_der(cert.as_ref()).map_err(|_| IdentityError::Malformed)?;
     let san = x509
         .subject_alternative_name()
         .map_err(|_| IdentityError::Malformed)?

@@ -21,6 +21,6 @@ pub mod server;
 pub mod service;
 pub mod softhsm;
 pub mod store;
-pub mod tls;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;

@@ -18,13 +18,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::hsm::Hsm;
+use crate::init;
 use crate::ops::keys::run_due_destructions;
 use crate::service::admin::AdminService;
 use crate::service::auth::AuthLayer;
 use crate::service::{AppState, Shared};
 use crate::store::Store;
 use crate::tls::{self, ServerTls};
-use crate::init;
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,11 @@ impl Server {
     }
 
     /// As [`Server::build`], with a token connection the process already has.
-    pub async fn build_with_hsm(settings: &Settings, hsm: Hsm, clock: Clock) -> Result<Server, StartError> {
+    pub async fn build_with_hsm(
+        settings: &Settings,
+        hsm: Hsm,
+        clock: Clock,
+    ) -> Result<Server, StartError> {
         let tls = tls::load(settings.tls.as_ref().ok_or(StartError::NoTls)?)?;
         let store = Store::connect(&settings.database).await?;
         let auditor = init::auditor(&hsm, &store)
@@ -92,20 +96,36 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` completes.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let scheduler = tokio::spawn(destruction_scheduler(Arc::clone(&self.state), stop_rx.clone()));
-        let incoming = accept_tls(listener, TlsAcceptor::from(Arc::clone(&self.tls.config)), stop_rx);
+        let scheduler = tokio::spawn(destruction_scheduler(
+            Arc::clone(&self.state),
+            stop_rx.clone(),
+        ));
+        let incoming = accept_tls(
+            listener,
+            TlsAcceptor::from(Arc::clone(&self.tls.config)),
+            stop_rx,
+        );
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<AdminServer<AdminService>>().await;
+        health_reporter
+            .set_serving::<AdminServer<AdminService>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(brandkms_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| StartError::Serve(e.to_string()))?;
 
         let result = tonic::transport::Server::builder()
-            .layer(AuthLayer::new(Arc::clone(&self.state), Arc::clone(&self.tls.brand_ca)))
+            .layer(AuthLayer::new(
+                Arc::clone(&self.state),
+                Arc::clone(&self.tls.brand_ca),
+            ))
             .add_service(health)
             .add_service(reflection)
             .add_service(AdminServer::new(AdminService::new(Arc::clone(&self.state))))

@@ -1,7 +1,12 @@
 //! The `kms` binary: start-up failures name their cause, `init` is idempotent, and
 //! a SIGKILL between object creation and row commit leaves exactly the orphan that
 //! `kms reconcile` reports.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

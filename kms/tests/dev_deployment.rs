@@ -2,7 +2,12 @@
 //! secret keys, the internal ones non-extractable, as both Debian's `pkcs11-tool`
 //! and the PKCS#11 attributes read by brandkms show. (A test binary of its own:
 //! it loads the dev token's module configuration into this process.)
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::process::Command;
 

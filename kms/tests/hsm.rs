@@ -1,7 +1,12 @@
 //! The HSM layer on a real SoftHSM2 token (one fresh token per test process).
 //! Nothing here is SoftHSM-specific except the token's creation: the suite could
 //! run against another vendor's module.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use brandkms::hsm::{EcbDerive, Exportability, HsmError, KeyRole, KeySpec, SecretAlgorithm};
 use brandkms::testing;

@@ -1,6 +1,11 @@
 //! The store on SQLite and on PostgreSQL (when BRANDKMS_TEST_DATABASE_URL is set;
 //! always under CI), with the audit chain MACed in a real token.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use brandkms::audit::{AuditEvent, Auditor, Outcome};
 use brandkms::hsm::{Exportability, KeyRole, KeySpec, ObjectId, SecretAlgorithm};

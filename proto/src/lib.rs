@@ -1,6 +1,13 @@
 //! gRPC definitions of brandkms, package `brandkms.v1`, generated at build time with
 //! `protox` (no system `protoc`) and `tonic-prost-build`.
-#![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 /// Package `brandkms.v1`.
 pub mod v1 {

@@ -119,7 +119,10 @@ impl TestServer {
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "server never became healthy");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server never became healthy"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -1,6 +1,11 @@
 //! The Admin service end to end: real server, real token, SQLite and PostgreSQL,
 //! mTLS with generated certificates, driven through the SDK.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::Duration;
 
@@ -60,25 +65,54 @@ async fn audit(officer: &Client) -> Vec<pb::AuditRecord> {
 async fn refusals_get_the_right_status_and_are_audited() {
     on_each_database(|s: TestServer| async move {
         let officer = s.client("officer-1").await;
-        officer.admin().register_entity(entity("issuer-2-3", pb::EntityKind::Issuer)).await.unwrap();
-        officer.admin().register_entity(entity("issuer-2-4", pb::EntityKind::Issuer)).await.unwrap();
-        officer.admin().suspend_entity(pb::EntityRef { id: "issuer-2-4".into() }).await.unwrap();
+        officer
+            .admin()
+            .register_entity(entity("issuer-2-3", pb::EntityKind::Issuer))
+            .await
+            .unwrap();
+        officer
+            .admin()
+            .register_entity(entity("issuer-2-4", pb::EntityKind::Issuer))
+            .await
+            .unwrap();
+        officer
+            .admin()
+            .suspend_entity(pb::EntityRef {
+                id: "issuer-2-4".into(),
+            })
+            .await
+            .unwrap();
 
         // Another CA's certificate, claiming to be an officer.
         let foreign = s.client("foreign-officer-1").await;
-        let (c, m) = code(foreign.admin().list_keys(pb::ListKeysRequest::default()).await);
+        let (c, m) = code(
+            foreign
+                .admin()
+                .list_keys(pb::ListKeysRequest::default())
+                .await,
+        );
         assert_eq!(c, Code::Unauthenticated, "{}: {m}", s.backend);
         assert!(m.contains("brand CA"), "{m}");
 
         // A brand certificate for an entity nobody registered.
         let unknown = s.client("cybershop-l").await;
-        let (c, m) = code(unknown.admin().list_keys(pb::ListKeysRequest::default()).await);
+        let (c, m) = code(
+            unknown
+                .admin()
+                .list_keys(pb::ListKeysRequest::default())
+                .await,
+        );
         assert_eq!(c, Code::Unauthenticated, "{m}");
         assert!(m.contains("not registered"), "{m}");
 
         // A suspended entity.
         let suspended = s.client("issuer-2-4").await;
-        let (c, m) = code(suspended.admin().list_keys(pb::ListKeysRequest::default()).await);
+        let (c, m) = code(
+            suspended
+                .admin()
+                .list_keys(pb::ListKeysRequest::default())
+                .await,
+        );
         assert_eq!(c, Code::PermissionDenied, "{m}");
         assert!(m.starts_with("rule 2"), "{m}");
 
@@ -90,18 +124,28 @@ async fn refusals_get_the_right_status_and_are_audited() {
 
         let records = audit(&officer).await;
         let denied = |caller: &str| {
-            records
-                .iter()
-                .any(|r| r.caller == caller && r.outcome == "denied" && !r.cert_fingerprint.is_empty())
+            records.iter().any(|r| {
+                r.caller == caller && r.outcome == "denied" && !r.cert_fingerprint.is_empty()
+            })
         };
         assert!(denied("unauthenticated"), "foreign CA refusal audited");
         assert!(denied("cybershop-l"), "unknown entity refusal audited");
         assert!(denied("issuer-2-4"), "suspended entity refusal audited");
         assert!(
-            records.iter().any(|r| r.caller == "issuer-2-3" && r.operation == "Admin/CreateKey" && r.reason.starts_with("rule 7")),
+            records.iter().any(|r| r.caller == "issuer-2-3"
+                && r.operation == "Admin/CreateKey"
+                && r.reason.starts_with("rule 7")),
             "non-officer refusal audited with its rule"
         );
-        assert!(officer.admin().list_keys(card_access()).await.unwrap().keys.is_empty());
+        assert!(
+            officer
+                .admin()
+                .list_keys(card_access())
+                .await
+                .unwrap()
+                .keys
+                .is_empty()
+        );
         s
     })
     .await;
@@ -113,19 +157,52 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
         let officer = s.client("officer-1").await;
         let mut admin = officer.admin();
         admin.create_key(card_key("key-a")).await.unwrap();
-        admin.register_entity(entity("issuer-2-3", pb::EntityKind::Issuer)).await.unwrap();
+        admin
+            .register_entity(entity("issuer-2-3", pb::EntityKind::Issuer))
+            .await
+            .unwrap();
         let keys_before = admin.list_keys(card_access()).await.unwrap();
         let objects_before = token_objects(&s).await;
 
         let bad_keys = [
-            ("unknown algorithm", pb::CreateKeyRequest { algorithm: 99, ..card_key("key-b") }),
+            (
+                "unknown algorithm",
+                pb::CreateKeyRequest {
+                    algorithm: 99,
+                    ..card_key("key-b")
+                },
+            ),
             ("empty alias", card_key("")),
             ("alias characters", card_key("Key A")),
             ("alias length", card_key(&"k".repeat(65))),
-            ("service code", pb::CreateKeyRequest { service_code: 70_000, ..card_key("key-b") }),
-            ("DES without the legacy flag", pb::CreateKeyRequest { algorithm: pb::KeyAlgorithm::Des as i32, ..card_key("key-b") }),
-            ("no purpose", pb::CreateKeyRequest { purpose: 0, ..card_key("key-b") }),
-            ("unknown class", pb::CreateKeyRequest { class: 42, ..card_key("key-b") }),
+            (
+                "service code",
+                pb::CreateKeyRequest {
+                    service_code: 70_000,
+                    ..card_key("key-b")
+                },
+            ),
+            (
+                "DES without the legacy flag",
+                pb::CreateKeyRequest {
+                    algorithm: pb::KeyAlgorithm::Des as i32,
+                    ..card_key("key-b")
+                },
+            ),
+            (
+                "no purpose",
+                pb::CreateKeyRequest {
+                    purpose: 0,
+                    ..card_key("key-b")
+                },
+            ),
+            (
+                "unknown class",
+                pb::CreateKeyRequest {
+                    class: 42,
+                    ..card_key("key-b")
+                },
+            ),
         ];
         for (what, req) in bad_keys {
             let (c, m) = code(admin.create_key(req).await);
@@ -152,7 +229,10 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
 
         let tie = |entity: &str, alias: &str, from: i64, until: i64| pb::CreateTieUpRequest {
             entity_id: entity.into(),
-            keys: vec![pb::TieUpKey { alias: alias.into(), mode: pb::TieUpMode::Supply as i32 }],
+            keys: vec![pb::TieUpKey {
+                alias: alias.into(),
+                mode: pb::TieUpMode::Supply as i32,
+            }],
             valid_from: from,
             valid_until: until,
             ..Default::default()
@@ -160,8 +240,20 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
         for (what, req) in [
             ("unknown key", tie("issuer-2-3", "key-z", 0, 0)),
             ("unknown entity", tie("issuer-9-9", "key-a", 0, 0)),
-            ("window ends before it starts", tie("issuer-2-3", "key-a", 2_000_000_000_000, 1_900_000_000_000)),
-            ("no mode", pb::CreateTieUpRequest { keys: vec![pb::TieUpKey { alias: "key-a".into(), mode: 0 }], ..tie("issuer-2-3", "key-a", 0, 0) }),
+            (
+                "window ends before it starts",
+                tie("issuer-2-3", "key-a", 2_000_000_000_000, 1_900_000_000_000),
+            ),
+            (
+                "no mode",
+                pb::CreateTieUpRequest {
+                    keys: vec![pb::TieUpKey {
+                        alias: "key-a".into(),
+                        mode: 0,
+                    }],
+                    ..tie("issuer-2-3", "key-a", 0, 0)
+                },
+            ),
         ] {
             let (c, m) = code(admin.create_tie_up(req).await);
             assert_eq!(c, Code::InvalidArgument, "{what}: {m}");
@@ -171,11 +263,29 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
         let keys_after = admin.list_keys(card_access()).await.unwrap();
         assert_eq!(keys_after.keys.len(), keys_before.keys.len());
         assert_eq!(keys_after.keys[0].versions.len(), 1);
-        assert_eq!(keys_after.keys[0].versions[0].state, pb::KeyState::Retired as i32);
-        assert!(admin.list_tie_ups(pb::ListTieUpsRequest::default()).await.unwrap().tie_ups.is_empty());
-        assert_eq!(token_objects(&s).await, objects_before, "no token object was created");
+        assert_eq!(
+            keys_after.keys[0].versions[0].state,
+            pb::KeyState::Retired as i32
+        );
+        assert!(
+            admin
+                .list_tie_ups(pb::ListTieUpsRequest::default())
+                .await
+                .unwrap()
+                .tie_ups
+                .is_empty()
+        );
+        assert_eq!(
+            token_objects(&s).await,
+            objects_before,
+            "no token object was created"
+        );
         // Each refusal is audited with its reason.
-        let failed = audit(&officer).await.into_iter().filter(|r| r.outcome == "failed").count();
+        let failed = audit(&officer)
+            .await
+            .into_iter()
+            .filter(|r| r.outcome == "failed")
+            .count();
         assert_eq!(failed, 13);
         s
     })
@@ -184,7 +294,10 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
 
 async fn token_objects(s: &TestServer) -> usize {
     let mut conn = s.state.store.conn().await.unwrap();
-    brandkms::store::keys::live_versions(&mut conn).await.unwrap().len()
+    brandkms::store::keys::live_versions(&mut conn)
+        .await
+        .unwrap()
+        .len()
 }
 
 #[tokio::test]
@@ -201,20 +314,40 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
         assert_eq!(created.versions.len(), 1);
         assert_eq!(created.versions[0].kcv.len(), 6);
 
-        let rotated = admin.rotate_key(pb::RotateKeyRequest { alias: "key-a".into() }).await.unwrap();
+        let rotated = admin
+            .rotate_key(pb::RotateKeyRequest {
+                alias: "key-a".into(),
+            })
+            .await
+            .unwrap();
         let states: Vec<i32> = rotated.versions.iter().map(|v| v.state).collect();
-        assert_eq!(states, [pb::KeyState::AuthOnly as i32, pb::KeyState::Active as i32], "{}", s.backend);
+        assert_eq!(
+            states,
+            [pb::KeyState::AuthOnly as i32, pb::KeyState::Active as i32],
+            "{}",
+            s.backend
+        );
         assert_ne!(rotated.versions[0].kcv, rotated.versions[1].kcv);
         // The old version's object is still in the token, usable for authentication.
         let v1 = version_id(&s, "key-a", 1).await;
         assert!(s.state.hsm.run(move |h| h.exists(&v1)).await.unwrap());
 
         // Only a retired version is scheduled; it waits, and can be cancelled.
-        let (c, _) = code(admin.schedule_key_version_destruction(destroy("key-a", 1, Some(1))).await);
+        let (c, _) = code(
+            admin
+                .schedule_key_version_destruction(destroy("key-a", 1, Some(1)))
+                .await,
+        );
         assert_eq!(c, Code::FailedPrecondition);
         set_state(&mut admin, "key-a", 1, pb::KeyState::Retired).await;
-        let pending = admin.schedule_key_version_destruction(destroy("key-a", 1, Some(1))).await.unwrap();
-        assert_eq!(pending.versions[0].state, pb::KeyState::PendingDestruction as i32);
+        let pending = admin
+            .schedule_key_version_destruction(destroy("key-a", 1, Some(1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            pending.versions[0].state,
+            pb::KeyState::PendingDestruction as i32
+        );
         let one_day = pending.versions[0].destroy_after - pending.versions[0].state_changed_at;
         assert_eq!(one_day, 86_400_000);
         // Several scheduler periods pass: not due, nothing destroyed.
@@ -222,18 +355,32 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
         let v1 = version_id(&s, "key-a", 1).await;
         assert!(s.state.hsm.run(move |h| h.exists(&v1)).await.unwrap());
         let cancelled = admin
-            .cancel_key_version_destruction(pb::CancelKeyVersionDestructionRequest { alias: "key-a".into(), version: 1 })
+            .cancel_key_version_destruction(pb::CancelKeyVersionDestructionRequest {
+                alias: "key-a".into(),
+                version: 1,
+            })
             .await
             .unwrap();
         assert_eq!(cancelled.versions[0].state, pb::KeyState::Retired as i32);
 
         // Scheduled again with the default period (7 days); 8 days later it goes.
-        let pending = admin.schedule_key_version_destruction(destroy("key-a", 1, None)).await.unwrap();
-        assert_eq!(pending.versions[0].destroy_after - pending.versions[0].state_changed_at, 7 * 86_400_000);
+        let pending = admin
+            .schedule_key_version_destruction(destroy("key-a", 1, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            pending.versions[0].destroy_after - pending.versions[0].state_changed_at,
+            7 * 86_400_000
+        );
         s.state.clock.advance(Duration::from_secs(8 * 86_400));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let k = admin.get_key(pb::GetKeyRequest { alias: "key-a".into() }).await.unwrap();
+            let k = admin
+                .get_key(pb::GetKeyRequest {
+                    alias: "key-a".into(),
+                })
+                .await
+                .unwrap();
             if k.versions[0].state == pb::KeyState::Destroyed as i32 {
                 assert!(k.versions[0].destroyed_at > 0);
                 assert_eq!(k.versions[1].state, pb::KeyState::Active as i32);
@@ -244,14 +391,30 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
         }
         let v1 = version_id(&s, "key-a", 1).await;
         assert!(!s.state.hsm.run(move |h| h.exists(&v1)).await.unwrap());
-        let (c, _) = code(admin.cancel_key_version_destruction(pb::CancelKeyVersionDestructionRequest { alias: "key-a".into(), version: 1 }).await);
+        let (c, _) = code(
+            admin
+                .cancel_key_version_destruction(pb::CancelKeyVersionDestructionRequest {
+                    alias: "key-a".into(),
+                    version: 1,
+                })
+                .await,
+        );
         assert_eq!(c, Code::FailedPrecondition);
-        assert!(audit(&officer).await.iter().any(|r| r.operation == "scheduler.destroy_key_version"));
+        assert!(
+            audit(&officer)
+                .await
+                .iter()
+                .any(|r| r.operation == "scheduler.destroy_key_version")
+        );
         s.stop().await;
     }
 }
 
-fn destroy(alias: &str, version: u32, days: Option<u32>) -> pb::ScheduleKeyVersionDestructionRequest {
+fn destroy(
+    alias: &str,
+    version: u32,
+    days: Option<u32>,
+) -> pb::ScheduleKeyVersionDestructionRequest {
     pb::ScheduleKeyVersionDestructionRequest {
         alias: alias.into(),
         version,
@@ -259,7 +422,12 @@ fn destroy(alias: &str, version: u32, days: Option<u32>) -> pb::ScheduleKeyVersi
     }
 }
 
-async fn set_state(admin: &mut brandkms_clients::sdk::Admin, alias: &str, version: u32, state: pb::KeyState) {
+async fn set_state(
+    admin: &mut brandkms_clients::sdk::Admin,
+    alias: &str,
+    version: u32,
+    state: pb::KeyState,
+) {
     admin
         .set_key_version_state(pb::SetKeyVersionStateRequest {
             alias: alias.into(),
@@ -272,7 +440,11 @@ async fn set_state(admin: &mut brandkms_clients::sdk::Admin, alias: &str, versio
 
 async fn version_id(s: &TestServer, alias: &str, version: u32) -> brandkms::hsm::ObjectId {
     let mut conn = s.state.store.conn().await.unwrap();
-    brandkms::store::keys::version(&mut conn, alias, version).await.unwrap().unwrap().cka_id
+    brandkms::store::keys::version(&mut conn, alias, version)
+        .await
+        .unwrap()
+        .unwrap()
+        .cka_id
 }
 
 #[tokio::test]
@@ -281,7 +453,10 @@ async fn verify_audit_finds_an_altered_and_a_deleted_record() {
         let officer = s.client("officer-1").await;
         let mut admin = officer.admin();
         admin.create_key(card_key("key-a")).await.unwrap();
-        admin.register_entity(entity("issuer-2-3", pb::EntityKind::Issuer)).await.unwrap();
+        admin
+            .register_entity(entity("issuer-2-3", pb::EntityKind::Issuer))
+            .await
+            .unwrap();
         let report = admin.verify_audit(pb::VerifyAuditRequest {}).await.unwrap();
         assert!(report.intact, "{}: {report:?}", s.backend);
         assert!(report.records >= 5);
@@ -294,7 +469,10 @@ async fn verify_audit_finds_an_altered_and_a_deleted_record() {
         assert!(!report.intact);
         assert_eq!(report.first_broken_seq, 3, "{report:?}");
 
-        sqlx::query("DELETE FROM audit WHERE seq = 2").execute(s.state.store.pool()).await.unwrap();
+        sqlx::query("DELETE FROM audit WHERE seq = 2")
+            .execute(s.state.store.pool())
+            .await
+            .unwrap();
         let report = admin.verify_audit(pb::VerifyAuditRequest {}).await.unwrap();
         assert_eq!(report.first_broken_seq, 2, "{report:?}");
         assert!(report.problem.contains("missing"), "{report:?}");
@@ -309,18 +487,40 @@ async fn entities_and_tie_ups_round_trip() {
         let officer = s.client("officer-1").await;
         let mut admin = officer.admin();
         admin.create_key(card_key("key-a")).await.unwrap();
-        admin.create_key(pb::CreateKeyRequest { purpose: pb::Purpose::Purchase as i32, ..card_key("key-b") }).await.unwrap();
-        admin.register_entity(entity("issuer-2-3", pb::EntityKind::Issuer)).await.unwrap();
-        admin.register_entity(entity("bank-center-b", pb::EntityKind::BankCenter)).await.unwrap();
-        let (c, _) = code(admin.register_entity(entity("issuer-2-3", pb::EntityKind::Issuer)).await);
+        admin
+            .create_key(pb::CreateKeyRequest {
+                purpose: pb::Purpose::Purchase as i32,
+                ..card_key("key-b")
+            })
+            .await
+            .unwrap();
+        admin
+            .register_entity(entity("issuer-2-3", pb::EntityKind::Issuer))
+            .await
+            .unwrap();
+        admin
+            .register_entity(entity("bank-center-b", pb::EntityKind::BankCenter))
+            .await
+            .unwrap();
+        let (c, _) = code(
+            admin
+                .register_entity(entity("issuer-2-3", pb::EntityKind::Issuer))
+                .await,
+        );
         assert_eq!(c, Code::AlreadyExists);
 
         let t = admin
             .create_tie_up(pb::CreateTieUpRequest {
                 entity_id: "bank-center-b".into(),
                 keys: vec![
-                    pb::TieUpKey { alias: "key-a".into(), mode: pb::TieUpMode::Supply as i32 },
-                    pb::TieUpKey { alias: "key-b".into(), mode: pb::TieUpMode::Supply as i32 },
+                    pb::TieUpKey {
+                        alias: "key-a".into(),
+                        mode: pb::TieUpMode::Supply as i32,
+                    },
+                    pb::TieUpKey {
+                        alias: "key-b".into(),
+                        mode: pb::TieUpMode::Supply as i32,
+                    },
                 ],
                 sponsor_issuer: "issuer-2-3".into(),
                 per_transaction_limit: Some(50_000),
@@ -334,7 +534,10 @@ async fn entities_and_tie_ups_round_trip() {
             admin
                 .create_tie_up(pb::CreateTieUpRequest {
                     entity_id: "bank-center-b".into(),
-                    keys: vec![pb::TieUpKey { alias: "key-a".into(), mode: pb::TieUpMode::Hold as i32 }],
+                    keys: vec![pb::TieUpKey {
+                        alias: "key-a".into(),
+                        mode: pb::TieUpMode::Hold as i32,
+                    }],
                     sponsor_issuer: "bank-center-b".into(),
                     ..Default::default()
                 })
@@ -353,18 +556,47 @@ async fn entities_and_tie_ups_round_trip() {
             .unwrap();
         assert_eq!(updated.state, pb::TieUpState::Suspended as i32);
         assert_eq!(updated.valid_until, t.valid_from + 86_400_000);
-        let ended = admin.terminate_tie_up(pb::TieUpRef { id: t.id.clone() }).await.unwrap();
+        let ended = admin
+            .terminate_tie_up(pb::TieUpRef { id: t.id.clone() })
+            .await
+            .unwrap();
         assert_eq!(ended.state, pb::TieUpState::Terminated as i32);
-        let (c, _) = code(admin.update_tie_up(pb::UpdateTieUpRequest { id: t.id.clone(), ..Default::default() }).await);
+        let (c, _) = code(
+            admin
+                .update_tie_up(pb::UpdateTieUpRequest {
+                    id: t.id.clone(),
+                    ..Default::default()
+                })
+                .await,
+        );
         assert_eq!(c, Code::FailedPrecondition);
-        let (c, _) = code(admin.terminate_tie_up(pb::TieUpRef { id: "tu-nope".into() }).await);
+        let (c, _) = code(
+            admin
+                .terminate_tie_up(pb::TieUpRef {
+                    id: "tu-nope".into(),
+                })
+                .await,
+        );
         assert_eq!(c, Code::NotFound);
 
-        let listed = admin.list_tie_ups(pb::ListTieUpsRequest { entity_id: "bank-center-b".into() }).await.unwrap();
+        let listed = admin
+            .list_tie_ups(pb::ListTieUpsRequest {
+                entity_id: "bank-center-b".into(),
+            })
+            .await
+            .unwrap();
         assert_eq!(listed.tie_ups.len(), 1);
-        let entities = admin.list_entities(pb::ListEntitiesRequest::default()).await.unwrap().entities;
+        let entities = admin
+            .list_entities(pb::ListEntitiesRequest::default())
+            .await
+            .unwrap()
+            .entities;
         assert_eq!(entities.len(), 4, "two officers and two participants");
-        let resumed = admin.resume_entity(pb::EntityRef { id: "issuer-2-3".into() }).await;
+        let resumed = admin
+            .resume_entity(pb::EntityRef {
+                id: "issuer-2-3".into(),
+            })
+            .await;
         assert_eq!(code(resumed).0, Code::FailedPrecondition, "already active");
         s
     })

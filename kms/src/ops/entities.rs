@@ -22,17 +22,27 @@ pub struct RegisterEntity {
 }
 
 /// Registers an entity, active.
-pub async fn register(state: &AppState, caller: &Caller, input: RegisterEntity) -> Result<EntityRecord, ServiceError> {
+pub async fn register(
+    state: &AppState,
+    caller: &Caller,
+    input: RegisterEntity,
+) -> Result<EntityRecord, ServiceError> {
     let mut tx = state.store.begin().await?;
     state
         .auditor
-        .append(&mut tx, &caller.event("Admin/RegisterEntity").outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("entity {} ({})", input.id, input.kind)),
-        ))
+        .append(
+            &mut tx,
+            &caller.event("Admin/RegisterEntity").outcome(
+                crate::audit::Outcome::Allowed,
+                Some(format!("entity {} ({})", input.id, input.kind)),
+            ),
+        )
         .await?;
     if rows::get(&mut tx, &input.id).await?.is_some() {
-        return Err(ServiceError::AlreadyExists(format!("entity {:?} is registered", input.id)));
+        return Err(ServiceError::AlreadyExists(format!(
+            "entity {:?} is registered",
+            input.id
+        )));
     }
     let now = state.clock.now_ms();
     let record = EntityRecord {
@@ -64,16 +74,25 @@ pub async fn set_status(
     let mut tx = state.store.begin().await?;
     state
         .auditor
-        .append(&mut tx, &caller.event(operation).outcome(crate::audit::Outcome::Allowed, Some(format!("entity {id}"))))
+        .append(
+            &mut tx,
+            &caller
+                .event(operation)
+                .outcome(crate::audit::Outcome::Allowed, Some(format!("entity {id}"))),
+        )
         .await?;
     let entity = rows::get(&mut tx, id)
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no entity {id:?}")))?;
     if entity.status == status {
-        return Err(ServiceError::FailedPrecondition(format!("entity {id:?} is already {status}")));
+        return Err(ServiceError::FailedPrecondition(format!(
+            "entity {id:?} is already {status}"
+        )));
     }
     if entity.id == caller.entity.id && status == EntityStatus::Suspended {
-        return Err(ServiceError::FailedPrecondition("an officer cannot suspend themself".to_string()));
+        return Err(ServiceError::FailedPrecondition(
+            "an officer cannot suspend themself".to_string(),
+        ));
     }
     rows::set_status(&mut tx, id, status, state.clock.now_ms()).await?;
     let updated = rows::get(&mut tx, id)
@@ -84,7 +103,10 @@ pub async fn set_status(
 }
 
 /// Every entity, optionally of one kind.
-pub async fn list(state: &AppState, kind: Option<EntityKind>) -> Result<Vec<EntityRecord>, ServiceError> {
+pub async fn list(
+    state: &AppState,
+    kind: Option<EntityKind>,
+) -> Result<Vec<EntityRecord>, ServiceError> {
     let mut conn = state.store.conn().await?;
     Ok(rows::list(&mut conn)
         .await?

@@ -66,7 +66,10 @@ fn card_access_spec(key: &KeyRecord) -> Result<KeySpec, ServiceError> {
 /// unusable legacy key is ever recorded.
 fn generator(
     spec: KeySpec,
-) -> impl FnOnce(&crate::hsm::HsmSession<'_>, &str) -> Result<crate::hsm::GeneratedKey, crate::hsm::HsmError>
+) -> impl FnOnce(
+    &crate::hsm::HsmSession<'_>,
+    &str,
+) -> Result<crate::hsm::GeneratedKey, crate::hsm::HsmError>
 + Send
 + 'static {
     move |s, label| {
@@ -82,10 +85,17 @@ fn generator(
 }
 
 /// Creates a card-access key with version 1, active.
-pub async fn create(state: &AppState, caller: &Caller, input: CreateKey) -> Result<KeyView, ServiceError> {
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    input: CreateKey,
+) -> Result<KeyView, ServiceError> {
     let mut conn = state.store.conn().await?;
     if rows::key(&mut conn, &input.alias).await?.is_some() {
-        return Err(ServiceError::AlreadyExists(format!("key {:?} exists", input.alias)));
+        return Err(ServiceError::AlreadyExists(format!(
+            "key {:?} exists",
+            input.alias
+        )));
     }
     drop(conn);
     let record = KeyRecord {
@@ -116,7 +126,9 @@ pub async fn create(state: &AppState, caller: &Caller, input: CreateKey) -> Resu
     )
     .await
     .map_err(|e| match ServiceError::from(e) {
-        ServiceError::Aborted(_) => ServiceError::AlreadyExists(format!("key {:?} exists", input.alias)),
+        ServiceError::Aborted(_) => {
+            ServiceError::AlreadyExists(format!("key {:?} exists", input.alias))
+        }
         other => other,
     })?;
     get(state, &input.alias).await
@@ -134,7 +146,11 @@ fn previous_state(class: KeyClass) -> Result<KeyState, ServiceError> {
 }
 
 /// Adds an active version; the previous active version becomes `auth_only`.
-pub async fn rotate(state: &AppState, caller: &Caller, alias: &str) -> Result<KeyView, ServiceError> {
+pub async fn rotate(
+    state: &AppState,
+    caller: &Caller,
+    alias: &str,
+) -> Result<KeyView, ServiceError> {
     let view = get(state, alias).await?;
     let demote = previous_state(view.key.class)?;
     let spec = card_access_spec(&view.key)?;
@@ -182,7 +198,11 @@ pub async fn list(state: &AppState, class: Option<KeyClass>) -> Result<Vec<KeyVi
     Ok(out)
 }
 
-async fn version_in_tx(conn: &mut Conn, alias: &str, version: u32) -> Result<(KeyRecord, KeyVersionRecord), ServiceError> {
+async fn version_in_tx(
+    conn: &mut Conn,
+    alias: &str,
+    version: u32,
+) -> Result<(KeyRecord, KeyVersionRecord), ServiceError> {
     let key = rows::key(conn, alias)
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
@@ -210,7 +230,9 @@ pub fn check_transition(
         S::AuthOnly if class == KeyClass::CardAccess => {}
         S::DecryptOnly if class == KeyClass::Settlement => {}
         S::AuthOnly | S::DecryptOnly => {
-            return Err(ServiceError::InvalidArgument(format!("{to} does not apply to {class} keys")));
+            return Err(ServiceError::InvalidArgument(format!(
+                "{to} does not apply to {class} keys"
+            )));
         }
         S::PendingDestruction | S::Destroyed => {
             return Err(ServiceError::InvalidArgument(format!(
@@ -222,10 +244,15 @@ pub fn check_transition(
         S::PendingDestruction => Err(ServiceError::FailedPrecondition(
             "the version is pending destruction: cancel the destruction first".to_string(),
         )),
-        S::Destroyed => Err(ServiceError::FailedPrecondition("the version is destroyed".to_string())),
-        f if f == to => Err(ServiceError::FailedPrecondition(format!("the version is already {to}"))),
+        S::Destroyed => Err(ServiceError::FailedPrecondition(
+            "the version is destroyed".to_string(),
+        )),
+        f if f == to => Err(ServiceError::FailedPrecondition(format!(
+            "the version is already {to}"
+        ))),
         _ if to == S::Active && other_active => Err(ServiceError::FailedPrecondition(
-            "another version is active: rotate the key instead, or retire the active version first".to_string(),
+            "another version is active: rotate the key instead, or retire the active version first"
+                .to_string(),
         )),
         _ => Ok(()),
     }
@@ -242,10 +269,13 @@ pub async fn set_state(
     let mut tx = state.store.begin().await?;
     state
         .auditor
-        .append(&mut tx, &caller.event("Admin/SetKeyVersionState").key(alias, Some(version)).outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("to {to}")),
-        ))
+        .append(
+            &mut tx,
+            &caller
+                .event("Admin/SetKeyVersionState")
+                .key(alias, Some(version))
+                .outcome(crate::audit::Outcome::Allowed, Some(format!("to {to}"))),
+        )
         .await?;
     let (key, v) = version_in_tx(&mut tx, alias, version).await?;
     let other_active = rows::versions(&mut tx, alias)
@@ -253,7 +283,16 @@ pub async fn set_state(
         .iter()
         .any(|o| o.version != version && o.state == KeyState::Active);
     check_transition(key.class, v.state, to, other_active)?;
-    rows::set_state(&mut tx, alias, version, to, state.clock.now_ms(), None, None).await?;
+    rows::set_state(
+        &mut tx,
+        alias,
+        version,
+        to,
+        state.clock.now_ms(),
+        None,
+        None,
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
     get(state, alias).await
 }
@@ -269,14 +308,22 @@ pub async fn schedule_destruction(
     let mut tx = state.store.begin().await?;
     state
         .auditor
-        .append(&mut tx, &caller.event("Admin/ScheduleKeyVersionDestruction").key(alias, Some(version)).outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("after {waiting_days} days")),
-        ))
+        .append(
+            &mut tx,
+            &caller
+                .event("Admin/ScheduleKeyVersionDestruction")
+                .key(alias, Some(version))
+                .outcome(
+                    crate::audit::Outcome::Allowed,
+                    Some(format!("after {waiting_days} days")),
+                ),
+        )
         .await?;
     let (key, v) = version_in_tx(&mut tx, alias, version).await?;
     if key.class == KeyClass::Internal {
-        return Err(ServiceError::FailedPrecondition("internal keys are never destroyed through the Admin service".to_string()));
+        return Err(ServiceError::FailedPrecondition(
+            "internal keys are never destroyed through the Admin service".to_string(),
+        ));
     }
     if v.state != KeyState::Retired {
         return Err(ServiceError::FailedPrecondition(format!(
@@ -286,7 +333,16 @@ pub async fn schedule_destruction(
     }
     let now = state.clock.now_ms();
     let due = now.saturating_add(i64::from(waiting_days).saturating_mul(DAY_MS));
-    rows::set_state(&mut tx, alias, version, KeyState::PendingDestruction, now, Some(due), None).await?;
+    rows::set_state(
+        &mut tx,
+        alias,
+        version,
+        KeyState::PendingDestruction,
+        now,
+        Some(due),
+        None,
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
     get(state, alias).await
 }
@@ -301,7 +357,12 @@ pub async fn cancel_destruction(
     let mut tx = state.store.begin().await?;
     state
         .auditor
-        .append(&mut tx, &caller.event("Admin/CancelKeyVersionDestruction").key(alias, Some(version)))
+        .append(
+            &mut tx,
+            &caller
+                .event("Admin/CancelKeyVersionDestruction")
+                .key(alias, Some(version)),
+        )
         .await?;
     let (_, v) = version_in_tx(&mut tx, alias, version).await?;
     if v.state != KeyState::PendingDestruction {
@@ -310,7 +371,16 @@ pub async fn cancel_destruction(
             v.state
         )));
     }
-    rows::set_state(&mut tx, alias, version, KeyState::Retired, state.clock.now_ms(), None, None).await?;
+    rows::set_state(
+        &mut tx,
+        alias,
+        version,
+        KeyState::Retired,
+        state.clock.now_ms(),
+        None,
+        None,
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
     get(state, alias).await
 }
@@ -333,7 +403,9 @@ pub async fn run_due_destructions(state: &AppState) -> Result<Vec<(String, u32)>
         let Some(current) = rows::version(&mut tx, &v.alias, v.version).await? else {
             continue;
         };
-        if current.state != KeyState::PendingDestruction || current.destroy_after.is_none_or(|d| d > now) {
+        if current.state != KeyState::PendingDestruction
+            || current.destroy_after.is_none_or(|d| d > now)
+        {
             continue; // cancelled meanwhile: the transaction rolls back
         }
         let id = current.cka_id;
@@ -344,8 +416,16 @@ pub async fn run_due_destructions(state: &AppState) -> Result<Vec<(String, u32)>
                 Err(e) => Err(e),
             })
             .await?;
-        rows::set_state(&mut tx, &v.alias, v.version, KeyState::Destroyed, now, current.destroy_after, Some(now))
-            .await?;
+        rows::set_state(
+            &mut tx,
+            &v.alias,
+            v.version,
+            KeyState::Destroyed,
+            now,
+            current.destroy_after,
+            Some(now),
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::from)?;
         tracing::info!(alias = %v.alias, version = v.version, "destroyed key version");
         done.push((v.alias, v.version));

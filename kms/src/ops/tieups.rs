@@ -64,23 +64,33 @@ async fn check_keys(conn: &mut Conn, tie_keys: &[(String, TieUpMode)]) -> Result
             .await?
             .ok_or_else(|| invalid(format!("unknown key {alias:?}")))?;
         if matches!(key.class, KeyClass::Internal | KeyClass::Transport) {
-            return Err(invalid(format!("{} key {alias:?} cannot be covered by a tie-up", key.class)));
+            return Err(invalid(format!(
+                "{} key {alias:?} cannot be covered by a tie-up",
+                key.class
+            )));
         }
     }
     Ok(())
 }
 
 /// Records a tie-up, active.
-pub async fn create(state: &AppState, caller: &Caller, input: CreateTieUp) -> Result<TieUpRecord, ServiceError> {
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    input: CreateTieUp,
+) -> Result<TieUpRecord, ServiceError> {
     let now = state.clock.now_ms();
     let id = format!("tu-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let mut tx = state.store.begin().await?;
     state
         .auditor
-        .append(&mut tx, &caller.event("Admin/CreateTieUp").outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("tie-up {id} for {}", input.entity_id)),
-        ))
+        .append(
+            &mut tx,
+            &caller.event("Admin/CreateTieUp").outcome(
+                crate::audit::Outcome::Allowed,
+                Some(format!("tie-up {id} for {}", input.entity_id)),
+            ),
+        )
         .await?;
     entities::get(&mut tx, &input.entity_id)
         .await?
@@ -90,7 +100,10 @@ pub async fn create(state: &AppState, caller: &Caller, input: CreateTieUp) -> Re
             .await?
             .ok_or_else(|| invalid(format!("unknown sponsoring issuer {sponsor:?}")))?;
         if s.kind != EntityKind::Issuer {
-            return Err(invalid(format!("sponsor {sponsor:?} is a {}, not an issuer", s.kind)));
+            return Err(invalid(format!(
+                "sponsor {sponsor:?} is a {}, not an issuer",
+                s.kind
+            )));
         }
     }
     check_keys(&mut tx, &input.keys).await?;
@@ -114,20 +127,30 @@ pub async fn create(state: &AppState, caller: &Caller, input: CreateTieUp) -> Re
 }
 
 /// Changes a tie-up that is not terminated.
-pub async fn update(state: &AppState, caller: &Caller, input: UpdateTieUp) -> Result<TieUpRecord, ServiceError> {
+pub async fn update(
+    state: &AppState,
+    caller: &Caller,
+    input: UpdateTieUp,
+) -> Result<TieUpRecord, ServiceError> {
     let mut tx = state.store.begin().await?;
     state
         .auditor
-        .append(&mut tx, &caller.event("Admin/UpdateTieUp").outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("tie-up {}", input.id)),
-        ))
+        .append(
+            &mut tx,
+            &caller.event("Admin/UpdateTieUp").outcome(
+                crate::audit::Outcome::Allowed,
+                Some(format!("tie-up {}", input.id)),
+            ),
+        )
         .await?;
     let mut t = rows::get(&mut tx, &input.id)
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no tie-up {:?}", input.id)))?;
     if t.state == TieUpState::Terminated {
-        return Err(ServiceError::FailedPrecondition(format!("tie-up {:?} is terminated", input.id)));
+        return Err(ServiceError::FailedPrecondition(format!(
+            "tie-up {:?} is terminated",
+            input.id
+        )));
     }
     if let Some(k) = input.keys {
         check_keys(&mut tx, &k).await?;
@@ -156,20 +179,28 @@ pub async fn update(state: &AppState, caller: &Caller, input: UpdateTieUp) -> Re
 }
 
 /// Ends a tie-up for good.
-pub async fn terminate(state: &AppState, caller: &Caller, id: &str) -> Result<TieUpRecord, ServiceError> {
+pub async fn terminate(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<TieUpRecord, ServiceError> {
     let mut tx = state.store.begin().await?;
     state
         .auditor
-        .append(&mut tx, &caller.event("Admin/TerminateTieUp").outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("tie-up {id}")),
-        ))
+        .append(
+            &mut tx,
+            &caller
+                .event("Admin/TerminateTieUp")
+                .outcome(crate::audit::Outcome::Allowed, Some(format!("tie-up {id}"))),
+        )
         .await?;
     let mut t = rows::get(&mut tx, id)
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no tie-up {id:?}")))?;
     if t.state == TieUpState::Terminated {
-        return Err(ServiceError::FailedPrecondition(format!("tie-up {id:?} is already terminated")));
+        return Err(ServiceError::FailedPrecondition(format!(
+            "tie-up {id:?} is already terminated"
+        )));
     }
     t.state = TieUpState::Terminated;
     t.updated_at = state.clock.now_ms();
@@ -179,7 +210,10 @@ pub async fn terminate(state: &AppState, caller: &Caller, id: &str) -> Result<Ti
 }
 
 /// Every tie-up, or one entity's.
-pub async fn list(state: &AppState, entity_id: Option<&str>) -> Result<Vec<TieUpRecord>, ServiceError> {
+pub async fn list(
+    state: &AppState,
+    entity_id: Option<&str>,
+) -> Result<Vec<TieUpRecord>, ServiceError> {
     let mut conn = state.store.conn().await?;
     Ok(rows::list(&mut conn, entity_id).await?)
 }

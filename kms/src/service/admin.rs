@@ -31,7 +31,10 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Result<Response<pb::Key>, Status> {
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
         const OP: &str = "Admin/CreateKey";
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
@@ -44,7 +47,10 @@ impl Admin for AdminService {
         Ok(Response::new(view.into()))
     }
 
-    async fn rotate_key(&self, request: Request<pb::RotateKeyRequest>) -> Result<Response<pb::Key>, Status> {
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
         const OP: &str = "Admin/RotateKey";
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
@@ -70,7 +76,14 @@ impl Admin for AdminService {
             keys::set_state(self.state(), &caller, &alias, v, to).await
         }
         .await;
-        let view = audited(self.state(), &caller, OP, Some((&r.alias, Some(r.version))), result).await?;
+        let view = audited(
+            self.state(),
+            &caller,
+            OP,
+            Some((&r.alias, Some(r.version))),
+            result,
+        )
+        .await?;
         Ok(Response::new(view.into()))
     }
 
@@ -87,13 +100,22 @@ impl Admin for AdminService {
             let days = match r.waiting_days {
                 None => DEFAULT_WAITING_DAYS,
                 Some(0) => return Err(invalid("waiting period must be at least 1 day")),
-                Some(d) if d > 3650 => return Err(invalid("waiting period must be at most 3650 days")),
+                Some(d) if d > 3650 => {
+                    return Err(invalid("waiting period must be at most 3650 days"));
+                }
                 Some(d) => d,
             };
             keys::schedule_destruction(self.state(), &caller, &alias, v, days).await
         }
         .await;
-        let view = audited(self.state(), &caller, OP, Some((&r.alias, Some(r.version))), result).await?;
+        let view = audited(
+            self.state(),
+            &caller,
+            OP,
+            Some((&r.alias, Some(r.version))),
+            result,
+        )
+        .await?;
         Ok(Response::new(view.into()))
     }
 
@@ -110,11 +132,21 @@ impl Admin for AdminService {
             keys::cancel_destruction(self.state(), &caller, &alias, v).await
         }
         .await;
-        let view = audited(self.state(), &caller, OP, Some((&r.alias, Some(r.version))), result).await?;
+        let view = audited(
+            self.state(),
+            &caller,
+            OP,
+            Some((&r.alias, Some(r.version))),
+            result,
+        )
+        .await?;
         Ok(Response::new(view.into()))
     }
 
-    async fn get_key(&self, request: Request<pb::GetKeyRequest>) -> Result<Response<pb::Key>, Status> {
+    async fn get_key(
+        &self,
+        request: Request<pb::GetKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
         const OP: &str = "Admin/GetKey";
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
@@ -123,7 +155,10 @@ impl Admin for AdminService {
         Ok(Response::new(view.into()))
     }
 
-    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
         const OP: &str = "Admin/ListKeys";
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
@@ -134,7 +169,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn register_entity(&self, request: Request<pb::RegisterEntityRequest>) -> Result<Response<pb::Entity>, Status> {
+    async fn register_entity(
+        &self,
+        request: Request<pb::RegisterEntityRequest>,
+    ) -> Result<Response<pb::Entity>, Status> {
         const OP: &str = "Admin/RegisterEntity";
         let caller = officer(self.state(), &request, OP).await?;
         let result = match request.into_inner().try_into() {
@@ -145,12 +183,20 @@ impl Admin for AdminService {
         Ok(Response::new(entity.into()))
     }
 
-    async fn suspend_entity(&self, request: Request<pb::EntityRef>) -> Result<Response<pb::Entity>, Status> {
-        self.entity_status(request, "Admin/SuspendEntity", EntityStatus::Suspended).await
+    async fn suspend_entity(
+        &self,
+        request: Request<pb::EntityRef>,
+    ) -> Result<Response<pb::Entity>, Status> {
+        self.entity_status(request, "Admin/SuspendEntity", EntityStatus::Suspended)
+            .await
     }
 
-    async fn resume_entity(&self, request: Request<pb::EntityRef>) -> Result<Response<pb::Entity>, Status> {
-        self.entity_status(request, "Admin/ResumeEntity", EntityStatus::Active).await
+    async fn resume_entity(
+        &self,
+        request: Request<pb::EntityRef>,
+    ) -> Result<Response<pb::Entity>, Status> {
+        self.entity_status(request, "Admin/ResumeEntity", EntityStatus::Active)
+            .await
     }
 
     async fn list_entities(
@@ -160,14 +206,18 @@ impl Admin for AdminService {
         const OP: &str = "Admin/ListEntities";
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
-        let result = async { entities::list(self.state(), convert::entity_kind(r.kind)?).await }.await;
+        let result =
+            async { entities::list(self.state(), convert::entity_kind(r.kind)?).await }.await;
         let list = audited_read(self.state(), &caller, OP, None, result).await?;
         Ok(Response::new(pb::ListEntitiesResponse {
             entities: list.into_iter().map(Into::into).collect(),
         }))
     }
 
-    async fn create_tie_up(&self, request: Request<pb::CreateTieUpRequest>) -> Result<Response<pb::TieUp>, Status> {
+    async fn create_tie_up(
+        &self,
+        request: Request<pb::CreateTieUpRequest>,
+    ) -> Result<Response<pb::TieUp>, Status> {
         const OP: &str = "Admin/CreateTieUp";
         let caller = officer(self.state(), &request, OP).await?;
         let result = match request.into_inner().try_into() {
@@ -178,7 +228,10 @@ impl Admin for AdminService {
         Ok(Response::new(t.into()))
     }
 
-    async fn update_tie_up(&self, request: Request<pb::UpdateTieUpRequest>) -> Result<Response<pb::TieUp>, Status> {
+    async fn update_tie_up(
+        &self,
+        request: Request<pb::UpdateTieUpRequest>,
+    ) -> Result<Response<pb::TieUp>, Status> {
         const OP: &str = "Admin/UpdateTieUp";
         let caller = officer(self.state(), &request, OP).await?;
         let result = match request.into_inner().try_into() {
@@ -189,16 +242,24 @@ impl Admin for AdminService {
         Ok(Response::new(t.into()))
     }
 
-    async fn terminate_tie_up(&self, request: Request<pb::TieUpRef>) -> Result<Response<pb::TieUp>, Status> {
+    async fn terminate_tie_up(
+        &self,
+        request: Request<pb::TieUpRef>,
+    ) -> Result<Response<pb::TieUp>, Status> {
         const OP: &str = "Admin/TerminateTieUp";
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
-        let result = async { tieups::terminate(self.state(), &caller, &name("tie-up id", &r.id)?).await }.await;
+        let result =
+            async { tieups::terminate(self.state(), &caller, &name("tie-up id", &r.id)?).await }
+                .await;
         let t = audited(self.state(), &caller, OP, None, result).await?;
         Ok(Response::new(t.into()))
     }
 
-    async fn list_tie_ups(&self, request: Request<pb::ListTieUpsRequest>) -> Result<Response<pb::ListTieUpsResponse>, Status> {
+    async fn list_tie_ups(
+        &self,
+        request: Request<pb::ListTieUpsRequest>,
+    ) -> Result<Response<pb::ListTieUpsResponse>, Status> {
         const OP: &str = "Admin/ListTieUps";
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
@@ -217,7 +278,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
         const OP: &str = "Admin/ListAudit";
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
@@ -245,7 +309,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn verify_audit(&self, request: Request<pb::VerifyAuditRequest>) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         const OP: &str = "Admin/VerifyAudit";
         let caller = officer(self.state(), &request, OP).await?;
         // Verify before recording this request, so the report covers the trail as found.
@@ -275,7 +342,10 @@ impl AdminService {
     ) -> Result<Response<pb::Entity>, Status> {
         let caller = officer(self.state(), &request, operation).await?;
         let r = request.into_inner();
-        let result = async { entities::set_status(self.state(), &caller, &name("entity id", &r.id)?, status).await }.await;
+        let result = async {
+            entities::set_status(self.state(), &caller, &name("entity id", &r.id)?, status).await
+        }
+        .await;
         let entity = audited(self.state(), &caller, operation, None, result).await?;
         Ok(Response::new(entity.into()))
     }

@@ -143,7 +143,10 @@ async fn identify(
         Err(e) => {
             let (event, status) = refuse("unauthenticated", Status::unauthenticated(e.to_string()));
             record(state, &event).await?;
-            if matches!(e, IdentityError::NoCertificate | IdentityError::Untrusted(_)) {
+            if matches!(
+                e,
+                IdentityError::NoCertificate | IdentityError::Untrusted(_)
+            ) {
                 tracing::warn!(%operation, error = %e, "refused a client certificate");
             }
             return Err(status);
@@ -152,7 +155,11 @@ async fn identify(
     if INFRASTRUCTURE.iter().any(|p| path.starts_with(p)) {
         return Ok(None);
     }
-    let mut conn = state.store.conn().await.map_err(|e| super::ServiceError::from(e).to_status())?;
+    let mut conn = state
+        .store
+        .conn()
+        .await
+        .map_err(|e| super::ServiceError::from(e).to_status())?;
     let entity = entities::get(&mut conn, &peer.entity_id)
         .await
         .map_err(|e| super::ServiceError::from(e).to_status())?;

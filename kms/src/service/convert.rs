@@ -2,7 +2,9 @@
 //! `InvalidArgument`) and domain records to wire types. Generated types go no
 //! further than this module and the handlers.
 
-use brandkms_policy::{Algorithm, EntityKind, EntityStatus, KeyClass, KeyState, Purpose, TieUpMode, TieUpState};
+use brandkms_policy::{
+    Algorithm, EntityKind, EntityStatus, KeyClass, KeyState, Purpose, TieUpMode, TieUpState,
+};
 use brandkms_proto::v1 as pb;
 
 use super::{ServiceError, invalid, valid_name};
@@ -105,9 +107,13 @@ impl TryFrom<pb::CreateKeyRequest> for CreateKey {
             }
         }
         let service_code = u16::try_from(r.service_code).map_err(|_| {
-            invalid(format!("service code {} is out of range (0 to 65535)", r.service_code))
+            invalid(format!(
+                "service code {} is out of range (0 to 65535)",
+                r.service_code
+            ))
         })?;
-        let purpose = purpose(r.purpose)?.ok_or_else(|| invalid("purpose is required: load or purchase"))?;
+        let purpose =
+            purpose(r.purpose)?.ok_or_else(|| invalid("purpose is required: load or purchase"))?;
         let algorithm = algorithm(r.algorithm)?.unwrap_or(Algorithm::Tdes2);
         match algorithm {
             Algorithm::Tdes2 | Algorithm::Tdes3 => {}
@@ -117,7 +123,11 @@ impl TryFrom<pb::CreateKeyRequest> for CreateKey {
                     "single DES is legacy: set allow_legacy_des to create it (it is always reported weak)",
                 ));
             }
-            other => return Err(invalid(format!("algorithm {other} is not a card-access algorithm"))),
+            other => {
+                return Err(invalid(format!(
+                    "algorithm {other} is not a card-access algorithm"
+                )));
+            }
         }
         Ok(CreateKey {
             alias,
@@ -152,8 +162,11 @@ fn tie_keys(keys: Vec<pb::TieUpKey>) -> Result<Vec<(String, TieUpMode)>, Service
     keys.into_iter()
         .map(|k| {
             let alias = name("key alias", &k.alias)?;
-            let mode = tie_up_mode(k.mode)?
-                .ok_or_else(|| invalid(format!("mode for key {alias:?} is required: supply, hold or proxy_load")))?;
+            let mode = tie_up_mode(k.mode)?.ok_or_else(|| {
+                invalid(format!(
+                    "mode for key {alias:?} is required: supply, hold or proxy_load"
+                ))
+            })?;
             Ok((alias, mode))
         })
         .collect()
@@ -191,9 +204,20 @@ impl TryFrom<pb::UpdateTieUpRequest> for UpdateTieUp {
     fn try_from(r: pb::UpdateTieUpRequest) -> Result<Self, Self::Error> {
         Ok(UpdateTieUp {
             id: name("tie-up id", &r.id)?,
-            keys: if r.keys.is_empty() { None } else { Some(tie_keys(r.keys)?) },
-            valid_from: r.valid_from.map(|t| non_negative_time("valid_from", t)).transpose()?.flatten(),
-            valid_until: r.valid_until.map(|t| non_negative_time("valid_until", t)).transpose()?,
+            keys: if r.keys.is_empty() {
+                None
+            } else {
+                Some(tie_keys(r.keys)?)
+            },
+            valid_from: r
+                .valid_from
+                .map(|t| non_negative_time("valid_from", t))
+                .transpose()?
+                .flatten(),
+            valid_until: r
+                .valid_until
+                .map(|t| non_negative_time("valid_until", t))
+                .transpose()?,
             per_transaction_limit: limit(r.per_transaction_limit)?,
             state: tie_up_state(r.state)?,
         })

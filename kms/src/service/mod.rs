@@ -138,7 +138,9 @@ impl From<StoreError> for ServiceError {
 impl From<HsmError> for ServiceError {
     fn from(e: HsmError) -> Self {
         match e {
-            HsmError::MechanismUnavailable { .. } => ServiceError::FailedPrecondition(e.to_string()),
+            HsmError::MechanismUnavailable { .. } => {
+                ServiceError::FailedPrecondition(e.to_string())
+            }
             other => ServiceError::Internal(format!("hsm: {other}")),
         }
     }
@@ -166,8 +168,9 @@ impl From<KeyError> for ServiceError {
 /// Names (aliases, entity ids): `[a-z0-9._-]`, 1 to 64 characters.
 pub fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
 }
 
 /// Runs an operation for `caller`; when it fails, records the failure (with its
@@ -221,14 +224,25 @@ pub async fn audited_read<T>(
 
 /// The caller the identity layer put in the request, if it is an officer (rule 7);
 /// a refusal is audited.
-pub async fn officer<T>(state: &AppState, request: &tonic::Request<T>, operation: &str) -> Result<Caller, Status> {
+pub async fn officer<T>(
+    state: &AppState,
+    request: &tonic::Request<T>,
+    operation: &str,
+) -> Result<Caller, Status> {
     let caller = request
         .extensions()
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
     let decision = brandkms_policy::can_administer(caller.entity.kind).into_result();
-    audited(state, &caller, operation, None, decision.map_err(ServiceError::Denied)).await?;
+    audited(
+        state,
+        &caller,
+        operation,
+        None,
+        decision.map_err(ServiceError::Denied),
+    )
+    .await?;
     Ok(caller)
 }
 

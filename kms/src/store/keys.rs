@@ -229,7 +229,12 @@ pub async fn set_state(
 }
 
 /// Moves every active version of a key to `to` (rotation).
-pub async fn demote_active(conn: &mut Conn, alias: &str, to: KeyState, at: i64) -> Result<u64, StoreError> {
+pub async fn demote_active(
+    conn: &mut Conn,
+    alias: &str,
+    to: KeyState,
+    at: i64,
+) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "UPDATE key_versions SET state = $1, state_changed_at = $2 WHERE alias = $3 AND state = $4",
     )
@@ -243,7 +248,10 @@ pub async fn demote_active(conn: &mut Conn, alias: &str, to: KeyState, at: i64) 
 }
 
 /// Versions whose pending destruction is due at `now`.
-pub async fn due_destructions(conn: &mut Conn, now: i64) -> Result<Vec<KeyVersionRecord>, StoreError> {
+pub async fn due_destructions(
+    conn: &mut Conn,
+    now: i64,
+) -> Result<Vec<KeyVersionRecord>, StoreError> {
     sqlx::query(&format!(
         "SELECT {VERSION_COLUMNS} FROM key_versions WHERE state = $1 AND destroy_after <= $2 ORDER BY destroy_after"
     ))

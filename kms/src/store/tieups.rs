@@ -59,7 +59,11 @@ pub async fn insert(conn: &mut Conn, t: &TieUpRecord) -> Result<(), StoreError> 
     insert_keys(conn, &t.id, &t.keys).await
 }
 
-async fn insert_keys(conn: &mut Conn, id: &str, keys: &[(String, TieUpMode)]) -> Result<(), StoreError> {
+async fn insert_keys(
+    conn: &mut Conn,
+    id: &str,
+    keys: &[(String, TieUpMode)],
+) -> Result<(), StoreError> {
     for (alias, mode) in keys {
         sqlx::query("INSERT INTO tie_up_keys (tie_up_id, alias, mode) VALUES ($1, $2, $3)")
             .bind(id)
@@ -104,7 +108,10 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<TieUpRecord>, Store
 }
 
 /// Every tie-up, or one entity's.
-pub async fn list(conn: &mut Conn, entity_id: Option<&str>) -> Result<Vec<TieUpRecord>, StoreError> {
+pub async fn list(
+    conn: &mut Conn,
+    entity_id: Option<&str>,
+) -> Result<Vec<TieUpRecord>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM tie_ups WHERE ($1 IS NULL OR entity_id = $1) ORDER BY entity_id, created_at, id"
     ))
@@ -120,20 +127,21 @@ pub async fn list(conn: &mut Conn, entity_id: Option<&str>) -> Result<Vec<TieUpR
 
 async fn with_keys(conn: &mut Conn, r: &AnyRow) -> Result<TieUpRecord, StoreError> {
     let id: String = r.try_get("id")?;
-    let keys = sqlx::query("SELECT alias, mode FROM tie_up_keys WHERE tie_up_id = $1 ORDER BY alias")
-        .bind(&id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|k| -> Result<(String, TieUpMode), StoreError> {
-            Ok((
-                k.try_get("alias")?,
-                k.try_get::<String, _>("mode")?
-                    .parse()
-                    .map_err(|e| corrupt("tie_up_keys", e))?,
-            ))
-        })
-        .collect::<Result<_, _>>()?;
+    let keys =
+        sqlx::query("SELECT alias, mode FROM tie_up_keys WHERE tie_up_id = $1 ORDER BY alias")
+            .bind(&id)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|k| -> Result<(String, TieUpMode), StoreError> {
+                Ok((
+                    k.try_get("alias")?,
+                    k.try_get::<String, _>("mode")?
+                        .parse()
+                        .map_err(|e| corrupt("tie_up_keys", e))?,
+                ))
+            })
+            .collect::<Result<_, _>>()?;
     Ok(TieUpRecord {
         id,
         entity_id: r.try_get("entity_id")?,

@@ -1,0 +1,368 @@
+//! Tables for people, JSON for scripts.
+
+use brandkms_proto::v1 as pb;
+use serde_json::{Value, json};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// JSON instead of tables.
+    pub json: bool,
+}
+
+/// `active` from `KEY_STATE_ACTIVE`.
+pub fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
+}
+
+/// RFC 3339 (seconds) from Unix ms; `-` for 0.
+pub fn time(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".to_string();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.unsigned_abs());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn state(v: i32) -> String {
+    pb::KeyState::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |s| enum_name(s.as_str_name(), "KEY_STATE_"),
+    )
+}
+
+fn class(v: i32) -> String {
+    pb::KeyClass::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |s| enum_name(s.as_str_name(), "KEY_CLASS_"),
+    )
+}
+
+fn algorithm(v: i32) -> String {
+    pb::KeyAlgorithm::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |s| enum_name(s.as_str_name(), "KEY_ALGORITHM_"),
+    )
+}
+
+fn purpose(v: i32) -> String {
+    pb::Purpose::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |s| enum_name(s.as_str_name(), "PURPOSE_"),
+    )
+}
+
+fn kind(v: i32) -> String {
+    pb::EntityKind::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |s| enum_name(s.as_str_name(), "ENTITY_KIND_"),
+    )
+}
+
+fn entity_status(v: i32) -> String {
+    pb::EntityStatus::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |s| enum_name(s.as_str_name(), "ENTITY_STATUS_"),
+    )
+}
+
+fn mode(v: i32) -> String {
+    pb::TieUpMode::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |s| enum_name(s.as_str_name(), "TIE_UP_MODE_"),
+    )
+}
+
+fn tie_state(v: i32) -> String {
+    pb::TieUpState::try_from(v).map_or_else(
+        |_| v.to_string(),
+        |s| enum_name(s.as_str_name(), "TIE_UP_STATE_"),
+    )
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn key_json(k: &pb::Key) -> Value {
+    json!({
+        "alias": k.alias,
+        "class": class(k.class),
+        "algorithm": algorithm(k.algorithm),
+        "purpose": (k.purpose != 0).then(|| purpose(k.purpose)),
+        "service_code": k.service_code,
+        "exportable": k.exportable,
+        "owner_entity": (!k.owner_entity.is_empty()).then_some(&k.owner_entity),
+        "created_at": k.created_at,
+        "versions": k.versions.iter().map(|v| json!({
+            "version": v.version,
+            "state": state(v.state),
+            "kcv": v.kcv,
+            "weak": v.weak,
+            "created_at": v.created_at,
+            "state_changed_at": v.state_changed_at,
+            "destroy_after": (v.destroy_after > 0).then_some(v.destroy_after),
+            "destroyed_at": (v.destroyed_at > 0).then_some(v.destroyed_at),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn entity_json(e: &pb::Entity) -> Value {
+    json!({
+        "id": e.id, "kind": kind(e.kind), "name": e.name, "online": e.online,
+        "tamper_resistant": e.tamper_resistant, "status": entity_status(e.status),
+        "created_at": e.created_at, "updated_at": e.updated_at,
+    })
+}
+
+fn tie_up_json(t: &pb::TieUp) -> Value {
+    json!({
+        "id": t.id, "entity_id": t.entity_id, "state": tie_state(t.state),
+        "keys": t.keys.iter().map(|k| json!({"alias": k.alias, "mode": mode(k.mode)})).collect::<Vec<_>>(),
+        "valid_from": t.valid_from, "valid_until": (t.valid_until > 0).then_some(t.valid_until),
+        "sponsor_issuer": (!t.sponsor_issuer.is_empty()).then_some(&t.sponsor_issuer),
+        "per_transaction_limit": t.per_transaction_limit,
+        "created_at": t.created_at, "updated_at": t.updated_at,
+    })
+}
+
+fn audit_json(r: &pb::AuditRecord) -> Value {
+    json!({
+        "seq": r.seq, "at": r.at, "caller": r.caller,
+        "cert_fingerprint": (!r.cert_fingerprint.is_empty()).then_some(&r.cert_fingerprint),
+        "operation": r.operation,
+        "key_alias": (!r.key_alias.is_empty()).then_some(&r.key_alias),
+        "key_version": r.key_version, "outcome": r.outcome,
+        "reason": (!r.reason.is_empty()).then_some(&r.reason), "hash": r.hash,
+    })
+}
+
+impl Output {
+    /// How to print.
+    pub fn new(json: bool) -> Self {
+        Output { json }
+    }
+
+    /// Prints a JSON value.
+    pub fn print_json(&self, v: &Value) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+
+    /// One key with its versions.
+    pub fn key(&self, k: &pb::Key) {
+        if self.json {
+            return self.print_json(&key_json(k));
+        }
+        let code = k
+            .service_code
+            .map_or("-".to_string(), |c| format!("0x{c:04X}"));
+        println!(
+            "key {}  class {}  algorithm {}  purpose {}  service code {}  exportable {}",
+            k.alias,
+            class(k.class),
+            algorithm(k.algorithm),
+            if k.purpose == 0 {
+                "-".to_string()
+            } else {
+                purpose(k.purpose)
+            },
+            code,
+            if k.exportable { "yes" } else { "no" }
+        );
+        let rows: Vec<Vec<String>> = k
+            .versions
+            .iter()
+            .map(|v| {
+                vec![
+                    v.version.to_string(),
+                    state(v.state),
+                    v.kcv.clone(),
+                    if v.weak {
+                        "WEAK".to_string()
+                    } else {
+                        String::new()
+                    },
+                    time(v.created_at),
+                    time(v.destroy_after),
+                    time(v.destroyed_at),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "VERSION",
+                "STATE",
+                "KCV",
+                "WEAK",
+                "CREATED",
+                "DESTROY AFTER",
+                "DESTROYED",
+            ],
+            &rows,
+        );
+    }
+
+    /// Keys, one line each.
+    pub fn keys(&self, keys: &[pb::Key]) {
+        if self.json {
+            return self.print_json(&Value::Array(keys.iter().map(key_json).collect()));
+        }
+        let rows: Vec<Vec<String>> = keys
+            .iter()
+            .map(|k| {
+                let active = k
+                    .versions
+                    .iter()
+                    .find(|v| v.state == pb::KeyState::Active as i32);
+                vec![
+                    k.alias.clone(),
+                    class(k.class),
+                    algorithm(k.algorithm),
+                    if k.purpose == 0 {
+                        "-".to_string()
+                    } else {
+                        purpose(k.purpose)
+                    },
+                    k.service_code
+                        .map_or("-".to_string(), |c| format!("0x{c:04X}")),
+                    active.map_or("-".to_string(), |v| format!("v{} {}", v.version, v.kcv)),
+                    k.versions
+                        .iter()
+                        .map(|v| format!("v{}:{}", v.version, state(v.state)))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ALIAS",
+                "CLASS",
+                "ALGORITHM",
+                "PURPOSE",
+                "SERVICE",
+                "ACTIVE (KCV)",
+                "VERSIONS",
+            ],
+            &rows,
+        );
+    }
+
+    /// Participants.
+    pub fn entities(&self, list: &[pb::Entity]) {
+        if self.json {
+            return self.print_json(&Value::Array(list.iter().map(entity_json).collect()));
+        }
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|e| {
+                vec![
+                    e.id.clone(),
+                    kind(e.kind),
+                    entity_status(e.status),
+                    if e.online { "yes" } else { "no" }.to_string(),
+                    if e.tamper_resistant { "yes" } else { "no" }.to_string(),
+                    e.name.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &["ID", "KIND", "STATUS", "ONLINE", "TAMPER-RESISTANT", "NAME"],
+            &rows,
+        );
+    }
+
+    /// Tie-ups.
+    pub fn tie_ups(&self, list: &[pb::TieUp]) {
+        if self.json {
+            return self.print_json(&Value::Array(list.iter().map(tie_up_json).collect()));
+        }
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    t.entity_id.clone(),
+                    tie_state(t.state),
+                    t.keys
+                        .iter()
+                        .map(|k| format!("{}:{}", k.alias, mode(k.mode)))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    if t.sponsor_issuer.is_empty() {
+                        "-".to_string()
+                    } else {
+                        t.sponsor_issuer.clone()
+                    },
+                    t.per_transaction_limit
+                        .map_or("-".to_string(), |l| l.to_string()),
+                    time(t.valid_from),
+                    time(t.valid_until),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID", "ENTITY", "STATE", "KEYS", "SPONSOR", "LIMIT", "FROM", "UNTIL",
+            ],
+            &rows,
+        );
+    }
+
+    /// Audit records.
+    pub fn audit(&self, list: &[pb::AuditRecord]) {
+        if self.json {
+            return self.print_json(&Value::Array(list.iter().map(audit_json).collect()));
+        }
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|r| {
+                vec![
+                    r.seq.to_string(),
+                    time(r.at),
+                    r.caller.clone(),
+                    r.operation.clone(),
+                    match r.key_version {
+                        Some(v) if !r.key_alias.is_empty() => format!("{} v{v}", r.key_alias),
+                        _ if !r.key_alias.is_empty() => r.key_alias.clone(),
+                        _ => "-".to_string(),
+                    },
+                    r.outcome.clone(),
+                    r.reason.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "SEQ",
+                "TIME",
+                "CALLER",
+                "OPERATION",
+                "KEY",
+                "OUTCOME",
+                "REASON",
+            ],
+            &rows,
+        );
+    }
+}

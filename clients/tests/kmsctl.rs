@@ -1,0 +1,244 @@
+//! `kmsctl` end to end: the real binary against a real server (token, SQLite,
+//! mTLS), one subcommand for every Admin call, tables by default and `--json`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::{Command, Output};
+
+use brandkms_tests::TestServer;
+
+const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
+
+struct Ctl<'a> {
+    server: &'a TestServer,
+    entity: &'a str,
+}
+
+impl Ctl<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        let pki = &self.server.pki;
+        Command::new(KMSCTL)
+            .env_remove("KMSCTL_PROFILE")
+            .env("HOME", pki) // no default profile
+            .args(["--endpoint", &format!("https://{}", self.server.addr)])
+            .args(["--ca", &pki.join("ca.pem").display().to_string()])
+            .args([
+                "--cert",
+                &pki.join(format!("{}.pem", self.entity))
+                    .display()
+                    .to_string(),
+            ])
+            .args([
+                "--key",
+                &pki.join(format!("{}-key.pem", self.entity))
+                    .display()
+                    .to_string(),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kmsctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmsctl_covers_every_admin_call() {
+    let server = TestServer::start(brandkms::testing::sqlite_db()).await;
+    let ctl = Ctl {
+        server: &server,
+        entity: "officer-1",
+    };
+    assert_eq!(ctl.ok(&["health"]).trim(), "SERVING");
+    let table = ctl.ok(&[
+        "key",
+        "create",
+        "key-a",
+        "--service-code",
+        "0x0A01",
+        "--purpose",
+        "load",
+        "--exportable",
+    ]);
+    assert!(table.contains("VERSION  STATE"), "{table}");
+    let key = ctl.json(&["key", "rotate", "key-a"]);
+    assert_eq!(key["versions"][0]["state"], "auth_only");
+    assert_eq!(key["versions"][1]["state"], "active");
+    let keys = ctl.json(&["key", "list", "--class", "card_access"]);
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(ctl.json(&["key", "show", "key-a"])["service_code"], 0x0A01);
+    assert_eq!(
+        ctl.json(&["key", "state", "key-a", "1", "retired"])["versions"][0]["state"],
+        "retired"
+    );
+    assert_eq!(
+        ctl.json(&["key", "destroy", "key-a", "1", "--days", "3"])["versions"][0]["state"],
+        "pending_destruction"
+    );
+    assert_eq!(
+        ctl.json(&["key", "cancel-destroy", "key-a", "1"])["versions"][0]["state"],
+        "retired"
+    );
+
+    let e = ctl.json(&[
+        "entity",
+        "register",
+        "issuer-2-3",
+        "--kind",
+        "issuer",
+        "--name",
+        "Issuer 2-3",
+        "--online",
+    ]);
+    assert_eq!(e[0]["status"], "active");
+    ctl.ok(&[
+        "entity",
+        "register",
+        "bank-center-b",
+        "--kind",
+        "bank_center",
+        "--name",
+        "Bank B",
+    ]);
+    assert_eq!(
+        ctl.json(&["entity", "suspend", "bank-center-b"])[0]["status"],
+        "suspended"
+    );
+    assert_eq!(
+        ctl.json(&["entity", "resume", "bank-center-b"])[0]["status"],
+        "active"
+    );
+    assert_eq!(
+        ctl.json(&["entity", "list", "--kind", "issuer"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let t = ctl.json(&[
+        "tieup",
+        "create",
+        "bank-center-b",
+        "--cover",
+        "key-a:supply",
+        "--sponsor",
+        "issuer-2-3",
+        "--limit",
+        "5000",
+    ]);
+    let id = t[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(t[0]["per_transaction_limit"], 5000);
+    let t = ctl.json(&[
+        "tieup",
+        "update",
+        &id,
+        "--state",
+        "suspended",
+        "--until",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert_eq!(t[0]["state"], "suspended");
+    assert_eq!(
+        ctl.json(&["tieup", "terminate", &id])[0]["state"],
+        "terminated"
+    );
+    assert_eq!(
+        ctl.json(&["tieup", "list", "--entity", "bank-center-b"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let records = ctl.json(&["audit", "list", "--operation", "Admin/CreateKey"]);
+    assert_eq!(records.as_array().unwrap().len(), 1);
+    assert!(ctl.ok(&["audit", "verify"]).contains("audit trail intact"));
+
+    // Failures: the status and message, no backtrace, a non-zero exit.
+    let dup = ctl.run(&[
+        "key",
+        "create",
+        "key-a",
+        "--service-code",
+        "1",
+        "--purpose",
+        "load",
+    ]);
+    assert_eq!(dup.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&dup.stderr);
+    assert!(
+        stderr.starts_with("kmsctl: error: AlreadyExists: "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    let bad = ctl.run(&[
+        "key",
+        "create",
+        "key-z",
+        "--service-code",
+        "1",
+        "--purpose",
+        "spend",
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "a bad value is a usage error");
+    let issuer = Ctl {
+        server: &server,
+        entity: "issuer-2-3",
+    };
+    let denied = issuer.run(&["key", "list"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied: rule 7"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_offers_reflection() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = TestServer::start(brandkms::testing::sqlite_db()).await;
+    let client = server.client("officer-1").await;
+    let mut reflection = ServerReflectionClient::new(client.channel());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"brandkms.v1.Admin".to_string()),
+        "{names:?}"
+    );
+    server.stop().await;
+}
