@@ -27,16 +27,11 @@ pub async fn register(
     caller: &Caller,
     input: RegisterEntity,
 ) -> Result<EntityRecord, ServiceError> {
-    let mut tx = state.store.begin().await?;
-    state
-        .auditor
-        .append(
-            &mut tx,
-            &caller.event("Admin/RegisterEntity").outcome(
-                crate::audit::Outcome::Allowed,
-                Some(format!("entity {} ({})", input.id, input.kind)),
-            ),
-        )
+    let mut tx = state
+        .begin_audited(&caller.event("Admin/RegisterEntity").outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("entity {} ({})", input.id, input.kind)),
+        ))
         .await?;
     if rows::get(&mut tx, &input.id).await?.is_some() {
         return Err(ServiceError::AlreadyExists(format!(
@@ -71,11 +66,8 @@ pub async fn set_status(
         EntityStatus::Suspended => "Admin/SuspendEntity",
         EntityStatus::Active => "Admin/ResumeEntity",
     };
-    let mut tx = state.store.begin().await?;
-    state
-        .auditor
-        .append(
-            &mut tx,
+    let mut tx = state
+        .begin_audited(
             &caller
                 .event(operation)
                 .outcome(crate::audit::Outcome::Allowed, Some(format!("entity {id}"))),

@@ -266,11 +266,8 @@ pub async fn set_state(
     version: u32,
     to: KeyState,
 ) -> Result<KeyView, ServiceError> {
-    let mut tx = state.store.begin().await?;
-    state
-        .auditor
-        .append(
-            &mut tx,
+    let mut tx = state
+        .begin_audited(
             &caller
                 .event("Admin/SetKeyVersionState")
                 .key(alias, Some(version))
@@ -305,11 +302,8 @@ pub async fn schedule_destruction(
     version: u32,
     waiting_days: u32,
 ) -> Result<KeyView, ServiceError> {
-    let mut tx = state.store.begin().await?;
-    state
-        .auditor
-        .append(
-            &mut tx,
+    let mut tx = state
+        .begin_audited(
             &caller
                 .event("Admin/ScheduleKeyVersionDestruction")
                 .key(alias, Some(version))
@@ -354,11 +348,8 @@ pub async fn cancel_destruction(
     alias: &str,
     version: u32,
 ) -> Result<KeyView, ServiceError> {
-    let mut tx = state.store.begin().await?;
-    state
-        .auditor
-        .append(
-            &mut tx,
+    let mut tx = state
+        .begin_audited(
             &caller
                 .event("Admin/CancelKeyVersionDestruction")
                 .key(alias, Some(version)),
@@ -396,10 +387,9 @@ pub async fn run_due_destructions(state: &AppState) -> Result<Vec<(String, u32)>
     };
     let mut done = Vec::new();
     for v in due {
-        let mut tx = state.store.begin().await?;
         let event = AuditEvent::allowed("local:scheduler", "scheduler.destroy_key_version")
             .key(&v.alias, Some(v.version));
-        state.auditor.append(&mut tx, &event).await?;
+        let mut tx = state.begin_audited(&event).await?;
         let Some(current) = rows::version(&mut tx, &v.alias, v.version).await? else {
             continue;
         };

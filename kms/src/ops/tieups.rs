@@ -81,16 +81,11 @@ pub async fn create(
 ) -> Result<TieUpRecord, ServiceError> {
     let now = state.clock.now_ms();
     let id = format!("tu-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut tx = state.store.begin().await?;
-    state
-        .auditor
-        .append(
-            &mut tx,
-            &caller.event("Admin/CreateTieUp").outcome(
-                crate::audit::Outcome::Allowed,
-                Some(format!("tie-up {id} for {}", input.entity_id)),
-            ),
-        )
+    let mut tx = state
+        .begin_audited(&caller.event("Admin/CreateTieUp").outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("tie-up {id} for {}", input.entity_id)),
+        ))
         .await?;
     entities::get(&mut tx, &input.entity_id)
         .await?
@@ -132,16 +127,11 @@ pub async fn update(
     caller: &Caller,
     input: UpdateTieUp,
 ) -> Result<TieUpRecord, ServiceError> {
-    let mut tx = state.store.begin().await?;
-    state
-        .auditor
-        .append(
-            &mut tx,
-            &caller.event("Admin/UpdateTieUp").outcome(
-                crate::audit::Outcome::Allowed,
-                Some(format!("tie-up {}", input.id)),
-            ),
-        )
+    let mut tx = state
+        .begin_audited(&caller.event("Admin/UpdateTieUp").outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("tie-up {}", input.id)),
+        ))
         .await?;
     let mut t = rows::get(&mut tx, &input.id)
         .await?
@@ -184,11 +174,8 @@ pub async fn terminate(
     caller: &Caller,
     id: &str,
 ) -> Result<TieUpRecord, ServiceError> {
-    let mut tx = state.store.begin().await?;
-    state
-        .auditor
-        .append(
-            &mut tx,
+    let mut tx = state
+        .begin_audited(
             &caller
                 .event("Admin/TerminateTieUp")
                 .outcome(crate::audit::Outcome::Allowed, Some(format!("tie-up {id}"))),

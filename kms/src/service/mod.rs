@@ -35,6 +35,20 @@ pub struct AppState {
     pub settings: ServiceSettings,
 }
 
+impl AppState {
+    /// Begins a write transaction whose first act is to append `event` (taking the
+    /// audit chain's head, which serialises writers). The record commits with the
+    /// state change, or not at all.
+    pub async fn begin_audited(
+        &self,
+        event: &AuditEvent,
+    ) -> Result<crate::store::Tx, ServiceError> {
+        let mut tx = self.store.begin().await?;
+        self.auditor.append(&mut tx, event).await?;
+        Ok(tx)
+    }
+}
+
 /// The authenticated caller, put in the request's extensions by the `auth` layer.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -50,6 +64,11 @@ impl Caller {
         let mut e = AuditEvent::allowed(&self.entity.id, operation);
         e.cert_fingerprint = Some(self.fingerprint.clone());
         e
+    }
+
+    /// An allowed operation by this caller, with a note on what it concerned.
+    pub fn event_about(&self, operation: &str, about: String) -> AuditEvent {
+        self.event(operation).outcome(Outcome::Allowed, Some(about))
     }
 }
 
