@@ -123,13 +123,22 @@ pub struct Settings {
     pub service: ServiceSettings,
 }
 
-/// The metadata database.
-#[derive(Debug, Clone)]
+/// The metadata database. `Debug` hides the URL's password.
+#[derive(Clone)]
 pub struct DatabaseSettings {
     /// `sqlite://PATH` or `postgres://...`.
     pub url: String,
     /// Pool size.
     pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 /// TLS files.
@@ -507,6 +516,16 @@ mod tests {
             load(&text, &env(&[])),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let e = env(&[
+            ("BRANDKMS_PIN", "pin-1234"),
+            ("BRANDKMS_DATABASE_URL", "postgres://u:pw-5678@h/db"),
+        ]);
+        let s = format!("{:?}", load(&base(), &e).unwrap());
+        assert!(!s.contains("pin-1234") && !s.contains("pw-5678"), "{s}");
     }
 
     #[test]
