@@ -1,0 +1,258 @@
+//! Invariants of the policy, for any data.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use brandkms_policy::{
+    Action, Consent, Decision, DenyReason, Entity, EntityKind, EntityStatus, Key, KeyClass,
+    KeyState, Request, TieUp, TieUpMode, TieUpState, decide,
+};
+use proptest::prelude::*;
+
+const ALIASES: &[&str] = &["a", "b", "c"];
+const IDS: &[&str] = &["e1", "e2", "i1", "i2"];
+
+fn pick<T: Clone + std::fmt::Debug + 'static>(items: &'static [T]) -> impl Strategy<Value = T> {
+    proptest::sample::select(items)
+}
+
+fn entity_kind() -> impl Strategy<Value = EntityKind> {
+    pick(EntityKind::ALL)
+}
+
+fn entity() -> impl Strategy<Value = Entity> {
+    (
+        pick(IDS),
+        entity_kind(),
+        pick(EntityStatus::ALL),
+        any::<bool>(),
+    )
+        .prop_map(|(id, kind, status, tr)| Entity {
+            id: id.to_string(),
+            kind,
+            status,
+            tamper_resistant: tr,
+        })
+}
+
+fn key() -> impl Strategy<Value = Key> {
+    (
+        pick(ALIASES),
+        pick(KeyClass::ALL),
+        proptest::option::of(pick(IDS)),
+        any::<bool>(),
+        pick(KeyState::ALL),
+    )
+        .prop_map(|(alias, class, owner, exportable, state)| Key {
+            alias: alias.to_string(),
+            class,
+            owner: owner.map(str::to_string),
+            exportable,
+            state,
+        })
+}
+
+fn tie_up() -> impl Strategy<Value = TieUp> {
+    (
+        0u8..4,
+        pick(IDS),
+        pick(TieUpState::ALL),
+        proptest::collection::vec((pick(ALIASES), pick(TieUpMode::ALL)), 0..3),
+        -5i64..5,
+        proptest::option::of(-5i64..5),
+        proptest::option::of(pick(IDS)),
+        proptest::option::of(0u64..10_000),
+    )
+        .prop_map(
+            |(n, entity, state, keys, from, until, sponsor, limit)| TieUp {
+                id: format!("t{n}"),
+                entity_id: entity.to_string(),
+                state,
+                keys: keys.into_iter().map(|(a, m)| (a.to_string(), m)).collect(),
+                valid_from: from,
+                valid_until: until,
+                sponsor_issuer: sponsor.map(str::to_string),
+                per_transaction_limit: limit,
+            },
+        )
+}
+
+fn consent() -> impl Strategy<Value = Consent> {
+    (pick(IDS), pick(IDS), pick(ALIASES)).prop_map(|(i, t, a)| Consent {
+        issuer: i.to_string(),
+        third_party: t.to_string(),
+        alias: a.to_string(),
+    })
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        Just(Action::Receive),
+        Just(Action::Authenticate),
+        (0u64..20_000).prop_map(|amount| Action::Seal { amount }),
+        (0u64..20_000).prop_map(|amount| Action::ProxyLoad { amount }),
+        Just(Action::Decrypt),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    caller: Entity,
+    action: Action,
+    key: Key,
+    tie_ups: Vec<TieUp>,
+    consents: Vec<Consent>,
+    transport_key: bool,
+    now: i64,
+}
+
+impl Case {
+    fn decide(&self) -> Decision {
+        decide(&Request {
+            caller: &self.caller,
+            action: self.action,
+            key: &self.key,
+            tie_ups: &self.tie_ups,
+            consents: &self.consents,
+            transport_key: self.transport_key,
+            now: self.now,
+        })
+    }
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        entity(),
+        action(),
+        key(),
+        proptest::collection::vec(tie_up(), 0..5),
+        proptest::collection::vec(consent(), 0..5),
+        any::<bool>(),
+        -6i64..6,
+    )
+        .prop_map(
+            |(caller, action, key, tie_ups, consents, transport_key, now)| Case {
+                caller,
+                action,
+                key,
+                tie_ups,
+                consents,
+                transport_key,
+                now,
+            },
+        )
+}
+
+fn in_force(t: &TieUp, now: i64) -> bool {
+    t.state == TieUpState::Active && t.valid_from <= now && t.valid_until.is_none_or(|u| now < u)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn a_cybershop_is_never_supplied(mut c in case()) {
+        c.caller.kind = EntityKind::Cybershop;
+        c.action = Action::Receive;
+        prop_assert!(!c.decide().is_allowed());
+    }
+
+    #[test]
+    fn nothing_is_allowed_without_a_tie_up_in_force_covering_the_key(mut c in case()) {
+        // Entity-owned keys serve their owner without a tie-up (rule 6).
+        c.key.owner = None;
+        let covered = c.tie_ups.iter().any(|t| {
+            t.entity_id == c.caller.id && in_force(t, c.now) && t.keys.iter().any(|(a, _)| *a == c.key.alias)
+        });
+        if !covered {
+            prop_assert!(!c.decide().is_allowed());
+        }
+    }
+
+    #[test]
+    fn a_suspended_entity_is_always_denied(mut c in case()) {
+        c.caller.status = EntityStatus::Suspended;
+        prop_assert_eq!(c.decide(), Decision::Deny(DenyReason::EntitySuspended));
+    }
+
+    #[test]
+    fn revoking_a_consent_denies_the_supply_it_covered(mut c in case(), sponsor in pick(IDS)) {
+        // A sponsored supply tie-up that is the only one covering the key.
+        c.action = Action::Receive;
+        c.key.owner = None;
+        c.tie_ups.retain(|t| t.entity_id != c.caller.id);
+        c.tie_ups.push(TieUp {
+            id: "sponsored".into(),
+            entity_id: c.caller.id.clone(),
+            state: TieUpState::Active,
+            keys: vec![(c.key.alias.clone(), TieUpMode::Supply)],
+            valid_from: c.now,
+            valid_until: None,
+            sponsor_issuer: Some(sponsor.to_string()),
+            per_transaction_limit: None,
+        });
+        c.consents.push(Consent {
+            issuer: sponsor.to_string(),
+            third_party: c.caller.id.clone(),
+            alias: c.key.alias.clone(),
+        });
+        let before = c.decide();
+        c.consents.retain(|k| !(k.issuer == sponsor && k.third_party == c.caller.id && k.alias == c.key.alias));
+        let after = c.decide();
+        prop_assert!(!after.is_allowed());
+        if before.is_allowed() {
+            prop_assert_eq!(after, Decision::Deny(DenyReason::ConsentMissing { issuer: sponsor.to_string() }));
+        }
+    }
+
+    #[test]
+    fn hold_never_exports(mut c in case()) {
+        c.action = Action::Receive;
+        for t in &mut c.tie_ups {
+            for (_, m) in &mut t.keys {
+                if *m == TieUpMode::Supply {
+                    *m = TieUpMode::Hold;
+                }
+            }
+        }
+        prop_assert!(!c.decide().is_allowed());
+    }
+
+    #[test]
+    fn the_decision_depends_only_on_its_inputs(c in case()) {
+        let first = c.decide();
+        prop_assert_eq!(&first, &c.clone().decide());
+        // Nor on the order in which tie-ups and consents are given.
+        let mut shuffled = c.clone();
+        shuffled.tie_ups.reverse();
+        shuffled.consents.reverse();
+        prop_assert_eq!(first, shuffled.decide());
+    }
+
+    #[test]
+    fn only_active_versions_are_distributed(mut c in case(), state in pick(KeyState::ALL)) {
+        c.action = Action::Receive;
+        prop_assume!(state != KeyState::Active);
+        c.key.state = state;
+        prop_assert!(!c.decide().is_allowed());
+    }
+
+    #[test]
+    fn sealing_never_exceeds_the_limit(c in case()) {
+        if let Action::Seal { amount } | Action::ProxyLoad { amount } = c.action
+            && c.decide().is_allowed()
+            && c.key.owner.is_none()
+        {
+            let allowing = c.tie_ups.iter().any(|t| {
+                t.entity_id == c.caller.id
+                    && in_force(t, c.now)
+                    && t.keys.iter().any(|(a, _)| *a == c.key.alias)
+                    && t.per_transaction_limit.is_none_or(|l| amount <= l)
+            });
+            prop_assert!(allowing);
+        }
+    }
+}
