@@ -313,3 +313,35 @@ async fn single_des_derivation_works_with_the_legacy_provider() {
     let expected = des_kcv(&hex::decode("0FB64856C4388E1D0B493F4E22BD2038").unwrap());
     assert_eq!(kcv[..3], expected);
 }
+
+/// A transport key leaves the token once, wrapped with RSA-OAEP under the
+/// participant's public key; the participant unwraps it in its own token and finds
+/// the same KCV. Here the participant's key pair lives in the test token too.
+#[tokio::test]
+async fn a_transport_key_is_wrapped_under_an_rsa_public_key() {
+    let hsm = testing::hsm();
+    let (kcv, unwrapped_kcv, wrapped_len) = hsm
+        .run(|s| {
+            let (private, modulus, exponent) = s.generate_rsa_for_tests(2048)?;
+            let transport = s.generate(
+                &spec(
+                    SecretAlgorithm::Aes256,
+                    KeyRole::Transport,
+                    Exportability::WrappedOnly,
+                ),
+                "brandkms-test/transport",
+            )?;
+            let public = s.import_rsa_public(&modulus, &exponent)?;
+            let wrapped = s.wrap_rsa_oaep(&public, &transport.id)?;
+            let unwrapped = s.unwrap_aes_rsa_oaep_for_tests(&private, &wrapped)?;
+            // A card master that is not exportable never leaves, even under RSA.
+            let kept = s.generate(&master(SecretAlgorithm::Tdes2), "brandkms-test/kept")?;
+            let err = s.wrap_rsa_oaep(&public, &kept.id).unwrap_err();
+            assert_eq!(err.rv(), Some(RvError::KeyUnextractable), "{err}");
+            Ok((transport.kcv, unwrapped, wrapped.len()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(kcv, unwrapped_kcv);
+    assert_eq!(wrapped_len, 256);
+}

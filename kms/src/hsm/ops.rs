@@ -424,6 +424,114 @@ impl<'a> HsmSession<'a> {
         })
     }
 
+    /// Imports an RSA public key (big-endian modulus and exponent) as a session
+    /// object that can only wrap; destroyed when the returned value is dropped.
+    pub fn import_rsa_public(
+        &self,
+        modulus: &[u8],
+        exponent: &[u8],
+    ) -> Result<SessionKey<'a>, HsmError> {
+        let handle = self
+            .session
+            .create_object(&super::spec::rsa_public_wrap_template(modulus, exponent))?;
+        Ok(SessionKey {
+            handle,
+            session: self.session,
+        })
+    }
+
+    /// Wraps `key` under an RSA public key with RSA-OAEP (SHA-1, MGF1-SHA-1, no
+    /// label: what SoftHSM2 accepts for wrapping). The token refuses keys that are
+    /// not `CKA_EXTRACTABLE`.
+    pub fn wrap_rsa_oaep(
+        &self,
+        public: &SessionKey<'_>,
+        key: &ObjectId,
+    ) -> Result<Vec<u8>, HsmError> {
+        let params = Self::oaep_sha1();
+        self.with_key(key, |k| {
+            Ok(self
+                .session
+                .wrap_key(&Mechanism::RsaPkcsOaep(params), public.handle(), k)?)
+        })
+    }
+
+    /// Generates an RSA key pair (private half sensitive, never extractable, able to
+    /// unwrap) and returns the private half's `CKA_ID` with the public modulus and
+    /// exponent. Tests only: it stands for a participant's own token.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn generate_rsa_for_tests(
+        &self,
+        bits: u64,
+    ) -> Result<(ObjectId, Vec<u8>, Vec<u8>), HsmError> {
+        let id = self.new_object_id()?;
+        let public = [
+            Attribute::Token(false),
+            Attribute::ModulusBits(bits.into()),
+            Attribute::PublicExponent(vec![1, 0, 1]),
+            Attribute::Wrap(true),
+        ];
+        let private = [
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Unwrap(true),
+            Attribute::Decrypt(false),
+            Attribute::Id(id.0.to_vec()),
+        ];
+        let (pub_handle, priv_handle) =
+            self.session
+                .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+        lock(&self.inner.handles).insert(id, priv_handle);
+        let attrs = self.session.get_attributes(
+            pub_handle,
+            &[AttributeType::Modulus, AttributeType::PublicExponent],
+        )?;
+        let (mut modulus, mut exponent) = (Vec::new(), Vec::new());
+        for a in attrs {
+            match a {
+                Attribute::Modulus(m) => modulus = m,
+                Attribute::PublicExponent(e) => exponent = e,
+                _ => {}
+            }
+        }
+        self.session.destroy_object(pub_handle)?;
+        Ok((id, modulus, exponent))
+    }
+
+    /// Unwraps an AES-256 key wrapped with RSA-OAEP (SHA-1) under the private key
+    /// `private`, as a session object, and returns its check value computed by
+    /// encrypting a zero block. Tests only.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn unwrap_aes_rsa_oaep_for_tests(
+        &self,
+        private: &ObjectId,
+        wrapped: &[u8],
+    ) -> Result<Kcv, HsmError> {
+        use cryptoki::object::KeyType;
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+        ];
+        let params = Self::oaep_sha1();
+        let handle = self.with_key(private, |p| {
+            Ok(self
+                .session
+                .unwrap_key(&Mechanism::RsaPkcsOaep(params), p, wrapped, &template)?)
+        })?;
+        // SoftHSM2 sets no CKA_CHECK_VALUE on unwrapped keys: E_K(0^16)[0..3].
+        let block = self.session.encrypt(&Mechanism::AesEcb, handle, &[0u8; 16]);
+        self.session.destroy_object(handle)?;
+        let block = block?;
+        Kcv::try_from(block.get(..3).unwrap_or_default())
+            .map_err(|_| HsmError::InvalidInput("AES-ECB returned a short block"))
+    }
+
     /// The names of the mechanisms the token lists for its slot.
     pub fn mechanisms(&self) -> Result<Vec<MechanismType>, HsmError> {
         Ok(self.inner.pkcs11.get_mechanism_list(self.inner.slot)?)

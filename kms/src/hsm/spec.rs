@@ -150,10 +150,14 @@ impl KeySpec {
                 "algorithm does not fit the key's role",
             ));
         }
-        let may_export = matches!(self.role, KeyRole::CardMaster | KeyRole::Authenticator);
+        // A transport key leaves once, wrapped under its entity's RSA public key.
+        let may_export = matches!(
+            self.role,
+            KeyRole::CardMaster | KeyRole::Authenticator | KeyRole::Transport
+        );
         if self.export == Exportability::WrappedOnly && !may_export {
             return Err(HsmError::InvalidSpec(
-                "only card-access and authenticator keys may be exportable",
+                "only card-access, authenticator and transport keys may be exportable",
             ));
         }
         Ok(())
@@ -260,6 +264,20 @@ pub(crate) fn derived_des2_template(usage: Usage) -> Vec<Attribute> {
     ];
     template.extend(usage.attributes());
     template
+}
+
+/// Template of an RSA public key imported as a session object, to wrap under.
+pub(crate) fn rsa_public_wrap_template(modulus: &[u8], exponent: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Token(false),
+        Attribute::Modulus(modulus.to_vec()),
+        Attribute::PublicExponent(exponent.to_vec()),
+        Attribute::Wrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Verify(false),
+    ]
 }
 
 /// Template of a key imported in clear. Tests only: brand keys are always generated.
