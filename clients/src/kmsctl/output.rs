@@ -26,60 +26,27 @@ pub fn time(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn state(v: i32) -> String {
-    pb::KeyState::try_from(v).map_or_else(
-        |_| v.to_string(),
-        |s| enum_name(s.as_str_name(), "KEY_STATE_"),
-    )
+/// The short, lowercase name of a wire enum value (`auth_only` for
+/// `KEY_STATE_AUTH_ONLY`), or the number when this build does not know it.
+macro_rules! wire_names {
+    ($($name:ident: $wire:ty, $prefix:literal;)+) => {
+        $(
+            fn $name(v: i32) -> String {
+                <$wire>::try_from(v).map_or_else(|_| v.to_string(), |e| enum_name(e.as_str_name(), $prefix))
+            }
+        )+
+    };
 }
 
-fn class(v: i32) -> String {
-    pb::KeyClass::try_from(v).map_or_else(
-        |_| v.to_string(),
-        |s| enum_name(s.as_str_name(), "KEY_CLASS_"),
-    )
-}
-
-fn algorithm(v: i32) -> String {
-    pb::KeyAlgorithm::try_from(v).map_or_else(
-        |_| v.to_string(),
-        |s| enum_name(s.as_str_name(), "KEY_ALGORITHM_"),
-    )
-}
-
-fn purpose(v: i32) -> String {
-    pb::Purpose::try_from(v).map_or_else(
-        |_| v.to_string(),
-        |s| enum_name(s.as_str_name(), "PURPOSE_"),
-    )
-}
-
-fn kind(v: i32) -> String {
-    pb::EntityKind::try_from(v).map_or_else(
-        |_| v.to_string(),
-        |s| enum_name(s.as_str_name(), "ENTITY_KIND_"),
-    )
-}
-
-fn entity_status(v: i32) -> String {
-    pb::EntityStatus::try_from(v).map_or_else(
-        |_| v.to_string(),
-        |s| enum_name(s.as_str_name(), "ENTITY_STATUS_"),
-    )
-}
-
-fn mode(v: i32) -> String {
-    pb::TieUpMode::try_from(v).map_or_else(
-        |_| v.to_string(),
-        |s| enum_name(s.as_str_name(), "TIE_UP_MODE_"),
-    )
-}
-
-fn tie_state(v: i32) -> String {
-    pb::TieUpState::try_from(v).map_or_else(
-        |_| v.to_string(),
-        |s| enum_name(s.as_str_name(), "TIE_UP_STATE_"),
-    )
+wire_names! {
+    state: pb::KeyState, "KEY_STATE_";
+    class: pb::KeyClass, "KEY_CLASS_";
+    algorithm: pb::KeyAlgorithm, "KEY_ALGORITHM_";
+    purpose: pb::Purpose, "PURPOSE_";
+    kind: pb::EntityKind, "ENTITY_KIND_";
+    entity_status: pb::EntityStatus, "ENTITY_STATUS_";
+    mode: pb::TieUpMode, "TIE_UP_MODE_";
+    tie_state: pb::TieUpState, "TIE_UP_STATE_";
 }
 
 /// Prints rows under a header, columns padded to their widest cell.

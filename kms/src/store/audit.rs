@@ -53,14 +53,11 @@ pub struct AuditFilter {
 /// lock) serialises appends. Returns the new record's sequence number and the
 /// previous record's hash.
 pub async fn take_head(conn: &mut Conn) -> Result<(u64, String), StoreError> {
-    let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(conn)
-        .await?;
-    let seq: i64 = row.try_get("seq")?;
-    Ok((
-        u64::try_from(seq).map_err(|e| corrupt("audit_head", e))?,
-        row.try_get("hash")?,
-    ))
+    head_from_row(
+        &sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 /// Records the hash of the newest record in the head.
@@ -74,9 +71,14 @@ pub async fn set_head_hash(conn: &mut Conn, hash: &str) -> Result<(), StoreError
 
 /// The head: the last sequence number and hash.
 pub async fn head(conn: &mut Conn) -> Result<(u64, String), StoreError> {
-    let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_one(conn)
-        .await?;
+    head_from_row(
+        &sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+fn head_from_row(row: &AnyRow) -> Result<(u64, String), StoreError> {
     let seq: i64 = row.try_get("seq")?;
     Ok((
         u64::try_from(seq).map_err(|e| corrupt("audit_head", e))?,
