@@ -2,7 +2,10 @@
 //! generates the tonic client and server code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/brandkms/v1/admin.proto"];
+    let files = [
+        "proto/brandkms/v1/admin.proto",
+        "proto/brandkms/v1/distribution.proto",
+    ];
     let descriptors = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out.join("brandkms_descriptor.bin");

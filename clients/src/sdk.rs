@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use brandkms_proto::v1 as pb;
 use brandkms_proto::v1::admin_client::AdminClient;
+use brandkms_proto::v1::key_distribution_client::KeyDistributionClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Where and as whom to connect.
@@ -147,6 +148,21 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The KeyDistribution service (participants).
+    pub fn distribution(&self) -> Distribution {
+        Distribution {
+            inner: KeyDistributionClient::new(self.channel.clone()),
+        }
+    }
+}
+
+/// Typed calls of the KeyDistribution service.
+#[derive(Clone, Debug)]
+pub struct Distribution {
+    inner: KeyDistributionClient<Channel>,
+}
+
 /// Typed calls of the Admin service.
 #[derive(Clone, Debug)]
 pub struct Admin {
@@ -154,8 +170,8 @@ pub struct Admin {
 }
 
 macro_rules! calls {
-    ($($(#[$doc:meta])* $name:ident($req:ty) -> $resp:ty;)+) => {
-        impl Admin {
+    ($service:ident { $($(#[$doc:meta])* $name:ident($req:ty) -> $resp:ty;)+ }) => {
+        impl $service {
             $(
                 $(#[$doc])*
                 pub async fn $name(&mut self, request: $req) -> Result<$resp, ClientError> {
@@ -166,7 +182,7 @@ macro_rules! calls {
     };
 }
 
-calls! {
+calls! { Admin {
     /// Creates a card-access key (version 1, active).
     create_key(pb::CreateKeyRequest) -> pb::Key;
     /// Adds an active version; the previous one becomes auth_only.
@@ -201,4 +217,19 @@ calls! {
     list_audit(pb::ListAuditRequest) -> pb::ListAuditResponse;
     /// Verifies the whole audit chain.
     verify_audit(pb::VerifyAuditRequest) -> pb::VerifyAuditResponse;
-}
+} }
+
+calls! { Distribution {
+    /// Presents an RSA public key; receives a new transport key wrapped under it.
+    establish_transport_key(pb::EstablishTransportKeyRequest) -> pb::TransportKey;
+    /// A key version wrapped under the caller's transport key.
+    request_key(pb::RequestKeyRequest) -> pb::WrappedKey;
+    /// What the caller may receive or have used for it.
+    list_entitled_keys(pb::ListEntitledKeysRequest) -> pb::ListEntitledKeysResponse;
+    /// An issuer consents that a third party receive one of its keys.
+    grant_consent(pb::ConsentRequest) -> pb::Consent;
+    /// Withdraws a consent.
+    revoke_consent(pb::ConsentRequest) -> pb::Consent;
+    /// Consents concerning the caller.
+    list_consents(pb::ListConsentsRequest) -> pb::ListConsentsResponse;
+} }

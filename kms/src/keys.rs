@@ -72,15 +72,35 @@ pub async fn create_version<G>(
 where
     G: FnOnce(&HsmSession<'_>, &str) -> Result<GeneratedKey, HsmError> + Send + 'static,
 {
+    let generate = move |s: &HsmSession<'_>, label: &str| generate(s, label).map(|g| (g, ()));
+    create_version_with(hsm, store, audit_key, generate, new, event)
+        .await
+        .map(|(v, ())| v)
+}
+
+/// As [`create_version`], for a generator that also returns something made in the
+/// same token call (e.g. the new key wrapped for its recipient).
+pub async fn create_version_with<G, X>(
+    hsm: &Hsm,
+    store: &Store,
+    audit_key: AuditKey<'_>,
+    generate: G,
+    new: NewVersion,
+    event: AuditEvent,
+) -> Result<(KeyVersionRecord, X), KeyError>
+where
+    G: FnOnce(&HsmSession<'_>, &str) -> Result<(GeneratedKey, X), HsmError> + Send + 'static,
+    X: Send + 'static,
+{
     let label = object_label(&new.alias, new.version);
-    let generated = hsm.run(move |s| generate(s, &label)).await?;
+    let (generated, extra) = hsm.run(move |s| generate(s, &label)).await?;
     failpoint::hit("key-object-created");
     let auditor = match audit_key {
         AuditKey::Existing(a) => a.clone(),
         AuditKey::TheNewKey => Auditor::new(hsm.clone(), generated.id),
     };
     match write_rows(store, &auditor, &generated, new, event).await {
-        Ok(v) => Ok(v),
+        Ok(v) => Ok((v, extra)),
         Err(e) => {
             destroy_quietly(hsm, generated.id).await;
             Err(e)

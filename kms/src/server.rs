@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brandkms_proto::v1::admin_server::AdminServer;
+use brandkms_proto::v1::key_distribution_server::KeyDistributionServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -22,6 +23,7 @@ use crate::init;
 use crate::ops::keys::run_due_destructions;
 use crate::service::admin::AdminService;
 use crate::service::auth::AuthLayer;
+use crate::service::distribution::DistributionService;
 use crate::service::{AppState, Shared};
 use crate::store::Store;
 use crate::tls::{self, ServerTls};
@@ -129,6 +131,9 @@ impl Server {
             .add_service(health)
             .add_service(reflection)
             .add_service(AdminServer::new(AdminService::new(Arc::clone(&self.state))))
+            .add_service(KeyDistributionServer::new(DistributionService::new(
+                Arc::clone(&self.state),
+            )))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         let _ = stop_tx.send(true);

@@ -333,7 +333,8 @@ async fn a_transport_key_is_wrapped_under_an_rsa_public_key() {
             )?;
             let public = s.import_rsa_public(&modulus, &exponent)?;
             let wrapped = s.wrap_rsa_oaep(&public, &transport.id)?;
-            let unwrapped = s.unwrap_aes_rsa_oaep_for_tests(&private, &wrapped)?;
+            let (_, unwrapped) =
+                s.unwrap_for_tests(&private, &wrapped, true, cryptoki::object::KeyType::AES)?;
             // A card master that is not exportable never leaves, even under RSA.
             let kept = s.generate(&master(SecretAlgorithm::Tdes2), "brandkms-test/kept")?;
             let err = s.wrap_rsa_oaep(&public, &kept.id).unwrap_err();

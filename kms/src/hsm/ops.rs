@@ -500,36 +500,49 @@ impl<'a> HsmSession<'a> {
         Ok((id, modulus, exponent))
     }
 
-    /// Unwraps an AES-256 key wrapped with RSA-OAEP (SHA-1) under the private key
-    /// `private`, as a session object, and returns its check value computed by
-    /// encrypting a zero block. Tests only.
+    /// Unwraps a key into a session object with a fresh `CKA_ID` (usable to
+    /// encrypt and unwrap), as a participant does in its own token, and returns the
+    /// id and the key's check value computed by encrypting a zero block (SoftHSM2
+    /// sets no `CKA_CHECK_VALUE` on unwrapped keys). Tests only.
     #[cfg(any(test, feature = "testing"))]
-    pub fn unwrap_aes_rsa_oaep_for_tests(
+    pub fn unwrap_for_tests(
         &self,
-        private: &ObjectId,
+        unwrapping: &ObjectId,
         wrapped: &[u8],
-    ) -> Result<Kcv, HsmError> {
+        rsa_oaep: bool,
+        key_type: cryptoki::object::KeyType,
+    ) -> Result<(ObjectId, Kcv), HsmError> {
         use cryptoki::object::KeyType;
+        let id = self.new_object_id()?;
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
+            Attribute::KeyType(key_type),
             Attribute::Token(false),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Encrypt(true),
+            Attribute::Unwrap(key_type == KeyType::AES),
+            Attribute::Id(id.0.to_vec()),
         ];
         let params = Self::oaep_sha1();
-        let handle = self.with_key(private, |p| {
-            Ok(self
-                .session
-                .unwrap_key(&Mechanism::RsaPkcsOaep(params), p, wrapped, &template)?)
+        let mechanism = if rsa_oaep {
+            Mechanism::RsaPkcsOaep(params)
+        } else {
+            Mechanism::AesKeyWrapPad
+        };
+        let handle = self.with_key(unwrapping, |u| {
+            Ok(self.session.unwrap_key(&mechanism, u, wrapped, &template)?)
         })?;
-        // SoftHSM2 sets no CKA_CHECK_VALUE on unwrapped keys: E_K(0^16)[0..3].
-        let block = self.session.encrypt(&Mechanism::AesEcb, handle, &[0u8; 16]);
-        self.session.destroy_object(handle)?;
-        let block = block?;
-        Kcv::try_from(block.get(..3).unwrap_or_default())
-            .map_err(|_| HsmError::InvalidInput("AES-ECB returned a short block"))
+        lock(&self.inner.handles).insert(id, handle);
+        let (ecb, zero) = if key_type == KeyType::AES {
+            (Mechanism::AesEcb, &[0u8; 16][..])
+        } else {
+            (Mechanism::Des3Ecb, &[0u8; 8][..])
+        };
+        let block = self.session.encrypt(&ecb, handle, zero)?;
+        let kcv = Kcv::try_from(block.get(..3).unwrap_or_default())
+            .map_err(|_| HsmError::InvalidInput("ECB returned a short block"))?;
+        Ok((id, kcv))
     }
 
     /// The names of the mechanisms the token lists for its slot.

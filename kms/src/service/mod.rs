@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod distribution;
 
 use std::sync::Arc;
 
@@ -241,6 +242,15 @@ pub async fn audited_read<T>(
     Ok(value)
 }
 
+/// The caller the identity layer put in the request.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
 /// The caller the identity layer put in the request, if it is an officer (rule 7);
 /// a refusal is audited.
 pub async fn officer<T>(
@@ -248,11 +258,7 @@ pub async fn officer<T>(
     request: &tonic::Request<T>,
     operation: &str,
 ) -> Result<Caller, Status> {
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
+    let caller = caller(request)?;
     let decision = brandkms_policy::can_administer(caller.entity.kind).into_result();
     audited(
         state,

@@ -3,6 +3,7 @@
 //! token; rows reference them by `CKA_ID`.
 
 pub mod audit;
+pub mod distribution;
 pub mod entities;
 pub mod keys;
 pub mod tieups;

@@ -1,0 +1,473 @@
+//! Key distribution: transport keys, wrapped deliveries decided by the policy,
+//! entitlements, and issuers' consents.
+
+use brandkms_policy::{
+    Action, Algorithm, Decision, EntityKind, KeyClass, KeyState, Request, TieUpMode, can_consent,
+    decide, may_hold_keys,
+};
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::hsm::{Exportability, KeyRole, KeySpec, SecretAlgorithm};
+use crate::keys::{AuditKey, NewVersion, create_version_with};
+use crate::service::{AppState, Caller, ServiceError, invalid};
+use crate::store::distribution::{self as rows, ConsentRecord, DistributionRecord};
+use crate::store::keys::{self as key_rows, KeyRecord, KeyVersionRecord};
+use crate::store::tieups::{self as tie_rows, TieUpRecord};
+use crate::store::{Conn, StoreError, entities};
+
+/// Transport keys are named `transport.<entity>`.
+pub fn transport_alias(entity_id: &str) -> String {
+    format!("transport.{entity_id}")
+}
+
+/// Smallest RSA modulus accepted for a transport key's delivery.
+pub const MIN_RSA_BITS: usize = 2048;
+const MAX_RSA_BITS: usize = 8192;
+
+/// An RSA public key from SPKI DER: (modulus, exponent, bits).
+pub fn parse_rsa_spki(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>, usize), ServiceError> {
+    let malformed =
+        || invalid("rsa_public_key_spki_der is not a DER SubjectPublicKeyInfo of an RSA key");
+    let (rest, spki) = SubjectPublicKeyInfo::from_der(der).map_err(|_| malformed())?;
+    if !rest.is_empty() {
+        return Err(malformed());
+    }
+    let PublicKey::RSA(rsa) = spki.parsed().map_err(|_| malformed())? else {
+        return Err(malformed());
+    };
+    let modulus: Vec<u8> = rsa
+        .modulus
+        .iter()
+        .copied()
+        .skip_while(|b| *b == 0)
+        .collect();
+    let exponent: Vec<u8> = rsa
+        .exponent
+        .iter()
+        .copied()
+        .skip_while(|b| *b == 0)
+        .collect();
+    let bits = modulus.first().map_or(0, |top| {
+        (modulus.len() - 1) * 8 + (8 - top.leading_zeros() as usize)
+    });
+    if bits < MIN_RSA_BITS {
+        return Err(invalid(format!(
+            "RSA key of {bits} bits: at least {MIN_RSA_BITS} are required"
+        )));
+    }
+    if bits > MAX_RSA_BITS || exponent.is_empty() || exponent.len() > 8 {
+        return Err(malformed());
+    }
+    Ok((modulus, exponent, bits))
+}
+
+/// What `EstablishTransportKey` returns.
+#[derive(Debug, Clone)]
+pub struct Established {
+    /// The transport key's version record.
+    pub version: KeyVersionRecord,
+    /// The key, wrapped under the presented RSA key.
+    pub wrapped: Vec<u8>,
+}
+
+/// Generates a new transport key for the caller and returns it wrapped under the
+/// presented RSA public key; the previous version (if any) is retired in the same
+/// transaction.
+pub async fn establish_transport_key(
+    state: &AppState,
+    caller: &Caller,
+    spki_der: &[u8],
+) -> Result<Established, ServiceError> {
+    let (modulus, exponent, bits) = parse_rsa_spki(spki_der)?;
+    let entity = policy_entity(&caller.entity);
+    may_hold_keys(&entity).map_err(ServiceError::Denied)?;
+    let alias = transport_alias(&caller.entity.id);
+    let mut conn = state.store.conn().await?;
+    let existing = key_rows::key(&mut conn, &alias).await?;
+    let next = key_rows::versions(&mut conn, &alias)
+        .await?
+        .iter()
+        .map(|v| v.version)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    drop(conn);
+    let spec = KeySpec {
+        algorithm: SecretAlgorithm::Aes256,
+        role: KeyRole::Transport,
+        export: Exportability::WrappedOnly,
+    };
+    let fingerprint =
+        crate::identity::fingerprint(&rustls::pki_types::CertificateDer::from(spki_der.to_vec()));
+    let (version, wrapped) = create_version_with(
+        &state.hsm,
+        &state.store,
+        AuditKey::Existing(&state.auditor),
+        move |s, label| {
+            let key = s.generate(&spec, label)?;
+            let wrapped = s
+                .import_rsa_public(&modulus, &exponent)
+                .and_then(|public| s.wrap_rsa_oaep(&public, &key.id));
+            match wrapped {
+                Ok(w) => Ok((key, w)),
+                Err(e) => {
+                    s.destroy(&key.id)?;
+                    Err(e)
+                }
+            }
+        },
+        NewVersion {
+            key: existing.is_none().then(|| KeyRecord {
+                alias: alias.clone(),
+                class: KeyClass::Transport,
+                algorithm: Algorithm::Aes256,
+                purpose: None,
+                service_code: None,
+                exportable: true,
+                owner_entity: Some(caller.entity.id.clone()),
+                created_at: state.clock.now_ms(),
+            }),
+            alias: alias.clone(),
+            version: next,
+            state: KeyState::Active,
+            weak: false,
+            demote_active_to: Some(KeyState::Retired),
+        },
+        caller.event_about(
+            "KeyDistribution/EstablishTransportKey",
+            format!("RSA-{bits} public key sha256 {fingerprint}"),
+        ),
+    )
+    .await?;
+    Ok(Established { version, wrapped })
+}
+
+/// The policy's view of an entity record.
+pub fn policy_entity(e: &crate::store::entities::EntityRecord) -> brandkms_policy::Entity {
+    brandkms_policy::Entity {
+        id: e.id.clone(),
+        kind: e.kind,
+        status: e.status,
+        tamper_resistant: e.tamper_resistant,
+    }
+}
+
+/// The policy's view of a tie-up record.
+pub fn policy_tie_up(t: &TieUpRecord) -> brandkms_policy::TieUp {
+    brandkms_policy::TieUp {
+        id: t.id.clone(),
+        entity_id: t.entity_id.clone(),
+        state: t.state,
+        keys: t.keys.clone(),
+        valid_from: t.valid_from,
+        valid_until: t.valid_until,
+        sponsor_issuer: t.sponsor_issuer.clone(),
+        per_transaction_limit: t.per_transaction_limit,
+    }
+}
+
+/// The facts a decision about `caller` needs: its tie-ups and the standing consents.
+pub async fn policy_facts(
+    conn: &mut Conn,
+    entity_id: &str,
+) -> Result<(Vec<brandkms_policy::TieUp>, Vec<brandkms_policy::Consent>), StoreError> {
+    let tie_ups = tie_rows::list(conn, Some(entity_id))
+        .await?
+        .iter()
+        .map(policy_tie_up)
+        .collect();
+    let consents = rows::consents(conn, Some(entity_id))
+        .await?
+        .into_iter()
+        .filter(ConsentRecord::standing)
+        .map(|c| brandkms_policy::Consent {
+            issuer: c.issuer,
+            third_party: c.third_party,
+            alias: c.alias,
+        })
+        .collect();
+    Ok((tie_ups, consents))
+}
+
+/// A delivery.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The key.
+    pub key: KeyRecord,
+    /// The version delivered.
+    pub version: KeyVersionRecord,
+    /// Wrapped under the transport key (RFC 5649).
+    pub wrapped: Vec<u8>,
+    /// The transport key version used.
+    pub transport: KeyVersionRecord,
+    /// End of the tie-up's validity.
+    pub valid_until: Option<i64>,
+}
+
+/// Delivers a key version wrapped under the caller's transport key, if the policy
+/// allows it, and records the delivery with its audit record.
+pub async fn request_key(
+    state: &AppState,
+    caller: &Caller,
+    alias: &str,
+    version: Option<u32>,
+) -> Result<Delivery, ServiceError> {
+    let mut conn = state.store.conn().await?;
+    let key = key_rows::key(&mut conn, alias)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+    if !matches!(key.class, KeyClass::CardAccess | KeyClass::Authenticator) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "{} keys are not distributed",
+            key.class
+        )));
+    }
+    let versions = key_rows::versions(&mut conn, alias).await?;
+    let v = match version {
+        Some(n) => versions
+            .into_iter()
+            .find(|v| v.version == n)
+            .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {n}")))?,
+        None => versions
+            .into_iter()
+            .find(|v| v.state == KeyState::Active)
+            .ok_or_else(|| {
+                ServiceError::FailedPrecondition(format!("key {alias:?} has no active version"))
+            })?,
+    };
+    if matches!(v.state, KeyState::Destroyed | KeyState::PendingDestruction) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "version {} of key {alias:?} is {}",
+            v.version, v.state
+        )));
+    }
+    let transport = key_rows::versions(&mut conn, &transport_alias(&caller.entity.id))
+        .await?
+        .into_iter()
+        .find(|t| t.state == KeyState::Active);
+    let (tie_ups, consents) = policy_facts(&mut conn, &caller.entity.id).await?;
+    drop(conn);
+    let policy_key = brandkms_policy::Key {
+        alias: key.alias.clone(),
+        class: key.class,
+        owner: None,
+        exportable: key.exportable,
+        state: v.state,
+    };
+    let now = state.clock.now_ms();
+    let decision = decide(&Request {
+        caller: &policy_entity(&caller.entity),
+        action: Action::Receive,
+        key: &policy_key,
+        tie_ups: &tie_ups,
+        consents: &consents,
+        transport_key: transport.is_some(),
+        now,
+    });
+    if let Decision::Deny(reason) = decision {
+        return Err(ServiceError::Denied(reason));
+    }
+    let transport =
+        transport.ok_or_else(|| ServiceError::Internal("transport key vanished".into()))?;
+    let (wrapping, target) = (transport.cka_id, v.cka_id);
+    let wrapped = state
+        .hsm
+        .run(move |s| s.wrap_aes_kwp(&wrapping, &target))
+        .await?;
+    let event = caller
+        .event_about(
+            "KeyDistribution/RequestKey",
+            format!("under {} v{}", transport.alias, transport.version),
+        )
+        .key(alias, Some(v.version));
+    let mut tx = state.begin_audited(&event).await?;
+    rows::record_distribution(
+        &mut tx,
+        &DistributionRecord {
+            id: format!("d-{}", uuid::Uuid::new_v4().simple()),
+            alias: alias.to_string(),
+            version: v.version,
+            entity_id: caller.entity.id.clone(),
+            transport_alias: transport.alias.clone(),
+            transport_version: transport.version,
+            kcv: v.kcv.clone(),
+            at: now,
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    let valid_until = tie_ups
+        .iter()
+        .filter(|t| t.mode_for(alias) == Some(TieUpMode::Supply))
+        .filter_map(|t| t.valid_until)
+        .max();
+    Ok(Delivery {
+        key,
+        version: v,
+        wrapped,
+        transport,
+        valid_until,
+    })
+}
+
+/// A key the caller may receive or have used for it.
+#[derive(Debug, Clone)]
+pub struct Entitlement {
+    /// The key.
+    pub key: KeyRecord,
+    /// The mode.
+    pub mode: TieUpMode,
+    /// The current active version.
+    pub current: Option<KeyVersionRecord>,
+    /// End of validity.
+    pub valid_until: Option<i64>,
+}
+
+/// The keys the caller's tie-ups in force cover, with mode and current version.
+pub async fn entitlements(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Vec<Entitlement>, ServiceError> {
+    let now = state.clock.now_ms();
+    let mut conn = state.store.conn().await?;
+    let mut out = Vec::new();
+    for t in tie_rows::list(&mut conn, Some(&caller.entity.id)).await? {
+        let in_force = t.state == brandkms_policy::TieUpState::Active
+            && t.valid_from <= now
+            && t.valid_until.is_none_or(|u| now < u);
+        if !in_force {
+            continue;
+        }
+        for (alias, mode) in &t.keys {
+            let Some(key) = key_rows::key(&mut conn, alias).await? else {
+                continue;
+            };
+            let current = key_rows::versions(&mut conn, alias)
+                .await?
+                .into_iter()
+                .find(|v| v.state == KeyState::Active);
+            out.push(Entitlement {
+                key,
+                mode: *mode,
+                current,
+                valid_until: t.valid_until,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.key.alias.cmp(&b.key.alias));
+    Ok(out)
+}
+
+/// Which issuer a consent request is about: the caller itself, or for an officer
+/// the issuer named.
+async fn consenting_issuer(
+    conn: &mut Conn,
+    caller: &Caller,
+    named: &str,
+) -> Result<crate::store::entities::EntityRecord, ServiceError> {
+    if caller.entity.kind == EntityKind::Officer {
+        if named.is_empty() {
+            return Err(invalid(
+                "an officer records a consent on an issuer's behalf: name the issuer",
+            ));
+        }
+        return entities::get(conn, named)
+            .await?
+            .ok_or_else(|| invalid(format!("unknown issuer {named:?}")));
+    }
+    if !named.is_empty() && named != caller.entity.id {
+        return Err(ServiceError::Denied(
+            brandkms_policy::DenyReason::NotIssuersKey,
+        ));
+    }
+    Ok(caller.entity.clone())
+}
+
+/// Grants (`grant = true`) or revokes a consent.
+pub async fn set_consent(
+    state: &AppState,
+    caller: &Caller,
+    issuer: &str,
+    third_party: &str,
+    alias: &str,
+    grant: bool,
+) -> Result<ConsentRecord, ServiceError> {
+    let operation = if grant {
+        "KeyDistribution/GrantConsent"
+    } else {
+        "KeyDistribution/RevokeConsent"
+    };
+    let mut conn = state.store.conn().await?;
+    let issuer = consenting_issuer(&mut conn, caller, issuer).await?;
+    entities::get(&mut conn, third_party)
+        .await?
+        .ok_or_else(|| invalid(format!("unknown third party {third_party:?}")))?;
+    key_rows::key(&mut conn, alias)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+    let tie_ups: Vec<_> = tie_rows::list(&mut conn, Some(&issuer.id))
+        .await?
+        .iter()
+        .map(policy_tie_up)
+        .collect();
+    drop(conn);
+    if let Decision::Deny(reason) = can_consent(&policy_entity(&issuer), alias, &tie_ups) {
+        return Err(ServiceError::Denied(reason));
+    }
+    let now = state.clock.now_ms();
+    let event = caller
+        .event_about(
+            operation,
+            format!("issuer {} third party {third_party}", issuer.id),
+        )
+        .key(alias, None);
+    let mut tx = state.begin_audited(&event).await?;
+    if grant {
+        rows::grant(
+            &mut tx,
+            &ConsentRecord {
+                issuer: issuer.id.clone(),
+                third_party: third_party.to_string(),
+                alias: alias.to_string(),
+                granted_by: caller.entity.id.clone(),
+                granted_at: now,
+                revoked_by: None,
+                revoked_at: None,
+            },
+        )
+        .await?;
+    } else if !rows::revoke(
+        &mut tx,
+        &issuer.id,
+        third_party,
+        alias,
+        &caller.entity.id,
+        now,
+    )
+    .await?
+    {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "no standing consent of {} for {third_party} on {alias:?}",
+            issuer.id
+        )));
+    }
+    let record = rows::consents(&mut tx, Some(&issuer.id))
+        .await?
+        .into_iter()
+        .find(|c| c.third_party == third_party && c.alias == alias)
+        .ok_or_else(|| ServiceError::Internal("consent row vanished".into()))?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(record)
+}
+
+/// Consents concerning the caller (officers: all).
+pub async fn list_consents(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Vec<ConsentRecord>, ServiceError> {
+    let mut conn = state.store.conn().await?;
+    let scope = (caller.entity.kind != EntityKind::Officer).then_some(caller.entity.id.as_str());
+    Ok(rows::consents(&mut conn, scope).await?)
+}

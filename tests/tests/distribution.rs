@@ -1,0 +1,390 @@
+//! Key distribution end to end: an issuer establishes a transport key, receives a
+//! key wrapped under it and unwraps it in a token, with the brand's KCV; the policy
+//! refuses a cybershop and an unconsented bank centre, naming the rule; rotation
+//! shows in entitlements and deliveries. (The participant's RSA key pair and the
+//! unwrapped keys live in the test token, standing for the participant's own.)
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use brandkms::hsm::ObjectId;
+use brandkms_clients::{Client, ClientError};
+use brandkms_proto::v1 as pb;
+use brandkms_tests::{TestServer, on_each_database};
+use cryptoki::object::KeyType;
+use rsa::pkcs8::EncodePublicKey;
+use tonic::Code;
+
+fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (Code, String) {
+    match r {
+        Err(ClientError::Status { code, message }) => (code, message),
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+/// A participant's RSA key pair (in the test token) and its SPKI DER.
+async fn participant_rsa(s: &TestServer, bits: u64) -> (ObjectId, Vec<u8>) {
+    let (private, n, e) = s
+        .state
+        .hsm
+        .run(move |h| h.generate_rsa_for_tests(bits))
+        .await
+        .unwrap();
+    let public = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(&n),
+        rsa::BigUint::from_bytes_be(&e),
+    )
+    .unwrap();
+    (
+        private,
+        public.to_public_key_der().unwrap().as_bytes().to_vec(),
+    )
+}
+
+/// Establishes the caller's transport key and unwraps it; returns its id in the token.
+async fn establish(s: &TestServer, client: &Client) -> ObjectId {
+    let (private, spki) = participant_rsa(s, 2048).await;
+    let t = client
+        .distribution()
+        .establish_transport_key(pb::EstablishTransportKeyRequest {
+            rsa_public_key_spki_der: spki,
+        })
+        .await
+        .unwrap();
+    let wrapped = t.wrapped_key.clone();
+    let (id, kcv) = s
+        .state
+        .hsm
+        .run(move |h| h.unwrap_for_tests(&private, &wrapped, true, KeyType::AES))
+        .await
+        .unwrap();
+    assert_eq!(hex::encode_upper(kcv), t.kcv, "the transport key's KCV");
+    id
+}
+
+/// Unwraps a delivered key under the transport key and returns its KCV.
+async fn unwrap_kcv(s: &TestServer, transport: ObjectId, wrapped: &pb::WrappedKey) -> String {
+    let blob = wrapped.wrapped_key.clone();
+    let (_, kcv) = s
+        .state
+        .hsm
+        .run(move |h| h.unwrap_for_tests(&transport, &blob, false, KeyType::DES2))
+        .await
+        .unwrap();
+    hex::encode_upper(kcv)
+}
+
+fn request(alias: &str) -> pb::RequestKeyRequest {
+    pb::RequestKeyRequest {
+        alias: alias.into(),
+        version: None,
+    }
+}
+
+async fn seed(officer: &Client) {
+    let mut admin = officer.admin();
+    for (alias, exportable) in [("key-a", true), ("key-b", true), ("key-k", false)] {
+        admin
+            .create_key(pb::CreateKeyRequest {
+                alias: alias.into(),
+                service_code: 1,
+                purpose: pb::Purpose::Load as i32,
+                exportable,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    for (id, kind) in [
+        ("issuer-2-3", pb::EntityKind::Issuer),
+        ("issuer-2-4", pb::EntityKind::Issuer),
+        ("bank-center-b", pb::EntityKind::BankCenter),
+        ("cybershop-k", pb::EntityKind::Cybershop),
+    ] {
+        admin
+            .register_entity(pb::RegisterEntityRequest {
+                id: id.into(),
+                kind: kind as i32,
+                name: id.into(),
+                online: true,
+                tamper_resistant: false,
+            })
+            .await
+            .unwrap();
+    }
+    let tie =
+        |entity: &str, keys: &[(&str, pb::TieUpMode)], sponsor: &str| pb::CreateTieUpRequest {
+            entity_id: entity.into(),
+            keys: keys
+                .iter()
+                .map(|(a, m)| pb::TieUpKey {
+                    alias: a.to_string(),
+                    mode: *m as i32,
+                })
+                .collect(),
+            sponsor_issuer: sponsor.into(),
+            ..Default::default()
+        };
+    use pb::TieUpMode::{Hold, Supply};
+    for t in [
+        tie("issuer-2-3", &[("key-a", Supply), ("key-b", Supply)], ""),
+        tie("issuer-2-4", &[("key-a", Supply)], ""),
+        tie(
+            "bank-center-b",
+            &[("key-a", Supply), ("key-b", Supply)],
+            "issuer-2-3",
+        ),
+        tie("cybershop-k", &[("key-a", Hold), ("key-k", Hold)], ""),
+    ] {
+        admin.create_tie_up(t).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
+    on_each_database(|s: TestServer| async move {
+        let officer = s.client("officer-1").await;
+        seed(&officer).await;
+        let brand_kcv = |k: &pb::Key, v: u32| {
+            k.versions
+                .iter()
+                .find(|x| x.version == v)
+                .unwrap()
+                .kcv
+                .clone()
+        };
+
+        // The issuer receives key A and finds the brand's KCV after unwrapping.
+        let issuer = s.client("issuer-2-3").await;
+        let transport = establish(&s, &issuer).await;
+        let delivered = issuer
+            .distribution()
+            .request_key(request("key-a"))
+            .await
+            .unwrap();
+        let key_a = officer
+            .admin()
+            .get_key(pb::GetKeyRequest {
+                alias: "key-a".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(delivered.version, 1);
+        assert_eq!(delivered.kcv, brand_kcv(&key_a, 1));
+        assert_eq!(
+            unwrap_kcv(&s, transport, &delivered).await,
+            delivered.kcv,
+            "{}",
+            s.backend
+        );
+
+        // A cybershop is never supplied, and is told the rule.
+        let shop = s.client("cybershop-k").await;
+        let (c, m) = code(shop.distribution().request_key(request("key-a")).await);
+        assert_eq!(c, Code::PermissionDenied);
+        assert!(m.starts_with("rule 3 (cybershop_never_supplied)"), "{m}");
+        let (_, spki) = participant_rsa(&s, 2048).await;
+        let (c, m) = code(
+            shop.distribution()
+                .establish_transport_key(pb::EstablishTransportKeyRequest {
+                    rsa_public_key_spki_der: spki,
+                })
+                .await,
+        );
+        assert_eq!(c, Code::PermissionDenied, "{m}");
+
+        // The bank centre needs issuer 2-3's consent; revoking it denies again.
+        let bank = s.client("bank-center-b").await;
+        let bank_transport = establish(&s, &bank).await;
+        let (c, m) = code(bank.distribution().request_key(request("key-a")).await);
+        assert_eq!(c, Code::PermissionDenied);
+        assert!(m.starts_with("rule 4 (consent_missing)"), "{m}");
+        let consent = pb::ConsentRequest {
+            issuer: String::new(),
+            third_party: "bank-center-b".into(),
+            alias: "key-a".into(),
+        };
+        assert!(
+            issuer
+                .distribution()
+                .grant_consent(consent.clone())
+                .await
+                .unwrap()
+                .standing
+        );
+        let got = bank
+            .distribution()
+            .request_key(request("key-a"))
+            .await
+            .unwrap();
+        assert_eq!(unwrap_kcv(&s, bank_transport, &got).await, got.kcv);
+        let revoked = issuer
+            .distribution()
+            .revoke_consent(consent.clone())
+            .await
+            .unwrap();
+        assert!(!revoked.standing);
+        let (c, m) = code(bank.distribution().request_key(request("key-a")).await);
+        assert_eq!(c, Code::PermissionDenied);
+        assert!(m.starts_with("rule 4"), "{m}");
+
+        // After a rotation the entitlement shows version 2 and the delivery is v2.
+        officer
+            .admin()
+            .rotate_key(pb::RotateKeyRequest {
+                alias: "key-a".into(),
+            })
+            .await
+            .unwrap();
+        let entitled = issuer
+            .distribution()
+            .list_entitled_keys(pb::ListEntitledKeysRequest {})
+            .await
+            .unwrap()
+            .keys;
+        let a = entitled.iter().find(|k| k.alias == "key-a").unwrap();
+        assert_eq!(
+            (a.current_version, a.mode),
+            (2, pb::TieUpMode::Supply as i32)
+        );
+        let v2 = issuer
+            .distribution()
+            .request_key(request("key-a"))
+            .await
+            .unwrap();
+        assert_eq!(v2.version, 2);
+        let key_a = officer
+            .admin()
+            .get_key(pb::GetKeyRequest {
+                alias: "key-a".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(unwrap_kcv(&s, transport, &v2).await, brand_kcv(&key_a, 2));
+        let mut conn = s.state.store.conn().await.unwrap();
+        let deliveries = brandkms::store::distribution::distributions(
+            &mut conn,
+            Some("key-a"),
+            Some("issuer-2-3"),
+        )
+        .await
+        .unwrap();
+        let versions: Vec<u32> = deliveries.iter().map(|d| d.version).collect();
+        assert_eq!(versions, [1, 2], "{}", s.backend);
+        assert!(
+            deliveries
+                .iter()
+                .all(|d| d.transport_alias == "transport.issuer-2-3")
+        );
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_distribution_inputs_get_precise_statuses() {
+    on_each_database(|s: TestServer| async move {
+        let officer = s.client("officer-1").await;
+        seed(&officer).await;
+        let issuer = s.client("issuer-2-3").await;
+        let mut dist = issuer.distribution();
+
+        let (_, small) = participant_rsa(&s, 1024).await;
+        let (c, m) = code(
+            dist.establish_transport_key(pb::EstablishTransportKeyRequest {
+                rsa_public_key_spki_der: small,
+            })
+            .await,
+        );
+        assert_eq!(c, Code::InvalidArgument, "{m}");
+        assert!(m.contains("1024 bits"), "{m}");
+        let (c, _) = code(
+            dist.establish_transport_key(pb::EstablishTransportKeyRequest {
+                rsa_public_key_spki_der: vec![0x30, 0x03, 1, 2, 3],
+            })
+            .await,
+        );
+        assert_eq!(c, Code::InvalidArgument);
+
+        establish(&s, &issuer).await;
+        let (c, _) = code(dist.request_key(request("key-zz")).await);
+        assert_eq!(c, Code::NotFound);
+        let (c, _) = code(
+            dist.request_key(pb::RequestKeyRequest {
+                alias: "key-a".into(),
+                version: Some(9),
+            })
+            .await,
+        );
+        assert_eq!(c, Code::NotFound);
+
+        // A destroyed version.
+        let mut admin = officer.admin();
+        admin
+            .rotate_key(pb::RotateKeyRequest {
+                alias: "key-b".into(),
+            })
+            .await
+            .unwrap();
+        admin
+            .set_key_version_state(pb::SetKeyVersionStateRequest {
+                alias: "key-b".into(),
+                version: 1,
+                state: pb::KeyState::Retired as i32,
+            })
+            .await
+            .unwrap();
+        admin
+            .schedule_key_version_destruction(pb::ScheduleKeyVersionDestructionRequest {
+                alias: "key-b".into(),
+                version: 1,
+                waiting_days: Some(1),
+            })
+            .await
+            .unwrap();
+        s.state.clock.advance(Duration::from_secs(2 * 86_400));
+        brandkms::ops::keys::run_due_destructions(&s.state)
+            .await
+            .unwrap();
+        let (c, m) = code(
+            dist.request_key(pb::RequestKeyRequest {
+                alias: "key-b".into(),
+                version: Some(1),
+            })
+            .await,
+        );
+        assert_eq!(c, Code::FailedPrecondition, "{m}");
+        assert!(m.contains("destroyed"), "{m}");
+
+        // Consent by an issuer for a key that is not its own.
+        let other = s.client("issuer-2-4").await;
+        let (c, m) = code(
+            other
+                .distribution()
+                .grant_consent(pb::ConsentRequest {
+                    issuer: String::new(),
+                    third_party: "bank-center-b".into(),
+                    alias: "key-b".into(),
+                })
+                .await,
+        );
+        assert_eq!(c, Code::PermissionDenied);
+        assert!(m.starts_with("not_issuers_key"), "{m}");
+        assert!(
+            other
+                .distribution()
+                .list_consents(pb::ListConsentsRequest {})
+                .await
+                .unwrap()
+                .consents
+                .is_empty()
+        );
+        s
+    })
+    .await;
+}
