@@ -213,6 +213,8 @@ calls! { Admin {
     terminate_tie_up(pb::TieUpRef) -> pb::TieUp;
     /// Every tie-up.
     list_tie_ups(pb::ListTieUpsRequest) -> pb::ListTieUpsResponse;
+    /// Deliveries: which version went to whom and when.
+    list_distributions(pb::ListDistributionsRequest) -> pb::ListDistributionsResponse;
     /// Audit records.
     list_audit(pb::ListAuditRequest) -> pb::ListAuditResponse;
     /// Verifies the whole audit chain.

@@ -169,6 +169,14 @@ async fn kmsctl_covers_every_admin_call() {
         1
     );
 
+    assert!(
+        ctl.json(&["distribution", "list", "--alias", "key-a"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(ctl.ok(&["distribution", "list"]).starts_with("TIME"));
+
     let records = ctl.json(&["audit", "list", "--operation", "Admin/CreateKey"]);
     assert_eq!(records.as_array().unwrap().len(), 1);
     assert!(ctl.ok(&["audit", "verify"]).contains("audit trail intact"));

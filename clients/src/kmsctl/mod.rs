@@ -40,6 +40,9 @@ enum Command {
     /// Tie-up agreements.
     #[command(subcommand)]
     Tieup(TieUpCommand),
+    /// Key deliveries.
+    #[command(subcommand)]
+    Distribution(DistributionCommand),
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -201,6 +204,19 @@ enum TieUpCommand {
     /// List tie-ups.
     List {
         /// Only this entity's.
+        #[arg(long)]
+        entity: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DistributionCommand {
+    /// Which key version went to whom, when, under which transport key.
+    List {
+        /// Only this key.
+        #[arg(long)]
+        alias: Option<String>,
+        /// Only deliveries to this entity.
         #[arg(long)]
         entity: Option<String>,
     },
@@ -520,6 +536,15 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
                     .tie_ups,
             ),
         },
+        Command::Distribution(DistributionCommand::List { alias, entity }) => out.distributions(
+            &admin
+                .list_distributions(pb::ListDistributionsRequest {
+                    alias: alias.unwrap_or_default(),
+                    entity_id: entity.unwrap_or_default(),
+                })
+                .await?
+                .distributions,
+        ),
         Command::Audit(a) => match a {
             AuditCommand::List {
                 from,

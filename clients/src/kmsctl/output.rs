@@ -296,6 +296,36 @@ impl Output {
         );
     }
 
+    /// Deliveries.
+    pub fn distributions(&self, list: &[pb::Distribution]) {
+        if self.json {
+            let items = list
+                .iter()
+                .map(|d| {
+                    json!({
+                        "id": d.id, "alias": d.alias, "version": d.version, "entity_id": d.entity_id,
+                        "transport_alias": d.transport_alias, "transport_version": d.transport_version,
+                        "kcv": d.kcv, "at": d.at,
+                    })
+                })
+                .collect();
+            return self.print_json(&Value::Array(items));
+        }
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|d| {
+                vec![
+                    time(d.at),
+                    format!("{} v{}", d.alias, d.version),
+                    d.kcv.clone(),
+                    d.entity_id.clone(),
+                    format!("{} v{}", d.transport_alias, d.transport_version),
+                ]
+            })
+            .collect();
+        table(&["TIME", "KEY", "KCV", "TO", "UNDER"], &rows);
+    }
+
     /// Audit records.
     pub fn audit(&self, list: &[pb::AuditRecord]) {
         if self.json {

@@ -278,6 +278,50 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn list_distributions(
+        &self,
+        request: Request<pb::ListDistributionsRequest>,
+    ) -> Result<Response<pb::ListDistributionsResponse>, Status> {
+        const OP: &str = "Admin/ListDistributions";
+        let caller = officer(self.state(), &request, OP).await?;
+        let r = request.into_inner();
+        let result = async {
+            let optional = |what: &str, v: &str| {
+                if v.is_empty() {
+                    Ok(None)
+                } else {
+                    name(what, v).map(Some)
+                }
+            };
+            let alias = optional("alias", &r.alias)?;
+            let entity = optional("entity id", &r.entity_id)?;
+            let mut conn = self.state().store.conn().await?;
+            Ok(crate::store::distribution::distributions(
+                &mut conn,
+                alias.as_deref(),
+                entity.as_deref(),
+            )
+            .await?)
+        }
+        .await;
+        let list = audited_read(self.state(), &caller, OP, None, result).await?;
+        Ok(Response::new(pb::ListDistributionsResponse {
+            distributions: list
+                .into_iter()
+                .map(|d| pb::Distribution {
+                    id: d.id,
+                    alias: d.alias,
+                    version: d.version,
+                    entity_id: d.entity_id,
+                    transport_alias: d.transport_alias,
+                    transport_version: d.transport_version,
+                    kcv: d.kcv,
+                    at: d.at,
+                })
+                .collect(),
+        }))
+    }
+
     async fn list_audit(
         &self,
         request: Request<pb::ListAuditRequest>,
