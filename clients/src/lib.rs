@@ -1,6 +1,8 @@
 //! brandkms client SDK, officer and participant commands, and the card simulator.
 
+pub mod issuer;
 pub mod kmsctl;
 pub mod sdk;
+pub mod token;
 
 pub use sdk::{Client, ClientError, ConnectOptions};

@@ -1,0 +1,135 @@
+//! `issuer sync`: with a PKCS#11 token of the issuer's own, make (once) an RSA key
+//! pair in it, establish a transport key with brandkms (unwrapped into the token),
+//! then fetch every key the issuer's supply tie-ups cover, unwrap each into the
+//! token and check its KCV against the one brandkms delivered.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use brandkms_proto::v1 as pb;
+use clap::Parser;
+use cryptoki::object::KeyType;
+use zeroize::Zeroizing;
+
+use crate::kmsctl::ConnectionArgs;
+use crate::sdk::{Client, ClientError};
+use crate::token::{Token, TokenError};
+
+/// issuer: receive brandkms keys into the issuer's own token.
+#[derive(Debug, Parser)]
+#[command(name = "issuer", version, about)]
+struct Cli {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// The issuer's PKCS#11 module.
+    #[arg(long, env = "ISSUER_PKCS11_MODULE")]
+    module: PathBuf,
+    /// The label of the issuer's token.
+    #[arg(long, env = "ISSUER_TOKEN_LABEL")]
+    token_label: String,
+    /// Environment variable holding the token's user PIN.
+    #[arg(long, default_value = "ISSUER_PIN")]
+    pin_env: String,
+    /// Establish a new transport key even if the token has one.
+    #[arg(long)]
+    new_transport_key: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("KCV mismatch for {alias} v{version}: delivered {delivered}, unwrapped {unwrapped}")]
+    KcvMismatch {
+        alias: String,
+        version: u32,
+        delivered: String,
+        unwrapped: String,
+    },
+}
+
+const TRANSPORT_LABEL: &str = "brandkms-participant/transport";
+
+/// Entry point of the `issuer` binary.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("issuer: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let pin = Zeroizing::new(
+        std::env::var(&cli.pin_env)
+            .map_err(|_| Error::Usage(format!("set {} to the token's user PIN", cli.pin_env)))?,
+    );
+    let token = Token::open(&cli.module, &cli.token_label, &pin)?;
+    let client = Client::connect(&cli.connection.resolve()?).await?;
+    let mut dist = client.distribution();
+
+    if cli.new_transport_key || !token.has_key(TRANSPORT_LABEL)? {
+        let spki = token.rsa_public_key()?;
+        let t = dist
+            .establish_transport_key(pb::EstablishTransportKeyRequest {
+                rsa_public_key_spki_der: spki,
+            })
+            .await?;
+        let kcv = token.store_transport_key(&t.wrapped_key, TRANSPORT_LABEL)?;
+        if kcv != t.kcv {
+            return Err(Error::KcvMismatch {
+                alias: t.alias,
+                version: t.version,
+                delivered: t.kcv,
+                unwrapped: kcv,
+            });
+        }
+        println!(
+            "transport key {} v{} established, KCV {kcv} matches",
+            t.alias, t.version
+        );
+    }
+
+    let entitled = dist
+        .list_entitled_keys(pb::ListEntitledKeysRequest {})
+        .await?
+        .keys;
+    for e in entitled
+        .iter()
+        .filter(|e| e.mode == pb::TieUpMode::Supply as i32)
+    {
+        let w = dist
+            .request_key(pb::RequestKeyRequest {
+                alias: e.alias.clone(),
+                version: None,
+            })
+            .await?;
+        let key_type = match pb::KeyAlgorithm::try_from(w.algorithm) {
+            Ok(pb::KeyAlgorithm::Des) => KeyType::DES,
+            Ok(pb::KeyAlgorithm::Tdes3) => KeyType::DES3,
+            _ => KeyType::DES2,
+        };
+        let label = format!("brandkms/{}/v{}", w.alias, w.version);
+        let kcv = token.store_delivered_key(TRANSPORT_LABEL, &w.wrapped_key, key_type, &label)?;
+        if kcv != w.kcv {
+            return Err(Error::KcvMismatch {
+                alias: w.alias,
+                version: w.version,
+                delivered: w.kcv,
+                unwrapped: kcv,
+            });
+        }
+        println!(
+            "{} v{} stored in token as {label}, KCV {kcv} matches",
+            w.alias, w.version
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The issuer command end to end: a second SoftHSM2 token (the issuer's own, in a
+//! directory and process of its own) receives the keys the issuer's supply tie-ups
+//! cover; each KCV after unwrapping in that token matches the brand's record, also
+//! after a rotation.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::{Command, Output};
+
+use brandkms_proto::v1 as pb;
+use brandkms_tests::TestServer;
+
+const ISSUER: &str = env!("CARGO_BIN_EXE_issuer");
+
+fn sync(server: &TestServer, token: &brandkms::softhsm::TokenDir) -> Output {
+    let pki = &server.pki;
+    Command::new(ISSUER)
+        .env("SOFTHSM2_CONF", &token.softhsm2_conf)
+        .env("OPENSSL_CONF", &token.openssl_conf)
+        .env("ISSUER_PIN", "issuer-pin")
+        .env("HOME", pki)
+        .args([
+            "--module",
+            &token.module.display().to_string(),
+            "--token-label",
+            "issuer-2-3",
+        ])
+        .args(["--endpoint", &format!("https://{}", server.addr)])
+        .args(["--ca", &pki.join("ca.pem").display().to_string()])
+        .args(["--cert", &pki.join("issuer-2-3.pem").display().to_string()])
+        .args([
+            "--key",
+            &pki.join("issuer-2-3-key.pem").display().to_string(),
+        ])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_receives_its_keys_into_its_own_token() {
+    let server = TestServer::start(brandkms::testing::sqlite_db()).await;
+    let officer = server.client("officer-1").await;
+    let mut admin = officer.admin();
+    for alias in ["key-a", "key-b"] {
+        admin
+            .create_key(pb::CreateKeyRequest {
+                alias: alias.into(),
+                service_code: 7,
+                purpose: pb::Purpose::Load as i32,
+                exportable: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    admin
+        .register_entity(pb::RegisterEntityRequest {
+            id: "issuer-2-3".into(),
+            kind: pb::EntityKind::Issuer as i32,
+            name: "Issuer 2-3".into(),
+            online: true,
+            tamper_resistant: false,
+        })
+        .await
+        .unwrap();
+    admin
+        .create_tie_up(pb::CreateTieUpRequest {
+            entity_id: "issuer-2-3".into(),
+            keys: ["key-a", "key-b"]
+                .iter()
+                .map(|a| pb::TieUpKey {
+                    alias: a.to_string(),
+                    mode: pb::TieUpMode::Supply as i32,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let token =
+        brandkms::softhsm::create_token(dir.path(), "issuer-2-3", "issuer-so", "issuer-pin")
+            .unwrap();
+    let out = sync(&server, &token);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("transport key transport.issuer-2-3 v1 established"),
+        "{stdout}"
+    );
+    for alias in ["key-a", "key-b"] {
+        let k = admin
+            .get_key(pb::GetKeyRequest {
+                alias: alias.into(),
+            })
+            .await
+            .unwrap();
+        let line = format!(
+            "{alias} v1 stored in token as brandkms/{alias}/v1, KCV {} matches",
+            k.versions[0].kcv
+        );
+        assert!(stdout.contains(&line), "{line} in {stdout}");
+    }
+
+    // After a rotation the next sync fetches v2 (the transport key is reused).
+    let rotated = admin
+        .rotate_key(pb::RotateKeyRequest {
+            alias: "key-a".into(),
+        })
+        .await
+        .unwrap();
+    let out = sync(&server, &token);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("transport key"), "{stdout}");
+    let line = format!(
+        "key-a v2 stored in token as brandkms/key-a/v2, KCV {} matches",
+        rotated.versions[1].kcv
+    );
+    assert!(stdout.contains(&line), "{line} in {stdout}");
+
+    let deliveries = admin
+        .list_distributions(pb::ListDistributionsRequest {
+            alias: "key-a".into(),
+            entity_id: "issuer-2-3".into(),
+        })
+        .await
+        .unwrap()
+        .distributions;
+    assert_eq!(
+        deliveries.iter().map(|d| d.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    server.stop().await;
+}
