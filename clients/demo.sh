@@ -3,7 +3,8 @@
 # the service with its demo. Installs softhsm2 and opensc when missing, builds kms
 # and kmsctl, writes a development deployment into ./dev (SoftHSM2 token, SQLite,
 # dev PKI; reused when present), starts `kms serve`, records the brand's seed
-# example with kmsctl, lists it, verifies the audit trail, shows the token's
+# example with kmsctl, lists it, verifies the audit trail, distributes keys to an
+# issuer's own token and (with consent) to a bank centre's, shows the token's
 # objects with opensc's pkcs11-tool, and stops the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +21,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 echo "== building kms and kmsctl"
-cargo build --release --locked -p brandkms --bin kms -p brandkms-clients --bin kmsctl
+cargo build --release --locked -p brandkms --bin kms -p brandkms-clients --bin kmsctl --bin issuer
 KMS="$PWD/target/release/kms"
 KMSCTL="$PWD/target/release/kmsctl"
+ISSUER="$PWD/target/release/issuer"
 
 echo "== kms init --dev $DEV"
 "$KMS" init --dev "$DEV"
@@ -48,7 +50,7 @@ done
 step() { echo; echo "\$ kmsctl $*"; "$KMSCTL" "$@"; }
 # Create what the seed example needs, unless an earlier run did.
 key() { "$KMSCTL" key show "$1" >/dev/null 2>&1 || step key create "$@"; }
-entity() { "$KMSCTL" --json entity list | grep -q "\"id\": \"$1\"" || step entity register "$@"; }
+entity() { "$KMSCTL" --json entity list | grep "\"id\": \"$1\"" >/dev/null || step entity register "$@"; }
 tieup() { [ "$("$KMSCTL" --json tieup list --entity "$1")" != "[]" ] || step tieup create "$@"; }
 
 echo; echo "== the seed example: keys A, B, C; issuers 2-3 and 2-4; a bank centre and an MMK centre"
@@ -73,6 +75,47 @@ step audit verify
 
 echo; echo "== a participant is not an officer: kmsctl as issuer-2-3 is refused"
 KMSCTL_CERT="$DEV/pki/issuer-2-3.pem" KMSCTL_KEY="$DEV/pki/issuer-2-3-key.pem" "$KMSCTL" key list || true
+
+# A participant's own token (a second SoftHSM2 token in a directory of its own)
+# and the `issuer` command acting as that participant.
+participant() {
+  local id="$1"; shift
+  local dir="$DEV/participants/$id"
+  if [ ! -f "$dir/pin" ]; then
+    mkdir -p "$dir"
+    od -An -N8 -tx1 /dev/urandom | tr -d ' \n' > "$dir/pin"
+    chmod 600 "$dir/pin"
+  fi
+  (
+    eval "$(BRANDKMS_PIN="$(cat "$dir/pin")" softhsm/mktoken.sh --dir "$dir/token" --label "$id" 2>/dev/null)"
+    ISSUER_PIN="$(cat "$dir/pin")" KMSCTL_CERT="$DEV/pki/$id.pem" KMSCTL_KEY="$DEV/pki/$id-key.pem" \
+      "$ISSUER" "$@" --module "$BRANDKMS_PKCS11_MODULE" --token-label "$id"
+  )
+}
+as_issuer() {
+  local id="$1"; shift
+  KMSCTL_CERT="$DEV/pki/$id.pem" KMSCTL_KEY="$DEV/pki/$id-key.pem" "$ISSUER" "$@"
+}
+
+echo; echo "== distribution: issuer 2-3 receives its keys into a token of its own"
+echo "\$ issuer sync   (as issuer-2-3)"
+participant issuer-2-3 sync
+
+echo; echo "== bank centre B, brought in by issuer 2-3, is refused until issuer 2-3 consents (rule 4)"
+echo "\$ issuer sync   (as bank-center-b)"
+participant bank-center-b sync || true
+for k in key-a key-b; do
+  echo "\$ issuer consent grant --third-party bank-center-b --alias $k   (as issuer-2-3)"
+  as_issuer issuer-2-3 consent grant --third-party bank-center-b --alias "$k"
+done
+echo "\$ issuer sync   (as bank-center-b)"
+participant bank-center-b sync
+step distribution list
+echo "\$ issuer consent revoke --third-party bank-center-b --alias key-a   (as issuer-2-3)"
+as_issuer issuer-2-3 consent revoke --third-party bank-center-b --alias key-a
+as_issuer issuer-2-3 consent revoke --third-party bank-center-b --alias key-b
+echo "\$ issuer sync   (as bank-center-b, after the revocation)"
+participant bank-center-b sync || true
 
 echo; echo "== kms reconcile: token and database agree"
 "$KMS" reconcile --config "$DEV/kms.toml"

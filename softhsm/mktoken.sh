@@ -77,7 +77,8 @@ if [ -z "$so_pin" ]; then
 fi
 
 export SOFTHSM2_CONF="$dir/softhsm2.conf"
-if softhsm2-util --show-slots 2>/dev/null | grep -q "Label:[[:space:]]*$label\$"; then
+# SoftHSM2 pads labels with spaces to 32 characters.
+if softhsm2-util --show-slots 2>/dev/null | grep -qE "Label:[[:space:]]+$label[[:space:]]*\$"; then
   echo "mktoken: token '$label' already exists in $dir/tokens" >&2
 else
   softhsm2-util --init-token --free --label "$label" --so-pin "$so_pin" --pin "$BRANDKMS_PIN" >&2

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use brandkms_proto::v1 as pb;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use cryptoki::object::KeyType;
 use zeroize::Zeroizing;
 
@@ -15,13 +15,54 @@ use crate::kmsctl::ConnectionArgs;
 use crate::sdk::{Client, ClientError};
 use crate::token::{Token, TokenError};
 
-/// issuer: receive brandkms keys into the issuer's own token.
+/// issuer: receive brandkms keys into the participant's own token, and manage the
+/// consents an issuer gives to third parties.
 #[derive(Debug, Parser)]
 #[command(name = "issuer", version, about)]
 struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
-    /// The issuer's PKCS#11 module.
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Establish a transport key (once) and fetch every key the supply tie-ups
+    /// cover into the participant's own token, checking each KCV.
+    Sync(SyncArgs),
+    /// Consents this issuer gives to third parties.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsentCommand {
+    /// Consent that THIRD_PARTY receive KEY.
+    Grant {
+        /// The third party (e.g. a bank centre this issuer brought in).
+        #[arg(long)]
+        third_party: String,
+        /// The key.
+        #[arg(long)]
+        alias: String,
+    },
+    /// Withdraw a consent.
+    Revoke {
+        /// The third party.
+        #[arg(long)]
+        third_party: String,
+        /// The key.
+        #[arg(long)]
+        alias: String,
+    },
+    /// Consents that concern this issuer.
+    List,
+}
+
+#[derive(Debug, clap::Args)]
+struct SyncArgs {
+    /// The participant's PKCS#11 module.
     #[arg(long, env = "ISSUER_PKCS11_MODULE")]
     module: PathBuf,
     /// The label of the issuer's token.
@@ -67,12 +108,55 @@ pub async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
+    let client = Client::connect(&cli.connection.resolve()?).await?;
+    match cli.command {
+        Command::Sync(args) => sync(&client, args).await,
+        Command::Consent(c) => consent(&client, c).await,
+    }
+}
+
+async fn consent(client: &Client, command: ConsentCommand) -> Result<(), Error> {
+    let mut dist = client.distribution();
+    let show = |c: &pb::Consent| {
+        println!(
+            "{} -> {} on {}: {}",
+            c.issuer,
+            c.third_party,
+            c.alias,
+            if c.standing { "standing" } else { "revoked" }
+        );
+    };
+    let request = |third_party: String, alias: String| pb::ConsentRequest {
+        issuer: String::new(),
+        third_party,
+        alias,
+    };
+    match command {
+        ConsentCommand::Grant { third_party, alias } => {
+            show(&dist.grant_consent(request(third_party, alias)).await?)
+        }
+        ConsentCommand::Revoke { third_party, alias } => {
+            show(&dist.revoke_consent(request(third_party, alias)).await?)
+        }
+        ConsentCommand::List => {
+            for c in dist
+                .list_consents(pb::ListConsentsRequest {})
+                .await?
+                .consents
+            {
+                show(&c);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
     let pin = Zeroizing::new(
         std::env::var(&cli.pin_env)
             .map_err(|_| Error::Usage(format!("set {} to the token's user PIN", cli.pin_env)))?,
     );
     let token = Token::open(&cli.module, &cli.token_label, &pin)?;
-    let client = Client::connect(&cli.connection.resolve()?).await?;
     let mut dist = client.distribution();
 
     if cli.new_transport_key || !token.has_key(TRANSPORT_LABEL)? {

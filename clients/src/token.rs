@@ -54,13 +54,22 @@ impl Token {
     pub fn open(module: &Path, label: &str, pin: &str) -> Result<Token, TokenError> {
         let pkcs11 = Pkcs11::new(module)?;
         pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-        let mut slot = None;
+        let mut slots = Vec::new();
         for s in pkcs11.get_slots_with_token()? {
             if pkcs11.get_token_info(s)?.label().trim_end() == label {
-                slot = Some(s);
+                slots.push(s);
             }
         }
-        let slot = slot.ok_or_else(|| TokenError::NotFound(label.to_string()))?;
+        let slot = match slots.as_slice() {
+            [one] => *one,
+            [] => return Err(TokenError::NotFound(label.to_string())),
+            _ => {
+                return Err(TokenError::Invalid(format!(
+                    "{} tokens are labelled {label:?}",
+                    slots.len()
+                )));
+            }
+        };
         let session = pkcs11.open_rw_session(slot)?;
         session.login(UserType::User, Some(&AuthPin::from(pin)))?;
         Ok(Token {

@@ -23,6 +23,7 @@ fn sync(server: &TestServer, token: &brandkms::softhsm::TokenDir) -> Output {
         .env("OPENSSL_CONF", &token.openssl_conf)
         .env("ISSUER_PIN", "issuer-pin")
         .env("HOME", pki)
+        .arg("sync")
         .args([
             "--module",
             &token.module.display().to_string(),

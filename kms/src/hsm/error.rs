@@ -27,6 +27,14 @@ pub enum HsmError {
         /// The labels that are present, comma-separated.
         present: String,
     },
+    /// Several tokens carry the configured label.
+    #[error("{count} tokens are labelled {label:?}: give each token a label of its own")]
+    AmbiguousToken {
+        /// The configured label.
+        label: String,
+        /// How many carry it.
+        count: usize,
+    },
     /// The token refused the user PIN.
     #[error("the token refused the PIN ({0})")]
     PinRefused(RvError),

@@ -175,13 +175,24 @@ impl Inner {
 
 fn find_slot(pkcs11: &Pkcs11, label: &str) -> Result<Slot, HsmError> {
     let mut present = Vec::new();
+    let mut matching = Vec::new();
     for slot in pkcs11.get_slots_with_token()? {
         let info = pkcs11.get_token_info(slot)?;
         let this = info.label().trim_end().to_string();
         if this == label {
-            return Ok(slot);
+            matching.push(slot);
         }
         present.push(this);
+    }
+    match matching.as_slice() {
+        [one] => return Ok(*one),
+        [] => {}
+        _ => {
+            return Err(HsmError::AmbiguousToken {
+                label: label.to_string(),
+                count: matching.len(),
+            });
+        }
     }
     Err(HsmError::TokenNotFound {
         label: label.to_string(),
