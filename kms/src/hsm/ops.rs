@@ -6,7 +6,7 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::MechanismType;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
-use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::raw::{CMAC_LEN, EcbDerive};
@@ -515,7 +515,7 @@ impl<'a> HsmSession<'a> {
         use cryptoki::object::KeyType;
         let id = self.new_object_id()?;
         let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Class(cryptoki::object::ObjectClass::SECRET_KEY),
             Attribute::KeyType(key_type),
             Attribute::Token(false),
             Attribute::Sensitive(true),
@@ -545,11 +545,6 @@ impl<'a> HsmSession<'a> {
         Ok((id, kcv))
     }
 
-    /// The names of the mechanisms the token lists for its slot.
-    pub fn mechanisms(&self) -> Result<Vec<MechanismType>, HsmError> {
-        Ok(self.inner.pkcs11.get_mechanism_list(self.inner.slot)?)
-    }
-
     /// RSA-OAEP parameters for SHA-1 (what SoftHSM2 accepts for decryption).
     pub fn oaep_sha1() -> PkcsOaepParams<'static> {
         PkcsOaepParams::new(
@@ -557,18 +552,6 @@ impl<'a> HsmSession<'a> {
             PkcsMgfType::MGF1_SHA1,
             PkcsOaepSource::empty(),
         )
-    }
-
-    /// The object class of a key, for diagnostics.
-    pub fn class(&self, id: &ObjectId) -> Result<Option<ObjectClass>, HsmError> {
-        let handle = self.find(id)?;
-        let attrs = self
-            .session
-            .get_attributes(handle, &[AttributeType::Class])?;
-        Ok(attrs.into_iter().find_map(|a| match a {
-            Attribute::Class(c) => Some(c),
-            _ => None,
-        }))
     }
 }
 

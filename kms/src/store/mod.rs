@@ -124,11 +124,6 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
-    /// Which database this is.
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     /// The pool, for reads.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
