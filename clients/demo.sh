@@ -3,7 +3,8 @@
 # the service with its demo. Installs softhsm2 and opensc when missing, builds kms
 # and kmsctl, writes a development deployment into ./dev (SoftHSM2 token, SQLite,
 # dev PKI; reused when present), starts `kms serve`, records the brand's seed
-# example with kmsctl, lists it, verifies the audit trail, distributes keys to an
+# example with kmsctl (a second officer approves what dual control holds), lists
+# it, verifies the audit trail, distributes keys to an
 # issuer's own token and (with consent) to a bank centre's, shows the token's
 # objects with opensc's pkcs11-tool, and stops the server.
 set -euo pipefail
@@ -48,6 +49,15 @@ done
 "$KMSCTL" health
 
 step() { echo; echo "\$ kmsctl $*"; "$KMSCTL" "$@"; }
+# Officer 2, the second officer of dual control.
+as_officer_2() { KMSCTL_CERT="$DEV/pki/officer-2.pem" KMSCTL_KEY="$DEV/pki/officer-2-key.pem" "$KMSCTL" "$@"; }
+pending_ids() { "$KMSCTL" --json approvals list --state pending | sed -n 's/.*"id": "\(ap-[0-9a-f]*\)".*/\1/p'; }
+approve_pending() {
+  for id in $(pending_ids); do
+    echo; echo "\$ kmsctl approve $id   (as officer-2)"
+    as_officer_2 approve "$id"
+  done
+}
 # Create what the seed example needs, unless an earlier run did.
 key() { "$KMSCTL" key show "$1" >/dev/null 2>&1 || step key create "$@"; }
 entity() { "$KMSCTL" --json entity list | grep "\"id\": \"$1\"" >/dev/null || step entity register "$@"; }
@@ -66,7 +76,15 @@ tieup issuer-2-4 --cover key-a:supply --cover key-c:supply
 tieup bank-center-b --cover key-a:supply --cover key-b:supply --sponsor issuer-2-3
 tieup mmk-center --cover key-a:supply --cover key-c:supply --sponsor issuer-2-4
 
+echo; echo "== dual control: supply tie-ups and rotations wait for a second officer"
+step approvals list --state pending
+approve_pending
+
 step key rotate key-c
+echo; echo "\$ kmsctl approve ID   (officer-1, their own proposal: refused, rule 7)"
+"$KMSCTL" approve "$(pending_ids | head -n 1)" || true
+approve_pending
+step approvals list
 step key list --class card_access
 step entity list
 step tieup list

@@ -185,12 +185,13 @@ macro_rules! calls {
 calls! { Admin {
     /// Creates a card-access key (version 1, active).
     create_key(pb::CreateKeyRequest) -> pb::Key;
-    /// Adds an active version; the previous one becomes auth_only.
-    rotate_key(pb::RotateKeyRequest) -> pb::Key;
+    /// Adds an active version; the previous one becomes auth_only. Under dual
+    /// control the answer is a pending approval instead.
+    rotate_key(pb::RotateKeyRequest) -> pb::KeyChange;
     /// Sets a version's state.
     set_key_version_state(pb::SetKeyVersionStateRequest) -> pb::Key;
-    /// Schedules a retired version's destruction.
-    schedule_key_version_destruction(pb::ScheduleKeyVersionDestructionRequest) -> pb::Key;
+    /// Schedules a retired version's destruction (or, under dual control, proposes it).
+    schedule_key_version_destruction(pb::ScheduleKeyVersionDestructionRequest) -> pb::KeyChange;
     /// Cancels a pending destruction.
     cancel_key_version_destruction(pb::CancelKeyVersionDestructionRequest) -> pb::Key;
     /// One key with its versions.
@@ -205,16 +206,22 @@ calls! { Admin {
     resume_entity(pb::EntityRef) -> pb::Entity;
     /// Every participant.
     list_entities(pb::ListEntitiesRequest) -> pb::ListEntitiesResponse;
-    /// Records a tie-up.
-    create_tie_up(pb::CreateTieUpRequest) -> pb::TieUp;
-    /// Changes a tie-up.
-    update_tie_up(pb::UpdateTieUpRequest) -> pb::TieUp;
+    /// Records a tie-up (one with supply keys, under dual control, is proposed).
+    create_tie_up(pb::CreateTieUpRequest) -> pb::TieUpChange;
+    /// Changes a tie-up (a widening of its supply, under dual control, is proposed).
+    update_tie_up(pb::UpdateTieUpRequest) -> pb::TieUpChange;
     /// Ends a tie-up.
     terminate_tie_up(pb::TieUpRef) -> pb::TieUp;
     /// Every tie-up.
     list_tie_ups(pb::ListTieUpsRequest) -> pb::ListTieUpsResponse;
     /// Deliveries: which version went to whom and when.
     list_distributions(pb::ListDistributionsRequest) -> pb::ListDistributionsResponse;
+    /// Proposals held for a second officer.
+    list_approvals(pb::ListApprovalsRequest) -> pb::ListApprovalsResponse;
+    /// Approves another officer's proposal; the operation runs.
+    approve(pb::ApprovalRef) -> pb::ApproveResponse;
+    /// Rejects (or, for the proposer, withdraws) a proposal.
+    reject(pb::RejectRequest) -> pb::Approval;
     /// Audit records.
     list_audit(pb::ListAuditRequest) -> pb::ListAuditResponse;
     /// Verifies the whole audit chain.

@@ -81,6 +81,8 @@ async fn an_issuer_receives_its_keys_into_its_own_token() {
             ..Default::default()
         })
         .await
+        .unwrap()
+        .done()
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -118,6 +120,8 @@ async fn an_issuer_receives_its_keys_into_its_own_token() {
             alias: "key-a".into(),
         })
         .await
+        .unwrap()
+        .done()
         .unwrap();
     let out = sync(&server, &token);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -220,6 +220,68 @@ async fn kmsctl_covers_every_admin_call() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmsctl_proposes_approves_and_rejects_under_dual_control() {
+    let server = TestServer::start_with(
+        brandkms::testing::sqlite_db(),
+        brandkms::config::ServiceSettings::default(),
+    )
+    .await;
+    let one = Ctl {
+        server: &server,
+        entity: "officer-1",
+    };
+    let two = Ctl {
+        server: &server,
+        entity: "officer-2",
+    };
+    one.ok(&[
+        "key",
+        "create",
+        "key-a",
+        "--service-code",
+        "0x0A01",
+        "--purpose",
+        "load",
+    ]);
+    let held = one.ok(&["key", "rotate", "key-a"]);
+    assert!(held.contains("held for a second officer as ap-"), "{held}");
+    assert!(held.contains("kmsctl approve ap-"), "{held}");
+    let pending = two.json(&["approvals", "list", "--state", "pending"]);
+    let id = pending[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(pending[0]["proposer"], "officer-1");
+    assert_eq!(pending[0]["rule"], "rotate_key");
+    let table = two.ok(&["approvals", "list"]);
+    assert!(table.contains("PROPOSER") && table.contains(&id), "{table}");
+
+    let own = one.run(&["approve", &id]);
+    assert_eq!(own.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&own.stderr);
+    assert!(
+        stderr.contains("PermissionDenied: rule 7 (self_approval)"),
+        "{stderr}"
+    );
+    let approved = two.json(&["approve", &id]);
+    assert_eq!(approved["approval"]["state"], "approved");
+    assert_eq!(approved["result"]["key"]["versions"][1]["version"], 2);
+
+    let held = one.json(&["key", "rotate", "key-a"]);
+    let second = held["pending"]["id"].as_str().unwrap().to_string();
+    let rejected = two.json(&["reject", &second, "--reason", "not now"]);
+    assert_eq!(rejected[0]["state"], "rejected");
+    assert_eq!(rejected[0]["reason"], "not now");
+    let again = two.run(&["approve", &second]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("FailedPrecondition"));
+    let bad = two.run(&["approvals", "list", "--state", "maybe"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn the_server_offers_reflection() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;

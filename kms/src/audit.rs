@@ -6,6 +6,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::hsm::{Hsm, HsmError, ObjectId};
+use crate::store::approvals;
 use crate::store::audit::{self as rows, AuditRow};
 use crate::store::{Conn, Store, StoreError, now_ms};
 
@@ -21,6 +22,8 @@ pub enum Outcome {
     Denied,
     /// Refused as malformed, or failed.
     Failed,
+    /// Held under dual control for a second officer.
+    Held,
 }
 
 impl Outcome {
@@ -30,6 +33,7 @@ impl Outcome {
             Outcome::Allowed => "allowed",
             Outcome::Denied => "denied",
             Outcome::Failed => "failed",
+            Outcome::Held => "held",
         }
     }
 }
@@ -51,6 +55,19 @@ pub struct AuditEvent {
     pub outcome: Outcome,
     /// Why: the rule that denied, or what failed. Never a secret.
     pub reason: Option<String>,
+    /// The dual-control approval this record closes: appending the record marks
+    /// the approval approved in the same transaction (or fails when it is no
+    /// longer pending), so the operation and its approval commit together.
+    pub closes_approval: Option<ApprovalClosing>,
+}
+
+/// An approval being carried out by the approving officer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalClosing {
+    /// The approval.
+    pub id: String,
+    /// The officer who proposed it.
+    pub proposer: String,
 }
 
 impl AuditEvent {
@@ -64,6 +81,7 @@ impl AuditEvent {
             key_version: None,
             outcome: Outcome::Allowed,
             reason: None,
+            closes_approval: None,
         }
     }
 
@@ -91,6 +109,9 @@ pub enum AuditError {
     /// The token failed.
     #[error("audit MAC: {0}")]
     Hsm(#[from] HsmError),
+    /// The approval being carried out was decided by someone else, or expired.
+    #[error("approval {0} is no longer pending: another officer decided it, or it expired")]
+    ApprovalNotPending(String),
 }
 
 /// The first problem `verify` finds.
@@ -128,16 +149,37 @@ impl Auditor {
     /// number. The record commits or rolls back with the state change.
     pub async fn append(&self, tx: &mut Conn, event: &AuditEvent) -> Result<u64, AuditError> {
         let (seq, prev_hash) = rows::take_head(tx).await?;
+        let at = now_ms();
+        let mut reason = event.reason.clone();
+        if let Some(closing) = &event.closes_approval {
+            let closed = approvals::decide(
+                tx,
+                &closing.id,
+                approvals::StoredState::Approved,
+                &event.caller,
+                at,
+                None,
+            )
+            .await?;
+            if !closed {
+                return Err(AuditError::ApprovalNotPending(closing.id.clone()));
+            }
+            let note = format!("approves {} proposed by {}", closing.id, closing.proposer);
+            reason = Some(match reason {
+                Some(r) => format!("{r}; {note}"),
+                None => note,
+            });
+        }
         let mut row = AuditRow {
             seq,
-            at: now_ms(),
+            at,
             caller: event.caller.clone(),
             cert_fingerprint: event.cert_fingerprint.clone(),
             operation: event.operation.clone(),
             key_alias: event.key_alias.clone(),
             key_version: event.key_version,
             outcome: event.outcome.as_str().to_string(),
-            reason: event.reason.clone(),
+            reason,
             prev_hash,
             hash: String::new(),
             mac: String::new(),

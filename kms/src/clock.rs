@@ -23,3 +23,11 @@ impl Clock {
         self.offset_ms.fetch_add(ms, Ordering::Relaxed);
     }
 }
+
+/// A Unix-millisecond time as RFC 3339 (UTC), for messages.
+pub fn rfc3339(ms: i64) -> String {
+    let t = u64::try_from(ms)
+        .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use brandkms_policy::SensitiveOperation;
+
 use crate::hsm::HsmParams;
 
 /// Default number of HSM sessions (and HSM calls under way at once).
@@ -103,6 +105,8 @@ struct RawService {
     challenge_ttl_secs: Option<u64>,
     session_ttl_secs: Option<u64>,
     destruction_check_secs: Option<u64>,
+    dual_control: Option<Vec<String>>,
+    approval_ttl_secs: Option<u64>,
 }
 
 /// Validated settings, built once at start.
@@ -152,8 +156,8 @@ pub struct TlsSettings {
     pub key: PathBuf,
 }
 
-/// Service timings.
-#[derive(Debug, Clone, Copy)]
+/// Service timings and dual control.
+#[derive(Debug, Clone)]
 pub struct ServiceSettings {
     /// How long a card challenge stays valid.
     pub challenge_ttl_secs: u64,
@@ -161,6 +165,10 @@ pub struct ServiceSettings {
     pub session_ttl_secs: u64,
     /// How often due key destructions are carried out.
     pub destruction_check_secs: u64,
+    /// The Admin operations held for a second officer.
+    pub dual_control: Vec<SensitiveOperation>,
+    /// How long a proposal may wait for its approval.
+    pub approval_ttl_secs: u64,
 }
 
 impl Default for ServiceSettings {
@@ -169,6 +177,8 @@ impl Default for ServiceSettings {
             challenge_ttl_secs: 30,
             session_ttl_secs: 120,
             destruction_check_secs: 60,
+            dual_control: SensitiveOperation::DEFAULT.to_vec(),
+            approval_ttl_secs: 86_400,
         }
     }
 }
@@ -315,6 +325,20 @@ impl Settings {
                 .service
                 .destruction_check_secs
                 .unwrap_or(defaults.destruction_check_secs),
+            dual_control: match raw.service.dual_control {
+                None => defaults.dual_control,
+                Some(names) => names
+                    .iter()
+                    .map(|n| {
+                        n.parse::<SensitiveOperation>()
+                            .map_err(|e| field("service.dual_control", e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+            approval_ttl_secs: raw
+                .service
+                .approval_ttl_secs
+                .unwrap_or(defaults.approval_ttl_secs),
         };
         for (name, v) in [
             ("service.challenge_ttl_secs", service.challenge_ttl_secs),
@@ -323,6 +347,7 @@ impl Settings {
                 "service.destruction_check_secs",
                 service.destruction_check_secs,
             ),
+            ("service.approval_ttl_secs", service.approval_ttl_secs),
         ] {
             if v == 0 {
                 return Err(field(name, "must be at least 1"));
@@ -507,6 +532,23 @@ mod tests {
         assert_eq!(field_of(load(&zero, &e)), "hsm.sessions");
         let listen = format!("listen = \"nowhere\"\n{}", base());
         assert_eq!(field_of(load(&listen, &e)), "listen");
+    }
+
+    #[test]
+    fn dual_control_is_on_by_default_and_configurable() {
+        let e = env(&[("BRANDKMS_PIN", "1")]);
+        let s = load(&base(), &e).unwrap();
+        assert_eq!(s.service.dual_control, SensitiveOperation::DEFAULT);
+        assert_eq!(s.service.approval_ttl_secs, 86_400);
+        let only_rotation = format!("{}[service]\ndual_control = [\"rotate_key\"]\n", base());
+        let s = load(&only_rotation, &e).unwrap();
+        assert_eq!(s.service.dual_control, [SensitiveOperation::RotateKey]);
+        let off = format!("{}[service]\ndual_control = []\n", base());
+        assert!(load(&off, &e).unwrap().service.dual_control.is_empty());
+        let bogus = format!("{}[service]\ndual_control = [\"rotate\"]\n", base());
+        assert_eq!(field_of(load(&bogus, &e)), "service.dual_control");
+        let zero = format!("{}[service]\napproval_ttl_secs = 0\n", base());
+        assert_eq!(field_of(load(&zero, &e)), "service.approval_ttl_secs");
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl Server {
                 store,
                 auditor,
                 clock,
-                settings: settings.service,
+                settings: settings.service.clone(),
             }),
             tls,
         })

@@ -9,12 +9,10 @@ mod rules;
 
 pub use decision::{Decision, DenyReason};
 pub use names::{
-    Algorithm, EntityKind, EntityStatus, KeyClass, KeyState, ParseNameError, Purpose, TieUpMode,
-    TieUpState,
+    Algorithm, EntityKind, EntityStatus, KeyClass, KeyState, ParseNameError, Purpose,
+    SensitiveOperation, TieUpMode, TieUpState,
 };
-pub use officers::{
-    Proposal, SensitiveOperation, can_administer, can_approve, needs_second_officer,
-};
+pub use officers::{Proposal, can_administer, can_approve, needs_second_officer, widens_supply};
 pub use rules::{Action, Consent, Entity, Key, Request, TieUp, can_consent, decide, may_hold_keys};
 
 #[cfg(test)]

@@ -199,3 +199,17 @@ mod tests {
         assert!(err.to_string().contains("cybershop"));
     }
 }
+
+named_enum!(
+    /// Admin operations that may be placed under dual control (rule 7).
+    SensitiveOperation, "sensitive operation" {
+        /// Rotating a card-access or settlement key.
+        RotateKey => "rotate_key",
+        /// Scheduling the destruction of a card-access or settlement key version.
+        DestroyKeyVersion => "destroy_key_version",
+        /// Creating a tie-up with a `supply` key.
+        CreateSupplyTieUp => "create_supply_tie_up",
+        /// Updating a tie-up so that it supplies more than it did.
+        WidenSupplyTieUp => "widen_supply_tie_up",
+    }
+);

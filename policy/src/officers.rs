@@ -2,7 +2,8 @@
 //! need a second, different officer's approval before they run.
 
 use crate::decision::{Decision, DenyReason};
-use crate::names::EntityKind;
+use crate::names::{EntityKind, KeyClass, SensitiveOperation, TieUpMode, TieUpState};
+use crate::rules::TieUp;
 
 /// Whether an entity of this kind may call officer operations.
 pub fn can_administer(kind: EntityKind) -> Decision {
@@ -13,19 +14,6 @@ pub fn can_administer(kind: EntityKind) -> Decision {
     }
 }
 
-/// Admin operations that may be placed under dual control.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SensitiveOperation {
-    /// Rotating a card-access or settlement key.
-    RotateKey,
-    /// Scheduling the destruction of a card-access or settlement key version.
-    DestroyKeyVersion,
-    /// Creating a tie-up with a `supply` key.
-    CreateSupplyTieUp,
-    /// Updating a tie-up so that it supplies a key it did not.
-    WidenSupplyTieUp,
-}
-
 impl SensitiveOperation {
     /// The default dual-control set: all of them.
     pub const DEFAULT: &'static [SensitiveOperation] = &[
@@ -34,6 +22,46 @@ impl SensitiveOperation {
         SensitiveOperation::CreateSupplyTieUp,
         SensitiveOperation::WidenSupplyTieUp,
     ];
+}
+
+impl SensitiveOperation {
+    /// Whether the operation on a key of `class` is the sensitive kind: rotating
+    /// and destroying concern card-access and settlement keys only.
+    pub fn concerns(self, class: KeyClass) -> bool {
+        match self {
+            SensitiveOperation::RotateKey | SensitiveOperation::DestroyKeyVersion => {
+                matches!(class, KeyClass::CardAccess | KeyClass::Settlement)
+            }
+            SensitiveOperation::CreateSupplyTieUp | SensitiveOperation::WidenSupplyTieUp => true,
+        }
+    }
+}
+
+/// Whether changing a tie-up from `before` to `after` widens what it supplies: a
+/// key supplied that was not, a suspended tie-up with `supply` keys made active,
+/// or the window of a tie-up with `supply` keys made longer at either end.
+pub fn widens_supply(before: &TieUp, after: &TieUp) -> bool {
+    let supplied = |t: &TieUp| -> Vec<String> {
+        t.keys
+            .iter()
+            .filter(|(_, m)| *m == TieUpMode::Supply)
+            .map(|(a, _)| a.clone())
+            .collect()
+    };
+    let after_supplied = supplied(after);
+    if after_supplied.is_empty() || after.state != TieUpState::Active {
+        return false;
+    }
+    let before_supplied = supplied(before);
+    let new_key = after_supplied.iter().any(|a| !before_supplied.contains(a));
+    let reactivated = before.state != TieUpState::Active;
+    let earlier_start = after.valid_from < before.valid_from;
+    let later_end = match (before.valid_until, after.valid_until) {
+        (Some(_), None) => true,
+        (Some(b), Some(a)) => a > b,
+        (None, _) => false,
+    };
+    new_key || reactivated || earlier_start || later_end
 }
 
 /// Whether `op` needs a second officer under the configured set.
@@ -107,5 +135,79 @@ mod tests {
             SensitiveOperation::DEFAULT
         ));
         assert!(!needs_second_officer(SensitiveOperation::RotateKey, &[]));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for op in SensitiveOperation::ALL {
+            assert_eq!(op.as_str().parse::<SensitiveOperation>(), Ok(*op));
+        }
+        assert!("rotate".parse::<SensitiveOperation>().is_err());
+        assert!(SensitiveOperation::RotateKey.concerns(KeyClass::CardAccess));
+        assert!(SensitiveOperation::DestroyKeyVersion.concerns(KeyClass::Settlement));
+        assert!(!SensitiveOperation::RotateKey.concerns(KeyClass::Authenticator));
+    }
+
+    fn tie_up(keys: &[(&str, TieUpMode)], state: TieUpState, window: (i64, Option<i64>)) -> TieUp {
+        TieUp {
+            id: "tu-1".into(),
+            entity_id: "bank-center-b".into(),
+            state,
+            keys: keys.iter().map(|(a, m)| (a.to_string(), *m)).collect(),
+            valid_from: window.0,
+            valid_until: window.1,
+            sponsor_issuer: None,
+            per_transaction_limit: None,
+        }
+    }
+
+    #[test]
+    fn widening_supply() {
+        use TieUpMode::{Hold, Supply};
+        use TieUpState::{Active, Suspended};
+        let base = tie_up(&[("a", Supply), ("b", Hold)], Active, (100, Some(200)));
+        let same = base.clone();
+        assert!(!widens_supply(&base, &same));
+        // A key moved from hold to supply, or a new supply key.
+        assert!(widens_supply(
+            &base,
+            &tie_up(&[("a", Supply), ("b", Supply)], Active, (100, Some(200)))
+        ));
+        assert!(widens_supply(
+            &base,
+            &tie_up(&[("a", Supply), ("c", Supply)], Active, (100, Some(200)))
+        ));
+        // Narrowing or holding only does not.
+        assert!(!widens_supply(
+            &base,
+            &tie_up(&[("b", Hold)], Active, (100, Some(200)))
+        ));
+        assert!(!widens_supply(
+            &base,
+            &tie_up(&[("a", Hold), ("c", Hold)], Active, (100, Some(200)))
+        ));
+        assert!(!widens_supply(
+            &base,
+            &tie_up(&[("a", Supply)], Active, (150, Some(180)))
+        ));
+        // Longer windows and reactivation do.
+        assert!(widens_supply(
+            &base,
+            &tie_up(&[("a", Supply)], Active, (50, Some(200)))
+        ));
+        assert!(widens_supply(
+            &base,
+            &tie_up(&[("a", Supply)], Active, (100, Some(300)))
+        ));
+        assert!(widens_supply(
+            &base,
+            &tie_up(&[("a", Supply)], Active, (100, None))
+        ));
+        let suspended = tie_up(&[("a", Supply)], Suspended, (100, Some(200)));
+        assert!(widens_supply(
+            &suspended,
+            &tie_up(&[("a", Supply)], Active, (100, Some(200)))
+        ));
+        assert!(!widens_supply(&base, &suspended));
     }
 }

@@ -8,7 +8,7 @@
 
 use brandkms_policy::{
     Action, Consent, Decision, DenyReason, Entity, EntityKind, EntityStatus, Key, KeyClass,
-    KeyState, Request, TieUp, TieUpMode, TieUpState, decide,
+    KeyState, Proposal, Request, TieUp, TieUpMode, TieUpState, can_approve, decide, widens_supply,
 };
 use proptest::prelude::*;
 
@@ -254,5 +254,34 @@ proptest! {
             });
             prop_assert!(allowing);
         }
+    }
+
+    #[test]
+    fn no_officer_approves_their_own_or_an_expired_proposal(
+        approver in pick(IDS),
+        proposer in pick(IDS),
+        kind in entity_kind(),
+        expires_at in -5i64..5,
+        now in -5i64..5,
+    ) {
+        let p = Proposal { proposer: proposer.to_string(), expires_at };
+        let allowed = can_approve(approver, kind, &p, now).is_allowed();
+        prop_assert_eq!(
+            allowed,
+            kind == EntityKind::Officer && approver != proposer && now < expires_at
+        );
+    }
+
+    #[test]
+    fn adding_a_supply_key_to_an_active_tie_up_always_widens(
+        before in tie_up(),
+        alias in "[d-f]",
+    ) {
+        let mut after = before.clone();
+        after.state = TieUpState::Active;
+        after.keys.push((alias, TieUpMode::Supply));
+        prop_assert!(widens_supply(&before, &after));
+        // And no change at all never does.
+        prop_assert!(!widens_supply(&before, &before));
     }
 }

@@ -45,9 +45,19 @@ pub const OFFICERS: &[&str] = &["officer-1", "officer-2"];
 
 impl TestServer {
     /// Starts a server on `db`, initialised with [`OFFICERS`], and waits until it
-    /// reports itself healthy.
+    /// reports itself healthy. Dual control is off, so that tests of other
+    /// features act with one officer; `tests/tests/dual_control.rs` runs with the
+    /// production default (every sensitive operation held).
     pub async fn start(db: TestDb) -> TestServer {
-        Self::start_with(db, ServiceSettings::default()).await
+        Self::start_with(db, Self::single_officer()).await
+    }
+
+    /// The default timings with dual control off.
+    pub fn single_officer() -> ServiceSettings {
+        ServiceSettings {
+            dual_control: Vec::new(),
+            ..ServiceSettings::default()
+        }
     }
 
     /// As [`TestServer::start`], with other timings.
@@ -186,4 +196,31 @@ where
         let server = f(server).await;
         server.stop().await;
     }
+}
+
+/// The gRPC code and message of a call that must fail.
+pub fn status_of<T: std::fmt::Debug>(
+    r: Result<T, brandkms_clients::ClientError>,
+) -> (tonic::Code, String) {
+    match r {
+        Err(brandkms_clients::ClientError::Status { code, message }) => (code, message),
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+/// Audit records, oldest first (at most 1000), optionally of one operation.
+pub async fn audit_records(
+    officer: &Client,
+    operation: &str,
+) -> Vec<brandkms_proto::v1::AuditRecord> {
+    officer
+        .admin()
+        .list_audit(brandkms_proto::v1::ListAuditRequest {
+            operation: operation.into(),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .records
 }

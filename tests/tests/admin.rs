@@ -9,9 +9,8 @@
 
 use std::time::Duration;
 
-use brandkms_clients::{Client, ClientError};
 use brandkms_proto::v1 as pb;
-use brandkms_tests::{TestServer, on_each_database};
+use brandkms_tests::{TestServer, audit_records, on_each_database, status_of};
 use tonic::Code;
 
 fn card_key(alias: &str) -> pb::CreateKeyRequest {
@@ -42,25 +41,6 @@ fn entity(id: &str, kind: pb::EntityKind) -> pb::RegisterEntityRequest {
     }
 }
 
-fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (Code, String) {
-    match r {
-        Err(ClientError::Status { code, message }) => (code, message),
-        other => panic!("expected a status, got {other:?}"),
-    }
-}
-
-async fn audit(officer: &Client) -> Vec<pb::AuditRecord> {
-    officer
-        .admin()
-        .list_audit(pb::ListAuditRequest {
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .records
-}
-
 #[tokio::test]
 async fn refusals_get_the_right_status_and_are_audited() {
     on_each_database(|s: TestServer| async move {
@@ -85,7 +65,7 @@ async fn refusals_get_the_right_status_and_are_audited() {
 
         // Another CA's certificate, claiming to be an officer.
         let foreign = s.client("foreign-officer-1").await;
-        let (c, m) = code(
+        let (c, m) = status_of(
             foreign
                 .admin()
                 .list_keys(pb::ListKeysRequest::default())
@@ -96,7 +76,7 @@ async fn refusals_get_the_right_status_and_are_audited() {
 
         // A brand certificate for an entity nobody registered.
         let unknown = s.client("cybershop-l").await;
-        let (c, m) = code(
+        let (c, m) = status_of(
             unknown
                 .admin()
                 .list_keys(pb::ListKeysRequest::default())
@@ -107,7 +87,7 @@ async fn refusals_get_the_right_status_and_are_audited() {
 
         // A suspended entity.
         let suspended = s.client("issuer-2-4").await;
-        let (c, m) = code(
+        let (c, m) = status_of(
             suspended
                 .admin()
                 .list_keys(pb::ListKeysRequest::default())
@@ -118,11 +98,11 @@ async fn refusals_get_the_right_status_and_are_audited() {
 
         // An active entity that is not an officer.
         let issuer = s.client("issuer-2-3").await;
-        let (c, m) = code(issuer.admin().create_key(card_key("key-x")).await);
+        let (c, m) = status_of(issuer.admin().create_key(card_key("key-x")).await);
         assert_eq!(c, Code::PermissionDenied, "{m}");
         assert!(m.starts_with("rule 7"), "{m}");
 
-        let records = audit(&officer).await;
+        let records = audit_records(&officer, "").await;
         let denied = |caller: &str| {
             records.iter().any(|r| {
                 r.caller == caller && r.outcome == "denied" && !r.cert_fingerprint.is_empty()
@@ -205,7 +185,7 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
             ),
         ];
         for (what, req) in bad_keys {
-            let (c, m) = code(admin.create_key(req).await);
+            let (c, m) = status_of(admin.create_key(req).await);
             assert_eq!(c, Code::InvalidArgument, "{}: {what}: {m}", s.backend);
         }
         admin
@@ -216,7 +196,7 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
             })
             .await
             .unwrap();
-        let (c, m) = code(
+        let (c, m) = status_of(
             admin
                 .schedule_key_version_destruction(pb::ScheduleKeyVersionDestructionRequest {
                     alias: "key-a".into(),
@@ -255,7 +235,7 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
                 },
             ),
         ] {
-            let (c, m) = code(admin.create_tie_up(req).await);
+            let (c, m) = status_of(admin.create_tie_up(req).await);
             assert_eq!(c, Code::InvalidArgument, "{what}: {m}");
         }
 
@@ -281,7 +261,7 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
             "no token object was created"
         );
         // Each refusal is audited with its reason.
-        let failed = audit(&officer)
+        let failed = audit_records(&officer, "")
             .await
             .into_iter()
             .filter(|r| r.outcome == "failed")
@@ -305,7 +285,7 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
     for db in brandkms::testing::databases().await {
         let service = brandkms::config::ServiceSettings {
             destruction_check_secs: 1,
-            ..Default::default()
+            ..TestServer::single_officer()
         };
         let s = TestServer::start_with(db, service).await;
         let officer = s.client("officer-1").await;
@@ -319,6 +299,8 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
                 alias: "key-a".into(),
             })
             .await
+            .unwrap()
+            .done()
             .unwrap();
         let states: Vec<i32> = rotated.versions.iter().map(|v| v.state).collect();
         assert_eq!(
@@ -333,7 +315,7 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
         assert!(s.state.hsm.run(move |h| h.exists(&v1)).await.unwrap());
 
         // Only a retired version is scheduled; it waits, and can be cancelled.
-        let (c, _) = code(
+        let (c, _) = status_of(
             admin
                 .schedule_key_version_destruction(destroy("key-a", 1, Some(1)))
                 .await,
@@ -343,6 +325,8 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
         let pending = admin
             .schedule_key_version_destruction(destroy("key-a", 1, Some(1)))
             .await
+            .unwrap()
+            .done()
             .unwrap();
         assert_eq!(
             pending.versions[0].state,
@@ -367,6 +351,8 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
         let pending = admin
             .schedule_key_version_destruction(destroy("key-a", 1, None))
             .await
+            .unwrap()
+            .done()
             .unwrap();
         assert_eq!(
             pending.versions[0].destroy_after - pending.versions[0].state_changed_at,
@@ -391,7 +377,7 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
         }
         let v1 = version_id(&s, "key-a", 1).await;
         assert!(!s.state.hsm.run(move |h| h.exists(&v1)).await.unwrap());
-        let (c, _) = code(
+        let (c, _) = status_of(
             admin
                 .cancel_key_version_destruction(pb::CancelKeyVersionDestructionRequest {
                     alias: "key-a".into(),
@@ -401,7 +387,7 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
         );
         assert_eq!(c, Code::FailedPrecondition);
         assert!(
-            audit(&officer)
+            audit_records(&officer, "")
                 .await
                 .iter()
                 .any(|r| r.operation == "scheduler.destroy_key_version")
@@ -502,7 +488,7 @@ async fn entities_and_tie_ups_round_trip() {
             .register_entity(entity("bank-center-b", pb::EntityKind::BankCenter))
             .await
             .unwrap();
-        let (c, _) = code(
+        let (c, _) = status_of(
             admin
                 .register_entity(entity("issuer-2-3", pb::EntityKind::Issuer))
                 .await,
@@ -527,10 +513,12 @@ async fn entities_and_tie_ups_round_trip() {
                 ..Default::default()
             })
             .await
+            .unwrap()
+            .done()
             .unwrap();
         assert_eq!(t.state, pb::TieUpState::Active as i32);
         assert_eq!(t.keys.len(), 2);
-        let (c, m) = code(
+        let (c, m) = status_of(
             admin
                 .create_tie_up(pb::CreateTieUpRequest {
                     entity_id: "bank-center-b".into(),
@@ -553,6 +541,8 @@ async fn entities_and_tie_ups_round_trip() {
                 ..Default::default()
             })
             .await
+            .unwrap()
+            .done()
             .unwrap();
         assert_eq!(updated.state, pb::TieUpState::Suspended as i32);
         assert_eq!(updated.valid_until, t.valid_from + 86_400_000);
@@ -561,7 +551,7 @@ async fn entities_and_tie_ups_round_trip() {
             .await
             .unwrap();
         assert_eq!(ended.state, pb::TieUpState::Terminated as i32);
-        let (c, _) = code(
+        let (c, _) = status_of(
             admin
                 .update_tie_up(pb::UpdateTieUpRequest {
                     id: t.id.clone(),
@@ -570,7 +560,7 @@ async fn entities_and_tie_ups_round_trip() {
                 .await,
         );
         assert_eq!(c, Code::FailedPrecondition);
-        let (c, _) = code(
+        let (c, _) = status_of(
             admin
                 .terminate_tie_up(pb::TieUpRef {
                     id: "tu-nope".into(),
@@ -597,7 +587,11 @@ async fn entities_and_tie_ups_round_trip() {
                 id: "issuer-2-3".into(),
             })
             .await;
-        assert_eq!(code(resumed).0, Code::FailedPrecondition, "already active");
+        assert_eq!(
+            status_of(resumed).0,
+            Code::FailedPrecondition,
+            "already active"
+        );
         s
     })
     .await;

@@ -13,19 +13,12 @@
 use std::time::Duration;
 
 use brandkms::hsm::ObjectId;
-use brandkms_clients::{Client, ClientError};
+use brandkms_clients::Client;
 use brandkms_proto::v1 as pb;
-use brandkms_tests::{TestServer, on_each_database};
+use brandkms_tests::{TestServer, on_each_database, status_of};
 use cryptoki::object::KeyType;
 use rsa::pkcs8::EncodePublicKey;
 use tonic::Code;
-
-fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (Code, String) {
-    match r {
-        Err(ClientError::Status { code, message }) => (code, message),
-        other => panic!("expected a status, got {other:?}"),
-    }
-}
 
 /// A participant's RSA key pair (in the test token) and its SPKI DER.
 async fn participant_rsa(s: &TestServer, bits: u64) -> (ObjectId, Vec<u8>) {
@@ -141,7 +134,7 @@ async fn seed(officer: &Client) {
         ),
         tie("cybershop-k", &[("key-a", Hold), ("key-k", Hold)], ""),
     ] {
-        admin.create_tie_up(t).await.unwrap();
+        admin.create_tie_up(t).await.unwrap().done().unwrap();
     }
 }
 
@@ -185,11 +178,11 @@ async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
 
         // A cybershop is never supplied, and is told the rule.
         let shop = s.client("cybershop-k").await;
-        let (c, m) = code(shop.distribution().request_key(request("key-a")).await);
+        let (c, m) = status_of(shop.distribution().request_key(request("key-a")).await);
         assert_eq!(c, Code::PermissionDenied);
         assert!(m.starts_with("rule 3 (cybershop_never_supplied)"), "{m}");
         let (_, spki) = participant_rsa(&s, 2048).await;
-        let (c, m) = code(
+        let (c, m) = status_of(
             shop.distribution()
                 .establish_transport_key(pb::EstablishTransportKeyRequest {
                     rsa_public_key_spki_der: spki,
@@ -201,7 +194,7 @@ async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
         // The bank centre needs issuer 2-3's consent; revoking it denies again.
         let bank = s.client("bank-center-b").await;
         let bank_transport = establish(&s, &bank).await;
-        let (c, m) = code(bank.distribution().request_key(request("key-a")).await);
+        let (c, m) = status_of(bank.distribution().request_key(request("key-a")).await);
         assert_eq!(c, Code::PermissionDenied);
         assert!(m.starts_with("rule 4 (consent_missing)"), "{m}");
         let consent = pb::ConsentRequest {
@@ -229,7 +222,7 @@ async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
             .await
             .unwrap();
         assert!(!revoked.standing);
-        let (c, m) = code(bank.distribution().request_key(request("key-a")).await);
+        let (c, m) = status_of(bank.distribution().request_key(request("key-a")).await);
         assert_eq!(c, Code::PermissionDenied);
         assert!(m.starts_with("rule 4"), "{m}");
 
@@ -240,6 +233,8 @@ async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
                 alias: "key-a".into(),
             })
             .await
+            .unwrap()
+            .done()
             .unwrap();
         let entitled = issuer
             .distribution()
@@ -295,7 +290,7 @@ async fn bad_distribution_inputs_get_precise_statuses() {
         let mut dist = issuer.distribution();
 
         let (_, small) = participant_rsa(&s, 1024).await;
-        let (c, m) = code(
+        let (c, m) = status_of(
             dist.establish_transport_key(pb::EstablishTransportKeyRequest {
                 rsa_public_key_spki_der: small,
             })
@@ -303,7 +298,7 @@ async fn bad_distribution_inputs_get_precise_statuses() {
         );
         assert_eq!(c, Code::InvalidArgument, "{m}");
         assert!(m.contains("1024 bits"), "{m}");
-        let (c, _) = code(
+        let (c, _) = status_of(
             dist.establish_transport_key(pb::EstablishTransportKeyRequest {
                 rsa_public_key_spki_der: vec![0x30, 0x03, 1, 2, 3],
             })
@@ -312,9 +307,9 @@ async fn bad_distribution_inputs_get_precise_statuses() {
         assert_eq!(c, Code::InvalidArgument);
 
         establish(&s, &issuer).await;
-        let (c, _) = code(dist.request_key(request("key-zz")).await);
+        let (c, _) = status_of(dist.request_key(request("key-zz")).await);
         assert_eq!(c, Code::NotFound);
-        let (c, _) = code(
+        let (c, _) = status_of(
             dist.request_key(pb::RequestKeyRequest {
                 alias: "key-a".into(),
                 version: Some(9),
@@ -330,6 +325,8 @@ async fn bad_distribution_inputs_get_precise_statuses() {
                 alias: "key-b".into(),
             })
             .await
+            .unwrap()
+            .done()
             .unwrap();
         admin
             .set_key_version_state(pb::SetKeyVersionStateRequest {
@@ -346,12 +343,14 @@ async fn bad_distribution_inputs_get_precise_statuses() {
                 waiting_days: Some(1),
             })
             .await
+            .unwrap()
+            .done()
             .unwrap();
         s.state.clock.advance(Duration::from_secs(2 * 86_400));
         brandkms::ops::keys::run_due_destructions(&s.state)
             .await
             .unwrap();
-        let (c, m) = code(
+        let (c, m) = status_of(
             dist.request_key(pb::RequestKeyRequest {
                 alias: "key-b".into(),
                 version: Some(1),
@@ -363,7 +362,7 @@ async fn bad_distribution_inputs_get_precise_statuses() {
 
         // Consent by an issuer for a key that is not its own.
         let other = s.client("issuer-2-4").await;
-        let (c, m) = code(
+        let (c, m) = status_of(
             other
                 .distribution()
                 .grant_consent(pb::ConsentRequest {

@@ -43,6 +43,22 @@ enum Command {
     /// Key deliveries.
     #[command(subcommand)]
     Distribution(DistributionCommand),
+    /// Proposals held for a second officer (dual control).
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+    /// Approve another officer's proposal: the operation runs, as you.
+    Approve {
+        /// The approval id (ap-...).
+        id: String,
+    },
+    /// Reject a proposal (the proposer may withdraw their own).
+    Reject {
+        /// The approval id (ap-...).
+        id: String,
+        /// Why (recorded; no secrets).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -223,6 +239,16 @@ enum DistributionCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// List proposals, newest first.
+    List {
+        /// Only in this state: pending, approved, rejected, expired.
+        #[arg(long)]
+        state: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// List records, oldest first (the newest LIMIT).
     List {
@@ -372,7 +398,7 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
                 out.key(&key);
             }
             KeyCommand::Rotate { alias } => {
-                out.key(&admin.rotate_key(pb::RotateKeyRequest { alias }).await?)
+                out.key_change(admin.rotate_key(pb::RotateKeyRequest { alias }).await?)
             }
             KeyCommand::List { class } => {
                 let class = class
@@ -409,8 +435,8 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
                 alias,
                 version,
                 days,
-            } => out.key(
-                &admin
+            } => out.key_change(
+                admin
                     .schedule_key_version_destruction(pb::ScheduleKeyVersionDestructionRequest {
                         alias,
                         version,
@@ -493,7 +519,7 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
                         per_transaction_limit: terms.limit,
                     })
                     .await?;
-                out.tie_ups(&[t]);
+                out.tie_up_change(t);
             }
             TieUpCommand::Update {
                 id,
@@ -522,7 +548,7 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
                         state,
                     })
                     .await?;
-                out.tie_ups(&[t]);
+                out.tie_up_change(t);
             }
             TieUpCommand::Terminate { id } => {
                 out.tie_ups(&[admin.terminate_tie_up(pb::TieUpRef { id }).await?])
@@ -545,6 +571,32 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
                 .await?
                 .distributions,
         ),
+        Command::Approvals(ApprovalsCommand::List { state }) => {
+            let state = state
+                .map(|s| {
+                    wire_enum(
+                        "approval state",
+                        "APPROVAL_STATE_",
+                        &s,
+                        pb::ApprovalState::from_str_name,
+                    )
+                })
+                .transpose()?
+                .map_or(0, |s| s as i32);
+            out.approvals(
+                &admin
+                    .list_approvals(pb::ListApprovalsRequest { state })
+                    .await?
+                    .approvals,
+            );
+        }
+        Command::Approve { id } => out.approved(admin.approve(pb::ApprovalRef { id }).await?),
+        Command::Reject { id, reason } => out.approvals(&[admin
+            .reject(pb::RejectRequest {
+                id,
+                reason: reason.unwrap_or_default(),
+            })
+            .await?]),
         Command::Audit(a) => match a {
             AuditCommand::List {
                 from,

@@ -113,6 +113,23 @@ fn tie_up_json(t: &pb::TieUp) -> Value {
     })
 }
 
+fn approval_state(v: i32) -> String {
+    pb::ApprovalState::try_from(v)
+        .map(|s| enum_name(s.as_str_name(), "APPROVAL_STATE_"))
+        .unwrap_or_else(|_| v.to_string())
+}
+
+fn approval_json(a: &pb::Approval) -> Value {
+    json!({
+        "id": a.id, "operation": a.operation, "rule": a.rule, "summary": a.summary,
+        "proposer": a.proposer, "created_at": a.created_at, "expires_at": a.expires_at,
+        "state": approval_state(a.state),
+        "decided_by": (!a.decided_by.is_empty()).then_some(&a.decided_by),
+        "decided_at": (a.decided_at > 0).then_some(a.decided_at),
+        "reason": (!a.reason.is_empty()).then_some(&a.reason),
+    })
+}
+
 fn audit_json(r: &pb::AuditRecord) -> Value {
     json!({
         "seq": r.seq, "at": r.at, "caller": r.caller,
@@ -324,6 +341,98 @@ impl Output {
             })
             .collect();
         table(&["TIME", "KEY", "KCV", "TO", "UNDER"], &rows);
+    }
+
+    /// A key operation's answer: the key, or the proposal awaiting approval.
+    pub fn key_change(&self, c: pb::KeyChange) {
+        match c.result {
+            Some(pb::key_change::Result::Key(k)) => self.key(&k),
+            Some(pb::key_change::Result::Pending(a)) => self.pending(&a),
+            None => self.print_json(&Value::Null),
+        }
+    }
+
+    /// A tie-up change's answer: the tie-up, or the proposal awaiting approval.
+    pub fn tie_up_change(&self, c: pb::TieUpChange) {
+        match c.result {
+            Some(pb::tie_up_change::Result::TieUp(t)) => self.tie_ups(&[t]),
+            Some(pb::tie_up_change::Result::Pending(a)) => self.pending(&a),
+            None => self.print_json(&Value::Null),
+        }
+    }
+
+    fn pending(&self, a: &pb::Approval) {
+        if self.json {
+            return self.print_json(&json!({ "pending": approval_json(a) }));
+        }
+        println!(
+            "held for a second officer as {} (dual control {}, expires {}):\n  {}\nanother officer runs it with: kmsctl approve {}",
+            a.id,
+            a.rule,
+            time(a.expires_at),
+            a.summary,
+            a.id
+        );
+    }
+
+    /// What approving did: the approval and the operation's result.
+    pub fn approved(&self, r: pb::ApproveResponse) {
+        if self.json {
+            let result = match &r.result {
+                Some(pb::approve_response::Result::Key(k)) => json!({ "key": key_json(k) }),
+                Some(pb::approve_response::Result::TieUp(t)) => json!({ "tie_up": tie_up_json(t) }),
+                None => Value::Null,
+            };
+            return self.print_json(&json!({
+                "approval": r.approval.as_ref().map(approval_json),
+                "result": result,
+            }));
+        }
+        if let Some(a) = &r.approval {
+            println!("approved {}: {}", a.id, a.summary);
+        }
+        match r.result {
+            Some(pb::approve_response::Result::Key(k)) => self.key(&k),
+            Some(pb::approve_response::Result::TieUp(t)) => self.tie_ups(&[t]),
+            None => {}
+        }
+    }
+
+    /// Proposals.
+    pub fn approvals(&self, list: &[pb::Approval]) {
+        if self.json {
+            return self.print_json(&Value::Array(list.iter().map(approval_json).collect()));
+        }
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|a| {
+                vec![
+                    a.id.clone(),
+                    approval_state(a.state),
+                    a.proposer.clone(),
+                    time(a.created_at),
+                    time(a.expires_at),
+                    if a.decided_by.is_empty() {
+                        "-".to_string()
+                    } else {
+                        a.decided_by.clone()
+                    },
+                    a.summary.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID",
+                "STATE",
+                "PROPOSER",
+                "PROPOSED",
+                "EXPIRES",
+                "DECIDED BY",
+                "WHAT",
+            ],
+            &rows,
+        );
     }
 
     /// Audit records.

@@ -294,6 +294,22 @@ pub async fn set_state(
     get(state, alias).await
 }
 
+/// Whether a version may be scheduled for destruction: retired, and not internal.
+pub fn check_schedulable(key: &KeyRecord, v: &KeyVersionRecord) -> Result<(), ServiceError> {
+    if key.class == KeyClass::Internal {
+        return Err(ServiceError::FailedPrecondition(
+            "internal keys are never destroyed through the Admin service".to_string(),
+        ));
+    }
+    if v.state != KeyState::Retired {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "only a retired version can be scheduled for destruction; version {} is {}",
+            v.version, v.state
+        )));
+    }
+    Ok(())
+}
+
 /// Schedules a retired version's destruction after `waiting_days` (at least 1).
 pub async fn schedule_destruction(
     state: &AppState,
@@ -314,17 +330,7 @@ pub async fn schedule_destruction(
         )
         .await?;
     let (key, v) = version_in_tx(&mut tx, alias, version).await?;
-    if key.class == KeyClass::Internal {
-        return Err(ServiceError::FailedPrecondition(
-            "internal keys are never destroyed through the Admin service".to_string(),
-        ));
-    }
-    if v.state != KeyState::Retired {
-        return Err(ServiceError::FailedPrecondition(format!(
-            "only a retired version can be scheduled for destruction; version {version} is {}",
-            v.state
-        )));
-    }
+    check_schedulable(&key, &v)?;
     let now = state.clock.now_ms();
     let due = now.saturating_add(i64::from(waiting_days).saturating_mul(DAY_MS));
     rows::set_state(

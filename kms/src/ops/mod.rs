@@ -2,6 +2,7 @@
 //! `NotFound` / `FailedPrecondition`, the state change and its audit record in one
 //! transaction. No gRPC types here.
 
+pub mod approvals;
 pub mod distribution;
 pub mod entities;
 pub mod keys;

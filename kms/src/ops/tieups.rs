@@ -73,6 +73,31 @@ async fn check_keys(conn: &mut Conn, tie_keys: &[(String, TieUpMode)]) -> Result
     Ok(())
 }
 
+/// Checks a tie-up to record against the store: the entity, the sponsor and the
+/// keys exist and fit, and the window is ordered.
+pub async fn check_create(
+    conn: &mut Conn,
+    input: &CreateTieUp,
+    now: i64,
+) -> Result<(), ServiceError> {
+    entities::get(conn, &input.entity_id)
+        .await?
+        .ok_or_else(|| invalid(format!("unknown entity {:?}", input.entity_id)))?;
+    if let Some(sponsor) = &input.sponsor_issuer {
+        let s = entities::get(conn, sponsor)
+            .await?
+            .ok_or_else(|| invalid(format!("unknown sponsoring issuer {sponsor:?}")))?;
+        if s.kind != EntityKind::Issuer {
+            return Err(invalid(format!(
+                "sponsor {sponsor:?} is a {}, not an issuer",
+                s.kind
+            )));
+        }
+    }
+    check_keys(conn, &input.keys).await?;
+    check_window(input.valid_from.unwrap_or(now), input.valid_until)
+}
+
 /// Records a tie-up, active.
 pub async fn create(
     state: &AppState,
@@ -87,29 +112,13 @@ pub async fn create(
             Some(format!("tie-up {id} for {}", input.entity_id)),
         ))
         .await?;
-    entities::get(&mut tx, &input.entity_id)
-        .await?
-        .ok_or_else(|| invalid(format!("unknown entity {:?}", input.entity_id)))?;
-    if let Some(sponsor) = &input.sponsor_issuer {
-        let s = entities::get(&mut tx, sponsor)
-            .await?
-            .ok_or_else(|| invalid(format!("unknown sponsoring issuer {sponsor:?}")))?;
-        if s.kind != EntityKind::Issuer {
-            return Err(invalid(format!(
-                "sponsor {sponsor:?} is a {}, not an issuer",
-                s.kind
-            )));
-        }
-    }
-    check_keys(&mut tx, &input.keys).await?;
-    let valid_from = input.valid_from.unwrap_or(now);
-    check_window(valid_from, input.valid_until)?;
+    check_create(&mut tx, &input, now).await?;
     let record = TieUpRecord {
         id,
         entity_id: input.entity_id,
         state: TieUpState::Active,
         keys: input.keys,
-        valid_from,
+        valid_from: input.valid_from.unwrap_or(now),
         valid_until: input.valid_until,
         sponsor_issuer: input.sponsor_issuer,
         per_transaction_limit: input.per_transaction_limit,
@@ -121,30 +130,26 @@ pub async fn create(
     Ok(record)
 }
 
-/// Changes a tie-up that is not terminated.
-pub async fn update(
-    state: &AppState,
-    caller: &Caller,
-    input: UpdateTieUp,
-) -> Result<TieUpRecord, ServiceError> {
-    let mut tx = state
-        .begin_audited(&caller.event("Admin/UpdateTieUp").outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("tie-up {}", input.id)),
-        ))
-        .await?;
-    let mut t = rows::get(&mut tx, &input.id)
+/// The tie-up as `input` would leave it, checked against the store (the tie-up
+/// exists and is not terminated; keys and window fit).
+pub async fn updated(
+    conn: &mut Conn,
+    input: &UpdateTieUp,
+    now: i64,
+) -> Result<(TieUpRecord, TieUpRecord), ServiceError> {
+    let before = rows::get(conn, &input.id)
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no tie-up {:?}", input.id)))?;
-    if t.state == TieUpState::Terminated {
+    if before.state == TieUpState::Terminated {
         return Err(ServiceError::FailedPrecondition(format!(
             "tie-up {:?} is terminated",
             input.id
         )));
     }
-    if let Some(k) = input.keys {
-        check_keys(&mut tx, &k).await?;
-        t.keys = k;
+    let mut t = before.clone();
+    if let Some(k) = &input.keys {
+        check_keys(conn, k).await?;
+        t.keys = k.clone();
     }
     if let Some(from) = input.valid_from {
         t.valid_from = from;
@@ -162,7 +167,23 @@ pub async fn update(
         }
         t.state = s;
     }
-    t.updated_at = state.clock.now_ms();
+    t.updated_at = now;
+    Ok((before, t))
+}
+
+/// Changes a tie-up that is not terminated.
+pub async fn update(
+    state: &AppState,
+    caller: &Caller,
+    input: UpdateTieUp,
+) -> Result<TieUpRecord, ServiceError> {
+    let mut tx = state
+        .begin_audited(&caller.event("Admin/UpdateTieUp").outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("tie-up {}", input.id)),
+        ))
+        .await?;
+    let (_, t) = updated(&mut tx, &input, state.clock.now_ms()).await?;
     rows::update(&mut tx, &t).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(t)

@@ -1,16 +1,23 @@
 //! The `Admin` service: officers manage keys, participants, tie-ups and read the
 //! audit trail. Every call is audited; state changes commit with their record.
 
-use brandkms_policy::EntityStatus;
+use brandkms_policy::{EntityStatus, SensitiveOperation, TieUpMode, widens_supply};
 use brandkms_proto::v1 as pb;
 use brandkms_proto::v1::admin_server::Admin;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, name, version};
-use super::{AppState, Shared, audited, audited_read, invalid, officer};
-use crate::ops::keys::{CreateKey, DEFAULT_WAITING_DAYS};
+use super::{AppState, Caller, ServiceError, Shared, audited, audited_read, invalid, officer};
+use crate::audit::ApprovalClosing;
+use crate::ops::approvals::{self, Change};
+use crate::ops::distribution::policy_tie_up;
+use crate::ops::keys::{CreateKey, DEFAULT_WAITING_DAYS, KeyView};
+use crate::ops::tieups::{CreateTieUp, UpdateTieUp};
 use crate::ops::{entities, keys, tieups};
+use crate::store::approvals::ApprovalRecord;
 use crate::store::audit::{self as audit_rows, AuditFilter};
+use crate::store::tieups::TieUpRecord;
 
 /// The `Admin` service.
 #[derive(Debug, Clone)]
@@ -50,16 +57,19 @@ impl Admin for AdminService {
     async fn rotate_key(
         &self,
         request: Request<pb::RotateKeyRequest>,
-    ) -> Result<Response<pb::Key>, Status> {
-        const OP: &str = "Admin/RotateKey";
-        let caller = officer(self.state(), &request, OP).await?;
+    ) -> Result<Response<pb::KeyChange>, Status> {
+        let caller = officer(self.state(), &request, ROTATE).await?;
         let r = request.into_inner();
-        let result = match name("alias", &r.alias) {
-            Ok(alias) => keys::rotate(self.state(), &caller, &alias).await,
-            Err(e) => Err(e),
-        };
-        let view = audited(self.state(), &caller, OP, Some((&r.alias, None)), result).await?;
-        Ok(Response::new(view.into()))
+        let result = self.rotate(&caller, &r).await;
+        let change = audited(
+            self.state(),
+            &caller,
+            ROTATE,
+            Some((&r.alias, None)),
+            result,
+        )
+        .await?;
+        Ok(Response::new(key_change(change)))
     }
 
     async fn set_key_version_state(
@@ -90,33 +100,13 @@ impl Admin for AdminService {
     async fn schedule_key_version_destruction(
         &self,
         request: Request<pb::ScheduleKeyVersionDestructionRequest>,
-    ) -> Result<Response<pb::Key>, Status> {
-        const OP: &str = "Admin/ScheduleKeyVersionDestruction";
-        let caller = officer(self.state(), &request, OP).await?;
+    ) -> Result<Response<pb::KeyChange>, Status> {
+        let caller = officer(self.state(), &request, DESTROY).await?;
         let r = request.into_inner();
-        let result = async {
-            let alias = name("alias", &r.alias)?;
-            let v = version(r.version)?;
-            let days = match r.waiting_days {
-                None => DEFAULT_WAITING_DAYS,
-                Some(0) => return Err(invalid("waiting period must be at least 1 day")),
-                Some(d) if d > 3650 => {
-                    return Err(invalid("waiting period must be at most 3650 days"));
-                }
-                Some(d) => d,
-            };
-            keys::schedule_destruction(self.state(), &caller, &alias, v, days).await
-        }
-        .await;
-        let view = audited(
-            self.state(),
-            &caller,
-            OP,
-            Some((&r.alias, Some(r.version))),
-            result,
-        )
-        .await?;
-        Ok(Response::new(view.into()))
+        let result = self.schedule_destruction(&caller, &r).await;
+        let key = Some((r.alias.as_str(), Some(r.version)));
+        let change = audited(self.state(), &caller, DESTROY, key, result).await?;
+        Ok(Response::new(key_change(change)))
     }
 
     async fn cancel_key_version_destruction(
@@ -217,29 +207,21 @@ impl Admin for AdminService {
     async fn create_tie_up(
         &self,
         request: Request<pb::CreateTieUpRequest>,
-    ) -> Result<Response<pb::TieUp>, Status> {
-        const OP: &str = "Admin/CreateTieUp";
-        let caller = officer(self.state(), &request, OP).await?;
-        let result = match request.into_inner().try_into() {
-            Ok(input) => tieups::create(self.state(), &caller, input).await,
-            Err(e) => Err(e),
-        };
-        let t = audited(self.state(), &caller, OP, None, result).await?;
-        Ok(Response::new(t.into()))
+    ) -> Result<Response<pb::TieUpChange>, Status> {
+        let caller = officer(self.state(), &request, CREATE_TIE_UP).await?;
+        let result = self.create_tie_up_change(&caller, request.get_ref()).await;
+        let change = audited(self.state(), &caller, CREATE_TIE_UP, None, result).await?;
+        Ok(Response::new(tie_up_change(change)))
     }
 
     async fn update_tie_up(
         &self,
         request: Request<pb::UpdateTieUpRequest>,
-    ) -> Result<Response<pb::TieUp>, Status> {
-        const OP: &str = "Admin/UpdateTieUp";
-        let caller = officer(self.state(), &request, OP).await?;
-        let result = match request.into_inner().try_into() {
-            Ok(input) => tieups::update(self.state(), &caller, input).await,
-            Err(e) => Err(e),
-        };
-        let t = audited(self.state(), &caller, OP, None, result).await?;
-        Ok(Response::new(t.into()))
+    ) -> Result<Response<pb::TieUpChange>, Status> {
+        let caller = officer(self.state(), &request, UPDATE_TIE_UP).await?;
+        let result = self.update_tie_up_change(&caller, request.get_ref()).await;
+        let change = audited(self.state(), &caller, UPDATE_TIE_UP, None, result).await?;
+        Ok(Response::new(tie_up_change(change)))
     }
 
     async fn terminate_tie_up(
@@ -322,6 +304,82 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn list_approvals(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        const OP: &str = "Admin/ListApprovals";
+        let caller = officer(self.state(), &request, OP).await?;
+        let r = request.into_inner();
+        let result =
+            async { approvals::list(self.state(), convert::approval_state(r.state)?).await }.await;
+        let list = audited_read(self.state(), &caller, OP, None, result).await?;
+        let now = self.state().clock.now_ms();
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals: list.iter().map(|a| convert::approval(a, now)).collect(),
+        }))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApprovalRef>,
+    ) -> Result<Response<pb::ApproveResponse>, Status> {
+        const OP: &str = "Admin/Approve";
+        let caller = officer(self.state(), &request, OP).await?;
+        let r = request.into_inner();
+        let result = async {
+            let id = name("approval id", &r.id)?;
+            let now = self.state().clock.now_ms();
+            let record = {
+                let mut conn = self.state().store.conn().await?;
+                approvals::pending(&mut conn, &id, now).await?
+            };
+            approvals::check_approver(&caller, &record, now)?;
+            let mut acting = caller.clone();
+            acting.approving = Some(ApprovalClosing {
+                id: record.id.clone(),
+                proposer: record.proposer.clone(),
+            });
+            let result = self.carry_out(&acting, &record).await?;
+            Ok((approvals::get(self.state(), &id).await?, result))
+        }
+        .await;
+        let (record, result) = audited(self.state(), &caller, OP, None, result).await?;
+        Ok(Response::new(pb::ApproveResponse {
+            approval: Some(convert::approval(&record, self.state().clock.now_ms())),
+            result: Some(result),
+        }))
+    }
+
+    async fn reject(
+        &self,
+        request: Request<pb::RejectRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        const OP: &str = "Admin/Reject";
+        let caller = officer(self.state(), &request, OP).await?;
+        let r = request.into_inner();
+        let result = async {
+            let id = name("approval id", &r.id)?;
+            let reason = match r.reason.trim() {
+                "" => None,
+                t if t.chars().count() > 500 => {
+                    return Err(invalid("reason is at most 500 characters"));
+                }
+                t if t.chars().any(char::is_control) => {
+                    return Err(invalid("reason must not hold control characters"));
+                }
+                t => Some(t.to_string()),
+            };
+            approvals::reject(self.state(), &caller, &id, reason).await
+        }
+        .await;
+        let record = audited(self.state(), &caller, OP, None, result).await?;
+        Ok(Response::new(convert::approval(
+            &record,
+            self.state().clock.now_ms(),
+        )))
+    }
+
     async fn list_audit(
         &self,
         request: Request<pb::ListAuditRequest>,
@@ -393,4 +451,228 @@ impl AdminService {
         let entity = audited(self.state(), &caller, operation, None, result).await?;
         Ok(Response::new(entity.into()))
     }
+}
+
+const ROTATE: &str = "Admin/RotateKey";
+const DESTROY: &str = "Admin/ScheduleKeyVersionDestruction";
+const CREATE_TIE_UP: &str = "Admin/CreateTieUp";
+const UPDATE_TIE_UP: &str = "Admin/UpdateTieUp";
+
+fn key_change(change: Change<KeyView>) -> pb::KeyChange {
+    pb::KeyChange {
+        result: Some(match change {
+            Change::Done(view) => pb::key_change::Result::Key(view.into()),
+            Change::Held(a) => pb::key_change::Result::Pending(convert::approval(&a, a.created_at)),
+        }),
+    }
+}
+
+fn tie_up_change(change: Change<TieUpRecord>) -> pb::TieUpChange {
+    pb::TieUpChange {
+        result: Some(match change {
+            Change::Done(t) => pb::tie_up_change::Result::TieUp(t.into()),
+            Change::Held(a) => {
+                pb::tie_up_change::Result::Pending(convert::approval(&a, a.created_at))
+            }
+        }),
+    }
+}
+
+fn waiting_days(days: Option<u32>) -> Result<u32, ServiceError> {
+    match days {
+        None => Ok(DEFAULT_WAITING_DAYS),
+        Some(0) => Err(invalid("waiting period must be at least 1 day")),
+        Some(d) if d > 3650 => Err(invalid("waiting period must be at most 3650 days")),
+        Some(d) => Ok(d),
+    }
+}
+
+/// What an approved operation ran, for the caller.
+fn done<T>(change: Change<T>) -> Result<T, ServiceError> {
+    match change {
+        Change::Done(v) => Ok(v),
+        Change::Held(a) => Err(ServiceError::Internal(format!(
+            "carrying out an approval was held again as {}",
+            a.id
+        ))),
+    }
+}
+
+/// The four sensitive operations: each runs, or under dual control is checked
+/// as far as it can be now and becomes a proposal.
+impl AdminService {
+    async fn rotate(
+        &self,
+        caller: &Caller,
+        r: &pb::RotateKeyRequest,
+    ) -> Result<Change<KeyView>, ServiceError> {
+        let alias = name("alias", &r.alias)?;
+        let view = keys::get(self.state(), &alias).await?;
+        let rule = SensitiveOperation::RotateKey;
+        if approvals::holds(self.state(), caller, rule, Some(view.key.class)) {
+            let next = view.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            let summary = format!(
+                "rotate {} key {alias}: version {next} becomes active",
+                view.key.class
+            );
+            let key = Some((alias.as_str(), None));
+            let held = approvals::propose(self.state(), caller, ROTATE, rule, summary, key, r);
+            return held.await.map(Change::Held);
+        }
+        keys::rotate(self.state(), caller, &alias)
+            .await
+            .map(Change::Done)
+    }
+
+    async fn schedule_destruction(
+        &self,
+        caller: &Caller,
+        r: &pb::ScheduleKeyVersionDestructionRequest,
+    ) -> Result<Change<KeyView>, ServiceError> {
+        let alias = name("alias", &r.alias)?;
+        let v = version(r.version)?;
+        let days = waiting_days(r.waiting_days)?;
+        let view = keys::get(self.state(), &alias).await?;
+        let rule = SensitiveOperation::DestroyKeyVersion;
+        if approvals::holds(self.state(), caller, rule, Some(view.key.class)) {
+            let record = view
+                .versions
+                .iter()
+                .find(|x| x.version == v)
+                .ok_or_else(|| {
+                    ServiceError::NotFound(format!("key {alias:?} has no version {v}"))
+                })?;
+            keys::check_schedulable(&view.key, record)?;
+            let summary = format!(
+                "destroy version {v} of {} key {alias} after a waiting period of {days} days",
+                view.key.class
+            );
+            let held = approvals::propose(
+                self.state(),
+                caller,
+                DESTROY,
+                rule,
+                summary,
+                Some((alias.as_str(), Some(v))),
+                r,
+            );
+            return held.await.map(Change::Held);
+        }
+        keys::schedule_destruction(self.state(), caller, &alias, v, days)
+            .await
+            .map(Change::Done)
+    }
+
+    async fn create_tie_up_change(
+        &self,
+        caller: &Caller,
+        r: &pb::CreateTieUpRequest,
+    ) -> Result<Change<TieUpRecord>, ServiceError> {
+        let input = CreateTieUp::try_from(r.clone())?;
+        let rule = SensitiveOperation::CreateSupplyTieUp;
+        let supplies = input.keys.iter().any(|(_, m)| *m == TieUpMode::Supply);
+        if supplies && approvals::holds(self.state(), caller, rule, None) {
+            let now = self.state().clock.now_ms();
+            let mut conn = self.state().store.conn().await?;
+            tieups::check_create(&mut conn, &input, now).await?;
+            drop(conn);
+            let sponsor = input
+                .sponsor_issuer
+                .as_deref()
+                .map(|s| format!(", brought in by {s}"))
+                .unwrap_or_default();
+            let summary = format!(
+                "create a tie-up for {} covering {}{sponsor}",
+                input.entity_id,
+                covered(&input.keys)
+            );
+            let held =
+                approvals::propose(self.state(), caller, CREATE_TIE_UP, rule, summary, None, r);
+            return held.await.map(Change::Held);
+        }
+        tieups::create(self.state(), caller, input)
+            .await
+            .map(Change::Done)
+    }
+
+    async fn update_tie_up_change(
+        &self,
+        caller: &Caller,
+        r: &pb::UpdateTieUpRequest,
+    ) -> Result<Change<TieUpRecord>, ServiceError> {
+        let input = UpdateTieUp::try_from(r.clone())?;
+        let rule = SensitiveOperation::WidenSupplyTieUp;
+        if approvals::holds(self.state(), caller, rule, None) {
+            let now = self.state().clock.now_ms();
+            let mut conn = self.state().store.conn().await?;
+            let (before, after) = tieups::updated(&mut conn, &input, now).await?;
+            drop(conn);
+            if widens_supply(&policy_tie_up(&before), &policy_tie_up(&after)) {
+                let until = after
+                    .valid_until
+                    .map_or_else(|| "open-ended".to_string(), crate::clock::rfc3339);
+                let summary = format!(
+                    "widen tie-up {} of {}: {} covering {}, from {} until {until}",
+                    after.id,
+                    after.entity_id,
+                    after.state,
+                    covered(&after.keys),
+                    crate::clock::rfc3339(after.valid_from),
+                );
+                let held =
+                    approvals::propose(self.state(), caller, UPDATE_TIE_UP, rule, summary, None, r);
+                return held.await.map(Change::Held);
+            }
+        }
+        tieups::update(self.state(), caller, input)
+            .await
+            .map(Change::Done)
+    }
+
+    /// Runs an approved proposal's request as `acting` (the approving officer).
+    async fn carry_out(
+        &self,
+        acting: &Caller,
+        record: &ApprovalRecord,
+    ) -> Result<pb::approve_response::Result, ServiceError> {
+        use pb::approve_response::Result as Produced;
+        let payload = hex::decode(&record.payload)
+            .map_err(|e| ServiceError::Internal(format!("approval {}: {e}", record.id)))?;
+        let bad = |e: prost::DecodeError| {
+            ServiceError::Internal(format!("approval {} payload: {e}", record.id))
+        };
+        match record.operation.as_str() {
+            ROTATE => {
+                let r = pb::RotateKeyRequest::decode(payload.as_slice()).map_err(bad)?;
+                Ok(Produced::Key(done(self.rotate(acting, &r).await?)?.into()))
+            }
+            DESTROY => {
+                let r = pb::ScheduleKeyVersionDestructionRequest::decode(payload.as_slice())
+                    .map_err(bad)?;
+                let view = done(self.schedule_destruction(acting, &r).await?)?;
+                Ok(Produced::Key(view.into()))
+            }
+            CREATE_TIE_UP => {
+                let r = pb::CreateTieUpRequest::decode(payload.as_slice()).map_err(bad)?;
+                let t = done(self.create_tie_up_change(acting, &r).await?)?;
+                Ok(Produced::TieUp(t.into()))
+            }
+            UPDATE_TIE_UP => {
+                let r = pb::UpdateTieUpRequest::decode(payload.as_slice()).map_err(bad)?;
+                let t = done(self.update_tie_up_change(acting, &r).await?)?;
+                Ok(Produced::TieUp(t.into()))
+            }
+            other => Err(ServiceError::Internal(format!(
+                "approval {} holds an unknown operation {other:?}",
+                record.id
+            ))),
+        }
+    }
+}
+
+fn covered(keys: &[(String, TieUpMode)]) -> String {
+    keys.iter()
+        .map(|(a, m)| format!("{a}:{m}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

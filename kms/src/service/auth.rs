@@ -186,6 +186,7 @@ async fn identify(
     Ok(Some(Caller {
         entity,
         fingerprint: peer.fingerprint,
+        approving: None,
     }))
 }
 

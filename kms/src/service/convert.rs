@@ -8,9 +8,11 @@ use brandkms_policy::{
 use brandkms_proto::v1 as pb;
 
 use super::{ServiceError, invalid, valid_name};
+use crate::ops::approvals::{ApprovalState, state_at};
 use crate::ops::entities::RegisterEntity;
 use crate::ops::keys::{CreateKey, KeyView};
 use crate::ops::tieups::{CreateTieUp, UpdateTieUp};
+use crate::store::approvals::ApprovalRecord;
 use crate::store::audit::AuditRow;
 use crate::store::entities::EntityRecord;
 use crate::store::tieups::TieUpRecord;
@@ -59,6 +61,9 @@ enum_map!(entity_status, entity_status_wire, pb::EntityStatus, EntityStatus, "en
 });
 enum_map!(tie_up_mode, tie_up_mode_wire, pb::TieUpMode, TieUpMode, "tie-up mode", {
     Supply => Supply, Hold => Hold, ProxyLoad => ProxyLoad,
+});
+enum_map!(approval_state, approval_state_wire, pb::ApprovalState, ApprovalState, "approval state", {
+    Pending => Pending, Approved => Approved, Rejected => Rejected, Expired => Expired,
 });
 enum_map!(tie_up_state, tie_up_state_wire, pb::TieUpState, TieUpState, "tie-up state", {
     Active => Active, Suspended => Suspended, Terminated => Terminated,
@@ -306,5 +311,22 @@ impl From<AuditRow> for pb::AuditRecord {
             reason: r.reason.unwrap_or_default(),
             hash: r.hash,
         }
+    }
+}
+
+/// An approval as the wire shows it at `now` (expiry computed).
+pub fn approval(a: &ApprovalRecord, now: i64) -> pb::Approval {
+    pb::Approval {
+        id: a.id.clone(),
+        operation: a.operation.clone(),
+        rule: a.rule.clone(),
+        summary: a.summary.clone(),
+        proposer: a.proposer.clone(),
+        created_at: a.created_at,
+        expires_at: a.expires_at,
+        state: approval_state_wire(state_at(a, now)),
+        decided_by: a.decided_by.clone().unwrap_or_default(),
+        decided_at: a.decided_at.unwrap_or(0),
+        reason: a.reason.clone().unwrap_or_default(),
     }
 }

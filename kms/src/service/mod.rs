@@ -13,7 +13,7 @@ use std::sync::Arc;
 use brandkms_policy::DenyReason;
 use tonic::Status;
 
-use crate::audit::{AuditError, AuditEvent, Auditor, Outcome};
+use crate::audit::{ApprovalClosing, AuditError, AuditEvent, Auditor, Outcome};
 use crate::clock::Clock;
 use crate::config::ServiceSettings;
 use crate::hsm::{Hsm, HsmError};
@@ -57,6 +57,9 @@ pub struct Caller {
     pub entity: EntityRecord,
     /// SHA-256 of its certificate, hex.
     pub fingerprint: String,
+    /// Set while this officer carries out an approved proposal: the operation's
+    /// audit record closes the approval.
+    pub approving: Option<ApprovalClosing>,
 }
 
 impl Caller {
@@ -64,6 +67,7 @@ impl Caller {
     pub fn event(&self, operation: &str) -> AuditEvent {
         let mut e = AuditEvent::allowed(&self.entity.id, operation);
         e.cert_fingerprint = Some(self.fingerprint.clone());
+        e.closes_approval = self.approving.clone();
         e
     }
 
@@ -168,7 +172,10 @@ impl From<HsmError> for ServiceError {
 
 impl From<AuditError> for ServiceError {
     fn from(e: AuditError) -> Self {
-        ServiceError::Internal(format!("audit: {e}"))
+        match e {
+            AuditError::ApprovalNotPending(_) => ServiceError::FailedPrecondition(e.to_string()),
+            other => ServiceError::Internal(format!("audit: {other}")),
+        }
     }
 }
 
@@ -209,6 +216,14 @@ pub async fn audited<T>(
             let mut event = caller
                 .event(operation)
                 .outcome(e.outcome(), Some(e.audit_reason()));
+            // A failure closes nothing: the approval stays pending.
+            if let Some(closing) = event.closes_approval.take() {
+                event.reason = Some(format!(
+                    "{}; while carrying out approval {}",
+                    e.audit_reason(),
+                    closing.id
+                ));
+            }
             if let Some((alias, version)) = key {
                 event = event.key(alias, version);
             }

@@ -2,6 +2,7 @@
 //! one set of migrations (`kms/migrations`) run at start. Keys live only in the
 //! token; rows reference them by `CKA_ID`.
 
+pub mod approvals;
 pub mod audit;
 pub mod distribution;
 pub mod entities;

@@ -1,0 +1,201 @@
+//! Dual control (rule 7): the configured sensitive Admin operations become a
+//! proposal that a second, different officer approves before it runs. The
+//! proposal keeps the request as sent; approving runs it as the approving officer,
+//! and the operation's audit record closes the approval in the same transaction
+//! (see `AuditEvent::closes_approval`). Nothing is written when a proposal
+//! expires: it is pending past `expires_at`, reported as expired, and refused.
+
+use brandkms_policy::{KeyClass, Proposal, SensitiveOperation, can_approve, needs_second_officer};
+
+use crate::audit::Outcome;
+use crate::service::{AppState, Caller, ServiceError};
+use crate::store::approvals::{self as rows, ApprovalRecord, StoredState};
+use crate::store::{Conn, StoreError};
+
+/// What a sensitive operation did.
+#[derive(Clone, Debug)]
+pub enum Change<T> {
+    /// It ran.
+    Done(T),
+    /// It awaits a second officer.
+    Held(Box<ApprovalRecord>),
+}
+
+/// Where an approval stands, expiry included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApprovalState {
+    /// Awaiting a second officer.
+    Pending,
+    /// Approved; the operation ran.
+    Approved,
+    /// Rejected.
+    Rejected,
+    /// Pending past its expiry.
+    Expired,
+}
+
+/// The state of `r` at `now`.
+pub fn state_at(r: &ApprovalRecord, now: i64) -> ApprovalState {
+    match r.state {
+        StoredState::Approved => ApprovalState::Approved,
+        StoredState::Rejected => ApprovalState::Rejected,
+        StoredState::Pending if now >= r.expires_at => ApprovalState::Expired,
+        StoredState::Pending => ApprovalState::Pending,
+    }
+}
+
+/// Whether the service is configured to hold `op` (on a key of `class`, for the
+/// operations that concern keys) for a second officer. Never while `caller`
+/// is carrying out an approval.
+pub fn holds(
+    state: &AppState,
+    caller: &Caller,
+    op: SensitiveOperation,
+    class: Option<KeyClass>,
+) -> bool {
+    caller.approving.is_none()
+        && needs_second_officer(op, &state.settings.dual_control)
+        && class.is_none_or(|c| op.concerns(c))
+}
+
+/// Records a proposal for `operation` (with the request, encoded, to run later) and
+/// its audit record (outcome `held`), together.
+pub async fn propose(
+    state: &AppState,
+    caller: &Caller,
+    operation: &str,
+    rule: SensitiveOperation,
+    summary: String,
+    key: Option<(&str, Option<u32>)>,
+    request: &impl prost::Message,
+) -> Result<Box<ApprovalRecord>, ServiceError> {
+    let now = state.clock.now_ms();
+    let ttl_ms =
+        i64::try_from(state.settings.approval_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let id = format!("ap-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let record = ApprovalRecord {
+        id: id.clone(),
+        operation: operation.to_string(),
+        rule: rule.as_str().to_string(),
+        summary: summary.clone(),
+        payload: hex::encode(request.encode_to_vec()),
+        proposer: caller.entity.id.clone(),
+        created_at: now,
+        expires_at: now.saturating_add(ttl_ms),
+        state: StoredState::Pending,
+        decided_by: None,
+        decided_at: None,
+        reason: None,
+    };
+    let mut event = caller.event(operation).outcome(
+        Outcome::Held,
+        Some(format!(
+            "held for a second officer as {id} (rule 7, dual control {rule}): {summary}"
+        )),
+    );
+    if let Some((alias, version)) = key {
+        event = event.key(alias, version);
+    }
+    let mut tx = state.begin_audited(&event).await?;
+    rows::insert(&mut tx, &record).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Box::new(record))
+}
+
+/// Approvals, newest first, optionally only those in one state.
+pub async fn list(
+    state: &AppState,
+    only: Option<ApprovalState>,
+) -> Result<Vec<ApprovalRecord>, ServiceError> {
+    let now = state.clock.now_ms();
+    let mut conn = state.store.conn().await?;
+    Ok(rows::list(&mut conn)
+        .await?
+        .into_iter()
+        .filter(|r| only.is_none_or(|s| state_at(r, now) == s))
+        .collect())
+}
+
+/// The approval, if it can still be decided at `now`: `NotFound` when there is
+/// none, `FailedPrecondition` when it was decided or has expired.
+pub async fn pending(conn: &mut Conn, id: &str, now: i64) -> Result<ApprovalRecord, ServiceError> {
+    let r = rows::get(conn, id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no approval {id:?}")))?;
+    let by = r.decided_by.clone().unwrap_or_default();
+    match state_at(&r, now) {
+        ApprovalState::Pending => Ok(r),
+        ApprovalState::Approved => Err(ServiceError::FailedPrecondition(format!(
+            "approval {id} was already approved by {by}"
+        ))),
+        ApprovalState::Rejected => Err(ServiceError::FailedPrecondition(format!(
+            "approval {id} was rejected by {by}"
+        ))),
+        ApprovalState::Expired => Err(ServiceError::FailedPrecondition(format!(
+            "approval {id} expired at {}; it can no longer be approved: propose the operation again",
+            crate::clock::rfc3339(r.expires_at)
+        ))),
+    }
+}
+
+/// Rule 7: `caller` may approve `r` at `now` (an officer, not the proposer).
+pub fn check_approver(caller: &Caller, r: &ApprovalRecord, now: i64) -> Result<(), ServiceError> {
+    let proposal = Proposal {
+        proposer: r.proposer.clone(),
+        expires_at: r.expires_at,
+    };
+    can_approve(&caller.entity.id, caller.entity.kind, &proposal, now)
+        .into_result()
+        .map_err(ServiceError::Denied)
+}
+
+/// Rejects a pending approval (any officer, the proposer included, who thereby
+/// withdraws it), with its audit record.
+pub async fn reject(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    reason: Option<String>,
+) -> Result<ApprovalRecord, ServiceError> {
+    let now = state.clock.now_ms();
+    let mut tx = state
+        .begin_audited(&caller.event("Admin/Reject").outcome(
+            Outcome::Allowed,
+            Some(format!(
+                "rejects {id}{}",
+                reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )),
+        ))
+        .await?;
+    pending(&mut tx, id, now).await?;
+    if !rows::decide(
+        &mut tx,
+        id,
+        StoredState::Rejected,
+        &caller.entity.id,
+        now,
+        reason.as_deref(),
+    )
+    .await?
+    {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "approval {id} is no longer pending"
+        )));
+    }
+    let r = rows::get(&mut tx, id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no approval {id:?}")))?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(r)
+}
+
+/// The approval with this id.
+pub async fn get(state: &AppState, id: &str) -> Result<ApprovalRecord, ServiceError> {
+    let mut conn = state.store.conn().await?;
+    rows::get(&mut conn, id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no approval {id:?}")))
+}
