@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/brandkms/v1/admin.proto",
         "proto/brandkms/v1/distribution.proto",
+        "proto/brandkms/v1/card.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

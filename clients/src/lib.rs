@@ -1,5 +1,6 @@
 //! brandkms client SDK, officer and participant commands, and the card simulator.
 
+pub mod card;
 pub mod issuer;
 pub mod kmsctl;
 pub mod sdk;

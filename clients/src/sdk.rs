@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use brandkms_proto::v1 as pb;
 use brandkms_proto::v1::admin_client::AdminClient;
+use brandkms_proto::v1::card_authentication_client::CardAuthenticationClient;
 use brandkms_proto::v1::key_distribution_client::KeyDistributionClient;
+use brandkms_proto::v1::proxy_loading_client::ProxyLoadingClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Where and as whom to connect.
@@ -157,6 +159,34 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The CardAuthentication service (cybershops, terminals, the loading portal).
+    pub fn cards(&self) -> Cards {
+        Cards {
+            inner: CardAuthenticationClient::new(self.channel.clone()),
+        }
+    }
+
+    /// The ProxyLoading service (issuers, officers).
+    pub fn proxy_loads(&self) -> ProxyLoads {
+        ProxyLoads {
+            inner: ProxyLoadingClient::new(self.channel.clone()),
+        }
+    }
+}
+
+/// Typed calls of the CardAuthentication service.
+#[derive(Clone, Debug)]
+pub struct Cards {
+    inner: CardAuthenticationClient<Channel>,
+}
+
+/// Typed calls of the ProxyLoading service.
+#[derive(Clone, Debug)]
+pub struct ProxyLoads {
+    inner: ProxyLoadingClient<Channel>,
+}
+
 /// Typed calls of the KeyDistribution service.
 #[derive(Clone, Debug)]
 pub struct Distribution {
@@ -241,4 +271,22 @@ calls! { Distribution {
     revoke_consent(pb::ConsentRequest) -> pb::Consent;
     /// Consents concerning the caller.
     list_consents(pb::ListConsentsRequest) -> pb::ListConsentsResponse;
+} }
+
+calls! { Cards {
+    /// Pass 1: a challenge RB for a card.
+    begin_authentication(pb::BeginAuthenticationRequest) -> pb::Challenge;
+    /// Passes 2 and 3: the card's C1; on success C2 and a session.
+    complete_authentication(pb::CompleteAuthenticationRequest) -> pb::AuthenticationResult;
+    /// A command sealed for the card.
+    seal_command(pb::SealCommandRequest) -> pb::SealedCommand;
+    /// Whether the card's receipt is genuine, and what it says.
+    verify_receipt(pb::VerifyReceiptRequest) -> pb::ReceiptVerification;
+} }
+
+calls! { ProxyLoads {
+    /// Proxy loads (an issuer's own; officers any).
+    list_proxy_loads(pb::ListProxyLoadsRequest) -> pb::ListProxyLoadsResponse;
+    /// Count and total per issuer, currency and status.
+    summarize_proxy_loads(pb::ListProxyLoadsRequest) -> pb::ProxyLoadSummary;
 } }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brandkms_proto::v1::admin_server::AdminServer;
+use brandkms_proto::v1::card_authentication_server::CardAuthenticationServer;
 use brandkms_proto::v1::key_distribution_server::KeyDistributionServer;
+use brandkms_proto::v1::proxy_loading_server::ProxyLoadingServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +25,7 @@ use crate::init;
 use crate::ops::keys::run_due_destructions;
 use crate::service::admin::AdminService;
 use crate::service::auth::AuthLayer;
+use crate::service::card::CardService;
 use crate::service::distribution::DistributionService;
 use crate::service::{AppState, Shared};
 use crate::store::Store;
@@ -80,11 +83,21 @@ impl Server {
         let auditor = init::auditor(&hsm, &store)
             .await
             .map_err(|e| StartError::NotInitialised(e.to_string()))?;
+        let seal_key = init::internal_key(&store, init::SEAL_KEY)
+            .await
+            .map_err(|e| StartError::NotInitialised(e.to_string()))?
+            .ok_or_else(|| {
+                StartError::NotInitialised(format!(
+                    "internal key {} is missing: run `kms init`",
+                    init::SEAL_KEY
+                ))
+            })?;
         Ok(Server {
             state: Arc::new(AppState {
                 hsm,
                 store,
                 auditor,
+                seal_key,
                 clock,
                 settings: settings.service.clone(),
             }),
@@ -134,6 +147,12 @@ impl Server {
             .add_service(KeyDistributionServer::new(DistributionService::new(
                 Arc::clone(&self.state),
             )))
+            .add_service(CardAuthenticationServer::new(CardService::new(Arc::clone(
+                &self.state,
+            ))))
+            .add_service(ProxyLoadingServer::new(CardService::new(Arc::clone(
+                &self.state,
+            ))))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         let _ = stop_tx.send(true);

@@ -206,3 +206,20 @@ pub async fn databases() -> Vec<TestDb> {
     dbs.extend(postgres_db().await);
     dbs
 }
+
+static FIXED_RB: std::sync::Mutex<Option<[u8; 8]>> = std::sync::Mutex::new(None);
+
+/// Test-only seam: every challenge of this process draws `rb` instead of token
+/// randomness (to reproduce PROTOCOL.md's vectors). `None` restores randomness.
+pub fn fix_rb(rb: Option<[u8; 8]>) {
+    *FIXED_RB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = rb;
+}
+
+/// The fixed RB, if a test set one.
+pub fn fixed_rb() -> Option<[u8; 8]> {
+    *FIXED_RB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

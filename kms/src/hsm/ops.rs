@@ -5,9 +5,11 @@
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::MechanismType;
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
+use zeroize::Zeroizing;
 
 use super::raw::{CMAC_LEN, EcbDerive};
 use super::spec::{
@@ -310,6 +312,49 @@ impl<'a> HsmSession<'a> {
         })
     }
 
+    /// AES-256-GCM encryption with a token key: a fresh 12-byte IV from the token,
+    /// `aad` bound; returns IV || ciphertext || 16-byte tag.
+    pub fn aes_gcm_seal(
+        &self,
+        key: &ObjectId,
+        aad: &[u8],
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let mut iv = self.random(GCM_IV_LEN)?;
+        let sealed = self.with_key(key, |h| {
+            let mut iv = iv.clone();
+            let params = GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
+            Ok(self.session.encrypt(&Mechanism::AesGcm(params), h, data)?)
+        })?;
+        iv.extend_from_slice(&sealed);
+        Ok(iv)
+    }
+
+    /// Opens what [`HsmSession::aes_gcm_seal`] sealed; `Ok(None)` when the tag or
+    /// the associated data does not match.
+    pub fn aes_gcm_open(
+        &self,
+        key: &ObjectId,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, HsmError> {
+        let Some((iv, body)) = sealed.split_at_checked(GCM_IV_LEN) else {
+            return Ok(None);
+        };
+        self.with_key(key, |h| {
+            let mut iv = iv.to_vec();
+            let params = GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())?;
+            match self.session.decrypt(&Mechanism::AesGcm(params), h, body) {
+                Ok(plain) => Ok(Some(Zeroizing::new(plain))),
+                Err(cryptoki::error::Error::Pkcs11(
+                    RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
+                    _,
+                )) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
     /// TDES-ECB encryption of whole blocks with a token key.
     pub fn tdes_ecb_encrypt(&self, key: &ObjectId, data: &[u8]) -> Result<Vec<u8>, HsmError> {
         self.with_key(key, |h| self.tdes_ecb_encrypt_handle(h, data))
@@ -574,6 +619,9 @@ fn verified(r: cryptoki::error::Result<()>) -> Result<bool, HsmError> {
         Err(e) => Err(e.into()),
     }
 }
+
+const GCM_IV_LEN: usize = 12;
+const GCM_TAG_BITS: u64 = 128;
 
 const LEGACY_HINT: &str = "; with SoftHSM2, single DES needs OpenSSL's legacy provider: set OPENSSL_CONF to a config that activates the default and legacy providers before the module loads (softhsm/mktoken.sh and `kms init --dev` write one)";
 

@@ -3,6 +3,7 @@
 //! transaction. No gRPC types here.
 
 pub mod approvals;
+pub mod cards;
 pub mod distribution;
 pub mod entities;
 pub mod keys;

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod card;
 pub mod convert;
 pub mod distribution;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub store: Store,
     /// The audit trail.
     pub auditor: Auditor,
+    /// The token key that seals card sessions' nonces (`brandkms.session-seal`).
+    pub seal_key: crate::hsm::ObjectId,
     /// The clock.
     pub clock: Clock,
     /// Timings.

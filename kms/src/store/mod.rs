@@ -4,6 +4,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod cards;
 pub mod distribution;
 pub mod entities;
 pub mod keys;

@@ -1,0 +1,581 @@
+//! Proxy card authentication, sealed commands, receipts and proxy loads
+//! (PROTOCOL.md §2–§3). Each call asks the policy before the token is used;
+//! challenges and sessions live in the database so that any replica sharing the
+//! database and token continues a session; RA || RB are kept sealed by the token.
+
+use brandkms_policy::{
+    Action, Algorithm, Decision, EntityKind, KeyClass, KeyState, Request, TieUpMode, decide,
+};
+
+use crate::audit::Outcome;
+use crate::card::{self, CardKey, FROM_CARD, Op, PAYLOAD_LEN, Receipt, TO_CARD};
+use crate::hsm::{CMAC_LEN, EcbDerive};
+use crate::ops::distribution::{policy_entity, policy_facts};
+use crate::service::{AppState, Caller, ServiceError};
+use crate::store::cards::{
+    self as rows, ChallengeRecord, CommandRecord, ProxyLoadRecord, SessionRecord,
+};
+use crate::store::keys::{self as key_rows, KeyRecord, KeyVersionRecord};
+use crate::store::{Conn, StoreError, tieups};
+
+/// The largest amount accepted (the store keeps signed 64-bit integers).
+pub const MAX_AMOUNT: u64 = i64::MAX as u64;
+
+/// A challenge handed out, with the key's service code.
+#[derive(Clone, Debug)]
+pub struct Begun {
+    /// The challenge.
+    pub challenge: ChallengeRecord,
+    /// RB.
+    pub rb: [u8; 8],
+    /// The key's service code.
+    pub service_code: u16,
+}
+
+/// What completing an authentication gave.
+#[derive(Clone, Debug)]
+pub enum Completed {
+    /// The card proved itself: C2 and the session.
+    Authenticated {
+        /// `CBC_KC(RB || RA)`.
+        c2: [u8; 16],
+        /// The session.
+        session: SessionRecord,
+    },
+    /// C1 did not verify; the challenge is used up and nothing else is returned.
+    Rejected,
+}
+
+/// A sealed command.
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    /// 29 bytes.
+    pub payload: [u8; PAYLOAD_LEN],
+    /// Its counter in the session.
+    pub counter: u32,
+    /// Chosen by the service.
+    pub txn_id: [u8; 16],
+    /// `CMAC_KS(01 || counter || payload)`.
+    pub mac: [u8; CMAC_LEN],
+    /// The offline issuer a proxy load is recorded for.
+    pub proxy_load_issuer: Option<String>,
+}
+
+/// Whether a receipt is genuine, and what it says.
+#[derive(Clone, Debug)]
+pub enum Verified {
+    /// Untampered, for a command of this session, first presentation.
+    Genuine(Receipt),
+    /// Anything else; the reason is audited, not returned.
+    NotGenuine,
+}
+
+fn derivation(a: Algorithm) -> Result<EcbDerive, ServiceError> {
+    match a {
+        Algorithm::Des => Ok(EcbDerive::Des),
+        Algorithm::Tdes2 | Algorithm::Tdes3 => Ok(EcbDerive::Des3),
+        other => Err(ServiceError::FailedPrecondition(format!(
+            "{other} keys do not authenticate cards"
+        ))),
+    }
+}
+
+fn cid_of(hex_id: &str) -> Result<[u8; 8], ServiceError> {
+    hex::decode(hex_id)
+        .ok()
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .ok_or_else(|| ServiceError::Internal(format!("stored card id {hex_id:?} is not 8 bytes")))
+}
+
+/// The key version for a card action by `caller`, after the policy allowed it.
+async fn allowed_version(
+    conn: &mut Conn,
+    caller: &Caller,
+    alias: &str,
+    version: u32,
+    action: Action,
+    now: i64,
+) -> Result<(KeyRecord, KeyVersionRecord), ServiceError> {
+    let key = key_rows::key(conn, alias)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+    if key.class != KeyClass::CardAccess {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "{alias:?} is a {} key, not a card-access key",
+            key.class
+        )));
+    }
+    let v = key_rows::version(conn, alias, version)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {version}")))?;
+    if !matches!(v.state, KeyState::Active | KeyState::AuthOnly) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "version {version} of key {alias:?} is {}: it no longer authenticates cards",
+            v.state
+        )));
+    }
+    let (tie_ups, consents) = policy_facts(conn, &caller.entity.id).await?;
+    let decision = decide(&Request {
+        caller: &policy_entity(&caller.entity),
+        action,
+        key: &brandkms_policy::Key {
+            alias: key.alias.clone(),
+            class: key.class,
+            owner: None,
+            exportable: key.exportable,
+            state: v.state,
+        },
+        tie_ups: &tie_ups,
+        consents: &consents,
+        transport_key: false,
+        now,
+    });
+    if let Decision::Deny(reason) = decision {
+        return Err(ServiceError::Denied(reason));
+    }
+    Ok((key, v))
+}
+
+fn card_key(key: &KeyRecord, v: &KeyVersionRecord, cid: [u8; 8]) -> Result<CardKey, ServiceError> {
+    Ok(CardKey {
+        master: v.cka_id,
+        derive: derivation(key.algorithm)?,
+        cid,
+    })
+}
+
+/// RB: from the token (tests may fix it through `testing::fix_rb`).
+async fn draw_rb(state: &AppState) -> Result<[u8; 8], ServiceError> {
+    #[cfg(any(test, feature = "testing"))]
+    if let Some(rb) = crate::testing::fixed_rb() {
+        return Ok(rb);
+    }
+    random::<8>(state).await
+}
+
+async fn random<const N: usize>(state: &AppState) -> Result<[u8; N], ServiceError> {
+    let bytes = state.hsm.run(|s| s.random(N)).await?;
+    <[u8; N]>::try_from(bytes)
+        .map_err(|_| ServiceError::Internal("token gave too few bytes".into()))
+}
+
+fn ttl_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// Pass 1: a fresh, single-use challenge for this card, key and version.
+pub async fn begin(
+    state: &AppState,
+    caller: &Caller,
+    alias: &str,
+    version: u32,
+    cid: [u8; 8],
+) -> Result<Begun, ServiceError> {
+    let now = state.clock.now_ms();
+    let mut conn = state.store.conn().await?;
+    let (key, _) =
+        allowed_version(&mut conn, caller, alias, version, Action::Authenticate, now).await?;
+    drop(conn);
+    let service_code = key.service_code.ok_or_else(|| {
+        ServiceError::Internal(format!("card-access key {alias} has no service code"))
+    })?;
+    let rb = draw_rb(state).await?;
+    let challenge = ChallengeRecord {
+        id: format!("ch-{}", uuid::Uuid::new_v4().simple()),
+        caller: caller.entity.id.clone(),
+        alias: alias.to_string(),
+        version,
+        card_id: hex::encode_upper(cid),
+        rb: hex::encode_upper(rb),
+        created_at: now,
+        expires_at: now.saturating_add(ttl_ms(state.settings.challenge_ttl_secs)),
+    };
+    let event = caller
+        .event_about(
+            "CardAuthentication/BeginAuthentication",
+            format!("card {} challenge {}", challenge.card_id, challenge.id),
+        )
+        .key(alias, Some(version));
+    let mut tx = state.begin_audited(&event).await?;
+    rows::insert_challenge(&mut tx, &challenge).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Begun {
+        challenge,
+        rb,
+        service_code,
+    })
+}
+
+/// Passes 2 and 3: checks C1 in the token; on success answers C2 and opens a
+/// session. Either way the challenge is used up, with its audit record.
+pub async fn complete(
+    state: &AppState,
+    caller: &Caller,
+    challenge_id: &str,
+    c1: [u8; 16],
+) -> Result<Completed, ServiceError> {
+    let now = state.clock.now_ms();
+    let not_open = || {
+        ServiceError::FailedPrecondition(format!(
+            "challenge {challenge_id:?} is unknown, already used, expired, or another caller's: begin again"
+        ))
+    };
+    let mut conn = state.store.conn().await?;
+    let ch = rows::open_challenge(&mut conn, challenge_id, &caller.entity.id, now)
+        .await?
+        .ok_or_else(not_open)?;
+    let (key, v) = allowed_version(
+        &mut conn,
+        caller,
+        &ch.alias,
+        ch.version,
+        Action::Authenticate,
+        now,
+    )
+    .await?;
+    drop(conn);
+    let cid = cid_of(&ch.card_id)?;
+    let rb: [u8; 8] = hex::decode(&ch.rb)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| ServiceError::Internal("stored RB is not 8 bytes".into()))?;
+    let ck = card_key(&key, &v, cid)?;
+    let checked = state
+        .hsm
+        .run(move |s| card::check_c1(s, &ck, &rb, &c1))
+        .await?;
+    let session_id = format!("cs-{}", uuid::Uuid::new_v4().simple());
+    let (outcome, session) = match checked {
+        Some((ra, c2)) => {
+            let nonces = card::join(&ra, &rb);
+            let seal_key = state.seal_key;
+            let aad = session_id.clone().into_bytes();
+            let sealed = state
+                .hsm
+                .run(move |s| s.aes_gcm_seal(&seal_key, &aad, nonces.as_slice()))
+                .await?;
+            let session = SessionRecord {
+                id: session_id.clone(),
+                caller: caller.entity.id.clone(),
+                alias: ch.alias.clone(),
+                version: ch.version,
+                card_id: ch.card_id.clone(),
+                sealed_nonces: hex::encode(sealed),
+                created_at: now,
+                expires_at: now.saturating_add(ttl_ms(state.settings.session_ttl_secs)),
+                next_counter: 0,
+            };
+            (Some(c2), Some(session))
+        }
+        None => (None, None),
+    };
+    let event = match &session {
+        Some(s) => caller.event_about(
+            "CardAuthentication/CompleteAuthentication",
+            format!("card {} authenticated: session {}", ch.card_id, s.id),
+        ),
+        None => caller
+            .event("CardAuthentication/CompleteAuthentication")
+            .outcome(
+                Outcome::Failed,
+                Some(format!(
+                    "card {} not authenticated: C1 does not verify; challenge {} used up",
+                    ch.card_id, ch.id
+                )),
+            ),
+    }
+    .key(&ch.alias, Some(ch.version));
+    let mut tx = state.begin_audited(&event).await?;
+    if !rows::take_challenge(&mut tx, &ch.id, &caller.entity.id, now).await? {
+        return Err(not_open());
+    }
+    if let Some(s) = &session {
+        rows::insert_session(&mut tx, s).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(match (outcome, session) {
+        (Some(c2), Some(session)) => Completed::Authenticated { c2, session },
+        _ => Completed::Rejected,
+    })
+}
+
+/// The caller's session, while it lasts, with its RA and RB.
+async fn open_session(
+    state: &AppState,
+    conn: &mut Conn,
+    caller: &Caller,
+    session_id: &str,
+    now: i64,
+) -> Result<(SessionRecord, [u8; 8], [u8; 8]), ServiceError> {
+    let session = rows::session(conn, session_id)
+        .await?
+        .filter(|s| s.caller == caller.entity.id)
+        .ok_or_else(|| ServiceError::NotFound(format!("no session {session_id:?} of yours")))?;
+    if now >= session.expires_at {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "session {session_id} expired at {}: authenticate the card again",
+            crate::clock::rfc3339(session.expires_at)
+        )));
+    }
+    let sealed = hex::decode(&session.sealed_nonces)
+        .map_err(|e| ServiceError::Internal(format!("session {session_id}: {e}")))?;
+    let seal_key = state.seal_key;
+    let aad = session_id.as_bytes().to_vec();
+    let nonces = state
+        .hsm
+        .run(move |s| s.aes_gcm_open(&seal_key, &aad, &sealed))
+        .await?
+        .ok_or_else(|| {
+            ServiceError::Internal(format!("session {session_id}: sealed nonces do not open"))
+        })?;
+    let (Some(ra), Some(rb)) = (nonces.get(0..8), nonces.get(8..16)) else {
+        return Err(ServiceError::Internal(
+            "sealed nonces are not 16 bytes".into(),
+        ));
+    };
+    let ra: [u8; 8] = ra
+        .try_into()
+        .map_err(|_| ServiceError::Internal("RA".into()))?;
+    let rb: [u8; 8] = rb
+        .try_into()
+        .map_err(|_| ServiceError::Internal("RB".into()))?;
+    Ok((session, ra, rb))
+}
+
+/// The offline issuer that a LOAD under `alias` is recorded for: the issuer whose
+/// own `proxy_load` tie-up (not terminated) covers the key.
+async fn proxy_load_issuer(conn: &mut Conn, alias: &str) -> Result<String, ServiceError> {
+    let mut issuers = Vec::new();
+    for t in tieups::list(conn, None).await? {
+        if t.state == brandkms_policy::TieUpState::Terminated
+            || !t
+                .keys
+                .iter()
+                .any(|(a, m)| a == alias && *m == TieUpMode::ProxyLoad)
+        {
+            continue;
+        }
+        if crate::store::entities::get(conn, &t.entity_id)
+            .await?
+            .is_some_and(|e| e.kind == EntityKind::Issuer)
+        {
+            issuers.push(t.entity_id);
+        }
+    }
+    issuers.sort();
+    issuers.dedup();
+    match issuers.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ServiceError::FailedPrecondition(format!(
+            "no issuer's proxy_load tie-up covers key {alias:?}: a proxy load cannot be recorded"
+        ))),
+        many => Err(ServiceError::FailedPrecondition(format!(
+            "several issuers' proxy_load tie-ups cover key {alias:?} ({}): the owner is ambiguous",
+            many.join(", ")
+        ))),
+    }
+}
+
+/// Seals a command with the session's next counter. A LOAD needs `proxy_load`
+/// (it is recorded for the offline issuer); DEBIT and READ_BALANCE need `hold`
+/// or `proxy_load`. The tie-up's per-transaction limit applies.
+pub async fn seal(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &str,
+    op: Op,
+    amount: u64,
+    currency: [u8; 3],
+) -> Result<Sealed, ServiceError> {
+    let now = state.clock.now_ms();
+    let mut conn = state.store.conn().await?;
+    let (session, ra, rb) = open_session(state, &mut conn, caller, session_id, now).await?;
+    let action = match op {
+        Op::Load => Action::ProxyLoad { amount },
+        Op::Debit | Op::ReadBalance => Action::Seal { amount },
+    };
+    let (key, v) = allowed_version(
+        &mut conn,
+        caller,
+        &session.alias,
+        session.version,
+        action,
+        now,
+    )
+    .await?;
+    let issuer = match op {
+        Op::Load => Some(proxy_load_issuer(&mut conn, &session.alias).await?),
+        Op::Debit | Op::ReadBalance => None,
+    };
+    drop(conn);
+    let counter = session.next_counter;
+    let txn_id = random::<16>(state).await?;
+    let payload = card::command_payload(op, amount, &currency, &txn_id);
+    let ck = card_key(&key, &v, cid_of(&session.card_id)?)?;
+    let data = card::mac_input(TO_CARD, counter, &payload);
+    let mac = state
+        .hsm
+        .run(move |s| card::mac(s, &ck, &ra, &rb, &data))
+        .await?;
+    let currency_text = String::from_utf8_lossy(&currency).into_owned();
+    let event = caller
+        .event_about(
+            "CardAuthentication/SealCommand",
+            format!(
+                "{} {amount} {currency_text} session {session_id} counter {counter} txn {}{}",
+                op.as_str(),
+                hex::encode_upper(txn_id),
+                issuer
+                    .as_deref()
+                    .map(|i| format!(": proxy load for {i}"))
+                    .unwrap_or_default()
+            ),
+        )
+        .key(&session.alias, Some(session.version));
+    let mut tx = state.begin_audited(&event).await?;
+    if !rows::advance_counter(&mut tx, session_id, counter).await? {
+        return Err(ServiceError::Aborted(format!(
+            "a concurrent command took counter {counter} of session {session_id}; retry"
+        )));
+    }
+    rows::insert_command(
+        &mut tx,
+        &CommandRecord {
+            session_id: session_id.to_string(),
+            counter,
+            op: op.as_str().to_string(),
+            amount,
+            currency: currency_text.clone(),
+            txn_id: hex::encode_upper(txn_id),
+            sealed_at: now,
+            receipt_at: None,
+        },
+    )
+    .await?;
+    if let Some(issuer) = &issuer {
+        rows::insert_proxy_load(
+            &mut tx,
+            &ProxyLoadRecord {
+                txn_id: hex::encode_upper(txn_id),
+                issuer: issuer.clone(),
+                requested_by: caller.entity.id.clone(),
+                alias: session.alias.clone(),
+                version: session.version,
+                card_id: session.card_id.clone(),
+                amount,
+                currency: currency_text,
+                status: "pending".into(),
+                at: now,
+                confirmed_at: None,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Sealed {
+        payload,
+        counter,
+        txn_id,
+        mac,
+        proxy_load_issuer: issuer,
+    })
+}
+
+/// Checks a card's receipt for the command sealed with `counter`: the MAC in the
+/// token, then that it answers that command and was not presented before. A
+/// genuine OK receipt of a proxy load confirms it.
+pub async fn verify_receipt(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &str,
+    counter: u32,
+    payload: [u8; PAYLOAD_LEN],
+    mac: [u8; CMAC_LEN],
+) -> Result<Verified, ServiceError> {
+    let now = state.clock.now_ms();
+    let mut conn = state.store.conn().await?;
+    let (session, ra, rb) = open_session(state, &mut conn, caller, session_id, now).await?;
+    let key = key_rows::key(&mut conn, &session.alias)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no key {:?}", session.alias)))?;
+    let v = key_rows::version(&mut conn, &session.alias, session.version)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound("key version".into()))?;
+    let command = rows::command(&mut conn, session_id, counter).await?;
+    drop(conn);
+    let receipt = card::parse_receipt(&payload);
+    let ck = card_key(&key, &v, cid_of(&session.card_id)?)?;
+    let data = card::mac_input(FROM_CARD, counter, &payload);
+    let mac_ok = state
+        .hsm
+        .run(move |s| card::verify_mac(s, &ck, &ra, &rb, &data, &mac))
+        .await?;
+    let problem = match (&command, &receipt) {
+        _ if !mac_ok => Some("receipt MAC does not verify".to_string()),
+        (None, _) => Some(format!("no command was sealed with counter {counter}")),
+        (_, None) => Some("payload is not a receipt".to_string()),
+        (Some(c), Some(r)) if c.txn_id != hex::encode_upper(r.txn_id) => {
+            Some("receipt answers another transaction".to_string())
+        }
+        (Some(c), _) if c.receipt_at.is_some() => {
+            Some("receipt already presented (replay)".to_string())
+        }
+        _ => None,
+    };
+    let about = format!("session {session_id} counter {counter}");
+    let event = match &problem {
+        None => caller.event_about("CardAuthentication/VerifyReceipt", about),
+        Some(p) => caller
+            .event("CardAuthentication/VerifyReceipt")
+            .outcome(Outcome::Failed, Some(format!("{about}: not genuine: {p}"))),
+    }
+    .key(&session.alias, Some(session.version));
+    let mut tx = state.begin_audited(&event).await?;
+    let verdict = match (problem, command, receipt) {
+        (None, Some(c), Some(r)) => {
+            if !rows::mark_receipt(&mut tx, session_id, counter, now).await? {
+                // Presented twice at once: the other presentation won.
+                return Err(ServiceError::Aborted(
+                    "receipt presented concurrently; it was verified once".into(),
+                ));
+            }
+            if c.op == Op::Load.as_str() && r.status == 0 {
+                rows::confirm_proxy_load(&mut tx, &c.txn_id, now).await?;
+            }
+            Verified::Genuine(r)
+        }
+        _ => Verified::NotGenuine,
+    };
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(verdict)
+}
+
+/// Who may list proxy loads, and whose: an issuer its own, an officer any.
+pub fn proxy_load_scope(
+    caller: &Caller,
+    asked: Option<String>,
+) -> Result<Option<String>, ServiceError> {
+    match caller.entity.kind {
+        EntityKind::Officer => Ok(asked),
+        EntityKind::Issuer => match asked {
+            Some(other) if other != caller.entity.id => Err(ServiceError::PermissionDenied(
+                format!("an issuer sees its own proxy loads only, not {other}'s"),
+            )),
+            _ => Ok(Some(caller.entity.id.clone())),
+        },
+        other => Err(ServiceError::PermissionDenied(format!(
+            "proxy loads are listed for issuers (their own) and officers, not for a {other}"
+        ))),
+    }
+}
+
+/// Proxy loads in a period.
+pub async fn proxy_loads(
+    state: &AppState,
+    issuer: Option<&str>,
+    from: Option<i64>,
+    until: Option<i64>,
+) -> Result<Vec<ProxyLoadRecord>, ServiceError> {
+    let mut conn = state.store.conn().await?;
+    Ok(rows::proxy_loads(&mut conn, issuer, from, until).await?)
+}

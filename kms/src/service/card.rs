@@ -1,0 +1,268 @@
+//! The `CardAuthentication` and `ProxyLoading` services. Inputs are checked
+//! (lengths, op, amount, currency) before anything is read or written; a
+//! malformed request gets `InvalidArgument` and changes nothing but its audit record.
+
+use brandkms_proto::v1 as pb;
+use brandkms_proto::v1::card_authentication_server::CardAuthentication;
+use brandkms_proto::v1::proxy_loading_server::ProxyLoading;
+use tonic::{Request, Response, Status};
+
+use super::convert::{name, version};
+use super::{AppState, ServiceError, Shared, audited, audited_read, caller, invalid};
+use crate::card::{Op, PAYLOAD_LEN};
+use crate::hsm::CMAC_LEN;
+use crate::ops::cards::{self as ops, Completed, MAX_AMOUNT, Verified};
+use crate::store::cards::ProxyLoadRecord;
+
+/// The `CardAuthentication` and `ProxyLoading` services.
+#[derive(Debug, Clone)]
+pub struct CardService {
+    state: Shared,
+}
+
+impl CardService {
+    /// A service over the shared state.
+    pub fn new(state: Shared) -> Self {
+        CardService { state }
+    }
+
+    fn state(&self) -> &AppState {
+        &self.state
+    }
+}
+
+fn exactly<const N: usize>(what: &str, bytes: &[u8]) -> Result<[u8; N], ServiceError> {
+    <[u8; N]>::try_from(bytes)
+        .map_err(|_| invalid(format!("{what} must be {N} bytes, not {}", bytes.len())))
+}
+
+fn op(v: i32) -> Result<Op, ServiceError> {
+    match pb::CardOp::try_from(v) {
+        Ok(pb::CardOp::Load) => Ok(Op::Load),
+        Ok(pb::CardOp::Debit) => Ok(Op::Debit),
+        Ok(pb::CardOp::ReadBalance) => Ok(Op::ReadBalance),
+        Ok(pb::CardOp::Unspecified) => Err(invalid("op is required: LOAD, DEBIT or READ_BALANCE")),
+        Err(_) => Err(invalid(format!("unknown op {v}"))),
+    }
+}
+
+fn amount(op: Op, amount: u64) -> Result<u64, ServiceError> {
+    match op {
+        Op::ReadBalance if amount != 0 => Err(invalid("READ_BALANCE carries amount 0")),
+        Op::Load | Op::Debit if amount == 0 => Err(invalid("amount must be at least 1")),
+        _ if amount > MAX_AMOUNT => Err(invalid(format!(
+            "amount {amount} is out of range (at most {MAX_AMOUNT})"
+        ))),
+        _ => Ok(amount),
+    }
+}
+
+fn currency(c: &str) -> Result<[u8; 3], ServiceError> {
+    match <[u8; 3]>::try_from(c.as_bytes()) {
+        Ok(b) if b.iter().all(u8::is_ascii_uppercase) => Ok(b),
+        _ => Err(invalid(format!(
+            "currency {c:?} must be three ISO 4217 capital letters (e.g. JPY)"
+        ))),
+    }
+}
+
+fn optional_time(what: &str, ms: i64) -> Result<Option<i64>, ServiceError> {
+    match ms {
+        0 => Ok(None),
+        t if t < 0 => Err(invalid(format!(
+            "{what} is Unix milliseconds, not negative"
+        ))),
+        t => Ok(Some(t)),
+    }
+}
+
+#[tonic::async_trait]
+impl CardAuthentication for CardService {
+    async fn begin_authentication(
+        &self,
+        request: Request<pb::BeginAuthenticationRequest>,
+    ) -> Result<Response<pb::Challenge>, Status> {
+        const OP: &str = "CardAuthentication/BeginAuthentication";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let result = async {
+            let alias = name("alias", &r.alias)?;
+            let v = version(r.key_version)?;
+            let cid = exactly::<8>("card_id", &r.card_id)?;
+            ops::begin(self.state(), &caller, &alias, v, cid).await
+        }
+        .await;
+        let key = Some((r.alias.as_str(), Some(r.key_version)));
+        let begun = audited(self.state(), &caller, OP, key, result).await?;
+        Ok(Response::new(pb::Challenge {
+            challenge_id: begun.challenge.id,
+            rb: begun.rb.to_vec(),
+            service_code: u32::from(begun.service_code),
+            key_version: begun.challenge.version,
+            expires_at: begun.challenge.expires_at,
+        }))
+    }
+
+    async fn complete_authentication(
+        &self,
+        request: Request<pb::CompleteAuthenticationRequest>,
+    ) -> Result<Response<pb::AuthenticationResult>, Status> {
+        const OP: &str = "CardAuthentication/CompleteAuthentication";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let result = async {
+            let id = name("challenge_id", &r.challenge_id)?;
+            let c1 = exactly::<16>("c1", &r.c1)?;
+            ops::complete(self.state(), &caller, &id, c1).await
+        }
+        .await;
+        let completed = audited(self.state(), &caller, OP, None, result).await?;
+        Ok(Response::new(match completed {
+            Completed::Authenticated { c2, session } => pb::AuthenticationResult {
+                authenticated: true,
+                c2: c2.to_vec(),
+                session_id: session.id,
+                expires_at: session.expires_at,
+            },
+            Completed::Rejected => pb::AuthenticationResult::default(),
+        }))
+    }
+
+    async fn seal_command(
+        &self,
+        request: Request<pb::SealCommandRequest>,
+    ) -> Result<Response<pb::SealedCommand>, Status> {
+        const OP: &str = "CardAuthentication/SealCommand";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let result = async {
+            let session = name("session_id", &r.session_id)?;
+            let op = op(r.op)?;
+            let amount = amount(op, r.amount)?;
+            let currency = currency(&r.currency)?;
+            ops::seal(self.state(), &caller, &session, op, amount, currency).await
+        }
+        .await;
+        let sealed = audited(self.state(), &caller, OP, None, result).await?;
+        Ok(Response::new(pb::SealedCommand {
+            payload: sealed.payload.to_vec(),
+            counter: sealed.counter,
+            txn_id: sealed.txn_id.to_vec(),
+            mac: sealed.mac.to_vec(),
+            proxy_load_issuer: sealed.proxy_load_issuer.unwrap_or_default(),
+        }))
+    }
+
+    async fn verify_receipt(
+        &self,
+        request: Request<pb::VerifyReceiptRequest>,
+    ) -> Result<Response<pb::ReceiptVerification>, Status> {
+        const OP: &str = "CardAuthentication/VerifyReceipt";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let result = async {
+            let session = name("session_id", &r.session_id)?;
+            let payload = exactly::<PAYLOAD_LEN>("payload", &r.payload)?;
+            let mac = exactly::<CMAC_LEN>("mac", &r.mac)?;
+            ops::verify_receipt(self.state(), &caller, &session, r.counter, payload, mac).await
+        }
+        .await;
+        let verified = audited(self.state(), &caller, OP, None, result).await?;
+        Ok(Response::new(match verified {
+            Verified::Genuine(receipt) => pb::ReceiptVerification {
+                genuine: true,
+                status: i32::from(receipt.status),
+                balance: receipt.balance,
+                currency: String::from_utf8_lossy(&receipt.currency).into_owned(),
+                txn_id: receipt.txn_id.to_vec(),
+            },
+            Verified::NotGenuine => pb::ReceiptVerification::default(),
+        }))
+    }
+}
+
+fn proxy_load(p: ProxyLoadRecord) -> pb::ProxyLoad {
+    pb::ProxyLoad {
+        txn_id: p.txn_id,
+        issuer: p.issuer,
+        requested_by: p.requested_by,
+        alias: p.alias,
+        key_version: p.version,
+        card_id: p.card_id,
+        amount: p.amount,
+        currency: p.currency,
+        status: p.status,
+        at: p.at,
+        confirmed_at: p.confirmed_at.unwrap_or(0),
+    }
+}
+
+impl CardService {
+    async fn loads(
+        &self,
+        request: Request<pb::ListProxyLoadsRequest>,
+        operation: &str,
+    ) -> Result<(pb::ListProxyLoadsRequest, Vec<ProxyLoadRecord>), Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let result = async {
+            let asked = if r.issuer.is_empty() {
+                None
+            } else {
+                Some(name("issuer", &r.issuer)?)
+            };
+            let issuer = ops::proxy_load_scope(&caller, asked)?;
+            let from = optional_time("from", r.from)?;
+            let until = optional_time("until", r.until)?;
+            ops::proxy_loads(self.state(), issuer.as_deref(), from, until).await
+        }
+        .await;
+        let list = audited_read(self.state(), &caller, operation, None, result).await?;
+        Ok((r, list))
+    }
+}
+
+#[tonic::async_trait]
+impl ProxyLoading for CardService {
+    async fn list_proxy_loads(
+        &self,
+        request: Request<pb::ListProxyLoadsRequest>,
+    ) -> Result<Response<pb::ListProxyLoadsResponse>, Status> {
+        let (_, list) = self.loads(request, "ProxyLoading/ListProxyLoads").await?;
+        Ok(Response::new(pb::ListProxyLoadsResponse {
+            loads: list.into_iter().map(proxy_load).collect(),
+        }))
+    }
+
+    async fn summarize_proxy_loads(
+        &self,
+        request: Request<pb::ListProxyLoadsRequest>,
+    ) -> Result<Response<pb::ProxyLoadSummary>, Status> {
+        let (r, list) = self
+            .loads(request, "ProxyLoading/SummarizeProxyLoads")
+            .await?;
+        let mut totals: std::collections::BTreeMap<(String, String, String), (u64, u64)> =
+            std::collections::BTreeMap::new();
+        for p in list {
+            let t = totals.entry((p.issuer, p.currency, p.status)).or_default();
+            t.0 += 1;
+            t.1 = t.1.saturating_add(p.amount);
+        }
+        Ok(Response::new(pb::ProxyLoadSummary {
+            from: r.from,
+            until: r.until,
+            totals: totals
+                .into_iter()
+                .map(
+                    |((issuer, currency, status), (count, total))| pb::ProxyLoadTotal {
+                        issuer,
+                        currency,
+                        status,
+                        count,
+                        total,
+                    },
+                )
+                .collect(),
+        }))
+    }
+}
