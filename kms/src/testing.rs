@@ -223,3 +223,54 @@ pub fn fixed_rb() -> Option<[u8; 8]> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Test-only: imports a known card-access master (e.g. PROTOCOL.md's `K_M`) into
+/// the service's token as `alias` version 1, active, with its rows and audit
+/// record, so that a test can compute the card keys in software.
+pub async fn import_card_master(
+    state: &crate::service::AppState,
+    alias: &str,
+    service_code: u16,
+    value: &[u8],
+) -> crate::store::keys::KeyVersionRecord {
+    use brandkms_policy::{Algorithm, KeyClass, KeyState, Purpose};
+
+    use crate::hsm::{Exportability, KeyRole, KeySpec, SecretAlgorithm};
+    let algorithm = match value.len() {
+        8 => (SecretAlgorithm::Des, Algorithm::Des),
+        16 => (SecretAlgorithm::Tdes2, Algorithm::Tdes2),
+        _ => (SecretAlgorithm::Tdes3, Algorithm::Tdes3),
+    };
+    let spec = KeySpec {
+        algorithm: algorithm.0,
+        role: KeyRole::CardMaster,
+        export: Exportability::Never,
+    };
+    let value = value.to_vec();
+    crate::keys::create_version(
+        &state.hsm,
+        &state.store,
+        crate::keys::AuditKey::Existing(&state.auditor),
+        move |s, label| s.import_for_tests(&spec, label, &value),
+        crate::keys::NewVersion {
+            key: Some(crate::store::keys::KeyRecord {
+                alias: alias.to_string(),
+                class: KeyClass::CardAccess,
+                algorithm: algorithm.1,
+                purpose: Some(Purpose::Purchase),
+                service_code: Some(service_code),
+                exportable: false,
+                owner_entity: None,
+                created_at: state.clock.now_ms(),
+            }),
+            alias: alias.to_string(),
+            version: 1,
+            state: KeyState::Active,
+            weak: algorithm.1 == Algorithm::Des,
+            demote_active_to: None,
+        },
+        crate::audit::AuditEvent::allowed("local:test", "test.import_card_master"),
+    )
+    .await
+    .expect("import a card master")
+}

@@ -28,8 +28,9 @@ pub struct TestServer {
     pub state: Shared,
     /// Which database.
     pub backend: &'static str,
-    db: TestDb,
-    _dir: tempfile::TempDir,
+    settings: Settings,
+    _db: Option<TestDb>,
+    _dir: Option<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -91,7 +92,31 @@ impl TestServer {
             .collect();
         init::run(&hsm, &store, "local:test", &seeds).await.unwrap();
         store.close().await;
+        let backend = db.backend;
+        Self::launch(settings, pki, backend, Some(db), Some(dir)).await
+    }
 
+    /// A second server beside this one: its own listener and state, the same
+    /// database, token and PKI (as a second replica would be).
+    pub async fn start_beside(&self) -> TestServer {
+        Self::launch(
+            self.settings.clone(),
+            self.pki.clone(),
+            self.backend,
+            None,
+            None,
+        )
+        .await
+    }
+
+    async fn launch(
+        settings: Settings,
+        pki: PathBuf,
+        backend: &'static str,
+        db: Option<TestDb>,
+        dir: Option<tempfile::TempDir>,
+    ) -> TestServer {
+        let hsm = testing::hsm();
         let server = Server::build_with_hsm(&settings, hsm, Clock::default())
             .await
             .unwrap();
@@ -111,8 +136,9 @@ impl TestServer {
             addr,
             pki,
             state,
-            backend: db.backend,
-            db,
+            backend,
+            settings,
+            _db: db,
             _dir: dir,
             stop: Some(stop),
             task: Some(task),
@@ -151,11 +177,6 @@ impl TestServer {
     /// A client connected as `entity`.
     pub async fn client(&self, entity: &str) -> Client {
         Client::connect(&self.options(entity)).await.unwrap()
-    }
-
-    /// The database's settings (to open the store directly).
-    pub fn db(&self) -> &TestDb {
-        &self.db
     }
 
     /// Stops the server and waits for it.
