@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use cryptoki::object::KeyType;
 use zeroize::Zeroizing;
 
+use crate::card::{Card, CardKeyEntry};
 use crate::kmsctl::ConnectionArgs;
 use crate::sdk::{Client, ClientError};
 use crate::token::{Token, TokenError};
@@ -34,6 +35,59 @@ enum Command {
     /// Consents this issuer gives to third parties.
     #[command(subcommand)]
     Consent(ConsentCommand),
+    /// Personalise a (simulated) card: its card key is derived in this token from
+    /// a delivered master and written, with a balance, into a card file.
+    Personalise(PersonaliseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PersonaliseArgs {
+    #[command(flatten)]
+    token: TokenArgs,
+    /// The card-access key (delivered by `issuer sync`).
+    #[arg(long)]
+    alias: String,
+    /// Its version (default: the current one).
+    #[arg(long)]
+    version: Option<u32>,
+    /// The card's id, 16 hex digits.
+    #[arg(long)]
+    card_id: String,
+    /// Initial balance, minor units.
+    #[arg(long, default_value_t = 0)]
+    balance: u64,
+    /// Maximum balance, minor units.
+    #[arg(long, default_value_t = 100_000)]
+    max_balance: u64,
+    /// ISO 4217 currency.
+    #[arg(long, default_value = "JPY")]
+    currency: String,
+    /// The card file to write (0600).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The participant's PKCS#11 module.
+    #[arg(long, env = "ISSUER_PKCS11_MODULE")]
+    module: PathBuf,
+    /// The label of the issuer's token.
+    #[arg(long, env = "ISSUER_TOKEN_LABEL")]
+    token_label: String,
+    /// Environment variable holding the token's user PIN.
+    #[arg(long, default_value = "ISSUER_PIN")]
+    pin_env: String,
+}
+
+impl TokenArgs {
+    fn open(&self) -> Result<Token, Error> {
+        let pin =
+            Zeroizing::new(std::env::var(&self.pin_env).map_err(|_| {
+                Error::Usage(format!("set {} to the token's user PIN", self.pin_env))
+            })?);
+        Ok(Token::open(&self.module, &self.token_label, &pin)?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,15 +116,8 @@ enum ConsentCommand {
 
 #[derive(Debug, clap::Args)]
 struct SyncArgs {
-    /// The participant's PKCS#11 module.
-    #[arg(long, env = "ISSUER_PKCS11_MODULE")]
-    module: PathBuf,
-    /// The label of the issuer's token.
-    #[arg(long, env = "ISSUER_TOKEN_LABEL")]
-    token_label: String,
-    /// Environment variable holding the token's user PIN.
-    #[arg(long, default_value = "ISSUER_PIN")]
-    pin_env: String,
+    #[command(flatten)]
+    token: TokenArgs,
     /// Establish a new transport key even if the token has one.
     #[arg(long)]
     new_transport_key: bool,
@@ -112,6 +159,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Sync(args) => sync(&client, args).await,
         Command::Consent(c) => consent(&client, c).await,
+        Command::Personalise(p) => personalise(&client, p).await,
     }
 }
 
@@ -152,11 +200,7 @@ async fn consent(client: &Client, command: ConsentCommand) -> Result<(), Error> 
 }
 
 async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
-    let pin = Zeroizing::new(
-        std::env::var(&cli.pin_env)
-            .map_err(|_| Error::Usage(format!("set {} to the token's user PIN", cli.pin_env)))?,
-    );
-    let token = Token::open(&cli.module, &cli.token_label, &pin)?;
+    let token = cli.token.open()?;
     let mut dist = client.distribution();
 
     if cli.new_transport_key || !token.has_key(TRANSPORT_LABEL)? {
@@ -215,5 +259,52 @@ async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
             w.alias, w.version
         );
     }
+    Ok(())
+}
+
+async fn personalise(client: &Client, p: PersonaliseArgs) -> Result<(), Error> {
+    let cid: [u8; 8] = hex::decode(&p.card_id)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| {
+            Error::Usage(format!("--card-id {:?}: expected 16 hex digits", p.card_id))
+        })?;
+    let entitled = client
+        .distribution()
+        .list_entitled_keys(pb::ListEntitledKeysRequest {})
+        .await?
+        .keys;
+    let e = entitled
+        .iter()
+        .find(|e| e.alias == p.alias)
+        .ok_or_else(|| Error::Usage(format!("no tie-up of yours covers {:?}", p.alias)))?;
+    let service_code = e
+        .service_code
+        .and_then(|c| u16::try_from(c).ok())
+        .ok_or_else(|| Error::Usage(format!("{:?} has no service code", p.alias)))?;
+    let version = p.version.unwrap_or(e.current_version);
+    let token = p.token.open()?;
+    let label = format!("brandkms/{}/v{version}", p.alias);
+    let kc = token.diversify(&label, &cid)?;
+    let card = Card::personalise(
+        cid,
+        vec![CardKeyEntry {
+            service_code,
+            version,
+            key: hex::encode_upper(kc.as_slice()),
+        }],
+        p.balance,
+        p.max_balance,
+        &p.currency,
+    );
+    card.save(&p.out).map_err(|e| Error::Usage(e.to_string()))?;
+    println!(
+        "card {} personalised for {} v{version} (service code {service_code:#06X}), balance {} {}: {}",
+        card.card_id,
+        p.alias,
+        p.balance,
+        p.currency,
+        p.out.display()
+    );
     Ok(())
 }

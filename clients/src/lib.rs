@@ -4,6 +4,7 @@ pub mod card;
 pub mod issuer;
 pub mod kmsctl;
 pub mod sdk;
+pub mod terminal;
 pub mod token;
 
 pub use sdk::{Client, ClientError, ConnectOptions};

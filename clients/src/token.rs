@@ -12,6 +12,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use rsa::pkcs8::EncodePublicKey;
+use zeroize::Zeroizing;
 
 /// Errors of the participant's token.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +213,32 @@ impl Token {
             Mechanism::Des3Ecb
         };
         self.kcv(handle, &ecb, 8)
+    }
+
+    /// A card key from the delivered master `label`, computed in this token:
+    /// `E_KM(CID) || E_KM(CID xor FF..FF)` (PROTOCOL.md §1). For personalising a
+    /// card, which must hold the key itself.
+    pub fn diversify(&self, label: &str, cid: &[u8; 8]) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+        let master = self.find(label, ObjectClass::SECRET_KEY)?.ok_or_else(|| {
+            TokenError::Invalid(format!("no key {label:?} in the token: run issuer sync"))
+        })?;
+        let key_type = self
+            .session
+            .get_attributes(master, &[AttributeType::KeyType])?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::KeyType(t) => Some(t),
+                _ => None,
+            });
+        let ecb = if key_type == Some(KeyType::DES) {
+            Mechanism::DesEcb
+        } else {
+            Mechanism::Des3Ecb
+        };
+        let mut data = Vec::with_capacity(16);
+        data.extend_from_slice(cid);
+        data.extend(cid.iter().map(|b| !*b));
+        Ok(Zeroizing::new(self.session.encrypt(&ecb, master, &data)?))
     }
 
     /// SoftHSM2 sets no CKA_CHECK_VALUE on unwrapped keys: encrypt a zero block.

@@ -43,6 +43,9 @@ enum Command {
     /// Key deliveries.
     #[command(subcommand)]
     Distribution(DistributionCommand),
+    /// Proxy loads performed for issuers that are not online.
+    #[command(subcommand)]
+    ProxyLoads(ProxyLoadsCommand),
     /// Proposals held for a second officer (dual control).
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
@@ -236,6 +239,37 @@ enum DistributionCommand {
         #[arg(long)]
         entity: Option<String>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct PeriodArgs {
+    /// Only this issuer's (officers; an issuer always sees its own).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// From (RFC 3339 or Unix ms).
+    #[arg(long, value_parser = parse_time)]
+    from: Option<i64>,
+    /// Until, exclusive (RFC 3339 or Unix ms).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+}
+
+impl PeriodArgs {
+    fn request(self) -> pb::ListProxyLoadsRequest {
+        pb::ListProxyLoadsRequest {
+            from: self.from.unwrap_or(0),
+            until: self.until.unwrap_or(0),
+            issuer: self.issuer.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ProxyLoadsCommand {
+    /// Every proxy load in the period, oldest first.
+    List(PeriodArgs),
+    /// Settlement summary: count and total per issuer, currency and status.
+    Report(PeriodArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -570,6 +604,19 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
                 })
                 .await?
                 .distributions,
+        ),
+        Command::ProxyLoads(ProxyLoadsCommand::List(p)) => out.proxy_loads(
+            &client
+                .proxy_loads()
+                .list_proxy_loads(p.request())
+                .await?
+                .loads,
+        ),
+        Command::ProxyLoads(ProxyLoadsCommand::Report(p)) => out.proxy_load_summary(
+            &client
+                .proxy_loads()
+                .summarize_proxy_loads(p.request())
+                .await?,
         ),
         Command::Approvals(ApprovalsCommand::List { state }) => {
             let state = state

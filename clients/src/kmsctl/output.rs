@@ -398,6 +398,78 @@ impl Output {
         }
     }
 
+    /// Proxy loads.
+    pub fn proxy_loads(&self, list: &[pb::ProxyLoad]) {
+        if self.json {
+            let items = list
+                .iter()
+                .map(|p| {
+                    json!({
+                        "txn_id": p.txn_id, "issuer": p.issuer, "requested_by": p.requested_by,
+                        "alias": p.alias, "key_version": p.key_version, "card_id": p.card_id,
+                        "amount": p.amount, "currency": p.currency, "status": p.status,
+                        "at": p.at, "confirmed_at": (p.confirmed_at > 0).then_some(p.confirmed_at),
+                    })
+                })
+                .collect();
+            return self.print_json(&Value::Array(items));
+        }
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|p| {
+                vec![
+                    time(p.at),
+                    p.issuer.clone(),
+                    p.requested_by.clone(),
+                    format!("{} v{}", p.alias, p.key_version),
+                    p.card_id.clone(),
+                    format!("{} {}", p.amount, p.currency),
+                    p.status.clone(),
+                    p.txn_id.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "TIME", "ISSUER", "BY", "KEY", "CARD", "AMOUNT", "STATUS", "TXN",
+            ],
+            &rows,
+        );
+    }
+
+    /// Proxy-load totals.
+    pub fn proxy_load_summary(&self, s: &pb::ProxyLoadSummary) {
+        if self.json {
+            let totals: Vec<Value> = s
+                .totals
+                .iter()
+                .map(|t| {
+                    json!({"issuer": t.issuer, "currency": t.currency, "status": t.status,
+                           "count": t.count, "total": t.total})
+                })
+                .collect();
+            return self.print_json(&json!({
+                "from": (s.from > 0).then_some(s.from),
+                "until": (s.until > 0).then_some(s.until),
+                "totals": totals,
+            }));
+        }
+        let rows: Vec<Vec<String>> = s
+            .totals
+            .iter()
+            .map(|t| {
+                vec![
+                    t.issuer.clone(),
+                    t.currency.clone(),
+                    t.status.clone(),
+                    t.count.to_string(),
+                    t.total.to_string(),
+                ]
+            })
+            .collect();
+        table(&["ISSUER", "CURRENCY", "STATUS", "COUNT", "TOTAL"], &rows);
+    }
+
     /// Proposals.
     pub fn approvals(&self, list: &[pb::Approval]) {
         if self.json {
