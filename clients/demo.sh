@@ -22,10 +22,14 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 echo "== building kms and kmsctl"
-cargo build --release --locked -p brandkms --bin kms -p brandkms-clients --bin kmsctl --bin issuer
+cargo build --release --locked -p brandkms --bin kms -p brandkms-clients \
+  --bin kmsctl --bin issuer --bin cybershop --bin loading-portal --bin loadgen
 KMS="$PWD/target/release/kms"
 KMSCTL="$PWD/target/release/kmsctl"
 ISSUER="$PWD/target/release/issuer"
+SHOP="$PWD/target/release/cybershop"
+PORTAL="$PWD/target/release/loading-portal"
+LOADGEN="$PWD/target/release/loadgen"
 
 echo "== kms init --dev $DEV"
 "$KMS" init --dev "$DEV"
@@ -134,6 +138,45 @@ as_issuer issuer-2-3 consent revoke --third-party bank-center-b --alias key-a
 as_issuer issuer-2-3 consent revoke --third-party bank-center-b --alias key-b
 echo "\$ issuer sync   (as bank-center-b, after the revocation)"
 participant bank-center-b sync || true
+
+echo; echo "== cards: issuer 2-2 personalises two simulated cards from masters in its own token"
+key key-k --service-code 0x0A02 --purpose purchase --exportable   # cybershop K's purchases
+key key-e --service-code 0x0E01 --purpose load --exportable       # loads for offline issuer 2-1
+entity issuer-2-2 --kind issuer --name "Issuer 2-2" --online
+entity issuer-2-1 --kind issuer --name "Issuer 2-1 (offline)"
+entity cybershop-k --kind cybershop --name "Cybershop K"
+entity loading-portal --kind loading_portal --name "Loading portal"
+tieup issuer-2-2 --cover key-k:supply --cover key-e:supply
+tieup cybershop-k --cover key-k:hold --limit 10000
+tieup issuer-2-1 --cover key-e:proxy_load
+tieup loading-portal --cover key-e:proxy_load
+approve_pending
+echo "\$ issuer sync   (as issuer-2-2)"
+participant issuer-2-2 sync
+mkdir -p "$DEV/cards"
+for spec in "key-k 0123456789012345 card-k" "key-e 1122334455667788 card-e"; do
+  set -- $spec
+  echo "\$ issuer personalise --alias $1 --card-id $2 --balance 5000 --out $DEV/cards/$3.json   (as issuer-2-2)"
+  participant issuer-2-2 personalise --alias "$1" --card-id "$2" --balance 5000 --out "$DEV/cards/$3.json"
+done
+as_shop() { KMSCTL_CERT="$DEV/pki/cybershop-k.pem" KMSCTL_KEY="$DEV/pki/cybershop-k-key.pem" "$SHOP" "$@"; }
+echo; echo "== a cybershop purchase: brandkms authenticates the card and seals the DEBIT"
+echo "\$ cybershop purchase --card $DEV/cards/card-k.json --alias key-k --amount 2000"
+as_shop purchase --card "$DEV/cards/card-k.json" --alias key-k --amount 2000
+echo "\$ cybershop purchase --card $DEV/cards/card-k.json --alias key-k --amount 20000   (above the tie-up's limit)"
+as_shop purchase --card "$DEV/cards/card-k.json" --alias key-k --amount 20000 || true
+echo; echo "== a proxy load for offline issuer 2-1, by the loading portal"
+echo "\$ loading-portal load --card $DEV/cards/card-e.json --alias key-e --amount 3000"
+KMSCTL_CERT="$DEV/pki/loading-portal.pem" KMSCTL_KEY="$DEV/pki/loading-portal-key.pem" \
+  "$PORTAL" load --card "$DEV/cards/card-e.json" --alias key-e --amount 3000
+step proxy-loads report
+echo "\$ kmsctl proxy-loads list   (as issuer-2-1: its own only)"
+KMSCTL_CERT="$DEV/pki/issuer-2-1.pem" KMSCTL_KEY="$DEV/pki/issuer-2-1-key.pem" "$KMSCTL" proxy-loads list
+
+echo; echo "== load: 8 clients for 5 s of whole card transactions, then the token's raw rate"
+echo "\$ loadgen --card $DEV/cards/card-k.json --alias key-k --clients 8 --seconds 5 --kms-config $DEV/kms.toml"
+KMSCTL_CERT="$DEV/pki/cybershop-k.pem" KMSCTL_KEY="$DEV/pki/cybershop-k-key.pem" \
+  "$LOADGEN" --card "$DEV/cards/card-k.json" --alias key-k --clients 8 --seconds 5 --kms-config "$DEV/kms.toml"
 
 echo; echo "== kms reconcile: token and database agree"
 "$KMS" reconcile --config "$DEV/kms.toml"

@@ -3,6 +3,7 @@
 pub mod card;
 pub mod issuer;
 pub mod kmsctl;
+pub mod loadgen;
 pub mod sdk;
 pub mod terminal;
 pub mod token;

@@ -61,6 +61,19 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Measure the raw token rate of a card transaction's operations (a
+    /// benchmark: no gRPC, TLS or database; ephemeral objects only).
+    Bench {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent workers (default: the configured session pool size).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 /// Failure of a command: the message is printed as `kms: error: ...`.
@@ -144,6 +157,14 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Doctor { config } => {
             let settings = settings(&config)?;
             runtime()?.block_on(cmd_doctor(settings))
+        }
+        Command::Bench {
+            config,
+            seconds,
+            threads,
+        } => {
+            let settings = settings(&config)?;
+            runtime()?.block_on(cmd_bench(settings, seconds, threads))
         }
     }
 }
@@ -312,6 +333,39 @@ async fn cmd_doctor(settings: Settings) -> Result<ExitCode, Failure> {
         }
     }
     store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_bench(
+    settings: Settings,
+    seconds: u64,
+    threads: Option<usize>,
+) -> Result<ExitCode, Failure> {
+    let params = settings.hsm.clone();
+    let hsm = tokio::task::spawn_blocking(move || Hsm::open(&params))
+        .await
+        .map_err(Failure::runtime)?
+        .map_err(|e| Failure::runtime(format!("hsm: {e}")))?;
+    let threads = threads.unwrap_or(settings.hsm.sessions).max(1);
+    eprintln!(
+        "kms bench: {threads} workers for {seconds} s on token {}; per transaction: {}",
+        hsm.token_label(),
+        crate::bench::OPERATIONS
+    );
+    let report = crate::bench::run(
+        &hsm,
+        threads,
+        std::time::Duration::from_secs(seconds.max(1)),
+    )
+    .await
+    .map_err(|e| Failure::runtime(format!("hsm: {e}")))?;
+    println!(
+        "{{\"transactions\": {}, \"seconds\": {:.3}, \"threads\": {}, \"per_second\": {:.1}}}",
+        report.transactions,
+        report.seconds,
+        report.threads,
+        report.rate()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@
 //! [`cli`] builds everything from validated [`config::Settings`].
 
 pub mod audit;
+pub mod bench;
 pub mod card;
 pub mod cli;
 pub mod clock;

@@ -1,0 +1,148 @@
+//! `kms bench`: the raw PKCS#11 rate of the token operations one whole card
+//! transaction costs the service (begin, complete, seal, verify receipt), with
+//! no gRPC, TLS or database: the ceiling the load generator's rate is compared
+//! with. Runs on ephemeral session objects; leaves nothing in the token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::card::{self, CardKey, FROM_CARD, Op, TO_CARD};
+use crate::hsm::{
+    EcbDerive, Exportability, Hsm, HsmError, HsmSession, KeyRole, KeySpec, ObjectId,
+    SecretAlgorithm,
+};
+
+/// Token operations per card transaction, as the service performs them.
+pub const OPERATIONS: &str = "RB; derive K_C, CBC-decrypt C1, CBC-encrypt C2, GCM-seal RA||RB; \
+     txn id, GCM-open, derive K_C and K_S, CMAC; GCM-open, derive K_C and K_S, CMAC verify; \
+     4 audit HMAC-SHA-256";
+
+/// What a run measured.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchReport {
+    /// Whole transactions' token work completed.
+    pub transactions: u64,
+    /// Seconds measured.
+    pub seconds: f64,
+    /// Concurrent workers.
+    pub threads: usize,
+}
+
+impl BenchReport {
+    /// Transactions per second.
+    pub fn rate(&self) -> f64 {
+        self.transactions as f64 / self.seconds
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Keys {
+    master: ObjectId,
+    seal: ObjectId,
+    audit: ObjectId,
+}
+
+fn spec(algorithm: SecretAlgorithm, role: KeyRole) -> KeySpec {
+    KeySpec {
+        algorithm,
+        role,
+        export: Exportability::Never,
+    }
+}
+
+/// One transaction's token operations.
+fn transaction(s: &HsmSession<'_>, k: Keys, n: u64) -> Result<(), HsmError> {
+    let rb: [u8; 8] = s.random(8)?.try_into().unwrap_or([0u8; 8]);
+    let ra = n.to_be_bytes();
+    let key = CardKey {
+        master: k.master,
+        derive: EcbDerive::Des3,
+        cid: (n ^ 0x5A5A).to_be_bytes(),
+    };
+    // Complete: C1 is made with the same K_C so that the check succeeds.
+    let kc = s.derive_card_key(&key.master, key.derive, &card::card_key_data(&key.cid))?;
+    let c1 = s.tdes_cbc_encrypt(kc.handle(), [0u8; 8], card::join(&ra, &rb).as_slice())?;
+    drop(kc);
+    let c1: [u8; 16] = c1.try_into().unwrap_or([0u8; 16]);
+    if card::check_c1(s, &key, &rb, &c1)?.is_none() {
+        return Err(HsmError::InvalidInput("bench: C1 did not verify"));
+    }
+    let session = b"cs-bench";
+    let sealed = s.aes_gcm_seal(&k.seal, session, card::join(&ra, &rb).as_slice())?;
+    // Seal.
+    let txn: [u8; 16] = s.random(16)?.try_into().unwrap_or([0u8; 16]);
+    s.aes_gcm_open(&k.seal, session, &sealed)?;
+    let payload = card::command_payload(Op::Debit, 100, b"JPY", &txn);
+    let mac = card::mac(s, &key, &ra, &rb, &card::mac_input(TO_CARD, 0, &payload))?;
+    // Verify receipt (the command's MAC stands in for the card's receipt MAC).
+    s.aes_gcm_open(&k.seal, session, &sealed)?;
+    card::verify_mac(
+        s,
+        &key,
+        &ra,
+        &rb,
+        &card::mac_input(FROM_CARD, 0, &payload),
+        &mac,
+    )?;
+    for _ in 0..4 {
+        s.hmac_sha256(&k.audit, &payload)?;
+    }
+    Ok(())
+}
+
+/// Runs `threads` workers for `duration` on the token.
+pub async fn run(hsm: &Hsm, threads: usize, duration: Duration) -> Result<BenchReport, HsmError> {
+    let keys = hsm
+        .run(|s| {
+            Ok(Keys {
+                master: s.generate_ephemeral(&spec(SecretAlgorithm::Tdes2, KeyRole::CardMaster))?,
+                seal: s.generate_ephemeral(&spec(SecretAlgorithm::Aes256, KeyRole::SessionSeal))?,
+                audit: s
+                    .generate_ephemeral(&spec(SecretAlgorithm::HmacSha256, KeyRole::AuditMac))?,
+            })
+        })
+        .await?;
+    // Warm up (handle caches), then measure.
+    hsm.run(move |s| transaction(s, keys, 0)).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..threads {
+        let (hsm, stop, done) = (hsm.clone(), Arc::clone(&stop), Arc::clone(&done));
+        workers.push(tokio::spawn(async move {
+            let mut n = (w as u64) << 40;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                hsm.run(move |s| transaction(s, keys, n)).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), HsmError>(())
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut result = Ok(());
+    for w in workers {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(HsmError::Worker(e.to_string())),
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    hsm.run(move |s| {
+        for id in [keys.master, keys.seal, keys.audit] {
+            s.destroy(&id)?;
+        }
+        Ok(())
+    })
+    .await?;
+    result?;
+    Ok(BenchReport {
+        transactions: done.load(Ordering::Relaxed),
+        seconds,
+        threads,
+    })
+}
