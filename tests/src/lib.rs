@@ -179,6 +179,11 @@ impl TestServer {
         Client::connect(&self.options(entity)).await.unwrap()
     }
 
+    /// The database URL (a second server process can share it).
+    pub fn database_url(&self) -> &str {
+        &self.settings.database.url
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
