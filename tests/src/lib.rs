@@ -29,8 +29,8 @@ pub struct TestServer {
     /// Which database.
     pub backend: &'static str,
     settings: Settings,
-    _db: Option<TestDb>,
-    _dir: Option<tempfile::TempDir>,
+    _db: TestDb,
+    _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -93,28 +93,15 @@ impl TestServer {
         init::run(&hsm, &store, "local:test", &seeds).await.unwrap();
         store.close().await;
         let backend = db.backend;
-        Self::launch(settings, pki, backend, Some(db), Some(dir)).await
-    }
-
-    /// A second server beside this one: its own listener and state, the same
-    /// database, token and PKI (as a second replica would be).
-    pub async fn start_beside(&self) -> TestServer {
-        Self::launch(
-            self.settings.clone(),
-            self.pki.clone(),
-            self.backend,
-            None,
-            None,
-        )
-        .await
+        Self::launch(settings, pki, backend, db, dir).await
     }
 
     async fn launch(
         settings: Settings,
         pki: PathBuf,
         backend: &'static str,
-        db: Option<TestDb>,
-        dir: Option<tempfile::TempDir>,
+        db: TestDb,
+        dir: tempfile::TempDir,
     ) -> TestServer {
         let hsm = testing::hsm();
         let server = Server::build_with_hsm(&settings, hsm, Clock::default())

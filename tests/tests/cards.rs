@@ -746,40 +746,6 @@ async fn thirty_two_concurrent_transactions_complete_with_distinct_sessions() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn a_session_continues_on_another_server_sharing_database_and_token() {
-    let first = TestServer::start(brandkms::testing::sqlite_db()).await;
-    seed(&first).await;
-    let shop = first.client("cybershop-k").await;
-    let mut card = card_with(&hex::decode(KM).unwrap(), SERVICE_K, h(CID), 5000);
-    let session = authenticate(&shop, &mut card, "key-k", SERVICE_K).await;
-    let (_, v) = transact(
-        &shop,
-        &mut card,
-        &session.session_id,
-        pb::CardOp::Debit,
-        1000,
-    )
-    .await;
-    assert!(v.genuine);
-    let second = first.start_beside().await;
-    assert_ne!(second.addr, first.addr);
-    let shop = second.client("cybershop-k").await;
-    let (sealed, v) = transact(
-        &shop,
-        &mut card,
-        &session.session_id,
-        pb::CardOp::Debit,
-        500,
-    )
-    .await;
-    assert_eq!(sealed.counter, 1);
-    assert!(v.genuine);
-    assert_eq!(card.balance, 3500);
-    second.stop().await;
-    first.stop().await;
-}
-
 /// The `kms` binary next to this test's directory (cargo builds it for the
 /// workspace's tests: `bash tests/run.sh`).
 fn kms_binary() -> std::path::PathBuf {
