@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/brandkms/v1/admin.proto",
         "proto/brandkms/v1/distribution.proto",
         "proto/brandkms/v1/card.proto",
+        "proto/brandkms/v1/settlement.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -10,6 +10,7 @@ use brandkms_proto::v1::admin_client::AdminClient;
 use brandkms_proto::v1::card_authentication_client::CardAuthenticationClient;
 use brandkms_proto::v1::key_distribution_client::KeyDistributionClient;
 use brandkms_proto::v1::proxy_loading_client::ProxyLoadingClient;
+use brandkms_proto::v1::settlement_client::SettlementClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Where and as whom to connect.
@@ -175,6 +176,21 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The Settlement service (public keys, decryption, signatures).
+    pub fn settlement(&self) -> Settlement {
+        Settlement {
+            inner: SettlementClient::new(self.channel.clone()),
+        }
+    }
+}
+
+/// Typed calls of the Settlement service.
+#[derive(Clone, Debug)]
+pub struct Settlement {
+    inner: SettlementClient<Channel>,
+}
+
 /// Typed calls of the CardAuthentication service.
 #[derive(Clone, Debug)]
 pub struct Cards {
@@ -289,4 +305,15 @@ calls! { ProxyLoads {
     list_proxy_loads(pb::ListProxyLoadsRequest) -> pb::ListProxyLoadsResponse;
     /// Count and total per issuer, currency and status.
     summarize_proxy_loads(pb::ListProxyLoadsRequest) -> pb::ProxyLoadSummary;
+} }
+
+calls! { Settlement {
+    /// A settlement key version's public key and OAEP parameters.
+    get_public_key(pb::GetPublicKeyRequest) -> pb::PublicKey;
+    /// Decrypts a ciphertext made under the public key (clearing houses, owners).
+    decrypt(pb::DecryptRequest) -> pb::DecryptResponse;
+    /// Signs with the active version (clearing houses).
+    sign(pb::SignRequest) -> pb::SignResponse;
+    /// Verifies a signature (anyone).
+    verify(pb::VerifyRequest) -> pb::VerifyResponse;
 } }

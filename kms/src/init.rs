@@ -99,6 +99,7 @@ pub async fn run(
                 state: KeyState::Active,
                 weak: false,
                 demote_active_to: None,
+                oaep_hash: None,
             },
             AuditEvent::allowed(actor, "init.create_internal_key"),
         )

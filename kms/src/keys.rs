@@ -48,6 +48,8 @@ pub struct NewVersion {
     pub weak: bool,
     /// Rotation: the state the key's active versions move to, in the same transaction.
     pub demote_active_to: Option<KeyState>,
+    /// RSA keys, with their first version: the OAEP hash their ciphertexts use.
+    pub oaep_hash: Option<crate::hsm::OaepHash>,
 }
 
 /// Which key MACs the audit record of the creation.
@@ -121,7 +123,10 @@ async fn write_rows(
         version: new.version,
         state: new.state,
         cka_id: generated.id,
-        kcv: hex::encode_upper(generated.kcv),
+        kcv: generated
+            .fingerprint
+            .map(hex::encode)
+            .unwrap_or_else(|| hex::encode_upper(generated.kcv)),
         weak: new.weak,
         created_at: now,
         state_changed_at: now,
@@ -133,6 +138,9 @@ async fn write_rows(
     auditor.append(&mut tx, &event).await?;
     if let Some(key) = &new.key {
         rows::insert_key(&mut tx, key).await?;
+        if let Some(hash) = new.oaep_hash {
+            rows::insert_rsa_key(&mut tx, &key.alias, hash.as_str()).await?;
+        }
     }
     if let Some(to) = new.demote_active_to {
         rows::demote_active(&mut tx, &new.alias, to, now).await?;

@@ -19,6 +19,7 @@ pub mod init;
 pub mod keys;
 pub mod ops;
 pub mod reconcile;
+pub mod rsa_public;
 pub mod server;
 pub mod service;
 pub mod softhsm;

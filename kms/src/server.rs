@@ -12,6 +12,7 @@ use brandkms_proto::v1::admin_server::AdminServer;
 use brandkms_proto::v1::card_authentication_server::CardAuthenticationServer;
 use brandkms_proto::v1::key_distribution_server::KeyDistributionServer;
 use brandkms_proto::v1::proxy_loading_server::ProxyLoadingServer;
+use brandkms_proto::v1::settlement_server::SettlementServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +28,7 @@ use crate::service::admin::AdminService;
 use crate::service::auth::AuthLayer;
 use crate::service::card::CardService;
 use crate::service::distribution::DistributionService;
+use crate::service::settlement::SettlementService;
 use crate::service::{AppState, Shared};
 use crate::store::Store;
 use crate::tls::{self, ServerTls};
@@ -92,12 +94,26 @@ impl Server {
                     init::SEAL_KEY
                 ))
             })?;
+        let oaep_hash = if hsm
+            .run(|s| s.probe_oaep_sha256())
+            .await
+            .map_err(|e| StartError::Serve(format!("token probe: {e}")))?
+        {
+            crate::hsm::OaepHash::Sha256
+        } else {
+            crate::hsm::OaepHash::Sha1
+        };
+        tracing::info!(
+            oaep = oaep_hash.as_str(),
+            "RSA-OAEP hash for new settlement keys"
+        );
         Ok(Server {
             state: Arc::new(AppState {
                 hsm,
                 store,
                 auditor,
                 seal_key,
+                oaep_hash,
                 clock,
                 settings: settings.service.clone(),
             }),
@@ -151,6 +167,9 @@ impl Server {
                 &self.state,
             ))))
             .add_service(ProxyLoadingServer::new(CardService::new(Arc::clone(
+                &self.state,
+            ))))
+            .add_service(SettlementServer::new(SettlementService::new(Arc::clone(
                 &self.state,
             ))))
             .serve_with_incoming_shutdown(incoming, shutdown)

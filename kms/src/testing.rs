@@ -268,6 +268,7 @@ pub async fn import_card_master(
             state: KeyState::Active,
             weak: algorithm.1 == Algorithm::Des,
             demote_active_to: None,
+            oaep_hash: None,
         },
         crate::audit::AuditEvent::allowed("local:test", "test.import_card_master"),
     )

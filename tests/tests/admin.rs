@@ -22,6 +22,7 @@ fn card_key(alias: &str) -> pb::CreateKeyRequest {
         algorithm: pb::KeyAlgorithm::Tdes2 as i32,
         allow_legacy_des: false,
         exportable: true,
+        owner_entity: String::new(),
     }
 }
 

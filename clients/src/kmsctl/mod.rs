@@ -91,7 +91,19 @@ enum KeyCommand {
         #[arg(long)]
         exportable: bool,
     },
-    /// Add an active version; the previous one becomes auth_only.
+    /// Create a settlement RSA key pair in the token (version 1, active).
+    CreateSettlement {
+        /// Alias: [a-z0-9._-], at most 64.
+        alias: String,
+        /// rsa2048, rsa3072 (default) or rsa4096.
+        #[arg(long, default_value = "rsa3072")]
+        algorithm: String,
+        /// An entity-owned identifier key: only this entity may decrypt.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Add an active version; the previous one becomes auth_only (card-access)
+    /// or decrypt_only (settlement).
     Rotate {
         /// Alias.
         alias: String,
@@ -427,6 +439,28 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
                         )? as i32,
                         allow_legacy_des,
                         exportable,
+                        owner_entity: String::new(),
+                    })
+                    .await?;
+                out.key(&key);
+            }
+            KeyCommand::CreateSettlement {
+                alias,
+                algorithm,
+                owner,
+            } => {
+                let key = admin
+                    .create_key(pb::CreateKeyRequest {
+                        alias,
+                        class: pb::KeyClass::Settlement as i32,
+                        algorithm: wire_enum(
+                            "algorithm",
+                            "KEY_ALGORITHM_",
+                            &algorithm,
+                            pb::KeyAlgorithm::from_str_name,
+                        )? as i32,
+                        owner_entity: owner.unwrap_or_default(),
+                        ..Default::default()
                     })
                     .await?;
                 out.key(&key);

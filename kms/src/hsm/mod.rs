@@ -22,7 +22,7 @@ use tracing::Instrument;
 use zeroize::Zeroizing;
 
 pub use error::HsmError;
-pub use ops::{GeneratedKey, HsmSession, Kcv, SessionKey, TokenObject};
+pub use ops::{GeneratedKey, GeneratedRsa, HsmSession, Kcv, OaepHash, SessionKey, TokenObject};
 pub use raw::{CMAC_LEN, EcbDerive};
 pub use spec::{Exportability, KeyRole, KeySpec, OBJECT_ID_LEN, ObjectId, SecretAlgorithm};
 

@@ -27,6 +27,9 @@ pub struct GeneratedKey {
     pub id: ObjectId,
     /// Its check value, computed by the token.
     pub kcv: Kcv,
+    /// RSA keys: the SHA-256 fingerprint of the public key (SPKI DER),
+    /// recorded (hex) instead of a check value.
+    pub fingerprint: Option<[u8; 32]>,
 }
 
 /// A token object as reconciliation sees it.
@@ -118,7 +121,11 @@ impl<'a> HsmSession<'a> {
                 return Err(e.with_id(id));
             }
         };
-        Ok(GeneratedKey { id, kcv })
+        Ok(GeneratedKey {
+            id,
+            kcv,
+            fingerprint: None,
+        })
     }
 
     /// Generates a session object with a random `CKA_ID` (gone when its session
@@ -154,7 +161,11 @@ impl<'a> HsmSession<'a> {
         let handle = self.session.create_object(&template)?;
         lock(&self.inner.handles).insert(id, handle);
         let kcv = self.check_value(handle).map_err(|e| e.with_id(id))?;
-        Ok(GeneratedKey { id, kcv })
+        Ok(GeneratedKey {
+            id,
+            kcv,
+            fingerprint: None,
+        })
     }
 
     /// The key's `CKA_CHECK_VALUE`, which the token computes itself: for DES, TDES
@@ -501,6 +512,168 @@ impl<'a> HsmSession<'a> {
         })
     }
 
+    /// Generates a settlement RSA key pair: the private half a token object
+    /// (sensitive, never extractable, decrypt and sign only) labelled `label`;
+    /// the public half is read and dropped (the private object carries the
+    /// modulus and exponent, so the public key is always read from the token).
+    pub fn generate_rsa(&self, bits: u64, label: &str) -> Result<GeneratedRsa, HsmError> {
+        let id = self.new_object_id()?;
+        let public = [
+            Attribute::Token(false),
+            Attribute::ModulusBits(bits.into()),
+            Attribute::PublicExponent(vec![1, 0, 1]),
+            Attribute::Encrypt(true),
+            Attribute::Verify(true),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Decrypt(true),
+            Attribute::Sign(true),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Id(id.0.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let (pub_handle, priv_handle) =
+            self.session
+                .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+        self.session.destroy_object(pub_handle)?;
+        lock(&self.inner.handles).insert(id, priv_handle);
+        let (modulus, exponent) = self.rsa_public(&id)?;
+        Ok(GeneratedRsa {
+            id,
+            modulus,
+            exponent,
+        })
+    }
+
+    /// The modulus and public exponent of an RSA private key object.
+    pub fn rsa_public(&self, id: &ObjectId) -> Result<(Vec<u8>, Vec<u8>), HsmError> {
+        self.with_key(id, |h| {
+            let attrs = self
+                .session
+                .get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])?;
+            let (mut modulus, mut exponent) = (Vec::new(), Vec::new());
+            for a in attrs {
+                match a {
+                    Attribute::Modulus(m) => modulus = m,
+                    Attribute::PublicExponent(e) => exponent = e,
+                    _ => {}
+                }
+            }
+            if modulus.is_empty() || exponent.is_empty() {
+                return Err(HsmError::InvalidInput("not an RSA key object"));
+            }
+            Ok((modulus, exponent))
+        })
+    }
+
+    /// RSA-OAEP decryption with the private key `id`. `Ok(None)` for every
+    /// ciphertext the token refuses (length, padding, another key's): callers
+    /// must answer all of them alike.
+    pub fn rsa_oaep_decrypt(
+        &self,
+        id: &ObjectId,
+        hash: OaepHash,
+        ciphertext: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, HsmError> {
+        self.with_key(id, |h| {
+            match self
+                .session
+                .decrypt(&Mechanism::RsaPkcsOaep(hash.params()), h, ciphertext)
+            {
+                Ok(plain) => Ok(Some(Zeroizing::new(plain))),
+                Err(cryptoki::error::Error::Pkcs11(rv, _)) if decryption_refusal(rv) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt) signature with the private key `id`.
+    pub fn rsa_pss_sign(&self, id: &ObjectId, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        self.with_key(id, |h| {
+            Ok(self
+                .session
+                .sign(&Mechanism::Sha256RsaPkcsPss(pss_params()), h, data)?)
+        })
+    }
+
+    /// Verifies an RSA-PSS (SHA-256) signature under a public key, in the token.
+    pub fn rsa_pss_verify(
+        &self,
+        modulus: &[u8],
+        exponent: &[u8],
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, HsmError> {
+        let public = self.session.create_object(&[
+            Attribute::Class(cryptoki::object::ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::RSA),
+            Attribute::Token(false),
+            Attribute::Verify(true),
+            Attribute::Modulus(modulus.to_vec()),
+            Attribute::PublicExponent(exponent.to_vec()),
+        ])?;
+        let public = SessionKey {
+            handle: public,
+            session: self.session,
+        };
+        match verified(self.session.verify(
+            &Mechanism::Sha256RsaPkcsPss(pss_params()),
+            public.handle(),
+            data,
+            signature,
+        )) {
+            Err(HsmError::Pkcs11 {
+                rv: RvError::SignatureLenRange,
+                ..
+            }) => Ok(false),
+            other => other,
+        }
+    }
+
+    /// Whether the token decrypts RSA-OAEP with SHA-256 (SoftHSM2 2.6 does not:
+    /// SHA-1 only); probed on an ephemeral key pair.
+    pub fn probe_oaep_sha256(&self) -> Result<bool, HsmError> {
+        let public = [
+            Attribute::Token(false),
+            Attribute::ModulusBits(2048u64.into()),
+            Attribute::PublicExponent(vec![1, 0, 1]),
+            Attribute::Encrypt(true),
+        ];
+        let private = [
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Decrypt(true),
+        ];
+        let (pub_handle, priv_handle) =
+            self.session
+                .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+        let pair = [
+            SessionKey {
+                handle: pub_handle,
+                session: self.session,
+            },
+            SessionKey {
+                handle: priv_handle,
+                session: self.session,
+            },
+        ];
+        let mechanism = Mechanism::RsaPkcsOaep(OaepHash::Sha256.params());
+        let probe = b"brandkms oaep probe";
+        let works = self
+            .session
+            .encrypt(&mechanism, pair[0].handle(), probe)
+            .and_then(|ct| self.session.decrypt(&mechanism, pair[1].handle(), &ct))
+            .is_ok_and(|pt| pt == probe);
+        Ok(works)
+    }
+
     /// Generates an RSA key pair (private half sensitive, never extractable, able to
     /// unwrap) and returns the private half's `CKA_ID` with the public modulus and
     /// exponent. Tests only: it stands for a participant's own token.
@@ -598,6 +771,85 @@ impl<'a> HsmSession<'a> {
             PkcsOaepSource::empty(),
         )
     }
+}
+
+fn pss_params() -> cryptoki::mechanism::rsa::PkcsPssParams {
+    cryptoki::mechanism::rsa::PkcsPssParams {
+        hash_alg: MechanismType::SHA256,
+        mgf: PkcsMgfType::MGF1_SHA256,
+        s_len: 32u64.into(),
+    }
+}
+
+/// What the token answers to a ciphertext it will not decrypt. SoftHSM2
+/// reports an OAEP padding failure as `CKR_GENERAL_ERROR` (measured: an
+/// all-zero ciphertext of modulus length), so a general error during an RSA
+/// decryption counts as a refusal too: the answer must not tell them apart.
+fn decryption_refusal(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::EncryptedDataInvalid
+            | RvError::EncryptedDataLenRange
+            | RvError::DataInvalid
+            | RvError::DataLenRange
+            | RvError::ArgumentsBad
+            | RvError::GeneralError
+            | RvError::FunctionFailed
+    )
+}
+
+/// The hash of an RSA-OAEP key (and its MGF1), part of the key's metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OaepHash {
+    /// SHA-1 / MGF1-SHA-1 (SoftHSM2 2.6).
+    Sha1,
+    /// SHA-256 / MGF1-SHA-256.
+    Sha256,
+}
+
+impl OaepHash {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OaepHash::Sha1 => "sha1",
+            OaepHash::Sha256 => "sha256",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<OaepHash> {
+        match s {
+            "sha1" => Some(OaepHash::Sha1),
+            "sha256" => Some(OaepHash::Sha256),
+            _ => None,
+        }
+    }
+
+    fn params(self) -> PkcsOaepParams<'static> {
+        match self {
+            OaepHash::Sha1 => PkcsOaepParams::new(
+                MechanismType::SHA1,
+                PkcsMgfType::MGF1_SHA1,
+                PkcsOaepSource::empty(),
+            ),
+            OaepHash::Sha256 => PkcsOaepParams::new(
+                MechanismType::SHA256,
+                PkcsMgfType::MGF1_SHA256,
+                PkcsOaepSource::empty(),
+            ),
+        }
+    }
+}
+
+/// A settlement key pair just generated.
+#[derive(Clone, Debug)]
+pub struct GeneratedRsa {
+    /// The private half's `CKA_ID`.
+    pub id: ObjectId,
+    /// The modulus, big-endian.
+    pub modulus: Vec<u8>,
+    /// The public exponent, big-endian.
+    pub exponent: Vec<u8>,
 }
 
 fn blocks(data: &[u8]) -> Result<(), HsmError> {

@@ -134,6 +134,7 @@ pub async fn establish_transport_key(
             state: KeyState::Active,
             weak: false,
             demote_active_to: Some(KeyState::Retired),
+            oaep_hash: None,
         },
         caller.event_about(
             "KeyDistribution/EstablishTransportKey",

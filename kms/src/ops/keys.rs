@@ -121,6 +121,7 @@ pub async fn create(
             state: KeyState::Active,
             weak: input.algorithm == Algorithm::Des,
             demote_active_to: None,
+            oaep_hash: None,
         },
         caller.event("Admin/CreateKey"),
     )
@@ -145,7 +146,8 @@ fn previous_state(class: KeyClass) -> Result<KeyState, ServiceError> {
     }
 }
 
-/// Adds an active version; the previous active version becomes `auth_only`.
+/// Adds an active version; the previous active version becomes `auth_only`
+/// (card-access) or `decrypt_only` (settlement).
 pub async fn rotate(
     state: &AppState,
     caller: &Caller,
@@ -153,8 +155,29 @@ pub async fn rotate(
 ) -> Result<KeyView, ServiceError> {
     let view = get(state, alias).await?;
     let demote = previous_state(view.key.class)?;
-    let spec = card_access_spec(&view.key)?;
     let next = view.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+    if view.key.class == KeyClass::Settlement {
+        let bits = crate::ops::settlement::rsa_bits(view.key.algorithm)?;
+        create_version(
+            &state.hsm,
+            &state.store,
+            AuditKey::Existing(&state.auditor),
+            crate::ops::settlement::rsa_generator(bits),
+            NewVersion {
+                key: None,
+                alias: alias.to_string(),
+                version: next,
+                state: KeyState::Active,
+                weak: false,
+                demote_active_to: Some(demote),
+                oaep_hash: None,
+            },
+            caller.event("Admin/RotateKey"),
+        )
+        .await?;
+        return get(state, alias).await;
+    }
+    let spec = card_access_spec(&view.key)?;
     create_version(
         &state.hsm,
         &state.store,
@@ -167,6 +190,7 @@ pub async fn rotate(
             state: KeyState::Active,
             weak: view.key.algorithm == Algorithm::Des,
             demote_active_to: Some(demote),
+            oaep_hash: None,
         },
         caller.event("Admin/RotateKey"),
     )

@@ -7,4 +7,5 @@ pub mod cards;
 pub mod distribution;
 pub mod entities;
 pub mod keys;
+pub mod settlement;
 pub mod tieups;

@@ -13,6 +13,7 @@ use crate::audit::ApprovalClosing;
 use crate::ops::approvals::{self, Change};
 use crate::ops::distribution::policy_tie_up;
 use crate::ops::keys::{CreateKey, DEFAULT_WAITING_DAYS, KeyView};
+use crate::ops::settlement::{self, CreateSettlementKey};
 use crate::ops::tieups::{CreateTieUp, UpdateTieUp};
 use crate::ops::{entities, keys, tieups};
 use crate::store::approvals::ApprovalRecord;
@@ -46,9 +47,16 @@ impl Admin for AdminService {
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
         let alias = r.alias.clone();
-        let result = match CreateKey::try_from(r) {
-            Ok(input) => keys::create(self.state(), &caller, input).await,
-            Err(e) => Err(e),
+        let result = if r.class == pb::KeyClass::Settlement as i32 {
+            match CreateSettlementKey::try_from(r) {
+                Ok(input) => settlement::create(self.state(), &caller, input).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            match CreateKey::try_from(r) {
+                Ok(input) => keys::create(self.state(), &caller, input).await,
+                Err(e) => Err(e),
+            }
         };
         let view = audited(self.state(), &caller, OP, Some((&alias, None)), result).await?;
         Ok(Response::new(view.into()))

@@ -11,6 +11,7 @@ use super::{ServiceError, invalid, valid_name};
 use crate::ops::approvals::{ApprovalState, state_at};
 use crate::ops::entities::RegisterEntity;
 use crate::ops::keys::{CreateKey, KeyView};
+use crate::ops::settlement::CreateSettlementKey;
 use crate::ops::tieups::{CreateTieUp, UpdateTieUp};
 use crate::store::approvals::ApprovalRecord;
 use crate::store::audit::AuditRow;
@@ -98,11 +99,39 @@ fn non_negative_time(what: &str, t: i64) -> Result<Option<i64>, ServiceError> {
     }
 }
 
+impl TryFrom<pb::CreateKeyRequest> for CreateSettlementKey {
+    type Error = ServiceError;
+
+    fn try_from(r: pb::CreateKeyRequest) -> Result<Self, Self::Error> {
+        let alias = name("alias", &r.alias)?;
+        if r.service_code != 0 || r.purpose != 0 || r.exportable || r.allow_legacy_des {
+            return Err(invalid(
+                "settlement keys take no service code, purpose, exportable or allow_legacy_des",
+            ));
+        }
+        let algorithm = algorithm(r.algorithm)?.unwrap_or(Algorithm::Rsa3072);
+        crate::ops::settlement::rsa_bits(algorithm)?;
+        let owner = if r.owner_entity.is_empty() {
+            None
+        } else {
+            Some(name("owner entity", &r.owner_entity)?)
+        };
+        Ok(CreateSettlementKey {
+            alias,
+            algorithm,
+            owner,
+        })
+    }
+}
+
 impl TryFrom<pb::CreateKeyRequest> for CreateKey {
     type Error = ServiceError;
 
     fn try_from(r: pb::CreateKeyRequest) -> Result<Self, Self::Error> {
         let alias = name("alias", &r.alias)?;
+        if !r.owner_entity.is_empty() {
+            return Err(invalid("only settlement keys have an owner entity"));
+        }
         match key_class(r.class)? {
             None | Some(KeyClass::CardAccess) => {}
             Some(other) => {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod card;
 pub mod convert;
 pub mod distribution;
+pub mod settlement;
 
 use std::sync::Arc;
 
@@ -33,6 +34,9 @@ pub struct AppState {
     pub auditor: Auditor,
     /// The token key that seals card sessions' nonces (`brandkms.session-seal`).
     pub seal_key: crate::hsm::ObjectId,
+    /// The OAEP hash new settlement keys use: SHA-256 when the token decrypts
+    /// with it (probed at start), else SHA-1.
+    pub oaep_hash: crate::hsm::OaepHash,
     /// The clock.
     pub clock: Clock,
     /// Timings.

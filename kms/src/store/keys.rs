@@ -263,3 +263,30 @@ pub async fn due_destructions(
     .map(version_from_row)
     .collect()
 }
+
+/// Records an RSA key's OAEP hash (with its first version).
+pub async fn insert_rsa_key(
+    conn: &mut Conn,
+    alias: &str,
+    oaep_hash: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO rsa_keys (alias, oaep_hash) VALUES ($1, $2)")
+        .bind(alias)
+        .bind(oaep_hash)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// An RSA key's OAEP hash.
+pub async fn rsa_oaep_hash(conn: &mut Conn, alias: &str) -> Result<Option<String>, StoreError> {
+    use sqlx::Row;
+    Ok(
+        sqlx::query("SELECT oaep_hash FROM rsa_keys WHERE alias = $1")
+            .bind(alias)
+            .fetch_optional(conn)
+            .await?
+            .map(|r| r.try_get::<String, _>("oaep_hash"))
+            .transpose()?,
+    )
+}

@@ -1,0 +1,310 @@
+//! Settlement RSA keys (brand-wide, or owned by one entity): generated in the
+//! token, private half never extractable; public key read from the token;
+//! RSA-OAEP decryption for clearing houses (or the owner), PSS signatures.
+//! Every decryption failure is the same error, so that none is an oracle.
+
+use brandkms_policy::{Action, Algorithm, Decision, KeyClass, KeyState, Request, decide};
+use zeroize::Zeroizing;
+
+use crate::hsm::{GeneratedKey, HsmError, HsmSession, OaepHash};
+use crate::keys::{AuditKey, NewVersion, create_version};
+use crate::ops::distribution::{policy_entity, policy_facts};
+use crate::ops::keys::{KeyView, get};
+use crate::rsa_public::{self, PublicKeyInfo};
+use crate::service::{AppState, Caller, ServiceError, invalid};
+use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
+use crate::store::{Conn, entities};
+
+/// The one answer to a ciphertext that does not decrypt, whatever the cause.
+pub const DECRYPTION_FAILED: &str = "decryption failed";
+
+/// A request to create a settlement key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateSettlementKey {
+    /// Alias (validated).
+    pub alias: String,
+    /// RSA 2048, 3072 or 4096.
+    pub algorithm: Algorithm,
+    /// The owner of an entity-owned key (only it may decrypt).
+    pub owner: Option<String>,
+}
+
+/// Modulus bits of an RSA algorithm.
+pub fn rsa_bits(a: Algorithm) -> Result<u64, ServiceError> {
+    match a {
+        Algorithm::Rsa2048 => Ok(2048),
+        Algorithm::Rsa3072 => Ok(3072),
+        Algorithm::Rsa4096 => Ok(4096),
+        other => Err(invalid(format!(
+            "algorithm {other} is not a settlement algorithm (rsa2048, rsa3072, rsa4096)"
+        ))),
+    }
+}
+
+/// Generates a key pair in the token and fingerprints its public key.
+pub fn rsa_generator(
+    bits: u64,
+) -> impl FnOnce(&HsmSession<'_>, &str) -> Result<GeneratedKey, HsmError> + Send + 'static {
+    move |s, label| {
+        let g = s.generate_rsa(bits, label)?;
+        let info = rsa_public::encode(&g.modulus, &g.exponent).map_err(|_| {
+            let _ = s.destroy(&g.id);
+            HsmError::InvalidInput("the token's RSA public key does not encode")
+        })?;
+        Ok(GeneratedKey {
+            id: g.id,
+            kcv: [0; 3],
+            fingerprint: Some(info.fingerprint),
+        })
+    }
+}
+
+/// Creates a settlement key with version 1, active, recording the OAEP hash the
+/// token supports.
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    input: CreateSettlementKey,
+) -> Result<KeyView, ServiceError> {
+    let bits = rsa_bits(input.algorithm)?;
+    let mut conn = state.store.conn().await?;
+    if rows::key(&mut conn, &input.alias).await?.is_some() {
+        return Err(ServiceError::AlreadyExists(format!(
+            "key {:?} exists",
+            input.alias
+        )));
+    }
+    if let Some(owner) = &input.owner
+        && entities::get(&mut conn, owner).await?.is_none()
+    {
+        return Err(invalid(format!("unknown owner entity {owner:?}")));
+    }
+    drop(conn);
+    let record = KeyRecord {
+        alias: input.alias.clone(),
+        class: KeyClass::Settlement,
+        algorithm: input.algorithm,
+        purpose: None,
+        service_code: None,
+        exportable: false,
+        owner_entity: input.owner.clone(),
+        created_at: state.clock.now_ms(),
+    };
+    create_version(
+        &state.hsm,
+        &state.store,
+        AuditKey::Existing(&state.auditor),
+        rsa_generator(bits),
+        NewVersion {
+            key: Some(record),
+            alias: input.alias.clone(),
+            version: 1,
+            state: KeyState::Active,
+            weak: false,
+            demote_active_to: None,
+            oaep_hash: Some(state.oaep_hash),
+        },
+        caller.event("Admin/CreateKey"),
+    )
+    .await?;
+    get(state, &input.alias).await
+}
+
+/// A settlement key version and its public key, read from the token.
+#[derive(Clone, Debug)]
+pub struct PublicKey {
+    /// The key.
+    pub key: KeyRecord,
+    /// The version.
+    pub version: KeyVersionRecord,
+    /// SPKI DER and PEM, fingerprint.
+    pub info: PublicKeyInfo,
+    /// The OAEP hash its ciphertexts use.
+    pub oaep_hash: OaepHash,
+}
+
+async fn settlement_version(
+    conn: &mut Conn,
+    alias: &str,
+    version: Option<u32>,
+) -> Result<(KeyRecord, KeyVersionRecord, OaepHash), ServiceError> {
+    let key = rows::key(conn, alias)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+    if key.class != KeyClass::Settlement {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "{alias:?} is a {} key, not a settlement key",
+            key.class
+        )));
+    }
+    let v = match version {
+        Some(n) => rows::version(conn, alias, n)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {n}")))?,
+        None => rows::versions(conn, alias)
+            .await?
+            .into_iter()
+            .find(|v| v.state == KeyState::Active)
+            .ok_or_else(|| {
+                ServiceError::FailedPrecondition(format!("key {alias:?} has no active version"))
+            })?,
+    };
+    let hash = rows::rsa_oaep_hash(conn, alias)
+        .await?
+        .as_deref()
+        .and_then(OaepHash::parse)
+        .ok_or_else(|| {
+            ServiceError::Internal(format!("settlement key {alias} has no OAEP hash"))
+        })?;
+    Ok((key, v, hash))
+}
+
+fn usable(v: &KeyVersionRecord, alias: &str) -> Result<(), ServiceError> {
+    if matches!(v.state, KeyState::Destroyed | KeyState::PendingDestruction) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "version {} of key {alias:?} is {}",
+            v.version, v.state
+        )));
+    }
+    Ok(())
+}
+
+/// The public key of a version (default: the active one); any caller.
+pub async fn public_key(
+    state: &AppState,
+    alias: &str,
+    version: Option<u32>,
+) -> Result<PublicKey, ServiceError> {
+    let mut conn = state.store.conn().await?;
+    let (key, v, oaep_hash) = settlement_version(&mut conn, alias, version).await?;
+    drop(conn);
+    usable(&v, alias)?;
+    let id = v.cka_id;
+    let (modulus, exponent) = state.hsm.run(move |s| s.rsa_public(&id)).await?;
+    let info = rsa_public::encode(&modulus, &exponent)
+        .map_err(|e| ServiceError::Internal(format!("public key of {alias}: {e}")))?;
+    if hex::encode(info.fingerprint) != v.kcv {
+        return Err(ServiceError::Internal(format!(
+            "public key of {alias} v{} does not match its recorded fingerprint",
+            v.version
+        )));
+    }
+    Ok(PublicKey {
+        key,
+        version: v,
+        info,
+        oaep_hash,
+    })
+}
+
+async fn allowed(
+    conn: &mut Conn,
+    caller: &Caller,
+    key: &KeyRecord,
+    v: &KeyVersionRecord,
+    action: Action,
+    now: i64,
+) -> Result<(), ServiceError> {
+    let (tie_ups, consents) = policy_facts(conn, &caller.entity.id).await?;
+    match decide(&Request {
+        caller: &policy_entity(&caller.entity),
+        action,
+        key: &brandkms_policy::Key {
+            alias: key.alias.clone(),
+            class: key.class,
+            owner: key.owner_entity.clone(),
+            exportable: false,
+            state: v.state,
+        },
+        tie_ups: &tie_ups,
+        consents: &consents,
+        transport_key: false,
+        now,
+    }) {
+        Decision::Allow => Ok(()),
+        Decision::Deny(reason) => Err(ServiceError::Denied(reason)),
+    }
+}
+
+/// RSA-OAEP decryption in the token for a clearing house with a tie-up on the
+/// key, or the owner of an entity-owned key. A version that is not `active` or
+/// `decrypt_only` is refused (`FailedPrecondition`); a ciphertext that does not
+/// decrypt, for whatever reason, gets [`DECRYPTION_FAILED`].
+pub async fn decrypt(
+    state: &AppState,
+    caller: &Caller,
+    alias: &str,
+    version: u32,
+    ciphertext: Vec<u8>,
+) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+    let now = state.clock.now_ms();
+    let mut conn = state.store.conn().await?;
+    let (key, v, hash) = settlement_version(&mut conn, alias, Some(version)).await?;
+    if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "version {version} of key {alias:?} is {}: its ciphertexts are no longer decrypted",
+            v.state
+        )));
+    }
+    allowed(&mut conn, caller, &key, &v, Action::Decrypt, now).await?;
+    drop(conn);
+    let id = v.cka_id;
+    let plain = state
+        .hsm
+        .run(move |s| {
+            // A ciphertext is exactly as long as the modulus; the token reports
+            // other lengths as a general failure, so they are refused here, alike.
+            let (modulus, _) = s.rsa_public(&id)?;
+            if ciphertext.len() != modulus.len() {
+                return Ok(None);
+            }
+            s.rsa_oaep_decrypt(&id, hash, &ciphertext)
+        })
+        .await?;
+    plain.ok_or_else(|| invalid(DECRYPTION_FAILED))
+}
+
+/// A PSS (SHA-256) signature with the active version, for a clearing house with
+/// a tie-up on the key.
+pub async fn sign(
+    state: &AppState,
+    caller: &Caller,
+    alias: &str,
+    data: Vec<u8>,
+) -> Result<(u32, Vec<u8>), ServiceError> {
+    let now = state.clock.now_ms();
+    let mut conn = state.store.conn().await?;
+    let (key, v, _) = settlement_version(&mut conn, alias, None).await?;
+    if key.owner_entity.is_some() {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "{alias:?} is an entity-owned identifier key: it decrypts, it does not sign"
+        )));
+    }
+    allowed(&mut conn, caller, &key, &v, Action::Decrypt, now).await?;
+    drop(conn);
+    let id = v.cka_id;
+    let signature = state.hsm.run(move |s| s.rsa_pss_sign(&id, &data)).await?;
+    Ok((v.version, signature))
+}
+
+/// Verifies a PSS (SHA-256) signature under a version's public key; anyone.
+pub async fn verify(
+    state: &AppState,
+    alias: &str,
+    version: u32,
+    data: Vec<u8>,
+    signature: Vec<u8>,
+) -> Result<bool, ServiceError> {
+    let mut conn = state.store.conn().await?;
+    let (_, v, _) = settlement_version(&mut conn, alias, Some(version)).await?;
+    drop(conn);
+    usable(&v, alias)?;
+    let id = v.cka_id;
+    Ok(state
+        .hsm
+        .run(move |s| {
+            let (modulus, exponent) = s.rsa_public(&id)?;
+            s.rsa_pss_verify(&modulus, &exponent, &data, &signature)
+        })
+        .await?)
+}

@@ -1,0 +1,156 @@
+//! The `Settlement` service: public keys for anyone, decryption and signatures
+//! for clearing houses (or an entity-owned key's owner), verification for anyone.
+
+use brandkms_proto::v1 as pb;
+use brandkms_proto::v1::settlement_server::Settlement;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, name, version};
+use super::{AppState, Shared, audited, audited_read, caller, invalid};
+use crate::hsm::OaepHash;
+use crate::ops::settlement as ops;
+
+/// Largest input to sign or verify.
+const MAX_DATA: usize = 1 << 20;
+
+/// The `Settlement` service.
+#[derive(Debug, Clone)]
+pub struct SettlementService {
+    state: Shared,
+}
+
+impl SettlementService {
+    /// A service over the shared state.
+    pub fn new(state: Shared) -> Self {
+        SettlementService { state }
+    }
+
+    fn state(&self) -> &AppState {
+        &self.state
+    }
+}
+
+fn oaep_wire(h: OaepHash) -> i32 {
+    match h {
+        OaepHash::Sha1 => pb::OaepHash::Sha1 as i32,
+        OaepHash::Sha256 => pb::OaepHash::Sha256 as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl Settlement for SettlementService {
+    async fn get_public_key(
+        &self,
+        request: Request<pb::GetPublicKeyRequest>,
+    ) -> Result<Response<pb::PublicKey>, Status> {
+        const OP: &str = "Settlement/GetPublicKey";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let result = async {
+            let alias = name("alias", &r.alias)?;
+            let v = r.version.map(version).transpose()?;
+            ops::public_key(self.state(), &alias, v).await
+        }
+        .await;
+        let key = Some((r.alias.as_str(), r.version));
+        let p = audited_read(self.state(), &caller, OP, key, result).await?;
+        Ok(Response::new(pb::PublicKey {
+            alias: p.key.alias,
+            version: p.version.version,
+            spki_der: p.info.der,
+            pem: p.info.pem,
+            fingerprint: hex::encode(p.info.fingerprint),
+            bits: u32::try_from(p.info.bits).unwrap_or(0),
+            oaep_hash: oaep_wire(p.oaep_hash),
+            state: convert::key_state_wire(p.version.state),
+            owner_entity: p.key.owner_entity.unwrap_or_default(),
+        }))
+    }
+
+    async fn decrypt(
+        &self,
+        request: Request<pb::DecryptRequest>,
+    ) -> Result<Response<pb::DecryptResponse>, Status> {
+        const OP: &str = "Settlement/Decrypt";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let key = (r.alias.clone(), r.version);
+        let result = async {
+            let alias = name("alias", &r.alias)?;
+            let v = version(r.version)?;
+            ops::decrypt(self.state(), &caller, &alias, v, r.ciphertext).await
+        }
+        .await;
+        let plain = audited_read(
+            self.state(),
+            &caller,
+            OP,
+            Some((&key.0, Some(key.1))),
+            result,
+        )
+        .await?;
+        Ok(Response::new(pb::DecryptResponse {
+            plaintext: plain.to_vec(),
+        }))
+    }
+
+    async fn sign(
+        &self,
+        request: Request<pb::SignRequest>,
+    ) -> Result<Response<pb::SignResponse>, Status> {
+        const OP: &str = "Settlement/Sign";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let alias_text = r.alias.clone();
+        let result = async {
+            let alias = name("alias", &r.alias)?;
+            if r.data.is_empty() || r.data.len() > MAX_DATA {
+                return Err(invalid("data must be 1 byte to 1 MiB"));
+            }
+            ops::sign(self.state(), &caller, &alias, r.data).await
+        }
+        .await;
+        let (v, signature) =
+            audited(self.state(), &caller, OP, Some((&alias_text, None)), result).await?;
+        let event = caller.event(OP).key(&alias_text, Some(v));
+        self.state()
+            .auditor
+            .record(&self.state().store, &event)
+            .await
+            .map_err(|e| super::ServiceError::from(e).to_status())?;
+        Ok(Response::new(pb::SignResponse {
+            version: v,
+            signature,
+        }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        const OP: &str = "Settlement/Verify";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let key = (r.alias.clone(), r.version);
+        let result = async {
+            let alias = name("alias", &r.alias)?;
+            let v = version(r.version)?;
+            if r.data.len() > MAX_DATA || r.signature.len() > 1024 {
+                return Err(invalid(
+                    "data is at most 1 MiB, a signature at most 1024 bytes",
+                ));
+            }
+            ops::verify(self.state(), &alias, v, r.data, r.signature).await
+        }
+        .await;
+        let valid = audited_read(
+            self.state(),
+            &caller,
+            OP,
+            Some((&key.0, Some(key.1))),
+            result,
+        )
+        .await?;
+        Ok(Response::new(pb::VerifyResponse { valid }))
+    }
+}

@@ -1,0 +1,280 @@
+//! Settlement keys end to end: RSA key pairs generated in the token, public keys
+//! for anyone, ciphertexts made by an independent implementation (RustCrypto
+//! `rsa`, with the parameters GetPublicKey reports) decrypted in the token for the
+//! clearing house only, uniform decryption failures, rotation, signatures.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use brandkms_clients::Client;
+use brandkms_proto::v1 as pb;
+use brandkms_tests::{TestServer, on_each_database, status_of};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::{Oaep, RsaPublicKey};
+use tonic::Code;
+
+async fn settlement_key(officer: &Client, alias: &str, owner: &str) {
+    let k = officer
+        .admin()
+        .create_key(pb::CreateKeyRequest {
+            alias: alias.into(),
+            class: pb::KeyClass::Settlement as i32,
+            algorithm: pb::KeyAlgorithm::Rsa2048 as i32,
+            owner_entity: owner.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(k.class, pb::KeyClass::Settlement as i32);
+    assert_eq!(k.versions[0].kcv.len(), 64, "SPKI SHA-256 fingerprint");
+}
+
+async fn public_key(c: &Client, alias: &str, version: Option<u32>) -> pb::PublicKey {
+    c.settlement()
+        .get_public_key(pb::GetPublicKeyRequest {
+            alias: alias.into(),
+            version,
+        })
+        .await
+        .unwrap()
+}
+
+/// Encrypts as a terminal would, with the parameters the service reports.
+fn seal(p: &pb::PublicKey, plaintext: &[u8]) -> Vec<u8> {
+    let key = RsaPublicKey::from_public_key_der(&p.spki_der).unwrap();
+    let padding = if p.oaep_hash == pb::OaepHash::Sha256 as i32 {
+        Oaep::new::<sha2::Sha256>()
+    } else {
+        Oaep::new::<sha1::Sha1>()
+    };
+    key.encrypt(&mut rand_core(), padding, plaintext).unwrap()
+}
+
+fn rand_core() -> rsa::rand_core::OsRng {
+    rsa::rand_core::OsRng
+}
+
+fn decrypt(alias: &str, version: u32, ciphertext: Vec<u8>) -> pb::DecryptRequest {
+    pb::DecryptRequest {
+        alias: alias.into(),
+        version,
+        ciphertext,
+    }
+}
+
+#[tokio::test]
+async fn clearing_house_decrypts_what_terminals_sealed() {
+    on_each_database(|s: TestServer| async move {
+        let officer = s.client("officer-1").await;
+        for (id, kind) in [
+            ("clearing-house", pb::EntityKind::ClearingHouse),
+            ("store-s", pb::EntityKind::MerchantTerminal),
+            ("cybershop-k", pb::EntityKind::Cybershop),
+        ] {
+            officer
+                .admin()
+                .register_entity(pb::RegisterEntityRequest {
+                    id: id.into(),
+                    kind: kind as i32,
+                    name: id.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        settlement_key(&officer, "settle", "").await;
+        settlement_key(&officer, "settle-other", "").await;
+        settlement_key(&officer, "shop-k-id", "cybershop-k").await;
+        // The store has a tie-up on the settlement key too (it verifies results),
+        // so that what refuses it decryption is rule 6, not the missing tie-up.
+        for (entity, alias) in [
+            ("clearing-house", "settle"),
+            ("clearing-house", "settle-other"),
+            ("clearing-house", "shop-k-id"),
+            ("store-s", "settle"),
+        ] {
+            officer
+                .admin()
+                .create_tie_up(pb::CreateTieUpRequest {
+                    entity_id: entity.into(),
+                    keys: vec![pb::TieUpKey {
+                        alias: alias.into(),
+                        mode: pb::TieUpMode::Hold as i32,
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .done()
+                .unwrap();
+        }
+        let clearing = s.client("clearing-house").await;
+        let store = s.client("store-s").await;
+
+        // Anyone gets the public key; SoftHSM2 decrypts OAEP with SHA-1 only.
+        let p = public_key(&store, "settle", None).await;
+        assert_eq!((p.version, p.bits), (1, 2048));
+        assert!(p.pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{}", p.pem);
+        assert_eq!(p.oaep_hash, pb::OaepHash::Sha1 as i32, "{}", s.backend);
+        let pan = b"4111111111111111";
+        let ct = seal(&p, pan);
+        let plain = clearing
+            .settlement()
+            .decrypt(decrypt("settle", 1, ct.clone()))
+            .await
+            .unwrap()
+            .plaintext;
+        assert_eq!(plain, pan);
+
+        // Someone who is not a clearing house is denied naming rule 6.
+        let (c, m) = status_of(
+            store
+                .settlement()
+                .decrypt(decrypt("settle", 1, ct.clone()))
+                .await,
+        );
+        assert_eq!(c, Code::PermissionDenied);
+        assert!(m.starts_with("rule 6 (not_clearing_house)"), "{m}");
+
+        // Bad ciphertexts: one error, one status, no plaintext.
+        let other = seal(&public_key(&store, "settle-other", None).await, pan);
+        let random: Vec<u8> = (0..256).map(|_| rand::random::<u8>()).collect();
+        let mut messages = Vec::new();
+        for (what, bad) in [
+            ("wrong length", vec![1u8; 10]),
+            ("all zeros", vec![0u8; 256]),
+            ("random bytes of modulus size", random),
+            ("another key's ciphertext", other),
+            ("truncated", ct[..255].to_vec()),
+            ("empty", Vec::new()),
+        ] {
+            let (c, m) = status_of(
+                clearing
+                    .settlement()
+                    .decrypt(decrypt("settle", 1, bad))
+                    .await,
+            );
+            assert_eq!(c, Code::InvalidArgument, "{what}: {m}");
+            messages.push(m);
+        }
+        messages.dedup();
+        assert_eq!(messages, ["decryption failed"]);
+
+        // An entity-owned key decrypts for its owner only.
+        let owned = public_key(&store, "shop-k-id", None).await;
+        assert_eq!(owned.owner_entity, "cybershop-k");
+        let ct_owned = seal(&owned, b"purchase 0042");
+        let (c, m) = status_of(
+            clearing
+                .settlement()
+                .decrypt(decrypt("shop-k-id", 1, ct_owned.clone()))
+                .await,
+        );
+        assert_eq!(c, Code::PermissionDenied);
+        assert!(m.starts_with("rule 6 (not_key_owner)"), "{m}");
+        let shop = s.client("cybershop-k").await;
+        let plain = shop
+            .settlement()
+            .decrypt(decrypt("shop-k-id", 1, ct_owned))
+            .await
+            .unwrap()
+            .plaintext;
+        assert_eq!(plain, b"purchase 0042");
+
+        // Signatures: the clearing house signs, a store verifies; a store cannot sign.
+        let result = b"settlement 2026-11-21: 3 items, 9000 JPY".to_vec();
+        let signed = clearing
+            .settlement()
+            .sign(pb::SignRequest {
+                alias: "settle".into(),
+                data: result.clone(),
+            })
+            .await
+            .unwrap();
+        let verify = |data: Vec<u8>| pb::VerifyRequest {
+            alias: "settle".into(),
+            version: signed.version,
+            data,
+            signature: signed.signature.clone(),
+        };
+        assert!(
+            store
+                .settlement()
+                .verify(verify(result.clone()))
+                .await
+                .unwrap()
+                .valid
+        );
+        let mut forged = result.clone();
+        forged[11] ^= 1;
+        assert!(
+            !store
+                .settlement()
+                .verify(verify(forged))
+                .await
+                .unwrap()
+                .valid
+        );
+        let (c, _) = status_of(
+            store
+                .settlement()
+                .sign(pb::SignRequest {
+                    alias: "settle".into(),
+                    data: result,
+                })
+                .await,
+        );
+        assert_eq!(c, Code::PermissionDenied);
+
+        // Rotation: old blobs decrypt while v1 is decrypt_only, not once retired.
+        let rotated = officer
+            .admin()
+            .rotate_key(pb::RotateKeyRequest {
+                alias: "settle".into(),
+            })
+            .await
+            .unwrap()
+            .done()
+            .unwrap();
+        assert_eq!(rotated.versions[0].state, pb::KeyState::DecryptOnly as i32);
+        assert_eq!(public_key(&store, "settle", None).await.version, 2);
+        let plain = clearing
+            .settlement()
+            .decrypt(decrypt("settle", 1, ct.clone()))
+            .await
+            .unwrap()
+            .plaintext;
+        assert_eq!(plain, pan);
+        let (c, m) = status_of(
+            clearing
+                .settlement()
+                .decrypt(decrypt("settle", 2, ct.clone()))
+                .await,
+        );
+        assert_eq!(
+            (c, m.as_str()),
+            (Code::InvalidArgument, "decryption failed")
+        );
+        officer
+            .admin()
+            .set_key_version_state(pb::SetKeyVersionStateRequest {
+                alias: "settle".into(),
+                version: 1,
+                state: pb::KeyState::Retired as i32,
+            })
+            .await
+            .unwrap();
+        let (c, m) = status_of(
+            clearing
+                .settlement()
+                .decrypt(decrypt("settle", 1, ct))
+                .await,
+        );
+        assert_eq!(c, Code::FailedPrecondition, "{m}");
+        s
+    })
+    .await;
+}
