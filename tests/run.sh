@@ -5,7 +5,8 @@
 # PostgreSQL: BRANDKMS_TEST_DATABASE_URL names a server where the user may create
 # databases (.ci/run sets it). When it is unset, this script starts a throwaway
 # PostgreSQL cluster of its own and stops it afterwards. Missing Debian packages
-# (softhsm2, opensc, postgresql) are installed first.
+# (softhsm2, opensc, postgresql, python3-cryptography for the interoperability
+# test) are installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/pg.sh
@@ -13,6 +14,7 @@ source tests/pg.sh
 need=()
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+python3 -c "import cryptography" >/dev/null 2>&1 || need+=(python3-cryptography)
 if [ -z "${BRANDKMS_TEST_DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi

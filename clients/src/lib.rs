@@ -5,6 +5,7 @@ pub mod issuer;
 pub mod kmsctl;
 pub mod loadgen;
 pub mod sdk;
+pub mod settlement_cli;
 pub mod terminal;
 pub mod token;
 

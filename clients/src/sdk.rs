@@ -317,3 +317,42 @@ calls! { Settlement {
     /// Verifies a signature (anyone).
     verify(pb::VerifyRequest) -> pb::VerifyResponse;
 } }
+
+impl Settlement {
+    /// Streams sealed blobs in and results out (one per blob, in order).
+    pub async fn decrypt_stream(
+        &mut self,
+        items: impl tokio_stream::Stream<Item = pb::DecryptItem> + Send + 'static,
+    ) -> Result<tonic::Streaming<pb::DecryptResult>, ClientError> {
+        Ok(self.inner.decrypt_stream(items).await?.into_inner())
+    }
+}
+
+/// Seals `plaintext` for the settlement key `public` (as GetPublicKey reported
+/// it): RSA-OAEP with the key's hash, client side (RustCrypto `rsa`), in a
+/// self-describing blob naming the alias and version.
+pub fn seal(public: &pb::PublicKey, plaintext: &[u8]) -> Result<Vec<u8>, ClientError> {
+    use rsa::pkcs8::DecodePublicKey;
+    let key = rsa::RsaPublicKey::from_public_key_der(&public.spki_der)
+        .map_err(|e| ClientError::Config(format!("settlement public key: {e}")))?;
+    let (padding, code) = match pb::OaepHash::try_from(public.oaep_hash) {
+        Ok(pb::OaepHash::Sha256) => (rsa::Oaep::new::<sha2::Sha256>(), 2),
+        Ok(pb::OaepHash::Sha1) => (rsa::Oaep::new::<sha1::Sha1>(), 1),
+        _ => {
+            return Err(ClientError::Config(
+                "settlement public key: unknown OAEP hash".into(),
+            ));
+        }
+    };
+    let ciphertext = key
+        .encrypt(&mut rsa::rand_core::OsRng, padding, plaintext)
+        .map_err(|e| ClientError::Config(format!("cannot seal: {e}")))?;
+    brandkms_proto::blob::SealedBlob {
+        alias: public.alias.clone(),
+        version: public.version,
+        oaep_hash: code,
+        ciphertext,
+    }
+    .encode()
+    .map_err(|e| ClientError::Config(e.to_string()))
+}

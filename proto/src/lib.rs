@@ -9,6 +9,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod blob;
+
 /// Package `brandkms.v1`.
 pub mod v1 {
     tonic::include_proto!("brandkms.v1");

@@ -308,3 +308,87 @@ pub async fn verify(
         })
         .await?)
 }
+
+/// A settlement key version ready to decrypt for one caller.
+#[derive(Clone, Copy, Debug)]
+struct Prepared {
+    id: crate::hsm::ObjectId,
+    hash: OaepHash,
+    modulus_len: usize,
+}
+
+/// Decrypts the sealed blobs of one `DecryptStream` for one caller: the policy
+/// and the key version are looked up once per (alias, version) of the stream.
+#[derive(Debug)]
+pub struct StreamDecryptor {
+    state: std::sync::Arc<AppState>,
+    caller: Caller,
+    prepared:
+        tokio::sync::Mutex<std::collections::HashMap<(String, u32), Result<Prepared, String>>>,
+}
+
+impl StreamDecryptor {
+    /// A decryptor for `caller`.
+    pub fn new(state: std::sync::Arc<AppState>, caller: Caller) -> StreamDecryptor {
+        StreamDecryptor {
+            state,
+            caller,
+            prepared: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    async fn prepare(&self, alias: &str, version: u32) -> Result<Prepared, ServiceError> {
+        let now = self.state.clock.now_ms();
+        let mut conn = self.state.store.conn().await?;
+        let (key, v, hash) = settlement_version(&mut conn, alias, Some(version)).await?;
+        if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "version {version} of key {alias:?} is {}: its ciphertexts are no longer decrypted",
+                v.state
+            )));
+        }
+        allowed(&mut conn, &self.caller, &key, &v, Action::Decrypt, now).await?;
+        drop(conn);
+        let id = v.cka_id;
+        let (modulus, _) = self.state.hsm.run(move |s| s.rsa_public(&id)).await?;
+        Ok(Prepared {
+            id,
+            hash,
+            modulus_len: modulus.len(),
+        })
+    }
+
+    /// Decrypts one blob; the error is the message for the caller.
+    pub async fn decrypt_blob(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+        let blob = brandkms_proto::blob::SealedBlob::decode(blob).map_err(|e| e.to_string())?;
+        let key = (blob.alias.clone(), blob.version);
+        let prepared = {
+            let mut cache = self.prepared.lock().await;
+            match cache.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self
+                        .prepare(&blob.alias, blob.version)
+                        .await
+                        .map_err(|e| e.to_status().message().to_string());
+                    cache.insert(key, p.clone());
+                    p
+                }
+            }
+        }?;
+        let wanted = match prepared.hash {
+            OaepHash::Sha1 => 1,
+            OaepHash::Sha256 => 2,
+        };
+        if blob.oaep_hash != wanted || blob.ciphertext.len() != prepared.modulus_len {
+            return Err(DECRYPTION_FAILED.to_string());
+        }
+        let ciphertext = blob.ciphertext;
+        self.state
+            .hsm
+            .run(move |s| s.rsa_oaep_decrypt(&prepared.id, prepared.hash, &ciphertext))
+            .await
+            .map_err(|e| ServiceError::from(e).to_status().message().to_string())?
+            .ok_or_else(|| DECRYPTION_FAILED.to_string())
+    }
+}

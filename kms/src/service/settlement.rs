@@ -39,6 +39,79 @@ fn oaep_wire(h: OaepHash) -> i32 {
 
 #[tonic::async_trait]
 impl Settlement for SettlementService {
+    type DecryptStreamStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::DecryptResult, Status>> + Send + 'static>,
+    >;
+
+    async fn decrypt_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::DecryptItem>>,
+    ) -> Result<Response<Self::DecryptStreamStream>, Status> {
+        use futures_util::StreamExt;
+        const OP: &str = "Settlement/DecryptStream";
+        let caller = caller(&request)?;
+        let input = request.into_inner();
+        let state = std::sync::Arc::clone(&self.state);
+        let decryptor = std::sync::Arc::new(ops::StreamDecryptor::new(
+            std::sync::Arc::clone(&state),
+            caller.clone(),
+        ));
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CONCURRENCY * 2);
+        tokio::spawn(async move {
+            let results = input
+                .map(move |item| {
+                    let d = std::sync::Arc::clone(&decryptor);
+                    async move {
+                        let item = item?;
+                        let result = match d.decrypt_blob(&item.blob).await {
+                            Ok(plain) => pb::decrypt_result::Result::Plaintext(plain.to_vec()),
+                            Err(message) => pb::decrypt_result::Result::Error(message),
+                        };
+                        Ok::<_, Status>(pb::DecryptResult {
+                            index: item.index,
+                            result: Some(result),
+                        })
+                    }
+                })
+                .buffered(STREAM_CONCURRENCY);
+            futures_util::pin_mut!(results);
+            let (mut decrypted, mut failed, mut first_error) = (0u64, 0u64, None::<String>);
+            while let Some(r) = results.next().await {
+                match &r {
+                    Ok(pb::DecryptResult {
+                        result: Some(pb::decrypt_result::Result::Plaintext(_)),
+                        ..
+                    }) => decrypted += 1,
+                    Ok(pb::DecryptResult {
+                        result: Some(pb::decrypt_result::Result::Error(e)),
+                        ..
+                    }) => {
+                        failed += 1;
+                        first_error.get_or_insert_with(|| e.clone());
+                    }
+                    _ => {}
+                }
+                let stop = r.is_err();
+                if tx.send(r).await.is_err() || stop {
+                    break;
+                }
+            }
+            let reason = format!(
+                "{decrypted} decrypted, {failed} failed{}",
+                first_error
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default()
+            );
+            let event = caller.event_about(OP, reason);
+            if let Err(e) = state.auditor.record(&state.store, &event).await {
+                tracing::error!(error = %e, "could not audit a DecryptStream");
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn get_public_key(
         &self,
         request: Request<pb::GetPublicKeyRequest>,
@@ -154,3 +227,6 @@ impl Settlement for SettlementService {
         Ok(Response::new(pb::VerifyResponse { valid }))
     }
 }
+
+/// How many blobs of one stream are decrypted at a time.
+const STREAM_CONCURRENCY: usize = 8;
