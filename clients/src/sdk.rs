@@ -316,6 +316,10 @@ calls! { Settlement {
     sign(pb::SignRequest) -> pb::SignResponse;
     /// Verifies a signature (anyone).
     verify(pb::VerifyRequest) -> pb::VerifyResponse;
+    /// MACs a settlement result (clearing houses).
+    generate_mac(pb::GenerateMacRequest) -> pb::GenerateMacResponse;
+    /// Checks a settlement result's MAC (an entity with a tie-up on the key).
+    verify_mac(pb::VerifyMacRequest) -> pb::VerifyResponse;
 } }
 
 impl Settlement {

@@ -105,6 +105,10 @@ pub enum Action {
     },
     /// Have the service decrypt under the key.
     Decrypt,
+    /// Have the service MAC a settlement result with an authenticator key.
+    GenerateMac,
+    /// Have the service check a settlement result's MAC.
+    VerifyMac,
 }
 
 /// Everything one decision depends on.
@@ -149,6 +153,8 @@ fn state_allows(state: KeyState, action: Action) -> bool {
             matches!(state, S::Active | S::AuthOnly)
         }
         Action::Decrypt => matches!(state, S::Active | S::DecryptOnly),
+        Action::GenerateMac => state == S::Active,
+        Action::VerifyMac => matches!(state, S::Active | S::AuthOnly),
     }
 }
 
@@ -274,6 +280,17 @@ fn check_tie_up(r: &Request<'_>, t: &TieUp) -> Result<(), DenyReason> {
             }
             if r.caller.kind != EntityKind::ClearingHouse {
                 return Err(DenyReason::NotClearingHouse);
+            }
+            key_state(r)
+        }
+        Action::GenerateMac | Action::VerifyMac => {
+            // Rule 6: authenticator keys, shared by the clearing house (which
+            // generates) and a store (which verifies) under their tie-ups.
+            if r.key.class != KeyClass::Authenticator {
+                return Err(DenyReason::NotAuthenticatorKey);
+            }
+            if r.action == Action::GenerateMac && r.caller.kind != EntityKind::ClearingHouse {
+                return Err(DenyReason::MacByClearingHouseOnly);
             }
             key_state(r)
         }

@@ -95,6 +95,8 @@ fn action() -> impl Strategy<Value = Action> {
         (0u64..20_000).prop_map(|amount| Action::Seal { amount }),
         (0u64..20_000).prop_map(|amount| Action::ProxyLoad { amount }),
         Just(Action::Decrypt),
+        Just(Action::GenerateMac),
+        Just(Action::VerifyMac),
     ]
 }
 
@@ -283,5 +285,14 @@ proptest! {
         prop_assert!(widens_supply(&before, &after));
         // And no change at all never does.
         prop_assert!(!widens_supply(&before, &before));
+    }
+
+    #[test]
+    fn only_clearing_houses_generate_macs_and_only_with_authenticator_keys(mut c in case()) {
+        c.action = Action::GenerateMac;
+        if c.decide().is_allowed() {
+            prop_assert_eq!(c.caller.kind, EntityKind::ClearingHouse);
+            prop_assert_eq!(c.key.class, KeyClass::Authenticator);
+        }
     }
 }

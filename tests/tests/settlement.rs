@@ -229,6 +229,108 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
         );
         assert_eq!(c, Code::PermissionDenied);
 
+        // MACs on settlement results: the clearing house generates, a store
+        // verifies; a store cannot generate one.
+        officer
+            .admin()
+            .create_key(pb::CreateKeyRequest {
+                alias: "results-mac".into(),
+                class: pb::KeyClass::Authenticator as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for entity in ["clearing-house", "store-s"] {
+            officer
+                .admin()
+                .create_tie_up(pb::CreateTieUpRequest {
+                    entity_id: entity.into(),
+                    keys: vec![pb::TieUpKey {
+                        alias: "results-mac".into(),
+                        mode: pb::TieUpMode::Hold as i32,
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .done()
+                .unwrap();
+        }
+        let summary = b"store S, 2026-11-21: 12 sales, 48000 JPY".to_vec();
+        let mac = clearing
+            .settlement()
+            .generate_mac(pb::GenerateMacRequest {
+                alias: "results-mac".into(),
+                data: summary.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(mac.mac.len(), 32);
+        let check = |data: Vec<u8>| pb::VerifyMacRequest {
+            alias: "results-mac".into(),
+            version: mac.version,
+            data,
+            mac: mac.mac.clone(),
+        };
+        assert!(
+            store
+                .settlement()
+                .verify_mac(check(summary.clone()))
+                .await
+                .unwrap()
+                .valid
+        );
+        let mut altered = summary.clone();
+        altered[30] ^= 1;
+        assert!(
+            !store
+                .settlement()
+                .verify_mac(check(altered))
+                .await
+                .unwrap()
+                .valid
+        );
+        let (c, m) = status_of(
+            store
+                .settlement()
+                .generate_mac(pb::GenerateMacRequest {
+                    alias: "results-mac".into(),
+                    data: summary.clone(),
+                })
+                .await,
+        );
+        assert_eq!(c, Code::PermissionDenied);
+        assert!(m.starts_with("rule 6 (mac_by_clearing_house_only)"), "{m}");
+        let (c, m) = status_of(
+            clearing
+                .settlement()
+                .generate_mac(pb::GenerateMacRequest {
+                    alias: "settle".into(),
+                    data: summary.clone(),
+                })
+                .await,
+        );
+        assert_eq!(c, Code::PermissionDenied);
+        assert!(m.starts_with("rule 6 (not_authenticator_key)"), "{m}");
+        // After a rotation, v1 (auth_only) still verifies what it MACed.
+        officer
+            .admin()
+            .rotate_key(pb::RotateKeyRequest {
+                alias: "results-mac".into(),
+            })
+            .await
+            .unwrap()
+            .done()
+            .unwrap();
+        assert!(
+            store
+                .settlement()
+                .verify_mac(check(summary))
+                .await
+                .unwrap()
+                .valid
+        );
+
         // Rotation: old blobs decrypt while v1 is decrypt_only, not once retired.
         let rotated = officer
             .admin()
@@ -277,4 +379,68 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
         s
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_stream_of_ten_thousand_blobs() {
+    let s = TestServer::start(brandkms::testing::sqlite_db()).await;
+    let officer = s.client("officer-1").await;
+    officer
+        .admin()
+        .register_entity(pb::RegisterEntityRequest {
+            id: "clearing-house".into(),
+            kind: pb::EntityKind::ClearingHouse as i32,
+            name: "Clearing house".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    settlement_key(&officer, "settle", "").await;
+    officer
+        .admin()
+        .create_tie_up(pb::CreateTieUpRequest {
+            entity_id: "clearing-house".into(),
+            keys: vec![pb::TieUpKey {
+                alias: "settle".into(),
+                mode: pb::TieUpMode::Hold as i32,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
+    let clearing = s.client("clearing-house").await;
+    let p = public_key(&clearing, "settle", None).await;
+    // 100 distinct blobs, each sent 100 times: 10,000 decryptions in the token.
+    let blobs: Vec<Vec<u8>> = (0..100)
+        .map(|i| brandkms_clients::sdk::seal(&p, format!("PAN-{i:04}").as_bytes()).unwrap())
+        .collect();
+    const N: u64 = 10_000;
+    let items = tokio_stream::iter((0..N).map(move |i| pb::DecryptItem {
+        index: i,
+        blob: if i == 4242 {
+            b"BKS1 broken".to_vec()
+        } else {
+            blobs[(i % 100) as usize].clone()
+        },
+    }));
+    let mut results = clearing.settlement().decrypt_stream(items).await.unwrap();
+    let (mut next, mut failed) = (0u64, 0u64);
+    while let Some(r) = tokio_stream::StreamExt::next(&mut results).await {
+        let r = r.unwrap();
+        assert_eq!(r.index, next, "results come back in order");
+        match r.result.unwrap() {
+            pb::decrypt_result::Result::Plaintext(p) => {
+                assert_eq!(p, format!("PAN-{:04}", next % 100).into_bytes());
+            }
+            pb::decrypt_result::Result::Error(e) => {
+                assert_eq!(next, 4242, "{e}");
+                failed += 1;
+            }
+        }
+        next += 1;
+    }
+    assert_eq!((next, failed), (N, 1));
+    s.stop().await;
 }

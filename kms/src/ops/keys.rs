@@ -140,6 +140,7 @@ fn previous_state(class: KeyClass) -> Result<KeyState, ServiceError> {
     match class {
         KeyClass::CardAccess => Ok(KeyState::AuthOnly),
         KeyClass::Settlement => Ok(KeyState::DecryptOnly),
+        KeyClass::Authenticator => Ok(KeyState::AuthOnly),
         other => Err(ServiceError::FailedPrecondition(format!(
             "{other} keys are not rotated through the Admin service"
         ))),
@@ -177,7 +178,11 @@ pub async fn rotate(
         .await?;
         return get(state, alias).await;
     }
-    let spec = card_access_spec(&view.key)?;
+    let spec = if view.key.class == KeyClass::Authenticator {
+        crate::ops::settlement::authenticator_spec()
+    } else {
+        card_access_spec(&view.key)?
+    };
     create_version(
         &state.hsm,
         &state.store,
@@ -251,7 +256,7 @@ pub fn check_transition(
     }
     match to {
         S::Active | S::Retired => {}
-        S::AuthOnly if class == KeyClass::CardAccess => {}
+        S::AuthOnly if matches!(class, KeyClass::CardAccess | KeyClass::Authenticator) => {}
         S::DecryptOnly if class == KeyClass::Settlement => {}
         S::AuthOnly | S::DecryptOnly => {
             return Err(ServiceError::InvalidArgument(format!(

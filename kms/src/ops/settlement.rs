@@ -6,7 +6,9 @@
 use brandkms_policy::{Action, Algorithm, Decision, KeyClass, KeyState, Request, decide};
 use zeroize::Zeroizing;
 
-use crate::hsm::{GeneratedKey, HsmError, HsmSession, OaepHash};
+use crate::hsm::{
+    Exportability, GeneratedKey, HsmError, HsmSession, KeyRole, KeySpec, OaepHash, SecretAlgorithm,
+};
 use crate::keys::{AuditKey, NewVersion, create_version};
 use crate::ops::distribution::{policy_entity, policy_facts};
 use crate::ops::keys::{KeyView, get};
@@ -391,4 +393,118 @@ impl StreamDecryptor {
             .map_err(|e| ServiceError::from(e).to_status().message().to_string())?
             .ok_or_else(|| DECRYPTION_FAILED.to_string())
     }
+}
+
+/// An authenticator key: HMAC-SHA-256 in the token, never exported.
+pub fn authenticator_spec() -> KeySpec {
+    KeySpec {
+        algorithm: SecretAlgorithm::HmacSha256,
+        role: KeyRole::Authenticator,
+        export: Exportability::Never,
+    }
+}
+
+/// Creates an authenticator key (HMAC-SHA-256) with version 1, active.
+pub async fn create_authenticator(
+    state: &AppState,
+    caller: &Caller,
+    alias: String,
+) -> Result<KeyView, ServiceError> {
+    let mut conn = state.store.conn().await?;
+    if rows::key(&mut conn, &alias).await?.is_some() {
+        return Err(ServiceError::AlreadyExists(format!("key {alias:?} exists")));
+    }
+    drop(conn);
+    let spec = authenticator_spec();
+    create_version(
+        &state.hsm,
+        &state.store,
+        AuditKey::Existing(&state.auditor),
+        move |s, label| s.generate(&spec, label),
+        NewVersion {
+            key: Some(KeyRecord {
+                alias: alias.clone(),
+                class: KeyClass::Authenticator,
+                algorithm: Algorithm::HmacSha256,
+                purpose: None,
+                service_code: None,
+                exportable: false,
+                owner_entity: None,
+                created_at: state.clock.now_ms(),
+            }),
+            alias: alias.clone(),
+            version: 1,
+            state: KeyState::Active,
+            weak: false,
+            demote_active_to: None,
+            oaep_hash: None,
+        },
+        caller.event("Admin/CreateKey"),
+    )
+    .await?;
+    get(state, &alias).await
+}
+
+async fn authenticator_version(
+    conn: &mut Conn,
+    alias: &str,
+    version: Option<u32>,
+) -> Result<(KeyRecord, KeyVersionRecord), ServiceError> {
+    let key = rows::key(conn, alias)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+    let v = match version {
+        Some(n) => rows::version(conn, alias, n)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {n}")))?,
+        None => rows::versions(conn, alias)
+            .await?
+            .into_iter()
+            .find(|v| v.state == KeyState::Active)
+            .ok_or_else(|| {
+                ServiceError::FailedPrecondition(format!("key {alias:?} has no active version"))
+            })?,
+    };
+    Ok((key, v))
+}
+
+/// HMAC-SHA-256 of a settlement result with the active version (clearing houses).
+pub async fn generate_mac(
+    state: &AppState,
+    caller: &Caller,
+    alias: &str,
+    data: Vec<u8>,
+) -> Result<(u32, Vec<u8>), ServiceError> {
+    let now = state.clock.now_ms();
+    let mut conn = state.store.conn().await?;
+    let (key, v) = authenticator_version(&mut conn, alias, None).await?;
+    allowed(&mut conn, caller, &key, &v, Action::GenerateMac, now).await?;
+    drop(conn);
+    let id = v.cka_id;
+    let mac = state.hsm.run(move |s| s.hmac_sha256(&id, &data)).await?;
+    Ok((v.version, mac))
+}
+
+/// Checks a MAC in the token (an entity with a tie-up on the key, e.g. a store).
+pub async fn verify_mac(
+    state: &AppState,
+    caller: &Caller,
+    alias: &str,
+    version: u32,
+    data: Vec<u8>,
+    mac: Vec<u8>,
+) -> Result<bool, ServiceError> {
+    let now = state.clock.now_ms();
+    let mut conn = state.store.conn().await?;
+    let (key, v) = authenticator_version(&mut conn, alias, Some(version)).await?;
+    allowed(&mut conn, caller, &key, &v, Action::VerifyMac, now).await?;
+    drop(conn);
+    if mac.len() != 32 {
+        return Ok(false);
+    }
+    let id = v.cka_id;
+    Ok(state
+        .hsm
+        .run(move |s| s.hmac_sha256_verify(&id, &data, &mac))
+        .await?)
 }

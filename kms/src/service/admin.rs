@@ -47,7 +47,12 @@ impl Admin for AdminService {
         let caller = officer(self.state(), &request, OP).await?;
         let r = request.into_inner();
         let alias = r.alias.clone();
-        let result = if r.class == pb::KeyClass::Settlement as i32 {
+        let result = if r.class == pb::KeyClass::Authenticator as i32 {
+            match authenticator_request(r) {
+                Ok(alias) => settlement::create_authenticator(self.state(), &caller, alias).await,
+                Err(e) => Err(e),
+            }
+        } else if r.class == pb::KeyClass::Settlement as i32 {
             match CreateSettlementKey::try_from(r) {
                 Ok(input) => settlement::create(self.state(), &caller, input).await,
                 Err(e) => Err(e),
@@ -683,4 +688,24 @@ fn covered(keys: &[(String, TieUpMode)]) -> String {
         .map(|(a, m)| format!("{a}:{m}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// An authenticator key request: an alias, HMAC-SHA-256, nothing else.
+fn authenticator_request(r: pb::CreateKeyRequest) -> Result<String, ServiceError> {
+    let alias = name("alias", &r.alias)?;
+    let algorithm = convert::algorithm(r.algorithm)?;
+    if !matches!(
+        algorithm,
+        None | Some(brandkms_policy::Algorithm::HmacSha256)
+    ) || r.service_code != 0
+        || r.purpose != 0
+        || r.exportable
+        || r.allow_legacy_des
+        || !r.owner_entity.is_empty()
+    {
+        return Err(invalid(
+            "authenticator keys are HMAC-SHA-256 and take no service code, purpose, owner or export",
+        ));
+    }
+    Ok(alias)
 }

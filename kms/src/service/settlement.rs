@@ -197,6 +197,55 @@ impl Settlement for SettlementService {
         }))
     }
 
+    async fn generate_mac(
+        &self,
+        request: Request<pb::GenerateMacRequest>,
+    ) -> Result<Response<pb::GenerateMacResponse>, Status> {
+        const OP: &str = "Settlement/GenerateMac";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let alias_text = r.alias.clone();
+        let result = async {
+            let alias = name("alias", &r.alias)?;
+            if r.data.is_empty() || r.data.len() > MAX_DATA {
+                return Err(invalid("data must be 1 byte to 1 MiB"));
+            }
+            ops::generate_mac(self.state(), &caller, &alias, r.data).await
+        }
+        .await;
+        let (version, mac) =
+            audited_read(self.state(), &caller, OP, Some((&alias_text, None)), result).await?;
+        Ok(Response::new(pb::GenerateMacResponse { version, mac }))
+    }
+
+    async fn verify_mac(
+        &self,
+        request: Request<pb::VerifyMacRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        const OP: &str = "Settlement/VerifyMac";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let key = (r.alias.clone(), r.version);
+        let result = async {
+            let alias = name("alias", &r.alias)?;
+            let v = version(r.version)?;
+            if r.data.len() > MAX_DATA || r.mac.len() > 64 {
+                return Err(invalid("data is at most 1 MiB, a MAC at most 64 bytes"));
+            }
+            ops::verify_mac(self.state(), &caller, &alias, v, r.data, r.mac).await
+        }
+        .await;
+        let valid = audited_read(
+            self.state(),
+            &caller,
+            OP,
+            Some((&key.0, Some(key.1))),
+            result,
+        )
+        .await?;
+        Ok(Response::new(pb::VerifyResponse { valid }))
+    }
+
     async fn verify(
         &self,
         request: Request<pb::VerifyRequest>,
