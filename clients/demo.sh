@@ -23,13 +23,16 @@ fi
 
 echo "== building kms and kmsctl"
 cargo build --release --locked -p brandkms --bin kms -p brandkms-clients \
-  --bin kmsctl --bin issuer --bin cybershop --bin loading-portal --bin loadgen
+  --bin kmsctl --bin issuer --bin cybershop --bin loading-portal --bin loadgen \
+  --bin terminal --bin clearing
 KMS="$PWD/target/release/kms"
 KMSCTL="$PWD/target/release/kmsctl"
 ISSUER="$PWD/target/release/issuer"
 SHOP="$PWD/target/release/cybershop"
 PORTAL="$PWD/target/release/loading-portal"
 LOADGEN="$PWD/target/release/loadgen"
+TERMINAL="$PWD/target/release/terminal"
+CLEARING="$PWD/target/release/clearing"
 
 echo "== kms init --dev $DEV"
 "$KMS" init --dev "$DEV"
@@ -177,6 +180,34 @@ echo; echo "== load: 8 clients for 5 s of whole card transactions, then the toke
 echo "\$ loadgen --card $DEV/cards/card-k.json --alias key-k --clients 8 --seconds 5 --kms-config $DEV/kms.toml"
 KMSCTL_CERT="$DEV/pki/cybershop-k.pem" KMSCTL_KEY="$DEV/pki/cybershop-k-key.pem" \
   "$LOADGEN" --card "$DEV/cards/card-k.json" --alias key-k --clients 8 --seconds 5 --kms-config "$DEV/kms.toml"
+
+echo; echo "== settlement: a store seals card numbers, the clearing house decrypts, signs, the store verifies"
+"$KMSCTL" key show settle >/dev/null 2>&1 || step key create-settlement settle --algorithm rsa3072
+entity clearing-house --kind clearing_house --name "Clearing house"
+entity store-s --kind merchant_terminal --name "Store S"
+tieup clearing-house --cover settle:hold
+as_store() { KMSCTL_CERT="$DEV/pki/store-s.pem" KMSCTL_KEY="$DEV/pki/store-s-key.pem" "$@"; }
+as_clearing() { KMSCTL_CERT="$DEV/pki/clearing-house.pem" KMSCTL_KEY="$DEV/pki/clearing-house-key.pem" "$@"; }
+mkdir -p "$DEV/settlement"
+rm -f "$DEV/settlement/day.txt"
+echo "\$ terminal seal --alias settle --out $DEV/settlement/day.txt 4111111111111111 5500000000000004 4000000000000002   (as store-s)"
+as_store "$TERMINAL" seal --alias settle --out "$DEV/settlement/day.txt" 4111111111111111 5500000000000004 4000000000000002
+echo "not a blob" >> "$DEV/settlement/day.txt"
+echo "\$ clearing decrypt $DEV/settlement/day.txt --out $DEV/settlement/day.results   (as clearing-house; line 4 is bad)"
+as_clearing "$CLEARING" decrypt "$DEV/settlement/day.txt" --out "$DEV/settlement/day.results" --quiet
+echo "\$ clearing decrypt ...   (as store-s: refused line by line)"
+as_store "$CLEARING" decrypt "$DEV/settlement/day.txt" --out "$DEV/settlement/store.results" --quiet
+echo "\$ clearing sign --alias settle $DEV/settlement/day.results --signature $DEV/settlement/day.sig   (as clearing-house)"
+as_clearing "$CLEARING" sign --alias settle "$DEV/settlement/day.results" --signature "$DEV/settlement/day.sig"
+version="$("$KMSCTL" --json key show settle | sed -n 's/.*"version": \([0-9]*\).*/\1/p' | tail -n 1)"
+echo "\$ clearing verify --alias settle --version $version $DEV/settlement/day.results --signature $DEV/settlement/day.sig   (as store-s)"
+as_store "$CLEARING" verify --alias settle --version "$version" "$DEV/settlement/day.results" --signature "$DEV/settlement/day.sig"
+
+echo; echo "== benchmark: 10,000 sealed blobs through DecryptStream, then the token's raw OAEP rate"
+seq 4000000000000000 4000000000009999 | as_store "$TERMINAL" seal --alias settle --out "$DEV/settlement/big.txt.new"
+mv "$DEV/settlement/big.txt.new" "$DEV/settlement/big.txt"
+echo "\$ clearing decrypt $DEV/settlement/big.txt --out $DEV/settlement/big.results --kms-config $DEV/kms.toml"
+as_clearing "$CLEARING" decrypt "$DEV/settlement/big.txt" --out "$DEV/settlement/big.results" --quiet --kms-config "$DEV/kms.toml"
 
 echo; echo "== kms reconcile: token and database agree"
 "$KMS" reconcile --config "$DEV/kms.toml"

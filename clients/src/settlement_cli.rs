@@ -84,6 +84,13 @@ enum ClearingCommand {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// The server's configuration: then also measure the token's raw
+        /// RSA-OAEP decryption rate with `kms bench` (a benchmark) and compare.
+        #[arg(long)]
+        kms_config: Option<PathBuf>,
+        /// The `kms` binary (default: next to this one).
+        #[arg(long)]
+        kms: Option<PathBuf>,
     },
     /// Sign a settlement result file with a settlement key (RSA-PSS SHA-256).
     Sign {
@@ -175,7 +182,83 @@ fn private_file(path: &std::path::Path) -> Result<std::fs::File, Error> {
     options.open(path).map_err(io(path))
 }
 
-async fn decrypt(client: &Client, file: PathBuf, out: PathBuf, quiet: bool) -> Result<(), Error> {
+/// Peak resident memory of this process, from /proc (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs `kms bench --operation oaep` for as long as the decryption took, with the
+/// modulus size of the file's first key, and prints both rates.
+async fn compare_with_token(
+    client: &Client,
+    file: &std::path::Path,
+    config: &std::path::Path,
+    kms: Option<PathBuf>,
+    rate: f64,
+    secs: f64,
+) -> Result<(), Error> {
+    let first = std::fs::File::open(file).map_err(io(file)).and_then(|f| {
+        std::io::BufReader::new(f)
+            .lines()
+            .find_map(|l| l.ok().and_then(|l| STANDARD.decode(l.trim()).ok()))
+            .and_then(|b| brandkms_proto::blob::SealedBlob::decode(&b).ok())
+            .ok_or_else(|| Error::Io("no sealed blob in the file to benchmark".into()))
+    })?;
+    let public = client
+        .settlement()
+        .get_public_key(pb::GetPublicKeyRequest {
+            alias: first.alias.clone(),
+            version: Some(first.version),
+        })
+        .await?;
+    let kms = match kms {
+        Some(k) => k,
+        None => std::env::current_exe()
+            .map_err(|e| Error::Io(e.to_string()))?
+            .with_file_name("kms"),
+    };
+    let seconds = (secs.ceil() as u64).clamp(1, 60);
+    let out = std::process::Command::new(&kms)
+        .args(["bench", "--operation", "oaep", "--config"])
+        .arg(config)
+        .args([
+            "--seconds",
+            &seconds.to_string(),
+            "--bits",
+            &public.bits.to_string(),
+        ])
+        .output()
+        .map_err(|e| Error::Io(format!("{}: {e}", kms.display())))?;
+    if !out.status.success() {
+        return Err(Error::Io(format!(
+            "kms bench: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::Io(format!("kms bench output: {e}")))?;
+    let raw = v
+        .get("per_second")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0);
+    let threads = v.get("threads").cloned().unwrap_or_default();
+    println!(
+        "raw token (kms bench, same token, {threads} workers, {seconds} s): {raw:.0} RSA-{} OAEP decryptions/s; DecryptStream / raw = {:.2}",
+        public.bits,
+        if raw > 0.0 { rate / raw } else { 0.0 }
+    );
+    Ok(())
+}
+
+async fn decrypt(
+    client: &Client,
+    file: PathBuf,
+    out: PathBuf,
+    quiet: bool,
+) -> Result<(f64, f64), Error> {
     let total = {
         let f = std::fs::File::open(&file).map_err(io(&file))?;
         std::io::BufReader::new(f).lines().count() as u64
@@ -249,19 +332,34 @@ async fn decrypt(client: &Client, file: PathBuf, out: PathBuf, quiet: bool) -> R
         eprintln!("line {line}: {e}");
     }
     let secs = started.elapsed().as_secs_f64();
+    let rate = ok as f64 / secs.max(1e-9);
     println!(
-        "decrypted {ok} of {total} lines in {secs:.1} s ({:.0}/s); {} failed; results in {}",
-        ok as f64 / secs.max(1e-9),
+        "decrypted {ok} of {total} lines in {secs:.1} s ({rate:.0}/s); {} failed; results in {}{}",
         failed.len(),
-        out.display()
+        out.display(),
+        peak_rss_mib()
+            .map(|m| format!("; peak memory of this process {m:.0} MiB"))
+            .unwrap_or_default()
     );
-    Ok(())
+    Ok((rate, secs))
 }
 
 async fn clearing(cli: ClearingCli) -> Result<(), Error> {
     let client = Client::connect(&cli.connection.resolve()?).await?;
     match cli.command {
-        ClearingCommand::Decrypt { file, out, quiet } => decrypt(&client, file, out, quiet).await,
+        ClearingCommand::Decrypt {
+            file,
+            out,
+            quiet,
+            kms_config,
+            kms,
+        } => {
+            let (rate, secs) = decrypt(&client, file.clone(), out, quiet).await?;
+            if let Some(config) = kms_config {
+                compare_with_token(&client, &file, &config, kms, rate, secs).await?;
+            }
+            Ok(())
+        }
         ClearingCommand::Sign {
             alias,
             file,

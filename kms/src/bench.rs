@@ -146,3 +146,55 @@ pub async fn run(hsm: &Hsm, threads: usize, duration: Duration) -> Result<BenchR
         threads,
     })
 }
+
+/// Runs `threads` workers decrypting one RSA-OAEP ciphertext over and over with
+/// an ephemeral key of `bits` in the token, for `duration`: the raw rate the
+/// `clearing decrypt` benchmark compares with.
+pub async fn run_oaep(
+    hsm: &Hsm,
+    threads: usize,
+    duration: Duration,
+    bits: u64,
+    hash: crate::hsm::OaepHash,
+) -> Result<BenchReport, HsmError> {
+    let (id, ciphertext) = hsm.run(move |s| s.rsa_bench_pair(bits, hash)).await?;
+    let ciphertext = Arc::new(ciphertext);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..threads {
+        let (hsm, stop, done, ct) = (
+            hsm.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&done),
+            Arc::clone(&ciphertext),
+        );
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let ct = Arc::clone(&ct);
+                hsm.run(move |s| s.rsa_oaep_decrypt(&id, hash, &ct)).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), HsmError>(())
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut result = Ok(());
+    for w in workers {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(HsmError::Worker(e.to_string())),
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    hsm.run(move |s| s.destroy(&id)).await?;
+    result?;
+    Ok(BenchReport {
+        transactions: done.load(Ordering::Relaxed),
+        seconds,
+        threads,
+    })
+}

@@ -73,6 +73,13 @@ enum Command {
         /// Concurrent workers (default: the configured session pool size).
         #[arg(long)]
         threads: Option<usize>,
+        /// What to measure: `card` (a card transaction's token operations) or
+        /// `oaep` (RSA-OAEP decryptions, as `clearing decrypt` does).
+        #[arg(long, default_value = "card")]
+        operation: String,
+        /// `oaep`: the RSA modulus size.
+        #[arg(long, default_value_t = 3072)]
+        bits: u64,
     },
 }
 
@@ -162,9 +169,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             config,
             seconds,
             threads,
+            operation,
+            bits,
         } => {
             let settings = settings(&config)?;
-            runtime()?.block_on(cmd_bench(settings, seconds, threads))
+            runtime()?.block_on(cmd_bench(settings, seconds, threads, &operation, bits))
         }
     }
 }
@@ -340,6 +349,8 @@ async fn cmd_bench(
     settings: Settings,
     seconds: u64,
     threads: Option<usize>,
+    operation: &str,
+    bits: u64,
 ) -> Result<ExitCode, Failure> {
     let params = settings.hsm.clone();
     let hsm = tokio::task::spawn_blocking(move || Hsm::open(&params))
@@ -347,17 +358,33 @@ async fn cmd_bench(
         .map_err(Failure::runtime)?
         .map_err(|e| Failure::runtime(format!("hsm: {e}")))?;
     let threads = threads.unwrap_or(settings.hsm.sessions).max(1);
-    eprintln!(
-        "kms bench: {threads} workers for {seconds} s on token {}; per transaction: {}",
-        hsm.token_label(),
-        crate::bench::OPERATIONS
-    );
-    let report = crate::bench::run(
-        &hsm,
-        threads,
-        std::time::Duration::from_secs(seconds.max(1)),
-    )
-    .await
+    let duration = std::time::Duration::from_secs(seconds.max(1));
+    let report = match operation {
+        "card" => {
+            eprintln!(
+                "kms bench: {threads} workers for {seconds} s on token {}; per transaction: {}",
+                hsm.token_label(),
+                crate::bench::OPERATIONS
+            );
+            crate::bench::run(&hsm, threads, duration).await
+        }
+        "oaep" => {
+            let hash = if hsm.run(|s| s.probe_oaep_sha256()).await.unwrap_or(false) {
+                crate::hsm::OaepHash::Sha256
+            } else {
+                crate::hsm::OaepHash::Sha1
+            };
+            eprintln!(
+                "kms bench: {threads} workers for {seconds} s on token {}: RSA-{bits} OAEP ({}) decryptions",
+                hsm.token_label(),
+                hash.as_str()
+            );
+            crate::bench::run_oaep(&hsm, threads, duration, bits, hash).await
+        }
+        other => {
+            return Err(Failure::usage(format!("--operation {other:?}: card or oaep")));
+        }
+    }
     .map_err(|e| Failure::runtime(format!("hsm: {e}")))?;
     println!(
         "{{\"transactions\": {}, \"seconds\": {:.3}, \"threads\": {}, \"per_second\": {:.1}}}",

@@ -102,8 +102,13 @@ enum KeyCommand {
         #[arg(long)]
         owner: Option<String>,
     },
-    /// Add an active version; the previous one becomes auth_only (card-access)
-    /// or decrypt_only (settlement).
+    /// Create an authenticator key (HMAC-SHA-256) for MACs on settlement results.
+    CreateAuthenticator {
+        /// Alias: [a-z0-9._-], at most 64.
+        alias: String,
+    },
+    /// Add an active version; the previous one becomes auth_only (card-access,
+    /// authenticator) or decrypt_only (settlement).
     Rotate {
         /// Alias.
         alias: String,
@@ -444,6 +449,15 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
                     .await?;
                 out.key(&key);
             }
+            KeyCommand::CreateAuthenticator { alias } => out.key(
+                &admin
+                    .create_key(pb::CreateKeyRequest {
+                        alias,
+                        class: pb::KeyClass::Authenticator as i32,
+                        ..Default::default()
+                    })
+                    .await?,
+            ),
             KeyCommand::CreateSettlement {
                 alias,
                 algorithm,

@@ -635,6 +635,44 @@ impl<'a> HsmSession<'a> {
         }
     }
 
+    /// An ephemeral RSA key pair (session objects) and one OAEP ciphertext made
+    /// under it in the token: for measuring the raw decryption rate.
+    pub fn rsa_bench_pair(
+        &self,
+        bits: u64,
+        hash: OaepHash,
+    ) -> Result<(ObjectId, Vec<u8>), HsmError> {
+        let id = self.new_object_id()?;
+        let public = [
+            Attribute::Token(false),
+            Attribute::ModulusBits(bits.into()),
+            Attribute::PublicExponent(vec![1, 0, 1]),
+            Attribute::Encrypt(true),
+        ];
+        let private = [
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Decrypt(true),
+            Attribute::Id(id.0.to_vec()),
+        ];
+        let (pub_handle, priv_handle) =
+            self.session
+                .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+        let public = SessionKey {
+            handle: pub_handle,
+            session: self.session,
+        };
+        let ciphertext = self.session.encrypt(
+            &Mechanism::RsaPkcsOaep(hash.params()),
+            public.handle(),
+            b"4111111111111111",
+        )?;
+        lock(&self.inner.handles).insert(id, priv_handle);
+        Ok((id, ciphertext))
+    }
+
     /// Whether the token decrypts RSA-OAEP with SHA-256 (SoftHSM2 2.6 does not:
     /// SHA-1 only); probed on an ephemeral key pair.
     pub fn probe_oaep_sha256(&self) -> Result<bool, HsmError> {
