@@ -208,6 +208,7 @@ seq 4000000000000000 4000000000009999 | as_store "$TERMINAL" seal --alias settle
 mv "$DEV/settlement/big.txt.new" "$DEV/settlement/big.txt"
 echo "\$ clearing decrypt $DEV/settlement/big.txt --out $DEV/settlement/big.results --kms-config $DEV/kms.toml"
 as_clearing "$CLEARING" decrypt "$DEV/settlement/big.txt" --out "$DEV/settlement/big.results" --quiet --kms-config "$DEV/kms.toml"
+echo "kms serve peak memory after the 10,000-blob stream: $(sed -n 's/^VmHWM:[[:space:]]*//p' "/proc/$server/status" 2>/dev/null || echo unknown)"
 
 echo; echo "== kms reconcile: token and database agree"
 "$KMS" reconcile --config "$DEV/kms.toml"

@@ -162,6 +162,51 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
         }
         messages.dedup();
         assert_eq!(messages, ["decryption failed"]);
+        // The same through DecryptStream, with blobs: one answer for all of them.
+        let blob = |alias: &str, version: u32, ciphertext: Vec<u8>| {
+            brandkms_proto::blob::SealedBlob {
+                alias: alias.into(),
+                version,
+                oaep_hash: 1,
+                ciphertext,
+            }
+            .encode()
+            .unwrap()
+        };
+        let good = brandkms_clients::sdk::seal(&p, pan).unwrap();
+        let bad_blobs = vec![
+            blob("settle", 1, vec![1u8; 10]),
+            blob("settle", 1, vec![0u8; 256]),
+            blob(
+                "settle",
+                1,
+                (0..256).map(|_| rand::random::<u8>()).collect(),
+            ),
+            brandkms_clients::sdk::seal(&public_key(&store, "settle-other", None).await, pan)
+                .map(|b| {
+                    let mut parsed = brandkms_proto::blob::SealedBlob::decode(&b).unwrap();
+                    parsed.alias = "settle".into();
+                    parsed.encode().unwrap()
+                })
+                .unwrap(),
+            good[..good.len() - 1].to_vec(),
+        ];
+        let items = tokio_stream::iter(bad_blobs.into_iter().enumerate().map(|(i, blob)| {
+            pb::DecryptItem {
+                index: i as u64,
+                blob,
+            }
+        }));
+        let mut results = clearing.settlement().decrypt_stream(items).await.unwrap();
+        let mut n = 0;
+        while let Some(r) = tokio_stream::StreamExt::next(&mut results).await {
+            match r.unwrap().result.unwrap() {
+                pb::decrypt_result::Result::Error(e) => assert_eq!(e, "decryption failed"),
+                pb::decrypt_result::Result::Plaintext(_) => panic!("a bad blob decrypted"),
+            }
+            n += 1;
+        }
+        assert_eq!(n, 5);
 
         // An entity-owned key decrypts for its owner only.
         let owned = public_key(&store, "shop-k-id", None).await;

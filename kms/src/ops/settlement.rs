@@ -362,7 +362,12 @@ impl StreamDecryptor {
 
     /// Decrypts one blob; the error is the message for the caller.
     pub async fn decrypt_blob(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-        let blob = brandkms_proto::blob::SealedBlob::decode(blob).map_err(|e| e.to_string())?;
+        use brandkms_proto::blob::{BlobError, SealedBlob};
+        // A blob cut short is a ciphertext that does not decrypt, like any other.
+        let blob = SealedBlob::decode(blob).map_err(|e| match e {
+            BlobError::Length => DECRYPTION_FAILED.to_string(),
+            other => other.to_string(),
+        })?;
         let key = (blob.alias.clone(), blob.version);
         let prepared = {
             let mut cache = self.prepared.lock().await;
