@@ -91,6 +91,57 @@ fn transaction(s: &HsmSession<'_>, k: Keys, n: u64) -> Result<(), HsmError> {
     Ok(())
 }
 
+/// Runs `threads` workers, each calling `op(s, n)` in the token with a growing
+/// `n` until `duration` has passed; counts the calls that completed.
+async fn measure<F>(
+    hsm: &Hsm,
+    threads: usize,
+    duration: Duration,
+    op: F,
+) -> Result<BenchReport, HsmError>
+where
+    F: Fn(&HsmSession<'_>, u64) -> Result<(), HsmError> + Send + Sync + Clone + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..threads {
+        let (hsm, stop, done, op) = (
+            hsm.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&done),
+            op.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut n = (w as u64) << 40;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let op = op.clone();
+                hsm.run(move |s| op(s, n)).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), HsmError>(())
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut result = Ok(());
+    for w in workers {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(HsmError::Worker(e.to_string())),
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    result.map(|()| BenchReport {
+        transactions: done.load(Ordering::Relaxed),
+        seconds,
+        threads,
+    })
+}
+
 /// Runs `threads` workers for `duration` on the token.
 pub async fn run(hsm: &Hsm, threads: usize, duration: Duration) -> Result<BenchReport, HsmError> {
     let keys = hsm
@@ -105,33 +156,7 @@ pub async fn run(hsm: &Hsm, threads: usize, duration: Duration) -> Result<BenchR
         .await?;
     // Warm up (handle caches), then measure.
     hsm.run(move |s| transaction(s, keys, 0)).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..threads {
-        let (hsm, stop, done) = (hsm.clone(), Arc::clone(&stop), Arc::clone(&done));
-        workers.push(tokio::spawn(async move {
-            let mut n = (w as u64) << 40;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                hsm.run(move |s| transaction(s, keys, n)).await?;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<(), HsmError>(())
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut result = Ok(());
-    for w in workers {
-        match w.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(e) => result = Err(HsmError::Worker(e.to_string())),
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
+    let report = measure(hsm, threads, duration, move |s, n| transaction(s, keys, n)).await;
     hsm.run(move |s| {
         for id in [keys.master, keys.seal, keys.audit] {
             s.destroy(&id)?;
@@ -139,12 +164,7 @@ pub async fn run(hsm: &Hsm, threads: usize, duration: Duration) -> Result<BenchR
         Ok(())
     })
     .await?;
-    result?;
-    Ok(BenchReport {
-        transactions: done.load(Ordering::Relaxed),
-        seconds,
-        threads,
-    })
+    report
 }
 
 /// Runs `threads` workers decrypting one RSA-OAEP ciphertext over and over with
@@ -159,42 +179,10 @@ pub async fn run_oaep(
 ) -> Result<BenchReport, HsmError> {
     let (id, ciphertext) = hsm.run(move |s| s.rsa_bench_pair(bits, hash)).await?;
     let ciphertext = Arc::new(ciphertext);
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..threads {
-        let (hsm, stop, done, ct) = (
-            hsm.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&done),
-            Arc::clone(&ciphertext),
-        );
-        workers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let ct = Arc::clone(&ct);
-                hsm.run(move |s| s.rsa_oaep_decrypt(&id, hash, &ct)).await?;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<(), HsmError>(())
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut result = Ok(());
-    for w in workers {
-        match w.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(e) => result = Err(HsmError::Worker(e.to_string())),
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    hsm.run(move |s| s.destroy(&id)).await?;
-    result?;
-    Ok(BenchReport {
-        transactions: done.load(Ordering::Relaxed),
-        seconds,
-        threads,
+    let report = measure(hsm, threads, duration, move |s, _| {
+        s.rsa_oaep_decrypt(&id, hash, &ciphertext).map(|_| ())
     })
+    .await;
+    hsm.run(move |s| s.destroy(&id)).await?;
+    report
 }

@@ -674,42 +674,16 @@ impl<'a> HsmSession<'a> {
     }
 
     /// Whether the token decrypts RSA-OAEP with SHA-256 (SoftHSM2 2.6 does not:
-    /// SHA-1 only); probed on an ephemeral key pair.
+    /// SHA-1 only); probed on an ephemeral key pair, which is destroyed.
     pub fn probe_oaep_sha256(&self) -> Result<bool, HsmError> {
-        let public = [
-            Attribute::Token(false),
-            Attribute::ModulusBits(2048u64.into()),
-            Attribute::PublicExponent(vec![1, 0, 1]),
-            Attribute::Encrypt(true),
-        ];
-        let private = [
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Decrypt(true),
-        ];
-        let (pub_handle, priv_handle) =
-            self.session
-                .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
-        let pair = [
-            SessionKey {
-                handle: pub_handle,
-                session: self.session,
-            },
-            SessionKey {
-                handle: priv_handle,
-                session: self.session,
-            },
-        ];
-        let mechanism = Mechanism::RsaPkcsOaep(OaepHash::Sha256.params());
-        let probe = b"brandkms oaep probe";
+        let Ok((id, ciphertext)) = self.rsa_bench_pair(2048, OaepHash::Sha256) else {
+            return Ok(false);
+        };
         let works = self
-            .session
-            .encrypt(&mechanism, pair[0].handle(), probe)
-            .and_then(|ct| self.session.decrypt(&mechanism, pair[1].handle(), &ct))
-            .is_ok_and(|pt| pt == probe);
-        Ok(works)
+            .rsa_oaep_decrypt(&id, OaepHash::Sha256, &ciphertext)
+            .map(|p| p.is_some());
+        self.destroy(&id)?;
+        works
     }
 
     /// Generates an RSA key pair (private half sensitive, never extractable, able to

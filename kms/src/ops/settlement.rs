@@ -139,18 +139,7 @@ async fn settlement_version(
             key.class
         )));
     }
-    let v = match version {
-        Some(n) => rows::version(conn, alias, n)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {n}")))?,
-        None => rows::versions(conn, alias)
-            .await?
-            .into_iter()
-            .find(|v| v.state == KeyState::Active)
-            .ok_or_else(|| {
-                ServiceError::FailedPrecondition(format!("key {alias:?} has no active version"))
-            })?,
-    };
+    let v = version_or_active(conn, alias, version).await?;
     let hash = rows::rsa_oaep_hash(conn, alias)
         .await?
         .as_deref()
@@ -159,6 +148,26 @@ async fn settlement_version(
             ServiceError::Internal(format!("settlement key {alias} has no OAEP hash"))
         })?;
     Ok((key, v, hash))
+}
+
+/// The version asked for (`NotFound` if none), or the active one.
+async fn version_or_active(
+    conn: &mut Conn,
+    alias: &str,
+    version: Option<u32>,
+) -> Result<KeyVersionRecord, ServiceError> {
+    match version {
+        Some(n) => rows::version(conn, alias, n)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {n}"))),
+        None => rows::versions(conn, alias)
+            .await?
+            .into_iter()
+            .find(|v| v.state == KeyState::Active)
+            .ok_or_else(|| {
+                ServiceError::FailedPrecondition(format!("key {alias:?} has no active version"))
+            }),
+    }
 }
 
 fn usable(v: &KeyVersionRecord, alias: &str) -> Result<(), ServiceError> {
@@ -458,18 +467,7 @@ async fn authenticator_version(
     let key = rows::key(conn, alias)
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
-    let v = match version {
-        Some(n) => rows::version(conn, alias, n)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {n}")))?,
-        None => rows::versions(conn, alias)
-            .await?
-            .into_iter()
-            .find(|v| v.state == KeyState::Active)
-            .ok_or_else(|| {
-                ServiceError::FailedPrecondition(format!("key {alias:?} has no active version"))
-            })?,
-    };
+    let v = version_or_active(conn, alias, version).await?;
     Ok((key, v))
 }
 
