@@ -306,11 +306,11 @@ async fn decrypt(
         match r.result {
             Some(pb::decrypt_result::Result::Plaintext(p)) => {
                 let p = Zeroizing::new(p);
-                let text = match std::str::from_utf8(&p) {
+                let text = Zeroizing::new(match std::str::from_utf8(&p) {
                     Ok(t) => t.to_string(),
                     Err(_) => hex::encode_upper(p.as_slice()),
-                };
-                writeln!(writer, "{}\t{text}", r.index).map_err(io(&out))?;
+                });
+                writeln!(writer, "{}\t{}", r.index, text.as_str()).map_err(io(&out))?;
                 ok += 1;
             }
             Some(pb::decrypt_result::Result::Error(e)) => failed.push((r.index, e)),

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 
 use brandkms_clients::card::Card;
 use brandkms_proto::v1 as pb;
-use brandkms_tests::TestServer;
+use brandkms_tests::{TestServer, tie_up};
 
 fn run(
     bin: &str,
@@ -106,20 +106,7 @@ async fn purchase_and_proxy_load_with_personalised_cards() {
         ("issuer-2-1", "key-e", pb::TieUpMode::ProxyLoad, None),
         ("loading-portal", "key-e", pb::TieUpMode::ProxyLoad, None),
     ] {
-        admin
-            .create_tie_up(pb::CreateTieUpRequest {
-                entity_id: entity.into(),
-                keys: vec![pb::TieUpKey {
-                    alias: alias.into(),
-                    mode: mode as i32,
-                }],
-                per_transaction_limit: limit,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .done()
-            .unwrap();
+        tie_up(&officer, entity, alias, mode, limit).await;
     }
 
     let dir = tempfile::tempdir().unwrap();

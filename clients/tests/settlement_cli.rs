@@ -13,7 +13,7 @@
 use std::process::{Command, Output};
 
 use brandkms_proto::v1 as pb;
-use brandkms_tests::TestServer;
+use brandkms_tests::{TestServer, register, tie_up};
 
 fn run(bin: &str, server: &TestServer, entity: &str, args: &[&str]) -> Output {
     let pki = &server.pki;
@@ -74,29 +74,16 @@ async fn seal_decrypt_sign_and_verify_settlement_files() {
         ("clearing-house", pb::EntityKind::ClearingHouse),
         ("store-s", pb::EntityKind::MerchantTerminal),
     ] {
-        admin
-            .register_entity(pb::RegisterEntityRequest {
-                id: id.into(),
-                kind: kind as i32,
-                name: id.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        register(&officer, id, kind).await;
     }
-    admin
-        .create_tie_up(pb::CreateTieUpRequest {
-            entity_id: "clearing-house".into(),
-            keys: vec![pb::TieUpKey {
-                alias: "settle".into(),
-                mode: pb::TieUpMode::Hold as i32,
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    tie_up(
+        &officer,
+        "clearing-house",
+        "settle",
+        pb::TieUpMode::Hold,
+        None,
+    )
+    .await;
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("settlement.txt");

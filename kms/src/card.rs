@@ -174,6 +174,53 @@ pub fn check_c1(
     Ok(Some((ra_out, c2)))
 }
 
+/// Passes 2 and 3 and the session's sealing, in one token call: on a genuine
+/// C1, C2 and RA || RB sealed (AES-256-GCM, `seal_key`, the session id as
+/// associated data) for the database.
+pub fn complete(
+    s: &HsmSession<'_>,
+    key: &CardKey,
+    rb: &[u8; 8],
+    c1: &[u8; 16],
+    seal_key: &ObjectId,
+    session_id: &str,
+) -> Result<Option<Completion>, HsmError> {
+    let Some((ra, c2)) = check_c1(s, key, rb, c1)? else {
+        return Ok(None);
+    };
+    let sealed = s.aes_gcm_seal(seal_key, session_id.as_bytes(), join(&ra, rb).as_slice())?;
+    Ok(Some(Completion { c2, sealed }))
+}
+
+/// What a genuine C1 gives the service: C2 for the card, the sealed nonces for
+/// the session row.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// `CBC_KC(RB || RA)`.
+    pub c2: [u8; 16],
+    /// RA || RB sealed under the session-seal key.
+    pub sealed: Vec<u8>,
+}
+
+/// RA and RB of a session, opened from what [`complete`] sealed.
+pub fn unseal_nonces(
+    s: &HsmSession<'_>,
+    seal_key: &ObjectId,
+    session_id: &str,
+    sealed: &[u8],
+) -> Result<(Zeroizing<[u8; 8]>, [u8; 8]), HsmError> {
+    let refused = || HsmError::InvalidInput("a session's sealed nonces do not open");
+    let nonces = s
+        .aes_gcm_open(seal_key, session_id.as_bytes(), sealed)?
+        .ok_or_else(refused)?;
+    let (Some(ra), Some(rb)) = (nonces.get(0..8), nonces.get(8..16)) else {
+        return Err(refused());
+    };
+    let mut ra_out = Zeroizing::new([0u8; 8]);
+    ra_out.copy_from_slice(ra);
+    Ok((ra_out, rb.try_into().map_err(|_| refused())?))
+}
+
 /// `CMAC_KS(direction || counter || payload)`, re-deriving `K_C` and `K_S`.
 pub fn mac(
     s: &HsmSession<'_>,

@@ -93,17 +93,6 @@ impl TestServer {
         init::run(&hsm, &store, "local:test", &seeds).await.unwrap();
         store.close().await;
         let backend = db.backend;
-        Self::launch(settings, pki, backend, db, dir).await
-    }
-
-    async fn launch(
-        settings: Settings,
-        pki: PathBuf,
-        backend: &'static str,
-        db: TestDb,
-        dir: tempfile::TempDir,
-    ) -> TestServer {
-        let hsm = testing::hsm();
         let server = Server::build_with_hsm(&settings, hsm, Clock::default())
             .await
             .unwrap();
@@ -236,4 +225,44 @@ pub async fn audit_records(
         .await
         .unwrap()
         .records
+}
+
+/// Registers an entity (offline, not tamper-resistant) as `officer`.
+pub async fn register(officer: &Client, id: &str, kind: brandkms_proto::v1::EntityKind) {
+    officer
+        .admin()
+        .register_entity(brandkms_proto::v1::RegisterEntityRequest {
+            id: id.into(),
+            kind: kind as i32,
+            name: id.into(),
+            online: false,
+            tamper_resistant: false,
+        })
+        .await
+        .unwrap();
+}
+
+/// Records a one-key tie-up as `officer`; it must run (dual control off).
+pub async fn tie_up(
+    officer: &Client,
+    entity: &str,
+    alias: &str,
+    mode: brandkms_proto::v1::TieUpMode,
+    limit: Option<u64>,
+) {
+    officer
+        .admin()
+        .create_tie_up(brandkms_proto::v1::CreateTieUpRequest {
+            entity_id: entity.into(),
+            keys: vec![brandkms_proto::v1::TieUpKey {
+                alias: alias.into(),
+                mode: mode as i32,
+            }],
+            per_transaction_limit: limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .done()
+        .unwrap();
 }

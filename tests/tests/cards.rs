@@ -14,7 +14,7 @@ use brandkms::hsm::EcbDerive;
 use brandkms_clients::Client;
 use brandkms_clients::card::{self, Card, CardKeyEntry};
 use brandkms_proto::v1 as pb;
-use brandkms_tests::{TestServer, on_each_database, status_of};
+use brandkms_tests::{TestServer, on_each_database, register, status_of, tie_up};
 use tonic::Code;
 
 fn h<const N: usize>(s: &str) -> [u8; N] {
@@ -40,44 +40,6 @@ fn card_with(master: &[u8], service_code: u16, cid: [u8; 8], balance: u64) -> Ca
         100_000,
         "JPY",
     )
-}
-
-async fn register(officer: &Client, id: &str, kind: pb::EntityKind) {
-    officer
-        .admin()
-        .register_entity(pb::RegisterEntityRequest {
-            id: id.into(),
-            kind: kind as i32,
-            name: id.into(),
-            online: false,
-            tamper_resistant: false,
-        })
-        .await
-        .unwrap();
-}
-
-async fn tie_up(
-    officer: &Client,
-    entity: &str,
-    alias: &str,
-    mode: pb::TieUpMode,
-    limit: Option<u64>,
-) {
-    officer
-        .admin()
-        .create_tie_up(pb::CreateTieUpRequest {
-            entity_id: entity.into(),
-            keys: vec![pb::TieUpKey {
-                alias: alias.into(),
-                mode: mode as i32,
-            }],
-            per_transaction_limit: limit,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
 }
 
 /// Keys K (hold for cybershop-k, limit 10,000) and E (proxy loading for the

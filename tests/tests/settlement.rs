@@ -11,7 +11,7 @@
 
 use brandkms_clients::Client;
 use brandkms_proto::v1 as pb;
-use brandkms_tests::{TestServer, on_each_database, status_of};
+use brandkms_tests::{TestServer, on_each_database, register, status_of, tie_up};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::{Oaep, RsaPublicKey};
 use tonic::Code;
@@ -74,16 +74,7 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
             ("store-s", pb::EntityKind::MerchantTerminal),
             ("cybershop-k", pb::EntityKind::Cybershop),
         ] {
-            officer
-                .admin()
-                .register_entity(pb::RegisterEntityRequest {
-                    id: id.into(),
-                    kind: kind as i32,
-                    name: id.into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            register(&officer, id, kind).await;
         }
         settlement_key(&officer, "settle", "").await;
         settlement_key(&officer, "settle-other", "").await;
@@ -96,20 +87,7 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
             ("clearing-house", "shop-k-id"),
             ("store-s", "settle"),
         ] {
-            officer
-                .admin()
-                .create_tie_up(pb::CreateTieUpRequest {
-                    entity_id: entity.into(),
-                    keys: vec![pb::TieUpKey {
-                        alias: alias.into(),
-                        mode: pb::TieUpMode::Hold as i32,
-                    }],
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .done()
-                .unwrap();
+            tie_up(&officer, entity, alias, pb::TieUpMode::Hold, None).await;
         }
         let clearing = s.client("clearing-house").await;
         let store = s.client("store-s").await;
@@ -286,20 +264,7 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
             .await
             .unwrap();
         for entity in ["clearing-house", "store-s"] {
-            officer
-                .admin()
-                .create_tie_up(pb::CreateTieUpRequest {
-                    entity_id: entity.into(),
-                    keys: vec![pb::TieUpKey {
-                        alias: "results-mac".into(),
-                        mode: pb::TieUpMode::Hold as i32,
-                    }],
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .done()
-                .unwrap();
+            tie_up(&officer, entity, "results-mac", pb::TieUpMode::Hold, None).await;
         }
         let summary = b"store S, 2026-11-21: 12 sales, 48000 JPY".to_vec();
         let mac = clearing
@@ -430,31 +395,16 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
 async fn decrypt_stream_of_ten_thousand_blobs() {
     let s = TestServer::start(brandkms::testing::sqlite_db()).await;
     let officer = s.client("officer-1").await;
-    officer
-        .admin()
-        .register_entity(pb::RegisterEntityRequest {
-            id: "clearing-house".into(),
-            kind: pb::EntityKind::ClearingHouse as i32,
-            name: "Clearing house".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    register(&officer, "clearing-house", pb::EntityKind::ClearingHouse).await;
     settlement_key(&officer, "settle", "").await;
-    officer
-        .admin()
-        .create_tie_up(pb::CreateTieUpRequest {
-            entity_id: "clearing-house".into(),
-            keys: vec![pb::TieUpKey {
-                alias: "settle".into(),
-                mode: pb::TieUpMode::Hold as i32,
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .done()
-        .unwrap();
+    tie_up(
+        &officer,
+        "clearing-house",
+        "settle",
+        pb::TieUpMode::Hold,
+        None,
+    )
+    .await;
     let clearing = s.client("clearing-house").await;
     let p = public_key(&clearing, "settle", None).await;
     // 100 distinct blobs, each sent 100 times: 10,000 decryptions in the token.

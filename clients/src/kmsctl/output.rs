@@ -147,6 +147,21 @@ impl Output {
         Output { json }
     }
 
+    /// A list: a JSON array, or a table with `header` and a row per item.
+    fn list<T>(
+        &self,
+        items: &[T],
+        json: impl Fn(&T) -> Value,
+        header: &[&str],
+        row: impl Fn(&T) -> Vec<String>,
+    ) {
+        if self.json {
+            return self.print_json(&Value::Array(items.iter().map(json).collect()));
+        }
+        let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+        table(header, &rows);
+    }
+
     /// Prints a JSON value.
     pub fn print_json(&self, v: &Value) {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -208,12 +223,19 @@ impl Output {
 
     /// Keys, one line each.
     pub fn keys(&self, keys: &[pb::Key]) {
-        if self.json {
-            return self.print_json(&Value::Array(keys.iter().map(key_json).collect()));
-        }
-        let rows: Vec<Vec<String>> = keys
-            .iter()
-            .map(|k| {
+        self.list(
+            keys,
+            key_json,
+            &[
+                "ALIAS",
+                "CLASS",
+                "ALGORITHM",
+                "PURPOSE",
+                "SERVICE",
+                "ACTIVE (KCV)",
+                "VERSIONS",
+            ],
+            |k| {
                 let active = k
                     .versions
                     .iter()
@@ -236,30 +258,17 @@ impl Output {
                         .collect::<Vec<_>>()
                         .join(" "),
                 ]
-            })
-            .collect();
-        table(
-            &[
-                "ALIAS",
-                "CLASS",
-                "ALGORITHM",
-                "PURPOSE",
-                "SERVICE",
-                "ACTIVE (KCV)",
-                "VERSIONS",
-            ],
-            &rows,
+            },
         );
     }
 
     /// Participants.
     pub fn entities(&self, list: &[pb::Entity]) {
-        if self.json {
-            return self.print_json(&Value::Array(list.iter().map(entity_json).collect()));
-        }
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|e| {
+        self.list(
+            list,
+            entity_json,
+            &["ID", "KIND", "STATUS", "ONLINE", "TAMPER-RESISTANT", "NAME"],
+            |e| {
                 vec![
                     e.id.clone(),
                     kind(e.kind),
@@ -268,22 +277,19 @@ impl Output {
                     if e.tamper_resistant { "yes" } else { "no" }.to_string(),
                     e.name.clone(),
                 ]
-            })
-            .collect();
-        table(
-            &["ID", "KIND", "STATUS", "ONLINE", "TAMPER-RESISTANT", "NAME"],
-            &rows,
+            },
         );
     }
 
     /// Tie-ups.
     pub fn tie_ups(&self, list: &[pb::TieUp]) {
-        if self.json {
-            return self.print_json(&Value::Array(list.iter().map(tie_up_json).collect()));
-        }
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|t| {
+        self.list(
+            list,
+            tie_up_json,
+            &[
+                "ID", "ENTITY", "STATE", "KEYS", "SPONSOR", "LIMIT", "FROM", "UNTIL",
+            ],
+            |t| {
                 vec![
                     t.id.clone(),
                     t.entity_id.clone(),
@@ -303,34 +309,23 @@ impl Output {
                     time(t.valid_from),
                     time(t.valid_until),
                 ]
-            })
-            .collect();
-        table(
-            &[
-                "ID", "ENTITY", "STATE", "KEYS", "SPONSOR", "LIMIT", "FROM", "UNTIL",
-            ],
-            &rows,
+            },
         );
     }
 
     /// Deliveries.
     pub fn distributions(&self, list: &[pb::Distribution]) {
-        if self.json {
-            let items = list
-                .iter()
-                .map(|d| {
-                    json!({
-                        "id": d.id, "alias": d.alias, "version": d.version, "entity_id": d.entity_id,
-                        "transport_alias": d.transport_alias, "transport_version": d.transport_version,
-                        "kcv": d.kcv, "at": d.at,
-                    })
+        self.list(
+            list,
+            |d| {
+                json!({
+                    "id": d.id, "alias": d.alias, "version": d.version, "entity_id": d.entity_id,
+                    "transport_alias": d.transport_alias, "transport_version": d.transport_version,
+                    "kcv": d.kcv, "at": d.at,
                 })
-                .collect();
-            return self.print_json(&Value::Array(items));
-        }
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|d| {
+            },
+            &["TIME", "KEY", "KCV", "TO", "UNDER"],
+            |d| {
                 vec![
                     time(d.at),
                     format!("{} v{}", d.alias, d.version),
@@ -338,9 +333,8 @@ impl Output {
                     d.entity_id.clone(),
                     format!("{} v{}", d.transport_alias, d.transport_version),
                 ]
-            })
-            .collect();
-        table(&["TIME", "KEY", "KCV", "TO", "UNDER"], &rows);
+            },
+        );
     }
 
     /// A key operation's answer: the key, or the proposal awaiting approval.
@@ -400,23 +394,20 @@ impl Output {
 
     /// Proxy loads.
     pub fn proxy_loads(&self, list: &[pb::ProxyLoad]) {
-        if self.json {
-            let items = list
-                .iter()
-                .map(|p| {
-                    json!({
-                        "txn_id": p.txn_id, "issuer": p.issuer, "requested_by": p.requested_by,
-                        "alias": p.alias, "key_version": p.key_version, "card_id": p.card_id,
-                        "amount": p.amount, "currency": p.currency, "status": p.status,
-                        "at": p.at, "confirmed_at": (p.confirmed_at > 0).then_some(p.confirmed_at),
-                    })
+        self.list(
+            list,
+            |p| {
+                json!({
+                    "txn_id": p.txn_id, "issuer": p.issuer, "requested_by": p.requested_by,
+                    "alias": p.alias, "key_version": p.key_version, "card_id": p.card_id,
+                    "amount": p.amount, "currency": p.currency, "status": p.status,
+                    "at": p.at, "confirmed_at": (p.confirmed_at > 0).then_some(p.confirmed_at),
                 })
-                .collect();
-            return self.print_json(&Value::Array(items));
-        }
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|p| {
+            },
+            &[
+                "TIME", "ISSUER", "BY", "KEY", "CARD", "AMOUNT", "STATUS", "TXN",
+            ],
+            |p| {
                 vec![
                     time(p.at),
                     p.issuer.clone(),
@@ -427,13 +418,7 @@ impl Output {
                     p.status.clone(),
                     p.txn_id.clone(),
                 ]
-            })
-            .collect();
-        table(
-            &[
-                "TIME", "ISSUER", "BY", "KEY", "CARD", "AMOUNT", "STATUS", "TXN",
-            ],
-            &rows,
+            },
         );
     }
 
@@ -472,12 +457,19 @@ impl Output {
 
     /// Proposals.
     pub fn approvals(&self, list: &[pb::Approval]) {
-        if self.json {
-            return self.print_json(&Value::Array(list.iter().map(approval_json).collect()));
-        }
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|a| {
+        self.list(
+            list,
+            approval_json,
+            &[
+                "ID",
+                "STATE",
+                "PROPOSER",
+                "PROPOSED",
+                "EXPIRES",
+                "DECIDED BY",
+                "WHAT",
+            ],
+            |a| {
                 vec![
                     a.id.clone(),
                     approval_state(a.state),
@@ -491,30 +483,25 @@ impl Output {
                     },
                     a.summary.clone(),
                 ]
-            })
-            .collect();
-        table(
-            &[
-                "ID",
-                "STATE",
-                "PROPOSER",
-                "PROPOSED",
-                "EXPIRES",
-                "DECIDED BY",
-                "WHAT",
-            ],
-            &rows,
+            },
         );
     }
 
     /// Audit records.
     pub fn audit(&self, list: &[pb::AuditRecord]) {
-        if self.json {
-            return self.print_json(&Value::Array(list.iter().map(audit_json).collect()));
-        }
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|r| {
+        self.list(
+            list,
+            audit_json,
+            &[
+                "SEQ",
+                "TIME",
+                "CALLER",
+                "OPERATION",
+                "KEY",
+                "OUTCOME",
+                "REASON",
+            ],
+            |r| {
                 vec![
                     r.seq.to_string(),
                     time(r.at),
@@ -528,19 +515,7 @@ impl Output {
                     r.outcome.clone(),
                     r.reason.clone(),
                 ]
-            })
-            .collect();
-        table(
-            &[
-                "SEQ",
-                "TIME",
-                "CALLER",
-                "OPERATION",
-                "KEY",
-                "OUTCOME",
-                "REASON",
-            ],
-            &rows,
+            },
         );
     }
 }

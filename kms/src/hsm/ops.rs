@@ -512,34 +512,53 @@ impl<'a> HsmSession<'a> {
         })
     }
 
+    /// An RSA key pair with a fresh `CKA_ID` on the private half: the public
+    /// half a session object with `public_usage`; the private half sensitive,
+    /// never extractable, a token object when `token`, with `private_usage`.
+    fn rsa_pair(
+        &self,
+        bits: u64,
+        token: bool,
+        public_usage: &[Attribute],
+        mut private: Vec<Attribute>,
+    ) -> Result<(ObjectId, ObjectHandle, ObjectHandle), HsmError> {
+        let id = self.new_object_id()?;
+        let mut public = vec![
+            Attribute::Token(false),
+            Attribute::ModulusBits(bits.into()),
+            Attribute::PublicExponent(vec![1, 0, 1]),
+        ];
+        public.extend_from_slice(public_usage);
+        private.extend([
+            Attribute::Token(token),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Id(id.0.to_vec()),
+        ]);
+        let (pub_handle, priv_handle) =
+            self.session
+                .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+        Ok((id, pub_handle, priv_handle))
+    }
+
     /// Generates a settlement RSA key pair: the private half a token object
     /// (sensitive, never extractable, decrypt and sign only) labelled `label`;
     /// the public half is read and dropped (the private object carries the
     /// modulus and exponent, so the public key is always read from the token).
     pub fn generate_rsa(&self, bits: u64, label: &str) -> Result<GeneratedRsa, HsmError> {
-        let id = self.new_object_id()?;
-        let public = [
-            Attribute::Token(false),
-            Attribute::ModulusBits(bits.into()),
-            Attribute::PublicExponent(vec![1, 0, 1]),
-            Attribute::Encrypt(true),
-            Attribute::Verify(true),
-        ];
-        let private = [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Decrypt(true),
-            Attribute::Sign(true),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-            Attribute::Id(id.0.to_vec()),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ];
-        let (pub_handle, priv_handle) =
-            self.session
-                .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+        let (id, pub_handle, priv_handle) = self.rsa_pair(
+            bits,
+            true,
+            &[Attribute::Encrypt(true), Attribute::Verify(true)],
+            vec![
+                Attribute::Decrypt(true),
+                Attribute::Sign(true),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+        )?;
         self.session.destroy_object(pub_handle)?;
         lock(&self.inner.handles).insert(id, priv_handle);
         let (modulus, exponent) = self.rsa_public(&id)?;
@@ -572,14 +591,20 @@ impl<'a> HsmSession<'a> {
     }
 
     /// RSA-OAEP decryption with the private key `id`. `Ok(None)` for every
-    /// ciphertext the token refuses (length, padding, another key's): callers
-    /// must answer all of them alike.
+    /// ciphertext that does not decrypt (length, padding, another key's):
+    /// callers must answer all of them alike. A ciphertext is exactly as long as
+    /// the modulus; SoftHSM2 reports other lengths as a general failure, so they
+    /// are refused here first.
     pub fn rsa_oaep_decrypt(
         &self,
         id: &ObjectId,
         hash: OaepHash,
         ciphertext: &[u8],
     ) -> Result<Option<Zeroizing<Vec<u8>>>, HsmError> {
+        let (modulus, _) = self.rsa_public(id)?;
+        if ciphertext.len() != modulus.len() {
+            return Ok(None);
+        }
         self.with_key(id, |h| {
             match self
                 .session
@@ -642,24 +667,12 @@ impl<'a> HsmSession<'a> {
         bits: u64,
         hash: OaepHash,
     ) -> Result<(ObjectId, Vec<u8>), HsmError> {
-        let id = self.new_object_id()?;
-        let public = [
-            Attribute::Token(false),
-            Attribute::ModulusBits(bits.into()),
-            Attribute::PublicExponent(vec![1, 0, 1]),
-            Attribute::Encrypt(true),
-        ];
-        let private = [
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Decrypt(true),
-            Attribute::Id(id.0.to_vec()),
-        ];
-        let (pub_handle, priv_handle) =
-            self.session
-                .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+        let (id, pub_handle, priv_handle) = self.rsa_pair(
+            bits,
+            false,
+            &[Attribute::Encrypt(true)],
+            vec![Attribute::Decrypt(true)],
+        )?;
         let public = SessionKey {
             handle: pub_handle,
             session: self.session,
@@ -694,25 +707,12 @@ impl<'a> HsmSession<'a> {
         &self,
         bits: u64,
     ) -> Result<(ObjectId, Vec<u8>, Vec<u8>), HsmError> {
-        let id = self.new_object_id()?;
-        let public = [
-            Attribute::Token(false),
-            Attribute::ModulusBits(bits.into()),
-            Attribute::PublicExponent(vec![1, 0, 1]),
-            Attribute::Wrap(true),
-        ];
-        let private = [
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Unwrap(true),
-            Attribute::Decrypt(false),
-            Attribute::Id(id.0.to_vec()),
-        ];
-        let (pub_handle, priv_handle) =
-            self.session
-                .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+        let (id, pub_handle, priv_handle) = self.rsa_pair(
+            bits,
+            false,
+            &[Attribute::Wrap(true)],
+            vec![Attribute::Unwrap(true), Attribute::Decrypt(false)],
+        )?;
         lock(&self.inner.handles).insert(id, priv_handle);
         let attrs = self.session.get_attributes(
             pub_handle,

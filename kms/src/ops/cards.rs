@@ -4,7 +4,7 @@
 //! database and token continues a session; RA || RB are kept sealed by the token.
 
 use brandkms_policy::{
-    Action, Algorithm, Decision, EntityKind, KeyClass, KeyState, Request, TieUpMode, decide,
+    Action, Algorithm, Decision, EntityKind, KeyClass, KeyState, Request, decide,
 };
 
 use crate::audit::Outcome;
@@ -240,20 +240,14 @@ pub async fn complete(
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| ServiceError::Internal("stored RB is not 8 bytes".into()))?;
     let ck = card_key(&key, &v, cid)?;
+    let session_id = format!("cs-{}", uuid::Uuid::new_v4().simple());
+    let (seal_key, id) = (state.seal_key, session_id.clone());
     let checked = state
         .hsm
-        .run(move |s| card::check_c1(s, &ck, &rb, &c1))
+        .run(move |s| card::complete(s, &ck, &rb, &c1, &seal_key, &id))
         .await?;
-    let session_id = format!("cs-{}", uuid::Uuid::new_v4().simple());
     let (outcome, session) = match checked {
-        Some((ra, c2)) => {
-            let nonces = card::join(&ra, &rb);
-            let seal_key = state.seal_key;
-            let aad = session_id.clone().into_bytes();
-            let sealed = state
-                .hsm
-                .run(move |s| s.aes_gcm_seal(&seal_key, &aad, nonces.as_slice()))
-                .await?;
+        Some(card::Completion { c2, sealed }) => {
             let session = SessionRecord {
                 id: session_id.clone(),
                 caller: caller.entity.id.clone(),
@@ -299,14 +293,14 @@ pub async fn complete(
     })
 }
 
-/// The caller's session, while it lasts, with its RA and RB.
+/// The caller's session, while it lasts (the database only; its nonces are
+/// opened in the token by the call that uses them).
 async fn open_session(
-    state: &AppState,
     conn: &mut Conn,
     caller: &Caller,
     session_id: &str,
     now: i64,
-) -> Result<(SessionRecord, [u8; 8], [u8; 8]), ServiceError> {
+) -> Result<(SessionRecord, Vec<u8>), ServiceError> {
     let session = rows::session(conn, session_id)
         .await?
         .filter(|s| s.caller == caller.entity.id)
@@ -319,51 +313,13 @@ async fn open_session(
     }
     let sealed = hex::decode(&session.sealed_nonces)
         .map_err(|e| ServiceError::Internal(format!("session {session_id}: {e}")))?;
-    let seal_key = state.seal_key;
-    let aad = session_id.as_bytes().to_vec();
-    let nonces = state
-        .hsm
-        .run(move |s| s.aes_gcm_open(&seal_key, &aad, &sealed))
-        .await?
-        .ok_or_else(|| {
-            ServiceError::Internal(format!("session {session_id}: sealed nonces do not open"))
-        })?;
-    let (Some(ra), Some(rb)) = (nonces.get(0..8), nonces.get(8..16)) else {
-        return Err(ServiceError::Internal(
-            "sealed nonces are not 16 bytes".into(),
-        ));
-    };
-    let ra: [u8; 8] = ra
-        .try_into()
-        .map_err(|_| ServiceError::Internal("RA".into()))?;
-    let rb: [u8; 8] = rb
-        .try_into()
-        .map_err(|_| ServiceError::Internal("RB".into()))?;
-    Ok((session, ra, rb))
+    Ok((session, sealed))
 }
 
 /// The offline issuer that a LOAD under `alias` is recorded for: the issuer whose
 /// own `proxy_load` tie-up (not terminated) covers the key.
 async fn proxy_load_issuer(conn: &mut Conn, alias: &str) -> Result<String, ServiceError> {
-    let mut issuers = Vec::new();
-    for t in tieups::list(conn, None).await? {
-        if t.state == brandkms_policy::TieUpState::Terminated
-            || !t
-                .keys
-                .iter()
-                .any(|(a, m)| a == alias && *m == TieUpMode::ProxyLoad)
-        {
-            continue;
-        }
-        if crate::store::entities::get(conn, &t.entity_id)
-            .await?
-            .is_some_and(|e| e.kind == EntityKind::Issuer)
-        {
-            issuers.push(t.entity_id);
-        }
-    }
-    issuers.sort();
-    issuers.dedup();
+    let issuers = tieups::proxy_load_issuers(conn, alias).await?;
     match issuers.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(ServiceError::FailedPrecondition(format!(
@@ -389,7 +345,7 @@ pub async fn seal(
 ) -> Result<Sealed, ServiceError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (session, ra, rb) = open_session(state, &mut conn, caller, session_id, now).await?;
+    let (session, sealed) = open_session(&mut conn, caller, session_id, now).await?;
     let action = match op {
         Op::Load => Action::ProxyLoad { amount },
         Op::Debit | Op::ReadBalance => Action::Seal { amount },
@@ -409,13 +365,21 @@ pub async fn seal(
     };
     drop(conn);
     let counter = session.next_counter;
-    let txn_id = random::<16>(state).await?;
-    let payload = card::command_payload(op, amount, &currency, &txn_id);
     let ck = card_key(&key, &v, cid_of(&session.card_id)?)?;
-    let data = card::mac_input(TO_CARD, counter, &payload);
-    let mac = state
+    let (seal_key, id) = (state.seal_key, session_id.to_string());
+    let (txn_id, payload, mac) = state
         .hsm
-        .run(move |s| card::mac(s, &ck, &ra, &rb, &data))
+        .run(move |s| {
+            let (ra, rb) = card::unseal_nonces(s, &seal_key, &id, &sealed)?;
+            let txn_id: [u8; 16] = s
+                .random(16)?
+                .try_into()
+                .map_err(|_| crate::hsm::HsmError::InvalidInput("token gave too few bytes"))?;
+            let payload = card::command_payload(op, amount, &currency, &txn_id);
+            let data = card::mac_input(TO_CARD, counter, &payload);
+            let mac = card::mac(s, &ck, &ra, &rb, &data)?;
+            Ok((txn_id, payload, mac))
+        })
         .await?;
     let currency_text = String::from_utf8_lossy(&currency).into_owned();
     let event = caller
@@ -494,7 +458,7 @@ pub async fn verify_receipt(
 ) -> Result<Verified, ServiceError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (session, ra, rb) = open_session(state, &mut conn, caller, session_id, now).await?;
+    let (session, sealed) = open_session(&mut conn, caller, session_id, now).await?;
     let key = key_rows::key(&mut conn, &session.alias)
         .await?
         .ok_or_else(|| ServiceError::NotFound(format!("no key {:?}", session.alias)))?;
@@ -506,9 +470,13 @@ pub async fn verify_receipt(
     let receipt = card::parse_receipt(&payload);
     let ck = card_key(&key, &v, cid_of(&session.card_id)?)?;
     let data = card::mac_input(FROM_CARD, counter, &payload);
+    let (seal_key, id) = (state.seal_key, session_id.to_string());
     let mac_ok = state
         .hsm
-        .run(move |s| card::verify_mac(s, &ck, &ra, &rb, &data, &mac))
+        .run(move |s| {
+            let (ra, rb) = card::unseal_nonces(s, &seal_key, &id, &sealed)?;
+            card::verify_mac(s, &ck, &ra, &rb, &data, &mac)
+        })
         .await?;
     let problem = match (&command, &receipt) {
         _ if !mac_ok => Some("receipt MAC does not verify".to_string()),

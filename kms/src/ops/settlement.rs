@@ -262,15 +262,7 @@ pub async fn decrypt(
     let id = v.cka_id;
     let plain = state
         .hsm
-        .run(move |s| {
-            // A ciphertext is exactly as long as the modulus; the token reports
-            // other lengths as a general failure, so they are refused here, alike.
-            let (modulus, _) = s.rsa_public(&id)?;
-            if ciphertext.len() != modulus.len() {
-                return Ok(None);
-            }
-            s.rsa_oaep_decrypt(&id, hash, &ciphertext)
-        })
+        .run(move |s| s.rsa_oaep_decrypt(&id, hash, &ciphertext))
         .await?;
     plain.ok_or_else(|| invalid(DECRYPTION_FAILED))
 }
@@ -325,7 +317,6 @@ pub async fn verify(
 struct Prepared {
     id: crate::hsm::ObjectId,
     hash: OaepHash,
-    modulus_len: usize,
 }
 
 /// Decrypts the sealed blobs of one `DecryptStream` for one caller: the policy
@@ -359,14 +350,7 @@ impl StreamDecryptor {
             )));
         }
         allowed(&mut conn, &self.caller, &key, &v, Action::Decrypt, now).await?;
-        drop(conn);
-        let id = v.cka_id;
-        let (modulus, _) = self.state.hsm.run(move |s| s.rsa_public(&id)).await?;
-        Ok(Prepared {
-            id,
-            hash,
-            modulus_len: modulus.len(),
-        })
+        Ok(Prepared { id: v.cka_id, hash })
     }
 
     /// Decrypts one blob; the error is the message for the caller.
@@ -396,7 +380,7 @@ impl StreamDecryptor {
             OaepHash::Sha1 => 1,
             OaepHash::Sha256 => 2,
         };
-        if blob.oaep_hash != wanted || blob.ciphertext.len() != prepared.modulus_len {
+        if blob.oaep_hash != wanted {
             return Err(DECRYPTION_FAILED.to_string());
         }
         let ciphertext = blob.ciphertext;

@@ -162,3 +162,25 @@ async fn with_keys(conn: &mut Conn, r: &AnyRow) -> Result<TieUpRecord, StoreErro
         updated_at: r.try_get("updated_at")?,
     })
 }
+
+/// The issuers whose own `proxy_load` tie-up (not terminated) covers `alias`,
+/// by id.
+pub async fn proxy_load_issuers(conn: &mut Conn, alias: &str) -> Result<Vec<String>, StoreError> {
+    sqlx::query(
+        "SELECT DISTINCT t.entity_id AS id
+         FROM tie_ups t
+         JOIN tie_up_keys k ON k.tie_up_id = t.id
+         JOIN entities e ON e.id = t.entity_id
+         WHERE k.alias = $1 AND k.mode = $2 AND t.state <> $3 AND e.kind = $4
+         ORDER BY t.entity_id",
+    )
+    .bind(alias)
+    .bind(TieUpMode::ProxyLoad.as_str())
+    .bind(TieUpState::Terminated.as_str())
+    .bind(brandkms_policy::EntityKind::Issuer.as_str())
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get("id")?))
+    .collect()
+}
