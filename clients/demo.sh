@@ -22,7 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 echo "== building kms and kmsctl"
-cargo build --release --locked -p brandkms --bin kms -p brandkms-clients \
+cargo build --release --locked -p brandkms --features dev --bin kms -p brandkms-clients \
   --bin kmsctl --bin issuer --bin cybershop --bin loading-portal --bin loadgen \
   --bin terminal --bin clearing
 KMS="$PWD/target/release/kms"

@@ -188,9 +188,8 @@ async fn consent(client: &Client, command: ConsentCommand) -> Result<(), Error> 
         }
         ConsentCommand::List => {
             for c in dist
-                .list_consents(pb::ListConsentsRequest {})
+                .list_consents_all(pb::ListConsentsRequest::default())
                 .await?
-                .consents
             {
                 show(&c);
             }
@@ -211,11 +210,11 @@ async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
             })
             .await?;
         let kcv = token.store_transport_key(&t.wrapped_key, TRANSPORT_LABEL)?;
-        if kcv != t.kcv {
+        if kcv != hex::encode_upper(&t.kcv) {
             return Err(Error::KcvMismatch {
                 alias: t.alias,
                 version: t.version,
-                delivered: t.kcv,
+                delivered: hex::encode_upper(&t.kcv),
                 unwrapped: kcv,
             });
         }
@@ -226,9 +225,8 @@ async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
     }
 
     let entitled = dist
-        .list_entitled_keys(pb::ListEntitledKeysRequest {})
-        .await?
-        .keys;
+        .list_entitled_keys_all(pb::ListEntitledKeysRequest::default())
+        .await?;
     for e in entitled
         .iter()
         .filter(|e| e.mode == pb::TieUpMode::Supply as i32)
@@ -236,7 +234,7 @@ async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
         let w = dist
             .request_key(pb::RequestKeyRequest {
                 alias: e.alias.clone(),
-                version: None,
+                version: 0,
             })
             .await?;
         let key_type = match pb::KeyAlgorithm::try_from(w.algorithm) {
@@ -246,11 +244,11 @@ async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
         };
         let label = format!("brandkms/{}/v{}", w.alias, w.version);
         let kcv = token.store_delivered_key(TRANSPORT_LABEL, &w.wrapped_key, key_type, &label)?;
-        if kcv != w.kcv {
+        if kcv != hex::encode_upper(&w.kcv) {
             return Err(Error::KcvMismatch {
                 alias: w.alias,
                 version: w.version,
-                delivered: w.kcv,
+                delivered: hex::encode_upper(&w.kcv),
                 unwrapped: kcv,
             });
         }
@@ -271,9 +269,8 @@ async fn personalise(client: &Client, p: PersonaliseArgs) -> Result<(), Error> {
         })?;
     let entitled = client
         .distribution()
-        .list_entitled_keys(pb::ListEntitledKeysRequest {})
-        .await?
-        .keys;
+        .list_entitled_keys_all(pb::ListEntitledKeysRequest::default())
+        .await?;
     let e = entitled
         .iter()
         .find(|e| e.alias == p.alias)

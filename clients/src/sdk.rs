@@ -50,6 +50,9 @@ pub enum ClientError {
         code: tonic::Code,
         /// The server's message.
         message: String,
+        /// A policy refusal's rule code (`google.rpc.ErrorInfo` reason, e.g.
+        /// `limit_exceeded`).
+        reason: Option<String>,
     },
 }
 
@@ -61,6 +64,23 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// A policy refusal's rule code, when the server gave one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ClientError::Status { reason, .. } => reason.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// An error of the caller's own making (no server answer behind it).
+    pub fn local(code: tonic::Code, message: impl Into<String>) -> ClientError {
+        ClientError::Status {
+            code,
+            message: message.into(),
+            reason: None,
+        }
+    }
 }
 
 /// `InvalidArgument` etc.
@@ -70,9 +90,12 @@ pub fn code_name(code: tonic::Code) -> String {
 
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
+        use tonic_types::StatusExt;
+        let reason = s.get_details_error_info().map(|info| info.reason);
         ClientError::Status {
             code: s.code(),
             message: s.message().to_string(),
+            reason,
         }
     }
 }
@@ -304,7 +327,50 @@ calls! { ProxyLoads {
     /// Proxy loads (an issuer's own; officers any).
     list_proxy_loads(pb::ListProxyLoadsRequest) -> pb::ListProxyLoadsResponse;
     /// Count and total per issuer, currency and status.
-    summarize_proxy_loads(pb::ListProxyLoadsRequest) -> pb::ProxyLoadSummary;
+    summarize_proxy_loads(pb::SummarizeProxyLoadsRequest) -> pb::ProxyLoadSummary;
+} }
+
+/// For each `List*` call, a `*_all` call that follows `next_page_token` to the
+/// last page and returns every item.
+macro_rules! all_pages {
+    ($service:ident { $($all:ident = $name:ident($req:ty) -> $field:ident: $item:ty;)+ }) => {
+        impl $service {
+            $(
+                #[doc = concat!("Every item of `", stringify!($name), "`, page after page.")]
+                pub async fn $all(&mut self, mut request: $req) -> Result<Vec<$item>, ClientError> {
+                    let mut items = Vec::new();
+                    loop {
+                        let page = self.$name(request.clone()).await?;
+                        items.extend(page.$field);
+                        if page.next_page_token.is_empty() {
+                            return Ok(items);
+                        }
+                        request.page_token = page.next_page_token;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+all_pages! { Admin {
+    list_keys_all = list_keys(pb::ListKeysRequest) -> keys: pb::Key;
+    list_entities_all = list_entities(pb::ListEntitiesRequest) -> entities: pb::Entity;
+    list_tie_ups_all = list_tie_ups(pb::ListTieUpsRequest) -> tie_ups: pb::TieUp;
+    list_distributions_all =
+        list_distributions(pb::ListDistributionsRequest) -> distributions: pb::Distribution;
+    list_approvals_all = list_approvals(pb::ListApprovalsRequest) -> approvals: pb::Approval;
+    list_audit_all = list_audit(pb::ListAuditRequest) -> records: pb::AuditRecord;
+} }
+
+all_pages! { Distribution {
+    list_entitled_keys_all =
+        list_entitled_keys(pb::ListEntitledKeysRequest) -> keys: pb::EntitledKey;
+    list_consents_all = list_consents(pb::ListConsentsRequest) -> consents: pb::Consent;
+} }
+
+all_pages! { ProxyLoads {
+    list_proxy_loads_all = list_proxy_loads(pb::ListProxyLoadsRequest) -> loads: pb::ProxyLoad;
 } }
 
 calls! { Settlement {

@@ -130,14 +130,17 @@ async fn terminal(cli: TerminalCli) -> Result<(), Error> {
     } = cli.command;
     let public = client
         .settlement()
-        .get_public_key(pb::GetPublicKeyRequest { alias, version })
+        .get_public_key(pb::GetPublicKeyRequest {
+            alias,
+            version: version.unwrap_or(0),
+        })
         .await?;
+    let public_fingerprint = hex::encode(&public.fingerprint);
     if let Some(f) = fingerprint
-        && !f.eq_ignore_ascii_case(&public.fingerprint)
+        && !f.eq_ignore_ascii_case(&public_fingerprint)
     {
         return Err(Error::Io(format!(
-            "public key fingerprint {} is not the expected {f}: refusing to seal",
-            public.fingerprint
+            "public key fingerprint {public_fingerprint} is not the expected {f}: refusing to seal"
         )));
     }
     let values: Vec<Zeroizing<String>> = if values.is_empty() {
@@ -169,7 +172,7 @@ async fn terminal(cli: TerminalCli) -> Result<(), Error> {
         values.len(),
         public.alias,
         public.version,
-        public.fingerprint
+        public_fingerprint
     );
     Ok(())
 }
@@ -211,7 +214,7 @@ async fn compare_with_token(
         .settlement()
         .get_public_key(pb::GetPublicKeyRequest {
             alias: first.alias.clone(),
-            version: Some(first.version),
+            version: first.version,
         })
         .await?;
     let kms = match kms {
@@ -313,7 +316,7 @@ async fn decrypt(
                 writeln!(writer, "{}\t{}", r.index, text.as_str()).map_err(io(&out))?;
                 ok += 1;
             }
-            Some(pb::decrypt_result::Result::Error(e)) => failed.push((r.index, e)),
+            Some(pb::decrypt_result::Result::Error(e)) => failed.push((r.index, e.message)),
             None => failed.push((r.index, "no result".into())),
         }
         bar.inc(1);

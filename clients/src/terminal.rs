@@ -49,9 +49,8 @@ pub struct Transaction {
 pub async fn service_code(client: &Client, alias: &str) -> Result<u16, TransactionError> {
     let keys = client
         .distribution()
-        .list_entitled_keys(pb::ListEntitledKeysRequest {})
-        .await?
-        .keys;
+        .list_entitled_keys_all(pb::ListEntitledKeysRequest::default())
+        .await?;
     keys.iter()
         .find(|k| k.alias == alias)
         .and_then(|k| k.service_code)

@@ -16,7 +16,7 @@ use brandkms_tests::TestServer;
 
 const ISSUER: &str = env!("CARGO_BIN_EXE_issuer");
 
-fn sync(server: &TestServer, token: &brandkms::softhsm::TokenDir) -> Output {
+fn sync(server: &TestServer, token: &brandkms::commands::softhsm::TokenDir) -> Output {
     let pki = &server.pki;
     Command::new(ISSUER)
         .env("SOFTHSM2_CONF", &token.softhsm2_conf)
@@ -86,9 +86,13 @@ async fn an_issuer_receives_its_keys_into_its_own_token() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let token =
-        brandkms::softhsm::create_token(dir.path(), "issuer-2-3", "issuer-so", "issuer-pin")
-            .unwrap();
+    let token = brandkms::commands::softhsm::create_token(
+        dir.path(),
+        "issuer-2-3",
+        "issuer-so",
+        "issuer-pin",
+    )
+    .unwrap();
     let out = sync(&server, &token);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -109,7 +113,7 @@ async fn an_issuer_receives_its_keys_into_its_own_token() {
             .unwrap();
         let line = format!(
             "{alias} v1 stored in token as brandkms/{alias}/v1, KCV {} matches",
-            k.versions[0].kcv
+            hex::encode_upper(&k.versions[0].kcv)
         );
         assert!(stdout.contains(&line), "{line} in {stdout}");
     }
@@ -133,7 +137,7 @@ async fn an_issuer_receives_its_keys_into_its_own_token() {
     assert!(!stdout.contains("transport key"), "{stdout}");
     let line = format!(
         "key-a v2 stored in token as brandkms/key-a/v2, KCV {} matches",
-        rotated.versions[1].kcv
+        hex::encode_upper(&rotated.versions[1].kcv)
     );
     assert!(stdout.contains(&line), "{line} in {stdout}");
 
@@ -141,6 +145,7 @@ async fn an_issuer_receives_its_keys_into_its_own_token() {
         .list_distributions(pb::ListDistributionsRequest {
             alias: "key-a".into(),
             entity_id: "issuer-2-3".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -20,7 +20,7 @@ fn run(
     bin: &str,
     server: &TestServer,
     entity: &str,
-    token: Option<&brandkms::softhsm::TokenDir>,
+    token: Option<&brandkms::commands::softhsm::TokenDir>,
     args: &[&str],
 ) -> Output {
     let pki = &server.pki;
@@ -110,7 +110,7 @@ async fn purchase_and_proxy_load_with_personalised_cards() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let token = brandkms::softhsm::create_token(
+    let token = brandkms::commands::softhsm::create_token(
         &dir.path().join("token"),
         "issuer-2-2",
         "issuer-so",

@@ -64,7 +64,7 @@ async fn seal_decrypt_sign_and_verify_settlement_files() {
     admin
         .create_key(pb::CreateKeyRequest {
             alias: "settle".into(),
-            class: pb::KeyClass::Settlement as i32,
+            key_class: pb::KeyClass::Settlement as i32,
             algorithm: pb::KeyAlgorithm::Rsa2048 as i32,
             ..Default::default()
         })
@@ -116,7 +116,7 @@ async fn seal_decrypt_sign_and_verify_settlement_files() {
         .settlement()
         .get_public_key(pb::GetPublicKeyRequest {
             alias: "settle".into(),
-            version: None,
+            version: 0,
         })
         .await
         .unwrap();

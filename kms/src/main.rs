@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    brandkms::cli::main()
+    brandkms::commands::main()
 }

@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 
 use zeroize::Zeroizing;
 
+use crate::commands::softhsm::{TokenDir, create_token};
 use crate::hsm::{Hsm, HsmParams};
-use crate::softhsm::{TokenDir, create_token};
 
 /// Label of the test token.
 pub const TEST_TOKEN_LABEL: &str = "brandkms-test";
@@ -228,7 +228,7 @@ pub fn fixed_rb() -> Option<[u8; 8]> {
 /// the service's token as `alias` version 1, active, with its rows and audit
 /// record, so that a test can compute the card keys in software.
 pub async fn import_card_master(
-    state: &crate::service::AppState,
+    state: &crate::ops::AppState,
     alias: &str,
     service_code: u16,
     value: &[u8],
@@ -247,12 +247,12 @@ pub async fn import_card_master(
         export: Exportability::Never,
     };
     let value = value.to_vec();
-    crate::keys::create_version(
+    crate::ops::versions::create_version(
         &state.hsm,
         &state.store,
-        crate::keys::AuditKey::Existing(&state.auditor),
+        crate::ops::versions::AuditKey::Existing(&state.auditor),
         move |s, label| s.import_for_tests(&spec, label, &value),
-        crate::keys::NewVersion {
+        crate::ops::versions::NewVersion {
             key: Some(crate::store::keys::KeyRecord {
                 alias: alias.to_string(),
                 class: KeyClass::CardAccess,

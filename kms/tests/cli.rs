@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use brandkms::softhsm::{TokenDir, create_token};
+use brandkms::commands::softhsm::{TokenDir, create_token};
 use brandkms::testing::{TEST_PIN, TEST_SO_PIN, TEST_TOKEN_LABEL};
 
 const KMS: &str = env!("CARGO_BIN_EXE_kms");
@@ -222,7 +222,7 @@ fn a_sigkill_between_object_and_row_leaves_exactly_the_orphan_reconcile_reports(
 #[test]
 fn a_missing_module_is_named() {
     let d = Deployment::with(|c| {
-        let module = brandkms::softhsm::module_path()
+        let module = brandkms::commands::softhsm::module_path()
             .unwrap()
             .display()
             .to_string();

@@ -11,9 +11,9 @@
 
 use std::process::Command;
 
+use brandkms::commands::softhsm::TokenDir;
 use brandkms::hsm::HsmParams;
-use brandkms::keys::LABEL_PREFIX;
-use brandkms::softhsm::TokenDir;
+use brandkms::ops::versions::LABEL_PREFIX;
 use brandkms::testing;
 use zeroize::Zeroizing;
 
@@ -61,7 +61,7 @@ async fn the_dev_token_holds_only_sensitive_keys_and_internal_ones_never_leave()
 
     // What an operator sees with opensc's pkcs11-tool.
     let pin = std::fs::read_to_string(dir.join("pin")).unwrap();
-    let module = brandkms::softhsm::module_path().unwrap();
+    let module = brandkms::commands::softhsm::module_path().unwrap();
     let listing = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", dir.join("softhsm/softhsm2.conf"))
         .args(["--module", &module.display().to_string()])

@@ -13,7 +13,10 @@ pub use names::{
     SensitiveOperation, TieUpMode, TieUpState,
 };
 pub use officers::{Proposal, can_administer, can_approve, needs_second_officer, widens_supply};
-pub use rules::{Action, Consent, Entity, Key, Request, TieUp, can_consent, decide, may_hold_keys};
+pub use rules::{
+    Action, Consent, Entity, Key, ProxyLoadScope, Request, TieUp, can_consent, decide,
+    may_hold_keys, proxy_load_scope,
+};
 
 #[cfg(test)]
 mod seed_scenarios;

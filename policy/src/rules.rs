@@ -61,8 +61,14 @@ impl TieUp {
         self.keys.iter().find(|(a, _)| a == alias).map(|(_, m)| *m)
     }
 
+    /// Whether the tie-up is in force at `now`: active, and `now` inside its
+    /// window (start inclusive, end exclusive).
+    pub fn is_in_force(&self, now: i64) -> bool {
+        self.not_in_force(now).is_none()
+    }
+
     /// Why the tie-up is not in force at `now`, if it is not.
-    fn not_in_force(&self, now: i64) -> Option<DenyReason> {
+    pub fn not_in_force(&self, now: i64) -> Option<DenyReason> {
         match self.state {
             TieUpState::Terminated => Some(DenyReason::TieUpTerminated),
             TieUpState::Suspended => Some(DenyReason::TieUpSuspended),
@@ -105,6 +111,8 @@ pub enum Action {
     },
     /// Have the service decrypt under the key.
     Decrypt,
+    /// Have the service sign a settlement result with the key (RSA-PSS).
+    Sign,
     /// Have the service MAC a settlement result with an authenticator key.
     GenerateMac,
     /// Have the service check a settlement result's MAC.
@@ -153,6 +161,7 @@ fn state_allows(state: KeyState, action: Action) -> bool {
             matches!(state, S::Active | S::AuthOnly)
         }
         Action::Decrypt => matches!(state, S::Active | S::DecryptOnly),
+        Action::Sign => state == S::Active,
         Action::GenerateMac => state == S::Active,
         Action::VerifyMac => matches!(state, S::Active | S::AuthOnly),
     }
@@ -175,7 +184,7 @@ fn check(r: &Request<'_>) -> Result<(), DenyReason> {
     if r.action == Action::Receive && r.caller.kind == EntityKind::Cybershop {
         return Err(DenyReason::CybershopNeverSupplied);
     }
-    // Rule 6: an entity-owned key serves its owner only, for decryption.
+    // Rule 6: an entity-owned key serves its owner only, and only to decrypt.
     if let Some(owner) = &r.key.owner {
         if owner != &r.caller.id {
             return Err(DenyReason::NotKeyOwner);
@@ -273,10 +282,15 @@ fn check_tie_up(r: &Request<'_>, t: &TieUp) -> Result<(), DenyReason> {
             }
             key_state(r)
         }
-        Action::Decrypt => {
-            // Rule 6: settlement keys decrypt only for clearing houses with a tie-up.
+        Action::Decrypt | Action::Sign => {
+            // Rule 6: settlement keys decrypt and sign only for clearing houses
+            // with a tie-up.
             if r.key.class != KeyClass::Settlement {
-                return Err(DenyReason::ClassDoesNotDecrypt);
+                return Err(if r.action == Action::Sign {
+                    DenyReason::ClassDoesNotSign
+                } else {
+                    DenyReason::ClassDoesNotDecrypt
+                });
             }
             if r.caller.kind != EntityKind::ClearingHouse {
                 return Err(DenyReason::NotClearingHouse);
@@ -313,5 +327,35 @@ pub fn can_consent(issuer: &Entity, alias: &str, tie_ups: &[TieUp]) -> Decision 
         Decision::Allow
     } else {
         Decision::Deny(DenyReason::NotIssuersKey)
+    }
+}
+
+/// Whose proxy loads a caller may list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyLoadScope {
+    /// Every issuer's (an officer who named none).
+    All,
+    /// One issuer's.
+    Issuer(String),
+}
+
+/// Who may list proxy loads, and whose: an issuer its own (naming none, or
+/// itself), an officer any issuer's or all; nobody else.
+pub fn proxy_load_scope(
+    caller: &Entity,
+    asked: Option<&str>,
+) -> Result<ProxyLoadScope, DenyReason> {
+    if caller.status == EntityStatus::Suspended {
+        return Err(DenyReason::EntitySuspended);
+    }
+    match caller.kind {
+        EntityKind::Officer => Ok(asked.map_or(ProxyLoadScope::All, |i| {
+            ProxyLoadScope::Issuer(i.to_string())
+        })),
+        EntityKind::Issuer => match asked {
+            Some(other) if other != caller.id => Err(DenyReason::OthersProxyLoads),
+            _ => Ok(ProxyLoadScope::Issuer(caller.id.clone())),
+        },
+        other => Err(DenyReason::ProxyLoadsNotListed(other)),
     }
 }

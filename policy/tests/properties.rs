@@ -8,7 +8,8 @@
 
 use brandkms_policy::{
     Action, Consent, Decision, DenyReason, Entity, EntityKind, EntityStatus, Key, KeyClass,
-    KeyState, Proposal, Request, TieUp, TieUpMode, TieUpState, can_approve, decide, widens_supply,
+    KeyState, Proposal, ProxyLoadScope, Request, TieUp, TieUpMode, TieUpState, can_approve, decide,
+    proxy_load_scope, widens_supply,
 };
 use proptest::prelude::*;
 
@@ -95,6 +96,7 @@ fn action() -> impl Strategy<Value = Action> {
         (0u64..20_000).prop_map(|amount| Action::Seal { amount }),
         (0u64..20_000).prop_map(|amount| Action::ProxyLoad { amount }),
         Just(Action::Decrypt),
+        Just(Action::Sign),
         Just(Action::GenerateMac),
         Just(Action::VerifyMac),
     ]
@@ -293,6 +295,51 @@ proptest! {
         if c.decide().is_allowed() {
             prop_assert_eq!(c.caller.kind, EntityKind::ClearingHouse);
             prop_assert_eq!(c.key.class, KeyClass::Authenticator);
+        }
+    }
+
+    #[test]
+    fn only_clearing_houses_sign_and_only_with_active_brand_settlement_keys(mut c in case()) {
+        c.action = Action::Sign;
+        if c.decide().is_allowed() {
+            prop_assert_eq!(c.key.state, KeyState::Active);
+            prop_assert_eq!(c.key.owner, None);
+            prop_assert_eq!(c.caller.kind, EntityKind::ClearingHouse);
+            prop_assert_eq!(c.key.class, KeyClass::Settlement);
+        }
+    }
+
+    #[test]
+    fn in_force_is_what_the_policy_checks(t in tie_up(), now in -8i64..8) {
+        prop_assert_eq!(t.is_in_force(now), in_force(&t, now));
+        prop_assert_eq!(t.is_in_force(now), t.not_in_force(now).is_none());
+    }
+
+    #[test]
+    fn an_issuer_lists_its_own_proxy_loads_only_and_only_officers_list_all(
+        caller in entity(),
+        asked in proptest::option::of(pick(IDS)),
+    ) {
+        match proxy_load_scope(&caller, asked) {
+            Ok(ProxyLoadScope::All) => {
+                prop_assert_eq!(caller.kind, EntityKind::Officer);
+                prop_assert!(asked.is_none());
+            }
+            Ok(ProxyLoadScope::Issuer(i)) => {
+                prop_assert_eq!(caller.status, EntityStatus::Active);
+                prop_assert!(matches!(caller.kind, EntityKind::Officer | EntityKind::Issuer));
+                if caller.kind == EntityKind::Issuer {
+                    prop_assert_eq!(&i, &caller.id);
+                }
+            }
+            Err(reason) => {
+                prop_assert!(
+                    caller.status == EntityStatus::Suspended
+                        || !matches!(caller.kind, EntityKind::Officer | EntityKind::Issuer)
+                        || asked.is_some_and(|a| a != caller.id),
+                    "unexpected refusal {reason}"
+                );
+            }
         }
     }
 }

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use brandkms::clock::Clock;
+use brandkms::commands::init::{self, OfficerSeed};
 use brandkms::config::{ServiceSettings, Settings, TlsSettings};
-use brandkms::init::{self, OfficerSeed};
+use brandkms::ops::Shared;
 use brandkms::server::Server;
-use brandkms::service::Shared;
 use brandkms::store::Store;
 use brandkms::testing::{self, TestDb};
 use brandkms_clients::{Client, ConnectOptions};
@@ -66,7 +66,7 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         std::fs::create_dir_all(&pki).unwrap();
-        brandkms::dev::write_pki(&pki).unwrap();
+        brandkms::commands::dev::write_pki(&pki).unwrap();
         write_foreign_pki(&pki);
         let token = testing::token();
         let settings = Settings {
@@ -181,7 +181,7 @@ fn write_foreign_pki(pki: &Path) {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "not the brand CA");
     let issuer = Issuer::new(params, key);
-    let (cert, key) = brandkms::dev::client_certificate("officer-1", &issuer).unwrap();
+    let (cert, key) = brandkms::commands::dev::client_certificate("officer-1", &issuer).unwrap();
     std::fs::write(pki.join("foreign-officer-1.pem"), cert).unwrap();
     std::fs::write(pki.join("foreign-officer-1-key.pem"), key).unwrap();
 }
@@ -205,26 +205,41 @@ pub fn status_of<T: std::fmt::Debug>(
     r: Result<T, brandkms_clients::ClientError>,
 ) -> (tonic::Code, String) {
     match r {
-        Err(brandkms_clients::ClientError::Status { code, message }) => (code, message),
+        Err(brandkms_clients::ClientError::Status { code, message, .. }) => (code, message),
         other => panic!("expected a status, got {other:?}"),
     }
 }
 
-/// Audit records, oldest first (at most 1000), optionally of one operation.
+/// The policy rule code (`google.rpc.ErrorInfo` reason) of a call that must be
+/// refused by the policy, with its gRPC code.
+pub fn refusal_of<T: std::fmt::Debug>(
+    r: Result<T, brandkms_clients::ClientError>,
+) -> (tonic::Code, String) {
+    match r {
+        Err(e @ brandkms_clients::ClientError::Status { .. }) => {
+            let reason = e.reason().map(str::to_string);
+            (e.code().unwrap(), reason.unwrap_or_default())
+        }
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+/// Every audit record, oldest first, optionally of one operation.
 pub async fn audit_records(
     officer: &Client,
     operation: &str,
 ) -> Vec<brandkms_proto::v1::AuditRecord> {
-    officer
+    let mut records = officer
         .admin()
-        .list_audit(brandkms_proto::v1::ListAuditRequest {
+        .list_audit_all(brandkms_proto::v1::ListAuditRequest {
             operation: operation.into(),
-            limit: 1000,
+            page_size: 1000,
             ..Default::default()
         })
         .await
-        .unwrap()
-        .records
+        .unwrap();
+    records.reverse();
+    records
 }
 
 /// Registers an entity (offline, not tamper-resistant) as `officer`.

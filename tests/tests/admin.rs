@@ -16,7 +16,7 @@ use tonic::Code;
 fn card_key(alias: &str) -> pb::CreateKeyRequest {
     pb::CreateKeyRequest {
         alias: alias.to_string(),
-        class: pb::KeyClass::CardAccess as i32,
+        key_class: pb::KeyClass::CardAccess as i32,
         service_code: 0x0A01,
         purpose: pb::Purpose::Load as i32,
         algorithm: pb::KeyAlgorithm::Tdes2 as i32,
@@ -28,7 +28,8 @@ fn card_key(alias: &str) -> pb::CreateKeyRequest {
 
 fn card_access() -> pb::ListKeysRequest {
     pb::ListKeysRequest {
-        class: pb::KeyClass::CardAccess as i32,
+        key_class: pb::KeyClass::CardAccess as i32,
+        ..Default::default()
     }
 }
 
@@ -106,7 +107,9 @@ async fn refusals_get_the_right_status_and_are_audited() {
         let records = audit_records(&officer, "").await;
         let denied = |caller: &str| {
             records.iter().any(|r| {
-                r.caller == caller && r.outcome == "denied" && !r.cert_fingerprint.is_empty()
+                r.caller == caller
+                    && r.outcome == pb::AuditOutcome::Denied as i32
+                    && !r.cert_fingerprint.is_empty()
             })
         };
         assert!(denied("unauthenticated"), "foreign CA refusal audited");
@@ -180,7 +183,7 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
             (
                 "unknown class",
                 pb::CreateKeyRequest {
-                    class: 42,
+                    key_class: 42,
                     ..card_key("key-b")
                 },
             ),
@@ -265,7 +268,7 @@ async fn bad_inputs_are_invalid_arguments_and_change_nothing() {
         let failed = audit_records(&officer, "")
             .await
             .into_iter()
-            .filter(|r| r.outcome == "failed")
+            .filter(|r| r.outcome == pb::AuditOutcome::Failed as i32)
             .count();
         assert_eq!(failed, 13);
         s
@@ -293,7 +296,7 @@ async fn rotation_keeps_the_old_version_and_destruction_waits_and_can_be_cancell
         let mut admin = officer.admin();
         let created = admin.create_key(card_key("key-a")).await.unwrap();
         assert_eq!(created.versions.len(), 1);
-        assert_eq!(created.versions[0].kcv.len(), 6);
+        assert_eq!(created.versions[0].kcv.len(), 3);
 
         let rotated = admin
             .rotate_key(pb::RotateKeyRequest {
@@ -444,7 +447,10 @@ async fn verify_audit_finds_an_altered_and_a_deleted_record() {
             .register_entity(entity("issuer-2-3", pb::EntityKind::Issuer))
             .await
             .unwrap();
-        let report = admin.verify_audit(pb::VerifyAuditRequest {}).await.unwrap();
+        let report = admin
+            .verify_audit(pb::VerifyAuditRequest::default())
+            .await
+            .unwrap();
         assert!(report.intact, "{}: {report:?}", s.backend);
         assert!(report.records >= 5);
 
@@ -452,7 +458,10 @@ async fn verify_audit_finds_an_altered_and_a_deleted_record() {
             .execute(s.state.store.pool())
             .await
             .unwrap();
-        let report = admin.verify_audit(pb::VerifyAuditRequest {}).await.unwrap();
+        let report = admin
+            .verify_audit(pb::VerifyAuditRequest::default())
+            .await
+            .unwrap();
         assert!(!report.intact);
         assert_eq!(report.first_broken_seq, 3, "{report:?}");
 
@@ -460,7 +469,10 @@ async fn verify_audit_finds_an_altered_and_a_deleted_record() {
             .execute(s.state.store.pool())
             .await
             .unwrap();
-        let report = admin.verify_audit(pb::VerifyAuditRequest {}).await.unwrap();
+        let report = admin
+            .verify_audit(pb::VerifyAuditRequest::default())
+            .await
+            .unwrap();
         assert_eq!(report.first_broken_seq, 2, "{report:?}");
         assert!(report.problem.contains("missing"), "{report:?}");
         s
@@ -573,6 +585,7 @@ async fn entities_and_tie_ups_round_trip() {
         let listed = admin
             .list_tie_ups(pb::ListTieUpsRequest {
                 entity_id: "bank-center-b".into(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -593,6 +606,117 @@ async fn entities_and_tie_ups_round_trip() {
             Code::FailedPrecondition,
             "already active"
         );
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_list_pages_and_list_audit_pages_through_2500_records() {
+    on_each_database(|s: TestServer| async move {
+        let officer = s.client("officer-1").await;
+        let mut admin = officer.admin();
+
+        // 2,500 records of one operation, appended by the service's own auditor
+        // (token MAC, chained), plus the officers' calls around them.
+        for i in 0..2500u32 {
+            let event = brandkms::audit::AuditEvent::allowed("officer-1", "Test/Fill").outcome(
+                brandkms::audit::Outcome::Allowed,
+                Some(format!("record {i}")),
+            );
+            s.state
+                .auditor
+                .record(&s.state.store, &event)
+                .await
+                .unwrap();
+        }
+        let fill = |page_token: String| pb::ListAuditRequest {
+            operation: "Test/Fill".into(),
+            page_size: 1000,
+            page_token,
+            ..Default::default()
+        };
+        let mut pages = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = admin.list_audit(fill(token)).await.unwrap();
+            pages.push(page.records.len());
+            let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
+            assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first");
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(pages, [1000, 1000, 500], "{}", s.backend);
+        let all = admin.list_audit_all(fill(String::new())).await.unwrap();
+        let mut seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 2500, "no record twice, none skipped");
+        assert!(all.iter().all(|r| r.hash.len() == 32));
+
+        // The default page is 100; above 1000 is refused; a token only serves the
+        // filters it was given with.
+        let first = admin.list_audit(fill(String::new())).await.unwrap();
+        let default = admin
+            .list_audit(pb::ListAuditRequest {
+                operation: "Test/Fill".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(default.records.len(), 100);
+        let (c, m) = status_of(
+            admin
+                .list_audit(pb::ListAuditRequest {
+                    page_size: 1001,
+                    ..Default::default()
+                })
+                .await,
+        );
+        assert_eq!(c, Code::InvalidArgument, "{m}");
+        let (c, m) = status_of(
+            admin
+                .list_audit(pb::ListAuditRequest {
+                    operation: "Admin/GetKey".into(),
+                    page_token: first.next_page_token,
+                    ..Default::default()
+                })
+                .await,
+        );
+        assert_eq!(c, Code::InvalidArgument, "{m}");
+        assert!(m.contains("page_token"), "{m}");
+
+        // The registries page too: three keys, one per page, in alias order.
+        for alias in ["key-c", "key-a", "key-b"] {
+            admin.create_key(card_key(alias)).await.unwrap();
+        }
+        let mut aliases = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = admin
+                .list_keys(pb::ListKeysRequest {
+                    page_size: 1,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            aliases.extend(page.keys.into_iter().map(|k| k.alias));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(aliases, ["key-a", "key-b", "key-c"]);
+        let entities = admin
+            .list_entities_all(pb::ListEntitiesRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(entities.len(), 2, "the two officers");
         s
     })
     .await;

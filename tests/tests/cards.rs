@@ -9,12 +9,12 @@
 
 use std::time::Duration;
 
-use brandkms::card::{CardKey, FROM_CARD, TO_CARD, mac_input};
 use brandkms::hsm::EcbDerive;
+use brandkms::ops::card_protocol::{CardKey, FROM_CARD, TO_CARD, mac_input};
 use brandkms_clients::Client;
 use brandkms_clients::card::{self, Card, CardKeyEntry};
 use brandkms_proto::v1 as pb;
-use brandkms_tests::{TestServer, on_each_database, register, status_of, tie_up};
+use brandkms_tests::{TestServer, on_each_database, refusal_of, register, status_of, tie_up};
 use tonic::Code;
 
 fn h<const N: usize>(s: &str) -> [u8; N] {
@@ -219,18 +219,18 @@ async fn the_service_reproduces_the_protocol_vectors() {
             let kc = t.derive_card_key(
                 &key.master,
                 key.derive,
-                &brandkms::card::card_key_data(&key.cid),
+                &brandkms::ops::card_protocol::card_key_data(&key.cid),
             )?;
             // K_C may encrypt, so E_KC(0^8) is its KCV; K_S may only MAC, so its
             // KCV is checked on E_KC(session data), the derivation done by hand.
             let kc_kcv = t.tdes_ecb_encrypt_handle(kc.handle(), &[0u8; 8])?;
             let ks_bytes = t.tdes_ecb_encrypt_handle(
                 kc.handle(),
-                brandkms::card::session_key_data(&ra, &rb).as_slice(),
+                brandkms::ops::card_protocol::session_key_data(&ra, &rb).as_slice(),
             )?;
             drop(kc);
             let ks_kcv = card::kcv(&ks_bytes).unwrap();
-            let debit = brandkms::card::mac(
+            let debit = brandkms::ops::card_protocol::mac(
                 t,
                 &key,
                 &ra,
@@ -241,7 +241,7 @@ async fn the_service_reproduces_the_protocol_vectors() {
                     &h::<29>("012000000000000007D04A505900112233445566778899AABBCCDDEEFF"),
                 ),
             )?;
-            let receipt_ok = brandkms::card::verify_mac(
+            let receipt_ok = brandkms::ops::card_protocol::verify_mac(
                 t,
                 &key,
                 &ra,
@@ -253,7 +253,7 @@ async fn the_service_reproduces_the_protocol_vectors() {
                 ),
                 &h::<8>("266778764E7FC8F3"),
             )?;
-            let load = brandkms::card::mac(
+            let load = brandkms::ops::card_protocol::mac(
                 t,
                 &key,
                 &ra,
@@ -277,7 +277,10 @@ async fn the_service_reproduces_the_protocol_vectors() {
     // And a purchase through the RPCs on that session.
     let (_, v) = transact(&shop, &mut card, &r.session_id, pb::CardOp::Debit, 2000).await;
     assert!(v.genuine);
-    assert_eq!((v.status, v.balance, card.balance), (0, 3000, 3000));
+    assert_eq!(
+        (v.status, v.balance, card.balance),
+        (pb::ReceiptStatus::Ok as i32, 3000, 3000)
+    );
     s.stop().await;
 }
 
@@ -347,6 +350,11 @@ async fn purchases_proxy_loads_and_refusals() {
             .unwrap();
         assert!(!replay.genuine);
         assert_eq!(replay.balance, 0, "a refused receipt says nothing");
+        assert_eq!(
+            replay.status,
+            pb::ReceiptStatus::Unspecified as i32,
+            "a non-genuine receipt's status is UNSPECIFIED, never OK"
+        );
 
         // Above the tie-up's per-transaction limit: denied naming rule 5.
         let (c, m) = status_of(
@@ -356,6 +364,13 @@ async fn purchases_proxy_loads_and_refusals() {
         );
         assert_eq!(c, Code::PermissionDenied);
         assert!(m.starts_with("rule 5 (limit_exceeded)"), "{m}");
+        // ... and the machine-readable reason (google.rpc.ErrorInfo) is the rule's code.
+        let refused = refusal_of(
+            cards
+                .seal_command(seal_request(&session.session_id, pb::CardOp::Debit, 10_001))
+                .await,
+        );
+        assert_eq!(refused, (Code::PermissionDenied, "limit_exceeded".into()));
         // A cybershop may not load a card (hold does not cover proxy loading).
         let (c, m) = status_of(
             cards
@@ -388,8 +403,34 @@ async fn purchases_proxy_loads_and_refusals() {
             .unwrap();
         assert!(!r.authenticated);
         assert!(r.c2.is_empty() && r.session_id.is_empty());
-        let (c, _) = status_of(cards.complete_authentication(complete).await);
-        assert_eq!(c, Code::FailedPrecondition, "a used challenge");
+        let (c, _) = status_of(cards.complete_authentication(complete.clone()).await);
+        assert_eq!(c, Code::NotFound, "a used challenge");
+        // An unknown challenge and an unknown session get the same code.
+        let (c, _) = status_of(
+            cards
+                .complete_authentication(pb::CompleteAuthenticationRequest {
+                    challenge_id: "ch-unknown".into(),
+                    ..complete
+                })
+                .await,
+        );
+        assert_eq!(c, Code::NotFound, "an unknown challenge");
+        let (c, _) = status_of(
+            cards
+                .seal_command(seal_request("cs-unknown", pb::CardOp::Debit, 1))
+                .await,
+        );
+        assert_eq!(c, Code::NotFound, "an unknown session");
+        // Key version 0 means the active version, as everywhere in the API.
+        let active = cards
+            .begin_authentication(pb::BeginAuthenticationRequest {
+                alias: "key-k".into(),
+                key_version: 0,
+                card_id: h::<8>(CID).to_vec(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(active.key_version, 1);
 
         // An expired challenge.
         let ch = cards
@@ -470,16 +511,21 @@ async fn purchases_proxy_loads_and_refusals() {
         assert_eq!(loads.len(), 1);
         assert_eq!(
             (
-                loads[0].status.as_str(),
+                loads[0].status,
                 loads[0].amount,
                 loads[0].requested_by.as_str()
             ),
-            ("confirmed", 5000, "loading-portal")
+            (
+                pb::ProxyLoadStatus::Confirmed as i32,
+                5000,
+                "loading-portal"
+            )
         );
-        assert_eq!(loads[0].txn_id, hex::encode_upper(&sealed.txn_id));
+        assert_eq!(loads[0].txn_id, sealed.txn_id);
+        assert_eq!(loads[0].card_id, card_e.cid().unwrap().to_vec());
         let summary = officer
             .proxy_loads()
-            .summarize_proxy_loads(pb::ListProxyLoadsRequest::default())
+            .summarize_proxy_loads(pb::SummarizeProxyLoadsRequest::default())
             .await
             .unwrap();
         assert_eq!(summary.totals.len(), 1);
@@ -498,7 +544,7 @@ async fn purchases_proxy_loads_and_refusals() {
                 .loads
                 .is_empty()
         );
-        let (c, _) = status_of(
+        let refused = refusal_of(
             other
                 .proxy_loads()
                 .list_proxy_loads(pb::ListProxyLoadsRequest {
@@ -507,13 +553,19 @@ async fn purchases_proxy_loads_and_refusals() {
                 })
                 .await,
         );
-        assert_eq!(c, Code::PermissionDenied);
-        let (c, _) = status_of(
+        assert_eq!(
+            refused,
+            (Code::PermissionDenied, "others_proxy_loads".into())
+        );
+        let refused = refusal_of(
             shop.proxy_loads()
                 .list_proxy_loads(pb::ListProxyLoadsRequest::default())
                 .await,
         );
-        assert_eq!(c, Code::PermissionDenied);
+        assert_eq!(
+            refused,
+            (Code::PermissionDenied, "proxy_loads_not_listed".into())
+        );
 
         // A retired version no longer authenticates.
         officer
@@ -592,14 +644,19 @@ async fn malformed_inputs_are_invalid_and_change_nothing() {
                     .map(|_| ()),
             ),
             (
-                "version 0",
+                "unknown version",
                 cards
-                    .begin_authentication(begin(vec![1; 8], 0))
+                    .begin_authentication(begin(vec![1; 8], 99))
                     .await
                     .map(|_| ()),
             ),
         ] {
-            assert_eq!(status_of(r).0, Code::InvalidArgument, "{what}");
+            let expected = if what == "unknown version" {
+                Code::NotFound
+            } else {
+                Code::InvalidArgument
+            };
+            assert_eq!(status_of(r).0, expected, "{what}");
         }
         let ch = cards
             .begin_authentication(begin(h::<8>(CID).to_vec(), 1))

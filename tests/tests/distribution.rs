@@ -56,12 +56,12 @@ async fn establish(s: &TestServer, client: &Client) -> ObjectId {
         .run(move |h| h.unwrap_for_tests(&private, &wrapped, true, KeyType::AES))
         .await
         .unwrap();
-    assert_eq!(hex::encode_upper(kcv), t.kcv, "the transport key's KCV");
+    assert_eq!(kcv.to_vec(), t.kcv, "the transport key's KCV");
     id
 }
 
 /// Unwraps a delivered key under the transport key and returns its KCV.
-async fn unwrap_kcv(s: &TestServer, transport: ObjectId, wrapped: &pb::WrappedKey) -> String {
+async fn unwrap_kcv(s: &TestServer, transport: ObjectId, wrapped: &pb::WrappedKey) -> Vec<u8> {
     let blob = wrapped.wrapped_key.clone();
     let (_, kcv) = s
         .state
@@ -69,13 +69,13 @@ async fn unwrap_kcv(s: &TestServer, transport: ObjectId, wrapped: &pb::WrappedKe
         .run(move |h| h.unwrap_for_tests(&transport, &blob, false, KeyType::DES2))
         .await
         .unwrap();
-    hex::encode_upper(kcv)
+    kcv.to_vec()
 }
 
 fn request(alias: &str) -> pb::RequestKeyRequest {
     pb::RequestKeyRequest {
         alias: alias.into(),
-        version: None,
+        version: 0,
     }
 }
 
@@ -238,7 +238,7 @@ async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
             .unwrap();
         let entitled = issuer
             .distribution()
-            .list_entitled_keys(pb::ListEntitledKeysRequest {})
+            .list_entitled_keys(pb::ListEntitledKeysRequest::default())
             .await
             .unwrap()
             .keys;
@@ -312,7 +312,7 @@ async fn bad_distribution_inputs_get_precise_statuses() {
         let (c, _) = status_of(
             dist.request_key(pb::RequestKeyRequest {
                 alias: "key-a".into(),
-                version: Some(9),
+                version: 9,
             })
             .await,
         );
@@ -353,7 +353,7 @@ async fn bad_distribution_inputs_get_precise_statuses() {
         let (c, m) = status_of(
             dist.request_key(pb::RequestKeyRequest {
                 alias: "key-b".into(),
-                version: Some(1),
+                version: 1,
             })
             .await,
         );
@@ -377,7 +377,7 @@ async fn bad_distribution_inputs_get_precise_statuses() {
         assert!(
             other
                 .distribution()
-                .list_consents(pb::ListConsentsRequest {})
+                .list_consents(pb::ListConsentsRequest::default())
                 .await
                 .unwrap()
                 .consents

@@ -49,6 +49,7 @@ async fn approvals(officer: &Client, state: pb::ApprovalState) -> Vec<pb::Approv
         .admin()
         .list_approvals(pb::ListApprovalsRequest {
             state: state as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -154,13 +155,16 @@ async fn a_second_officer_must_approve_and_cannot_be_the_first() {
 
         // All of it is in the audit trail.
         let rotations = audit_records(&officer_1, "Admin/RotateKey").await;
-        let outcomes: Vec<(&str, &str)> = rotations
+        let outcomes: Vec<(&str, i32)> = rotations
             .iter()
-            .map(|r| (r.caller.as_str(), r.outcome.as_str()))
+            .map(|r| (r.caller.as_str(), r.outcome))
             .collect();
         assert_eq!(
             outcomes,
-            [("officer-1", "held"), ("officer-2", "allowed")],
+            [
+                ("officer-1", pb::AuditOutcome::Held as i32),
+                ("officer-2", pb::AuditOutcome::Allowed as i32)
+            ],
             "{rotations:?}"
         );
         assert!(
@@ -173,7 +177,7 @@ async fn a_second_officer_must_approve_and_cannot_be_the_first() {
         assert_eq!(rotations[1].key_version, Some(2));
         let refusals = audit_records(&officer_1, "Admin/Approve").await;
         assert!(refusals.iter().any(|r| r.caller == "officer-1"
-            && r.outcome == "denied"
+            && r.outcome == pb::AuditOutcome::Denied as i32
             && r.reason.contains("self_approval")));
 
         // An expired proposal is refused and nothing runs.
@@ -223,7 +227,7 @@ async fn a_second_officer_must_approve_and_cannot_be_the_first() {
 
         let verified = officer_1
             .admin()
-            .verify_audit(pb::VerifyAuditRequest {})
+            .verify_audit(pb::VerifyAuditRequest::default())
             .await
             .unwrap();
         assert!(verified.intact, "{}", verified.problem);

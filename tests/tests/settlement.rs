@@ -21,22 +21,22 @@ async fn settlement_key(officer: &Client, alias: &str, owner: &str) {
         .admin()
         .create_key(pb::CreateKeyRequest {
             alias: alias.into(),
-            class: pb::KeyClass::Settlement as i32,
+            key_class: pb::KeyClass::Settlement as i32,
             algorithm: pb::KeyAlgorithm::Rsa2048 as i32,
             owner_entity: owner.into(),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(k.class, pb::KeyClass::Settlement as i32);
-    assert_eq!(k.versions[0].kcv.len(), 64, "SPKI SHA-256 fingerprint");
+    assert_eq!(k.key_class, pb::KeyClass::Settlement as i32);
+    assert_eq!(k.versions[0].kcv.len(), 32, "SPKI SHA-256 fingerprint");
 }
 
 async fn public_key(c: &Client, alias: &str, version: Option<u32>) -> pb::PublicKey {
     c.settlement()
         .get_public_key(pb::GetPublicKeyRequest {
             alias: alias.into(),
-            version,
+            version: version.unwrap_or(0),
         })
         .await
         .unwrap()
@@ -179,7 +179,10 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
         let mut n = 0;
         while let Some(r) = tokio_stream::StreamExt::next(&mut results).await {
             match r.unwrap().result.unwrap() {
-                pb::decrypt_result::Result::Error(e) => assert_eq!(e, "decryption failed"),
+                pb::decrypt_result::Result::Error(e) => {
+                    assert_eq!((e.code, e.message.as_str()), (3, "decryption failed"));
+                    assert_eq!(e.reason, "");
+                }
                 pb::decrypt_result::Result::Plaintext(_) => panic!("a bad blob decrypted"),
             }
             n += 1;
@@ -206,6 +209,32 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
             .unwrap()
             .plaintext;
         assert_eq!(plain, b"purchase 0042");
+
+        // In a stream, a refusal and a decryption failure are told apart by code
+        // (and a refusal carries the rule's code), not by their text.
+        let refused_blob = brandkms_clients::sdk::seal(&owned, b"purchase 0043").unwrap();
+        let failing_blob = blob("settle", 1, vec![0u8; 256]);
+        let items = tokio_stream::iter([refused_blob, failing_blob].into_iter().enumerate().map(
+            |(i, blob)| pb::DecryptItem {
+                index: i as u64,
+                blob,
+            },
+        ));
+        let mut results = clearing.settlement().decrypt_stream(items).await.unwrap();
+        let mut errors = Vec::new();
+        while let Some(r) = tokio_stream::StreamExt::next(&mut results).await {
+            match r.unwrap().result.unwrap() {
+                pb::decrypt_result::Result::Error(e) => errors.push((e.code, e.reason)),
+                pb::decrypt_result::Result::Plaintext(_) => panic!("decrypted for a non-owner"),
+            }
+        }
+        assert_eq!(
+            errors,
+            [
+                (Code::PermissionDenied as i32, "not_key_owner".to_string()),
+                (Code::InvalidArgument as i32, String::new()),
+            ]
+        );
 
         // Signatures: the clearing house signs, a store verifies; a store cannot sign.
         let result = b"settlement 2026-11-21: 3 items, 9000 JPY".to_vec();
@@ -258,7 +287,7 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
             .admin()
             .create_key(pb::CreateKeyRequest {
                 alias: "results-mac".into(),
-                class: pb::KeyClass::Authenticator as i32,
+                key_class: pb::KeyClass::Authenticator as i32,
                 ..Default::default()
             })
             .await
@@ -430,7 +459,7 @@ async fn decrypt_stream_of_ten_thousand_blobs() {
                 assert_eq!(p, format!("PAN-{:04}", next % 100).into_bytes());
             }
             pb::decrypt_result::Result::Error(e) => {
-                assert_eq!(next, 4242, "{e}");
+                assert_eq!(next, 4242, "{e:?}");
                 failed += 1;
             }
         }

@@ -47,6 +47,18 @@ wire_names! {
     entity_status: pb::EntityStatus, "ENTITY_STATUS_";
     mode: pb::TieUpMode, "TIE_UP_MODE_";
     tie_state: pb::TieUpState, "TIE_UP_STATE_";
+    outcome: pb::AuditOutcome, "AUDIT_OUTCOME_";
+    load_status: pb::ProxyLoadStatus, "PROXY_LOAD_STATUS_";
+}
+
+/// A key check value (3 bytes) in upper-case hex, as KCVs are written; a longer
+/// value (an RSA key's SHA-256 fingerprint) in lower-case hex, as digests are.
+fn kcv(bytes: &[u8]) -> String {
+    if bytes.len() <= 4 {
+        hex::encode_upper(bytes)
+    } else {
+        hex::encode(bytes)
+    }
 }
 
 /// Prints rows under a header, columns padded to their widest cell.
@@ -74,7 +86,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 fn key_json(k: &pb::Key) -> Value {
     json!({
         "alias": k.alias,
-        "class": class(k.class),
+        "class": class(k.key_class),
         "algorithm": algorithm(k.algorithm),
         "purpose": (k.purpose != 0).then(|| purpose(k.purpose)),
         "service_code": k.service_code,
@@ -84,7 +96,7 @@ fn key_json(k: &pb::Key) -> Value {
         "versions": k.versions.iter().map(|v| json!({
             "version": v.version,
             "state": state(v.state),
-            "kcv": v.kcv,
+            "kcv": kcv(&v.kcv),
             "weak": v.weak,
             "created_at": v.created_at,
             "state_changed_at": v.state_changed_at,
@@ -133,11 +145,11 @@ fn approval_json(a: &pb::Approval) -> Value {
 fn audit_json(r: &pb::AuditRecord) -> Value {
     json!({
         "seq": r.seq, "at": r.at, "caller": r.caller,
-        "cert_fingerprint": (!r.cert_fingerprint.is_empty()).then_some(&r.cert_fingerprint),
+        "cert_fingerprint": (!r.cert_fingerprint.is_empty()).then(|| hex::encode(&r.cert_fingerprint)),
         "operation": r.operation,
         "key_alias": (!r.key_alias.is_empty()).then_some(&r.key_alias),
-        "key_version": r.key_version, "outcome": r.outcome,
-        "reason": (!r.reason.is_empty()).then_some(&r.reason), "hash": r.hash,
+        "key_version": r.key_version, "outcome": outcome(r.outcome),
+        "reason": (!r.reason.is_empty()).then_some(&r.reason), "hash": hex::encode(&r.hash),
     })
 }
 
@@ -178,7 +190,7 @@ impl Output {
         println!(
             "key {}  class {}  algorithm {}  purpose {}  service code {}  exportable {}",
             k.alias,
-            class(k.class),
+            class(k.key_class),
             algorithm(k.algorithm),
             if k.purpose == 0 {
                 "-".to_string()
@@ -195,7 +207,7 @@ impl Output {
                 vec![
                     v.version.to_string(),
                     state(v.state),
-                    v.kcv.clone(),
+                    kcv(&v.kcv),
                     if v.weak {
                         "WEAK".to_string()
                     } else {
@@ -242,7 +254,7 @@ impl Output {
                     .find(|v| v.state == pb::KeyState::Active as i32);
                 vec![
                     k.alias.clone(),
-                    class(k.class),
+                    class(k.key_class),
                     algorithm(k.algorithm),
                     if k.purpose == 0 {
                         "-".to_string()
@@ -251,7 +263,9 @@ impl Output {
                     },
                     k.service_code
                         .map_or("-".to_string(), |c| format!("0x{c:04X}")),
-                    active.map_or("-".to_string(), |v| format!("v{} {}", v.version, v.kcv)),
+                    active.map_or("-".to_string(), |v| {
+                        format!("v{} {}", v.version, kcv(&v.kcv))
+                    }),
                     k.versions
                         .iter()
                         .map(|v| format!("v{}:{}", v.version, state(v.state)))
@@ -321,7 +335,7 @@ impl Output {
                 json!({
                     "id": d.id, "alias": d.alias, "version": d.version, "entity_id": d.entity_id,
                     "transport_alias": d.transport_alias, "transport_version": d.transport_version,
-                    "kcv": d.kcv, "at": d.at,
+                    "kcv": kcv(&d.kcv), "at": d.at,
                 })
             },
             &["TIME", "KEY", "KCV", "TO", "UNDER"],
@@ -329,7 +343,7 @@ impl Output {
                 vec![
                     time(d.at),
                     format!("{} v{}", d.alias, d.version),
-                    d.kcv.clone(),
+                    kcv(&d.kcv),
                     d.entity_id.clone(),
                     format!("{} v{}", d.transport_alias, d.transport_version),
                 ]
@@ -398,9 +412,11 @@ impl Output {
             list,
             |p| {
                 json!({
-                    "txn_id": p.txn_id, "issuer": p.issuer, "requested_by": p.requested_by,
-                    "alias": p.alias, "key_version": p.key_version, "card_id": p.card_id,
-                    "amount": p.amount, "currency": p.currency, "status": p.status,
+                    "txn_id": hex::encode_upper(&p.txn_id), "issuer": p.issuer,
+                    "requested_by": p.requested_by, "alias": p.alias,
+                    "key_version": p.key_version, "card_id": hex::encode_upper(&p.card_id),
+                    "amount": p.amount, "currency": p.currency,
+                    "status": load_status(p.status),
                     "at": p.at, "confirmed_at": (p.confirmed_at > 0).then_some(p.confirmed_at),
                 })
             },
@@ -413,10 +429,10 @@ impl Output {
                     p.issuer.clone(),
                     p.requested_by.clone(),
                     format!("{} v{}", p.alias, p.key_version),
-                    p.card_id.clone(),
+                    hex::encode_upper(&p.card_id),
                     format!("{} {}", p.amount, p.currency),
-                    p.status.clone(),
-                    p.txn_id.clone(),
+                    load_status(p.status),
+                    hex::encode_upper(&p.txn_id),
                 ]
             },
         );
@@ -429,13 +445,14 @@ impl Output {
                 .totals
                 .iter()
                 .map(|t| {
-                    json!({"issuer": t.issuer, "currency": t.currency, "status": t.status,
+                    json!({"issuer": t.issuer, "currency": t.currency,
+                           "status": load_status(t.status),
                            "count": t.count, "total": t.total})
                 })
                 .collect();
             return self.print_json(&json!({
-                "from": (s.from > 0).then_some(s.from),
-                "until": (s.until > 0).then_some(s.until),
+                "from": (s.start_time > 0).then_some(s.start_time),
+                "until": (s.end_time > 0).then_some(s.end_time),
                 "totals": totals,
             }));
         }
@@ -446,7 +463,7 @@ impl Output {
                 vec![
                     t.issuer.clone(),
                     t.currency.clone(),
-                    t.status.clone(),
+                    load_status(t.status),
                     t.count.to_string(),
                     t.total.to_string(),
                 ]
@@ -512,7 +529,7 @@ impl Output {
                         _ if !r.key_alias.is_empty() => r.key_alias.clone(),
                         _ => "-".to_string(),
                     },
-                    r.outcome.clone(),
+                    outcome(r.outcome),
                     r.reason.clone(),
                 ]
             },

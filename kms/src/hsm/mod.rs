@@ -2,10 +2,15 @@
 //! share one login held for the life of the process, every call off the async
 //! runtime. Knows nothing of gRPC, policy or the database.
 
+mod cipher;
 mod error;
-mod ops;
+mod keygen;
+mod mac;
 mod raw;
+mod rsa;
+mod session;
 mod spec;
+mod wrap;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,8 +27,10 @@ use tracing::Instrument;
 use zeroize::Zeroizing;
 
 pub use error::HsmError;
-pub use ops::{GeneratedKey, GeneratedRsa, HsmSession, Kcv, OaepHash, SessionKey, TokenObject};
+pub use keygen::GeneratedRsa;
 pub use raw::{CMAC_LEN, EcbDerive};
+pub use rsa::OaepHash;
+pub use session::{GeneratedKey, HsmSession, Kcv, SessionKey, TokenObject};
 pub use spec::{Exportability, KeyRole, KeySpec, OBJECT_ID_LEN, ObjectId, SecretAlgorithm};
 
 /// How to reach the token.

@@ -8,7 +8,7 @@
 use brandkms_policy::{KeyClass, Proposal, SensitiveOperation, can_approve, needs_second_officer};
 
 use crate::audit::Outcome;
-use crate::service::{AppState, Caller, ServiceError};
+use crate::ops::{AppState, Caller, OpsError};
 use crate::store::approvals::{self as rows, ApprovalRecord, StoredState};
 use crate::store::{Conn, StoreError};
 
@@ -68,7 +68,7 @@ pub async fn propose(
     summary: String,
     key: Option<(&str, Option<u32>)>,
     request: &impl prost::Message,
-) -> Result<Box<ApprovalRecord>, ServiceError> {
+) -> Result<Box<ApprovalRecord>, OpsError> {
     let now = state.clock.now_ms();
     let ttl_ms =
         i64::try_from(state.settings.approval_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
@@ -106,7 +106,7 @@ pub async fn propose(
 pub async fn list(
     state: &AppState,
     only: Option<ApprovalState>,
-) -> Result<Vec<ApprovalRecord>, ServiceError> {
+) -> Result<Vec<ApprovalRecord>, OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
     Ok(rows::list(&mut conn)
@@ -118,20 +118,20 @@ pub async fn list(
 
 /// The approval, if it can still be decided at `now`: `NotFound` when there is
 /// none, `FailedPrecondition` when it was decided or has expired.
-pub async fn pending(conn: &mut Conn, id: &str, now: i64) -> Result<ApprovalRecord, ServiceError> {
+pub async fn pending(conn: &mut Conn, id: &str, now: i64) -> Result<ApprovalRecord, OpsError> {
     let r = rows::get(conn, id)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no approval {id:?}")))?;
+        .ok_or_else(|| OpsError::NotFound(format!("no approval {id:?}")))?;
     let by = r.decided_by.clone().unwrap_or_default();
     match state_at(&r, now) {
         ApprovalState::Pending => Ok(r),
-        ApprovalState::Approved => Err(ServiceError::FailedPrecondition(format!(
+        ApprovalState::Approved => Err(OpsError::FailedPrecondition(format!(
             "approval {id} was already approved by {by}"
         ))),
-        ApprovalState::Rejected => Err(ServiceError::FailedPrecondition(format!(
+        ApprovalState::Rejected => Err(OpsError::FailedPrecondition(format!(
             "approval {id} was rejected by {by}"
         ))),
-        ApprovalState::Expired => Err(ServiceError::FailedPrecondition(format!(
+        ApprovalState::Expired => Err(OpsError::FailedPrecondition(format!(
             "approval {id} expired at {}; it can no longer be approved: propose the operation again",
             crate::clock::rfc3339(r.expires_at)
         ))),
@@ -139,14 +139,14 @@ pub async fn pending(conn: &mut Conn, id: &str, now: i64) -> Result<ApprovalReco
 }
 
 /// Rule 7: `caller` may approve `r` at `now` (an officer, not the proposer).
-pub fn check_approver(caller: &Caller, r: &ApprovalRecord, now: i64) -> Result<(), ServiceError> {
+pub fn check_approver(caller: &Caller, r: &ApprovalRecord, now: i64) -> Result<(), OpsError> {
     let proposal = Proposal {
         proposer: r.proposer.clone(),
         expires_at: r.expires_at,
     };
     can_approve(&caller.entity.id, caller.entity.kind, &proposal, now)
         .into_result()
-        .map_err(ServiceError::Denied)
+        .map_err(OpsError::Denied)
 }
 
 /// Rejects a pending approval (any officer, the proposer included, who thereby
@@ -156,7 +156,7 @@ pub async fn reject(
     caller: &Caller,
     id: &str,
     reason: Option<String>,
-) -> Result<ApprovalRecord, ServiceError> {
+) -> Result<ApprovalRecord, OpsError> {
     let now = state.clock.now_ms();
     let mut tx = state
         .begin_audited(&caller.event("Admin/Reject").outcome(
@@ -181,21 +181,21 @@ pub async fn reject(
     )
     .await?
     {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "approval {id} is no longer pending"
         )));
     }
     let r = rows::get(&mut tx, id)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no approval {id:?}")))?;
+        .ok_or_else(|| OpsError::NotFound(format!("no approval {id:?}")))?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(r)
 }
 
 /// The approval with this id.
-pub async fn get(state: &AppState, id: &str) -> Result<ApprovalRecord, ServiceError> {
+pub async fn get(state: &AppState, id: &str) -> Result<ApprovalRecord, OpsError> {
     let mut conn = state.store.conn().await?;
     rows::get(&mut conn, id)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no approval {id:?}")))
+        .ok_or_else(|| OpsError::NotFound(format!("no approval {id:?}")))
 }

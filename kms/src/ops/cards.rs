@@ -3,19 +3,20 @@
 //! challenges and sessions live in the database so that any replica sharing the
 //! database and token continues a session; RA || RB are kept sealed by the token.
 
-use brandkms_policy::{
-    Action, Algorithm, Decision, EntityKind, KeyClass, KeyState, Request, decide,
-};
+use brandkms_policy::{Action, Algorithm, KeyClass, KeyState, ProxyLoadScope};
 
 use crate::audit::Outcome;
-use crate::card::{self, CardKey, FROM_CARD, Op, PAYLOAD_LEN, Receipt, TO_CARD};
 use crate::hsm::{CMAC_LEN, EcbDerive};
-use crate::ops::distribution::{policy_entity, policy_facts};
-use crate::service::{AppState, Caller, ServiceError};
+use crate::ops::authorize::{authorize, policy_entity};
+use crate::ops::card_protocol::{
+    self as card, CardKey, FROM_CARD, Op, PAYLOAD_LEN, Receipt, TO_CARD,
+};
+use crate::ops::versions::key_version;
+use crate::ops::{AppState, Caller, OpsError};
 use crate::store::cards::{
     self as rows, ChallengeRecord, CommandRecord, ProxyLoadRecord, SessionRecord,
 };
-use crate::store::keys::{self as key_rows, KeyRecord, KeyVersionRecord};
+use crate::store::keys::{KeyRecord, KeyVersionRecord};
 use crate::store::{Conn, StoreError, tieups};
 
 /// The largest amount accepted (the store keeps signed 64-bit integers).
@@ -70,21 +71,21 @@ pub enum Verified {
     NotGenuine,
 }
 
-fn derivation(a: Algorithm) -> Result<EcbDerive, ServiceError> {
+fn derivation(a: Algorithm) -> Result<EcbDerive, OpsError> {
     match a {
         Algorithm::Des => Ok(EcbDerive::Des),
         Algorithm::Tdes2 | Algorithm::Tdes3 => Ok(EcbDerive::Des3),
-        other => Err(ServiceError::FailedPrecondition(format!(
+        other => Err(OpsError::FailedPrecondition(format!(
             "{other} keys do not authenticate cards"
         ))),
     }
 }
 
-fn cid_of(hex_id: &str) -> Result<[u8; 8], ServiceError> {
+fn cid_of(hex_id: &str) -> Result<[u8; 8], OpsError> {
     hex::decode(hex_id)
         .ok()
         .and_then(|v| <[u8; 8]>::try_from(v).ok())
-        .ok_or_else(|| ServiceError::Internal(format!("stored card id {hex_id:?} is not 8 bytes")))
+        .ok_or_else(|| OpsError::Internal(format!("stored card id {hex_id:?} is not 8 bytes")))
 }
 
 /// The key version for a card action by `caller`, after the policy allowed it.
@@ -92,51 +93,28 @@ async fn allowed_version(
     conn: &mut Conn,
     caller: &Caller,
     alias: &str,
-    version: u32,
+    version: Option<u32>,
     action: Action,
     now: i64,
-) -> Result<(KeyRecord, KeyVersionRecord), ServiceError> {
-    let key = key_rows::key(conn, alias)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+) -> Result<(KeyRecord, KeyVersionRecord), OpsError> {
+    let (key, v) = key_version(conn, alias, version).await?;
     if key.class != KeyClass::CardAccess {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "{alias:?} is a {} key, not a card-access key",
             key.class
         )));
     }
-    let v = key_rows::version(conn, alias, version)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {version}")))?;
     if !matches!(v.state, KeyState::Active | KeyState::AuthOnly) {
-        return Err(ServiceError::FailedPrecondition(format!(
-            "version {version} of key {alias:?} is {}: it no longer authenticates cards",
-            v.state
+        return Err(OpsError::FailedPrecondition(format!(
+            "version {} of key {alias:?} is {}: it no longer authenticates cards",
+            v.version, v.state
         )));
     }
-    let (tie_ups, consents) = policy_facts(conn, &caller.entity.id).await?;
-    let decision = decide(&Request {
-        caller: &policy_entity(&caller.entity),
-        action,
-        key: &brandkms_policy::Key {
-            alias: key.alias.clone(),
-            class: key.class,
-            owner: None,
-            exportable: key.exportable,
-            state: v.state,
-        },
-        tie_ups: &tie_ups,
-        consents: &consents,
-        transport_key: false,
-        now,
-    });
-    if let Decision::Deny(reason) = decision {
-        return Err(ServiceError::Denied(reason));
-    }
+    authorize(conn, caller, &key, &v, action, now).await?;
     Ok((key, v))
 }
 
-fn card_key(key: &KeyRecord, v: &KeyVersionRecord, cid: [u8; 8]) -> Result<CardKey, ServiceError> {
+fn card_key(key: &KeyRecord, v: &KeyVersionRecord, cid: [u8; 8]) -> Result<CardKey, OpsError> {
     Ok(CardKey {
         master: v.cka_id,
         derive: derivation(key.algorithm)?,
@@ -145,7 +123,7 @@ fn card_key(key: &KeyRecord, v: &KeyVersionRecord, cid: [u8; 8]) -> Result<CardK
 }
 
 /// RB: from the token (tests may fix it through `testing::fix_rb`).
-async fn draw_rb(state: &AppState) -> Result<[u8; 8], ServiceError> {
+async fn draw_rb(state: &AppState) -> Result<[u8; 8], OpsError> {
     #[cfg(any(test, feature = "testing"))]
     if let Some(rb) = crate::testing::fixed_rb() {
         return Ok(rb);
@@ -153,31 +131,32 @@ async fn draw_rb(state: &AppState) -> Result<[u8; 8], ServiceError> {
     random::<8>(state).await
 }
 
-async fn random<const N: usize>(state: &AppState) -> Result<[u8; N], ServiceError> {
+async fn random<const N: usize>(state: &AppState) -> Result<[u8; N], OpsError> {
     let bytes = state.hsm.run(|s| s.random(N)).await?;
-    <[u8; N]>::try_from(bytes)
-        .map_err(|_| ServiceError::Internal("token gave too few bytes".into()))
+    <[u8; N]>::try_from(bytes).map_err(|_| OpsError::Internal("token gave too few bytes".into()))
 }
 
 fn ttl_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
-/// Pass 1: a fresh, single-use challenge for this card, key and version.
+/// Pass 1: a fresh, single-use challenge for this card, key and version (the
+/// active one when `None`).
 pub async fn begin(
     state: &AppState,
     caller: &Caller,
     alias: &str,
-    version: u32,
+    version: Option<u32>,
     cid: [u8; 8],
-) -> Result<Begun, ServiceError> {
+) -> Result<Begun, OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, _) =
+    let (key, v) =
         allowed_version(&mut conn, caller, alias, version, Action::Authenticate, now).await?;
+    let version = v.version;
     drop(conn);
     let service_code = key.service_code.ok_or_else(|| {
-        ServiceError::Internal(format!("card-access key {alias} has no service code"))
+        OpsError::Internal(format!("card-access key {alias} has no service code"))
     })?;
     let rb = draw_rb(state).await?;
     let challenge = ChallengeRecord {
@@ -213,22 +192,28 @@ pub async fn complete(
     caller: &Caller,
     challenge_id: &str,
     c1: [u8; 16],
-) -> Result<Completed, ServiceError> {
+) -> Result<Completed, OpsError> {
     let now = state.clock.now_ms();
     let not_open = || {
-        ServiceError::FailedPrecondition(format!(
-            "challenge {challenge_id:?} is unknown, already used, expired, or another caller's: begin again"
+        OpsError::NotFound(format!(
+            "no open challenge {challenge_id:?} of yours (unknown, already used, or another caller's): begin again"
         ))
     };
     let mut conn = state.store.conn().await?;
-    let ch = rows::open_challenge(&mut conn, challenge_id, &caller.entity.id, now)
+    let ch = rows::open_challenge(&mut conn, challenge_id, &caller.entity.id)
         .await?
         .ok_or_else(not_open)?;
+    if now >= ch.expires_at {
+        return Err(OpsError::FailedPrecondition(format!(
+            "challenge {challenge_id} expired at {}: begin again",
+            crate::clock::rfc3339(ch.expires_at)
+        )));
+    }
     let (key, v) = allowed_version(
         &mut conn,
         caller,
         &ch.alias,
-        ch.version,
+        Some(ch.version),
         Action::Authenticate,
         now,
     )
@@ -238,7 +223,7 @@ pub async fn complete(
     let rb: [u8; 8] = hex::decode(&ch.rb)
         .ok()
         .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| ServiceError::Internal("stored RB is not 8 bytes".into()))?;
+        .ok_or_else(|| OpsError::Internal("stored RB is not 8 bytes".into()))?;
     let ck = card_key(&key, &v, cid)?;
     let session_id = format!("cs-{}", uuid::Uuid::new_v4().simple());
     let (seal_key, id) = (state.seal_key, session_id.clone());
@@ -300,32 +285,36 @@ async fn open_session(
     caller: &Caller,
     session_id: &str,
     now: i64,
-) -> Result<(SessionRecord, Vec<u8>), ServiceError> {
+) -> Result<(SessionRecord, Vec<u8>), OpsError> {
     let session = rows::session(conn, session_id)
         .await?
         .filter(|s| s.caller == caller.entity.id)
-        .ok_or_else(|| ServiceError::NotFound(format!("no session {session_id:?} of yours")))?;
+        .ok_or_else(|| {
+            OpsError::NotFound(format!(
+                "no session {session_id:?} of yours (unknown, or another caller's): authenticate the card again"
+            ))
+        })?;
     if now >= session.expires_at {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "session {session_id} expired at {}: authenticate the card again",
             crate::clock::rfc3339(session.expires_at)
         )));
     }
     let sealed = hex::decode(&session.sealed_nonces)
-        .map_err(|e| ServiceError::Internal(format!("session {session_id}: {e}")))?;
+        .map_err(|e| OpsError::Internal(format!("session {session_id}: {e}")))?;
     Ok((session, sealed))
 }
 
 /// The offline issuer that a LOAD under `alias` is recorded for: the issuer whose
 /// own `proxy_load` tie-up (not terminated) covers the key.
-async fn proxy_load_issuer(conn: &mut Conn, alias: &str) -> Result<String, ServiceError> {
+async fn proxy_load_issuer(conn: &mut Conn, alias: &str) -> Result<String, OpsError> {
     let issuers = tieups::proxy_load_issuers(conn, alias).await?;
     match issuers.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(ServiceError::FailedPrecondition(format!(
+        [] => Err(OpsError::FailedPrecondition(format!(
             "no issuer's proxy_load tie-up covers key {alias:?}: a proxy load cannot be recorded"
         ))),
-        many => Err(ServiceError::FailedPrecondition(format!(
+        many => Err(OpsError::FailedPrecondition(format!(
             "several issuers' proxy_load tie-ups cover key {alias:?} ({}): the owner is ambiguous",
             many.join(", ")
         ))),
@@ -342,7 +331,7 @@ pub async fn seal(
     op: Op,
     amount: u64,
     currency: [u8; 3],
-) -> Result<Sealed, ServiceError> {
+) -> Result<Sealed, OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
     let (session, sealed) = open_session(&mut conn, caller, session_id, now).await?;
@@ -354,7 +343,7 @@ pub async fn seal(
         &mut conn,
         caller,
         &session.alias,
-        session.version,
+        Some(session.version),
         action,
         now,
     )
@@ -398,7 +387,7 @@ pub async fn seal(
         .key(&session.alias, Some(session.version));
     let mut tx = state.begin_audited(&event).await?;
     if !rows::advance_counter(&mut tx, session_id, counter).await? {
-        return Err(ServiceError::Aborted(format!(
+        return Err(OpsError::Aborted(format!(
             "a concurrent command took counter {counter} of session {session_id}; retry"
         )));
     }
@@ -455,16 +444,19 @@ pub async fn verify_receipt(
     counter: u32,
     payload: [u8; PAYLOAD_LEN],
     mac: [u8; CMAC_LEN],
-) -> Result<Verified, ServiceError> {
+) -> Result<Verified, OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
     let (session, sealed) = open_session(&mut conn, caller, session_id, now).await?;
-    let key = key_rows::key(&mut conn, &session.alias)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no key {:?}", session.alias)))?;
-    let v = key_rows::version(&mut conn, &session.alias, session.version)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound("key version".into()))?;
+    let (key, v) = allowed_version(
+        &mut conn,
+        caller,
+        &session.alias,
+        Some(session.version),
+        Action::Authenticate,
+        now,
+    )
+    .await?;
     let command = rows::command(&mut conn, session_id, counter).await?;
     drop(conn);
     let receipt = card::parse_receipt(&payload);
@@ -503,7 +495,7 @@ pub async fn verify_receipt(
         (None, Some(c), Some(r)) => {
             if !rows::mark_receipt(&mut tx, session_id, counter, now).await? {
                 // Presented twice at once: the other presentation won.
-                return Err(ServiceError::Aborted(
+                return Err(OpsError::Aborted(
                     "receipt presented concurrently; it was verified once".into(),
                 ));
             }
@@ -518,22 +510,13 @@ pub async fn verify_receipt(
     Ok(verdict)
 }
 
-/// Who may list proxy loads, and whose: an issuer its own, an officer any.
-pub fn proxy_load_scope(
-    caller: &Caller,
-    asked: Option<String>,
-) -> Result<Option<String>, ServiceError> {
-    match caller.entity.kind {
-        EntityKind::Officer => Ok(asked),
-        EntityKind::Issuer => match asked {
-            Some(other) if other != caller.entity.id => Err(ServiceError::PermissionDenied(
-                format!("an issuer sees its own proxy loads only, not {other}'s"),
-            )),
-            _ => Ok(Some(caller.entity.id.clone())),
-        },
-        other => Err(ServiceError::PermissionDenied(format!(
-            "proxy loads are listed for issuers (their own) and officers, not for a {other}"
-        ))),
+/// Whose proxy loads `caller` may list (the policy decides: an issuer its own,
+/// an officer any issuer's or all): `None` for all.
+pub fn proxy_load_scope(caller: &Caller, asked: Option<&str>) -> Result<Option<String>, OpsError> {
+    match brandkms_policy::proxy_load_scope(&policy_entity(&caller.entity), asked) {
+        Ok(ProxyLoadScope::All) => Ok(None),
+        Ok(ProxyLoadScope::Issuer(issuer)) => Ok(Some(issuer)),
+        Err(reason) => Err(OpsError::Denied(reason)),
     }
 }
 
@@ -543,7 +526,7 @@ pub async fn proxy_loads(
     issuer: Option<&str>,
     from: Option<i64>,
     until: Option<i64>,
-) -> Result<Vec<ProxyLoadRecord>, ServiceError> {
+) -> Result<Vec<ProxyLoadRecord>, OpsError> {
     let mut conn = state.store.conn().await?;
     Ok(rows::proxy_loads(&mut conn, issuer, from, until).await?)
 }

@@ -2,32 +2,28 @@
 //! entitlements, and issuers' consents.
 
 use brandkms_policy::{
-    Action, Algorithm, Decision, EntityKind, KeyClass, KeyState, Request, TieUpMode, can_consent,
-    decide, may_hold_keys,
+    Action, Algorithm, Decision, EntityKind, KeyClass, KeyState, TieUpMode, can_consent,
+    may_hold_keys,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::hsm::{Exportability, KeyRole, KeySpec, SecretAlgorithm};
-use crate::keys::{AuditKey, NewVersion, create_version_with};
-use crate::service::{AppState, Caller, ServiceError, invalid};
+use crate::ops::authorize::{authorize, policy_entity, policy_tie_up, transport_alias};
+use crate::ops::versions::{AuditKey, NewVersion, create_version_with, key_version};
+use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::distribution::{self as rows, ConsentRecord, DistributionRecord};
 use crate::store::keys::{self as key_rows, KeyRecord, KeyVersionRecord};
-use crate::store::tieups::{self as tie_rows, TieUpRecord};
+use crate::store::tieups as tie_rows;
 use crate::store::{Conn, StoreError, entities};
-
-/// Transport keys are named `transport.<entity>`.
-pub fn transport_alias(entity_id: &str) -> String {
-    format!("transport.{entity_id}")
-}
 
 /// Smallest RSA modulus accepted for a transport key's delivery.
 pub const MIN_RSA_BITS: usize = 2048;
 const MAX_RSA_BITS: usize = 8192;
 
 /// An RSA public key from SPKI DER: (modulus, exponent, bits).
-pub fn parse_rsa_spki(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>, usize), ServiceError> {
+pub fn parse_rsa_spki(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>, usize), OpsError> {
     let malformed =
         || invalid("rsa_public_key_spki_der is not a DER SubjectPublicKeyInfo of an RSA key");
     let (rest, spki) = SubjectPublicKeyInfo::from_der(der).map_err(|_| malformed())?;
@@ -79,10 +75,10 @@ pub async fn establish_transport_key(
     state: &AppState,
     caller: &Caller,
     spki_der: &[u8],
-) -> Result<Established, ServiceError> {
+) -> Result<Established, OpsError> {
     let (modulus, exponent, bits) = parse_rsa_spki(spki_der)?;
     let entity = policy_entity(&caller.entity);
-    may_hold_keys(&entity).map_err(ServiceError::Denied)?;
+    may_hold_keys(&entity).map_err(OpsError::Denied)?;
     let alias = transport_alias(&caller.entity.id);
     let mut conn = state.store.conn().await?;
     let existing = key_rows::key(&mut conn, &alias).await?;
@@ -99,8 +95,9 @@ pub async fn establish_transport_key(
         role: KeyRole::Transport,
         export: Exportability::WrappedOnly,
     };
-    let fingerprint =
-        crate::identity::fingerprint(&rustls::pki_types::CertificateDer::from(spki_der.to_vec()));
+    let fingerprint = crate::server::identity::fingerprint(
+        &rustls::pki_types::CertificateDer::from(spki_der.to_vec()),
+    );
     let (version, wrapped) = create_version_with(
         &state.hsm,
         &state.store,
@@ -145,53 +142,6 @@ pub async fn establish_transport_key(
     Ok(Established { version, wrapped })
 }
 
-/// The policy's view of an entity record.
-pub fn policy_entity(e: &crate::store::entities::EntityRecord) -> brandkms_policy::Entity {
-    brandkms_policy::Entity {
-        id: e.id.clone(),
-        kind: e.kind,
-        status: e.status,
-        tamper_resistant: e.tamper_resistant,
-    }
-}
-
-/// The policy's view of a tie-up record.
-pub fn policy_tie_up(t: &TieUpRecord) -> brandkms_policy::TieUp {
-    brandkms_policy::TieUp {
-        id: t.id.clone(),
-        entity_id: t.entity_id.clone(),
-        state: t.state,
-        keys: t.keys.clone(),
-        valid_from: t.valid_from,
-        valid_until: t.valid_until,
-        sponsor_issuer: t.sponsor_issuer.clone(),
-        per_transaction_limit: t.per_transaction_limit,
-    }
-}
-
-/// The facts a decision about `caller` needs: its tie-ups and the standing consents.
-pub async fn policy_facts(
-    conn: &mut Conn,
-    entity_id: &str,
-) -> Result<(Vec<brandkms_policy::TieUp>, Vec<brandkms_policy::Consent>), StoreError> {
-    let tie_ups = tie_rows::list(conn, Some(entity_id))
-        .await?
-        .iter()
-        .map(policy_tie_up)
-        .collect();
-    let consents = rows::consents(conn, Some(entity_id))
-        .await?
-        .into_iter()
-        .filter(ConsentRecord::standing)
-        .map(|c| brandkms_policy::Consent {
-            issuer: c.issuer,
-            third_party: c.third_party,
-            alias: c.alias,
-        })
-        .collect();
-    Ok((tie_ups, consents))
-}
-
 /// A delivery.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -214,64 +164,30 @@ pub async fn request_key(
     caller: &Caller,
     alias: &str,
     version: Option<u32>,
-) -> Result<Delivery, ServiceError> {
+) -> Result<Delivery, OpsError> {
     let mut conn = state.store.conn().await?;
-    let key = key_rows::key(&mut conn, alias)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+    let (key, v) = key_version(&mut conn, alias, version).await?;
     if !matches!(key.class, KeyClass::CardAccess | KeyClass::Authenticator) {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "{} keys are not distributed",
             key.class
         )));
     }
-    let versions = key_rows::versions(&mut conn, alias).await?;
-    let v = match version {
-        Some(n) => versions
-            .into_iter()
-            .find(|v| v.version == n)
-            .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {n}")))?,
-        None => versions
-            .into_iter()
-            .find(|v| v.state == KeyState::Active)
-            .ok_or_else(|| {
-                ServiceError::FailedPrecondition(format!("key {alias:?} has no active version"))
-            })?,
-    };
     if matches!(v.state, KeyState::Destroyed | KeyState::PendingDestruction) {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "version {} of key {alias:?} is {}",
             v.version, v.state
         )));
     }
+    let now = state.clock.now_ms();
+    authorize(&mut conn, caller, &key, &v, Action::Receive, now).await?;
     let transport = key_rows::versions(&mut conn, &transport_alias(&caller.entity.id))
         .await?
         .into_iter()
         .find(|t| t.state == KeyState::Active);
-    let (tie_ups, consents) = policy_facts(&mut conn, &caller.entity.id).await?;
+    let tie_ups = tie_rows::list(&mut conn, Some(&caller.entity.id)).await?;
     drop(conn);
-    let policy_key = brandkms_policy::Key {
-        alias: key.alias.clone(),
-        class: key.class,
-        owner: None,
-        exportable: key.exportable,
-        state: v.state,
-    };
-    let now = state.clock.now_ms();
-    let decision = decide(&Request {
-        caller: &policy_entity(&caller.entity),
-        action: Action::Receive,
-        key: &policy_key,
-        tie_ups: &tie_ups,
-        consents: &consents,
-        transport_key: transport.is_some(),
-        now,
-    });
-    if let Decision::Deny(reason) = decision {
-        return Err(ServiceError::Denied(reason));
-    }
-    let transport =
-        transport.ok_or_else(|| ServiceError::Internal("transport key vanished".into()))?;
+    let transport = transport.ok_or_else(|| OpsError::Internal("transport key vanished".into()))?;
     let (wrapping, target) = (transport.cka_id, v.cka_id);
     let wrapped = state
         .hsm
@@ -301,7 +217,11 @@ pub async fn request_key(
     tx.commit().await.map_err(StoreError::from)?;
     let valid_until = tie_ups
         .iter()
-        .filter(|t| t.mode_for(alias) == Some(TieUpMode::Supply))
+        .filter(|t| {
+            t.keys
+                .iter()
+                .any(|(a, m)| a == alias && *m == TieUpMode::Supply)
+        })
         .filter_map(|t| t.valid_until)
         .max();
     Ok(Delivery {
@@ -324,21 +244,17 @@ pub struct Entitlement {
     pub current: Option<KeyVersionRecord>,
     /// End of validity.
     pub valid_until: Option<i64>,
+    /// The tie-up that grants it.
+    pub tie_up_id: String,
 }
 
 /// The keys the caller's tie-ups in force cover, with mode and current version.
-pub async fn entitlements(
-    state: &AppState,
-    caller: &Caller,
-) -> Result<Vec<Entitlement>, ServiceError> {
+pub async fn entitlements(state: &AppState, caller: &Caller) -> Result<Vec<Entitlement>, OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
     let mut out = Vec::new();
     for t in tie_rows::list(&mut conn, Some(&caller.entity.id)).await? {
-        let in_force = t.state == brandkms_policy::TieUpState::Active
-            && t.valid_from <= now
-            && t.valid_until.is_none_or(|u| now < u);
-        if !in_force {
+        if !policy_tie_up(&t).is_in_force(now) {
             continue;
         }
         for (alias, mode) in &t.keys {
@@ -354,6 +270,7 @@ pub async fn entitlements(
                 mode: *mode,
                 current,
                 valid_until: t.valid_until,
+                tie_up_id: t.id.clone(),
             });
         }
     }
@@ -367,7 +284,7 @@ async fn consenting_issuer(
     conn: &mut Conn,
     caller: &Caller,
     named: &str,
-) -> Result<crate::store::entities::EntityRecord, ServiceError> {
+) -> Result<crate::store::entities::EntityRecord, OpsError> {
     if caller.entity.kind == EntityKind::Officer {
         if named.is_empty() {
             return Err(invalid(
@@ -379,9 +296,7 @@ async fn consenting_issuer(
             .ok_or_else(|| invalid(format!("unknown issuer {named:?}")));
     }
     if !named.is_empty() && named != caller.entity.id {
-        return Err(ServiceError::Denied(
-            brandkms_policy::DenyReason::NotIssuersKey,
-        ));
+        return Err(OpsError::Denied(brandkms_policy::DenyReason::NotIssuersKey));
     }
     Ok(caller.entity.clone())
 }
@@ -394,7 +309,7 @@ pub async fn set_consent(
     third_party: &str,
     alias: &str,
     grant: bool,
-) -> Result<ConsentRecord, ServiceError> {
+) -> Result<ConsentRecord, OpsError> {
     let operation = if grant {
         "KeyDistribution/GrantConsent"
     } else {
@@ -407,7 +322,7 @@ pub async fn set_consent(
         .ok_or_else(|| invalid(format!("unknown third party {third_party:?}")))?;
     key_rows::key(&mut conn, alias)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+        .ok_or_else(|| OpsError::NotFound(format!("no key {alias:?}")))?;
     let tie_ups: Vec<_> = tie_rows::list(&mut conn, Some(&issuer.id))
         .await?
         .iter()
@@ -415,7 +330,7 @@ pub async fn set_consent(
         .collect();
     drop(conn);
     if let Decision::Deny(reason) = can_consent(&policy_entity(&issuer), alias, &tie_ups) {
-        return Err(ServiceError::Denied(reason));
+        return Err(OpsError::Denied(reason));
     }
     let now = state.clock.now_ms();
     let event = caller
@@ -449,7 +364,7 @@ pub async fn set_consent(
     )
     .await?
     {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "no standing consent of {} for {third_party} on {alias:?}",
             issuer.id
         )));
@@ -458,7 +373,7 @@ pub async fn set_consent(
         .await?
         .into_iter()
         .find(|c| c.third_party == third_party && c.alias == alias)
-        .ok_or_else(|| ServiceError::Internal("consent row vanished".into()))?;
+        .ok_or_else(|| OpsError::Internal("consent row vanished".into()))?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(record)
 }
@@ -467,7 +382,7 @@ pub async fn set_consent(
 pub async fn list_consents(
     state: &AppState,
     caller: &Caller,
-) -> Result<Vec<ConsentRecord>, ServiceError> {
+) -> Result<Vec<ConsentRecord>, OpsError> {
     let mut conn = state.store.conn().await?;
     let scope = (caller.entity.kind != EntityKind::Officer).then_some(caller.entity.id.as_str());
     Ok(rows::consents(&mut conn, scope).await?)

@@ -2,7 +2,7 @@
 
 use brandkms_policy::{EntityKind, EntityStatus};
 
-use crate::service::{AppState, Caller, ServiceError};
+use crate::ops::{AppState, Caller, OpsError};
 use crate::store::StoreError;
 use crate::store::entities::{self as rows, EntityRecord};
 
@@ -26,7 +26,7 @@ pub async fn register(
     state: &AppState,
     caller: &Caller,
     input: RegisterEntity,
-) -> Result<EntityRecord, ServiceError> {
+) -> Result<EntityRecord, OpsError> {
     let mut tx = state
         .begin_audited(&caller.event("Admin/RegisterEntity").outcome(
             crate::audit::Outcome::Allowed,
@@ -34,7 +34,7 @@ pub async fn register(
         ))
         .await?;
     if rows::get(&mut tx, &input.id).await?.is_some() {
-        return Err(ServiceError::AlreadyExists(format!(
+        return Err(OpsError::AlreadyExists(format!(
             "entity {:?} is registered",
             input.id
         )));
@@ -61,7 +61,7 @@ pub async fn set_status(
     caller: &Caller,
     id: &str,
     status: EntityStatus,
-) -> Result<EntityRecord, ServiceError> {
+) -> Result<EntityRecord, OpsError> {
     let operation = match status {
         EntityStatus::Suspended => "Admin/SuspendEntity",
         EntityStatus::Active => "Admin/ResumeEntity",
@@ -75,21 +75,21 @@ pub async fn set_status(
         .await?;
     let entity = rows::get(&mut tx, id)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no entity {id:?}")))?;
+        .ok_or_else(|| OpsError::NotFound(format!("no entity {id:?}")))?;
     if entity.status == status {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "entity {id:?} is already {status}"
         )));
     }
     if entity.id == caller.entity.id && status == EntityStatus::Suspended {
-        return Err(ServiceError::FailedPrecondition(
+        return Err(OpsError::FailedPrecondition(
             "an officer cannot suspend themself".to_string(),
         ));
     }
     rows::set_status(&mut tx, id, status, state.clock.now_ms()).await?;
     let updated = rows::get(&mut tx, id)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no entity {id:?}")))?;
+        .ok_or_else(|| OpsError::NotFound(format!("no entity {id:?}")))?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(updated)
 }
@@ -98,7 +98,7 @@ pub async fn set_status(
 pub async fn list(
     state: &AppState,
     kind: Option<EntityKind>,
-) -> Result<Vec<EntityRecord>, ServiceError> {
+) -> Result<Vec<EntityRecord>, OpsError> {
     let mut conn = state.store.conn().await?;
     Ok(rows::list(&mut conn)
         .await?

@@ -4,11 +4,11 @@
 use brandkms_policy::{Algorithm, KeyClass, KeyState, Purpose};
 
 use crate::audit::AuditEvent;
-use crate::hsm::{EcbDerive, Exportability, KeyRole, KeySpec, SecretAlgorithm};
-use crate::keys::{AuditKey, NewVersion, create_version};
-use crate::service::{AppState, Caller, ServiceError};
+use crate::ops::generate::generator;
+use crate::ops::versions::{AuditKey, NewVersion, create_version, key_version};
+use crate::ops::{AppState, Caller, OpsError};
+use crate::store::StoreError;
 use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
-use crate::store::{Conn, StoreError};
 
 /// Default waiting period before a scheduled destruction, in days.
 pub const DEFAULT_WAITING_DAYS: u32 = 7;
@@ -38,61 +38,15 @@ pub struct KeyView {
     pub versions: Vec<KeyVersionRecord>,
 }
 
-fn secret_algorithm(a: Algorithm) -> Result<SecretAlgorithm, ServiceError> {
-    match a {
-        Algorithm::Des => Ok(SecretAlgorithm::Des),
-        Algorithm::Tdes2 => Ok(SecretAlgorithm::Tdes2),
-        Algorithm::Tdes3 => Ok(SecretAlgorithm::Tdes3),
-        other => Err(ServiceError::InvalidArgument(format!(
-            "algorithm {other} is not a card-access algorithm (des, tdes2, tdes3)"
-        ))),
-    }
-}
-
-fn card_access_spec(key: &KeyRecord) -> Result<KeySpec, ServiceError> {
-    Ok(KeySpec {
-        algorithm: secret_algorithm(key.algorithm)?,
-        role: KeyRole::CardMaster,
-        export: if key.exportable {
-            Exportability::WrappedOnly
-        } else {
-            Exportability::Never
-        },
-    })
-}
-
-/// Generates the version's object; for single DES, first shows that the token
-/// can derive with it (SoftHSM2 needs OpenSSL's legacy provider), so that no
-/// unusable legacy key is ever recorded.
-fn generator(
-    spec: KeySpec,
-) -> impl FnOnce(
-    &crate::hsm::HsmSession<'_>,
-    &str,
-) -> Result<crate::hsm::GeneratedKey, crate::hsm::HsmError>
-+ Send
-+ 'static {
-    move |s, label| {
-        let key = s.generate(&spec, label)?;
-        if spec.algorithm == SecretAlgorithm::Des
-            && let Err(e) = s.derive_card_key(&key.id, EcbDerive::Des, &[0u8; 16])
-        {
-            s.destroy(&key.id)?;
-            return Err(e);
-        }
-        Ok(key)
-    }
-}
-
 /// Creates a card-access key with version 1, active.
 pub async fn create(
     state: &AppState,
     caller: &Caller,
     input: CreateKey,
-) -> Result<KeyView, ServiceError> {
+) -> Result<KeyView, OpsError> {
     let mut conn = state.store.conn().await?;
     if rows::key(&mut conn, &input.alias).await?.is_some() {
-        return Err(ServiceError::AlreadyExists(format!(
+        return Err(OpsError::AlreadyExists(format!(
             "key {:?} exists",
             input.alias
         )));
@@ -108,12 +62,12 @@ pub async fn create(
         owner_entity: None,
         created_at: state.clock.now_ms(),
     };
-    let spec = card_access_spec(&record)?;
+    let generate = generator(&record)?;
     create_version(
         &state.hsm,
         &state.store,
         AuditKey::Existing(&state.auditor),
-        generator(spec),
+        generate,
         NewVersion {
             key: Some(record),
             alias: input.alias.clone(),
@@ -126,22 +80,20 @@ pub async fn create(
         caller.event("Admin/CreateKey"),
     )
     .await
-    .map_err(|e| match ServiceError::from(e) {
-        ServiceError::Aborted(_) => {
-            ServiceError::AlreadyExists(format!("key {:?} exists", input.alias))
-        }
+    .map_err(|e| match OpsError::from(e) {
+        OpsError::Aborted(_) => OpsError::AlreadyExists(format!("key {:?} exists", input.alias)),
         other => other,
     })?;
     get(state, &input.alias).await
 }
 
 /// The state a rotated-out version takes.
-fn previous_state(class: KeyClass) -> Result<KeyState, ServiceError> {
+fn previous_state(class: KeyClass) -> Result<KeyState, OpsError> {
     match class {
         KeyClass::CardAccess => Ok(KeyState::AuthOnly),
         KeyClass::Settlement => Ok(KeyState::DecryptOnly),
         KeyClass::Authenticator => Ok(KeyState::AuthOnly),
-        other => Err(ServiceError::FailedPrecondition(format!(
+        other => Err(OpsError::FailedPrecondition(format!(
             "{other} keys are not rotated through the Admin service"
         ))),
     }
@@ -149,45 +101,16 @@ fn previous_state(class: KeyClass) -> Result<KeyState, ServiceError> {
 
 /// Adds an active version; the previous active version becomes `auth_only`
 /// (card-access) or `decrypt_only` (settlement).
-pub async fn rotate(
-    state: &AppState,
-    caller: &Caller,
-    alias: &str,
-) -> Result<KeyView, ServiceError> {
+pub async fn rotate(state: &AppState, caller: &Caller, alias: &str) -> Result<KeyView, OpsError> {
     let view = get(state, alias).await?;
     let demote = previous_state(view.key.class)?;
     let next = view.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-    if view.key.class == KeyClass::Settlement {
-        let bits = crate::ops::settlement::rsa_bits(view.key.algorithm)?;
-        create_version(
-            &state.hsm,
-            &state.store,
-            AuditKey::Existing(&state.auditor),
-            crate::ops::settlement::rsa_generator(bits),
-            NewVersion {
-                key: None,
-                alias: alias.to_string(),
-                version: next,
-                state: KeyState::Active,
-                weak: false,
-                demote_active_to: Some(demote),
-                oaep_hash: None,
-            },
-            caller.event("Admin/RotateKey"),
-        )
-        .await?;
-        return get(state, alias).await;
-    }
-    let spec = if view.key.class == KeyClass::Authenticator {
-        crate::ops::settlement::authenticator_spec()
-    } else {
-        card_access_spec(&view.key)?
-    };
+    let generate = generator(&view.key)?;
     create_version(
         &state.hsm,
         &state.store,
         AuditKey::Existing(&state.auditor),
-        generator(spec),
+        generate,
         NewVersion {
             key: None,
             alias: alias.to_string(),
@@ -204,17 +127,17 @@ pub async fn rotate(
 }
 
 /// The key and its versions.
-pub async fn get(state: &AppState, alias: &str) -> Result<KeyView, ServiceError> {
+pub async fn get(state: &AppState, alias: &str) -> Result<KeyView, OpsError> {
     let mut conn = state.store.conn().await?;
     let key = rows::key(&mut conn, alias)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+        .ok_or_else(|| OpsError::NotFound(format!("no key {alias:?}")))?;
     let versions = rows::versions(&mut conn, alias).await?;
     Ok(KeyView { key, versions })
 }
 
 /// Every key (optionally of one class) with its versions.
-pub async fn list(state: &AppState, class: Option<KeyClass>) -> Result<Vec<KeyView>, ServiceError> {
+pub async fn list(state: &AppState, class: Option<KeyClass>) -> Result<Vec<KeyView>, OpsError> {
     let mut conn = state.store.conn().await?;
     let mut out = Vec::new();
     for key in rows::list_keys(&mut conn).await? {
@@ -227,30 +150,16 @@ pub async fn list(state: &AppState, class: Option<KeyClass>) -> Result<Vec<KeyVi
     Ok(out)
 }
 
-async fn version_in_tx(
-    conn: &mut Conn,
-    alias: &str,
-    version: u32,
-) -> Result<(KeyRecord, KeyVersionRecord), ServiceError> {
-    let key = rows::key(conn, alias)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
-    let v = rows::version(conn, alias, version)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {version}")))?;
-    Ok((key, v))
-}
-
 /// Checks a state change an officer asks for with `SetKeyVersionState`.
 pub fn check_transition(
     class: KeyClass,
     from: KeyState,
     to: KeyState,
     other_active: bool,
-) -> Result<(), ServiceError> {
+) -> Result<(), OpsError> {
     use KeyState as S;
     if class == KeyClass::Internal || class == KeyClass::Transport {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "{class} key versions are managed by the service itself"
         )));
     }
@@ -259,27 +168,27 @@ pub fn check_transition(
         S::AuthOnly if matches!(class, KeyClass::CardAccess | KeyClass::Authenticator) => {}
         S::DecryptOnly if class == KeyClass::Settlement => {}
         S::AuthOnly | S::DecryptOnly => {
-            return Err(ServiceError::InvalidArgument(format!(
+            return Err(OpsError::InvalidArgument(format!(
                 "{to} does not apply to {class} keys"
             )));
         }
         S::PendingDestruction | S::Destroyed => {
-            return Err(ServiceError::InvalidArgument(format!(
+            return Err(OpsError::InvalidArgument(format!(
                 "{to} is reached with ScheduleKeyVersionDestruction, not SetKeyVersionState"
             )));
         }
     }
     match from {
-        S::PendingDestruction => Err(ServiceError::FailedPrecondition(
+        S::PendingDestruction => Err(OpsError::FailedPrecondition(
             "the version is pending destruction: cancel the destruction first".to_string(),
         )),
-        S::Destroyed => Err(ServiceError::FailedPrecondition(
+        S::Destroyed => Err(OpsError::FailedPrecondition(
             "the version is destroyed".to_string(),
         )),
-        f if f == to => Err(ServiceError::FailedPrecondition(format!(
+        f if f == to => Err(OpsError::FailedPrecondition(format!(
             "the version is already {to}"
         ))),
-        _ if to == S::Active && other_active => Err(ServiceError::FailedPrecondition(
+        _ if to == S::Active && other_active => Err(OpsError::FailedPrecondition(
             "another version is active: rotate the key instead, or retire the active version first"
                 .to_string(),
         )),
@@ -287,14 +196,27 @@ pub fn check_transition(
     }
 }
 
-/// Sets a version's state (active, auth_only / decrypt_only, retired).
+/// The version number asked for, or the active version's when `None`.
+async fn resolve(state: &AppState, alias: &str, version: Option<u32>) -> Result<u32, OpsError> {
+    match version {
+        Some(v) => Ok(v),
+        None => {
+            let mut conn = state.store.conn().await?;
+            Ok(key_version(&mut conn, alias, None).await?.1.version)
+        }
+    }
+}
+
+/// Sets a version's state (active, auth_only / decrypt_only, retired); `None`
+/// names the active version.
 pub async fn set_state(
     state: &AppState,
     caller: &Caller,
     alias: &str,
-    version: u32,
+    version: Option<u32>,
     to: KeyState,
-) -> Result<KeyView, ServiceError> {
+) -> Result<KeyView, OpsError> {
+    let version = resolve(state, alias, version).await?;
     let mut tx = state
         .begin_audited(
             &caller
@@ -303,7 +225,7 @@ pub async fn set_state(
                 .outcome(crate::audit::Outcome::Allowed, Some(format!("to {to}"))),
         )
         .await?;
-    let (key, v) = version_in_tx(&mut tx, alias, version).await?;
+    let (key, v) = key_version(&mut tx, alias, Some(version)).await?;
     let other_active = rows::versions(&mut tx, alias)
         .await?
         .iter()
@@ -324,14 +246,14 @@ pub async fn set_state(
 }
 
 /// Whether a version may be scheduled for destruction: retired, and not internal.
-pub fn check_schedulable(key: &KeyRecord, v: &KeyVersionRecord) -> Result<(), ServiceError> {
+pub fn check_schedulable(key: &KeyRecord, v: &KeyVersionRecord) -> Result<(), OpsError> {
     if key.class == KeyClass::Internal {
-        return Err(ServiceError::FailedPrecondition(
+        return Err(OpsError::FailedPrecondition(
             "internal keys are never destroyed through the Admin service".to_string(),
         ));
     }
     if v.state != KeyState::Retired {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "only a retired version can be scheduled for destruction; version {} is {}",
             v.version, v.state
         )));
@@ -346,7 +268,7 @@ pub async fn schedule_destruction(
     alias: &str,
     version: u32,
     waiting_days: u32,
-) -> Result<KeyView, ServiceError> {
+) -> Result<KeyView, OpsError> {
     let mut tx = state
         .begin_audited(
             &caller
@@ -358,7 +280,7 @@ pub async fn schedule_destruction(
                 ),
         )
         .await?;
-    let (key, v) = version_in_tx(&mut tx, alias, version).await?;
+    let (key, v) = key_version(&mut tx, alias, Some(version)).await?;
     check_schedulable(&key, &v)?;
     let now = state.clock.now_ms();
     let due = now.saturating_add(i64::from(waiting_days).saturating_mul(DAY_MS));
@@ -376,13 +298,15 @@ pub async fn schedule_destruction(
     get(state, alias).await
 }
 
-/// Cancels a pending destruction: the version is retired again.
+/// Cancels a pending destruction: the version is retired again. `None` names
+/// the active version (which is refused: it is not pending destruction).
 pub async fn cancel_destruction(
     state: &AppState,
     caller: &Caller,
     alias: &str,
-    version: u32,
-) -> Result<KeyView, ServiceError> {
+    version: Option<u32>,
+) -> Result<KeyView, OpsError> {
+    let version = resolve(state, alias, version).await?;
     let mut tx = state
         .begin_audited(
             &caller
@@ -390,9 +314,9 @@ pub async fn cancel_destruction(
                 .key(alias, Some(version)),
         )
         .await?;
-    let (_, v) = version_in_tx(&mut tx, alias, version).await?;
+    let (_, v) = key_version(&mut tx, alias, Some(version)).await?;
     if v.state != KeyState::PendingDestruction {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "version {version} is {}, not pending destruction",
             v.state
         )));
@@ -414,7 +338,7 @@ pub async fn cancel_destruction(
 /// Destroys the token objects of versions whose waiting period is over and marks
 /// them destroyed, each in a transaction that holds the chain head, so that a
 /// cancellation cannot interleave. Returns the versions destroyed.
-pub async fn run_due_destructions(state: &AppState) -> Result<Vec<(String, u32)>, ServiceError> {
+pub async fn run_due_destructions(state: &AppState) -> Result<Vec<(String, u32)>, OpsError> {
     let now = state.clock.now_ms();
     let due = {
         let mut conn = state.store.conn().await?;

@@ -3,17 +3,16 @@
 //! RSA-OAEP decryption for clearing houses (or the owner), PSS signatures.
 //! Every decryption failure is the same error, so that none is an oracle.
 
-use brandkms_policy::{Action, Algorithm, Decision, KeyClass, KeyState, Request, decide};
+use brandkms_policy::{Action, Algorithm, KeyClass, KeyState};
 use zeroize::Zeroizing;
 
-use crate::hsm::{
-    Exportability, GeneratedKey, HsmError, HsmSession, KeyRole, KeySpec, OaepHash, SecretAlgorithm,
-};
-use crate::keys::{AuditKey, NewVersion, create_version};
-use crate::ops::distribution::{policy_entity, policy_facts};
+use crate::hsm::OaepHash;
+use crate::ops::authorize::authorize;
+use crate::ops::generate::generator;
 use crate::ops::keys::{KeyView, get};
-use crate::rsa_public::{self, PublicKeyInfo};
-use crate::service::{AppState, Caller, ServiceError, invalid};
+use crate::ops::rsa_public::{self, PublicKeyInfo};
+use crate::ops::versions::{AuditKey, NewVersion, create_version, key_version};
+use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
 use crate::store::{Conn, entities};
 
@@ -31,57 +30,13 @@ pub struct CreateSettlementKey {
     pub owner: Option<String>,
 }
 
-/// Modulus bits of an RSA algorithm.
-pub fn rsa_bits(a: Algorithm) -> Result<u64, ServiceError> {
-    match a {
-        Algorithm::Rsa2048 => Ok(2048),
-        Algorithm::Rsa3072 => Ok(3072),
-        Algorithm::Rsa4096 => Ok(4096),
-        other => Err(invalid(format!(
-            "algorithm {other} is not a settlement algorithm (rsa2048, rsa3072, rsa4096)"
-        ))),
-    }
-}
-
-/// Generates a key pair in the token and fingerprints its public key.
-pub fn rsa_generator(
-    bits: u64,
-) -> impl FnOnce(&HsmSession<'_>, &str) -> Result<GeneratedKey, HsmError> + Send + 'static {
-    move |s, label| {
-        let g = s.generate_rsa(bits, label)?;
-        let info = rsa_public::encode(&g.modulus, &g.exponent).map_err(|_| {
-            let _ = s.destroy(&g.id);
-            HsmError::InvalidInput("the token's RSA public key does not encode")
-        })?;
-        Ok(GeneratedKey {
-            id: g.id,
-            kcv: [0; 3],
-            fingerprint: Some(info.fingerprint),
-        })
-    }
-}
-
 /// Creates a settlement key with version 1, active, recording the OAEP hash the
 /// token supports.
 pub async fn create(
     state: &AppState,
     caller: &Caller,
     input: CreateSettlementKey,
-) -> Result<KeyView, ServiceError> {
-    let bits = rsa_bits(input.algorithm)?;
-    let mut conn = state.store.conn().await?;
-    if rows::key(&mut conn, &input.alias).await?.is_some() {
-        return Err(ServiceError::AlreadyExists(format!(
-            "key {:?} exists",
-            input.alias
-        )));
-    }
-    if let Some(owner) = &input.owner
-        && entities::get(&mut conn, owner).await?.is_none()
-    {
-        return Err(invalid(format!("unknown owner entity {owner:?}")));
-    }
-    drop(conn);
+) -> Result<KeyView, OpsError> {
     let record = KeyRecord {
         alias: input.alias.clone(),
         class: KeyClass::Settlement,
@@ -92,11 +47,25 @@ pub async fn create(
         owner_entity: input.owner.clone(),
         created_at: state.clock.now_ms(),
     };
+    let generate = generator(&record)?;
+    let mut conn = state.store.conn().await?;
+    if rows::key(&mut conn, &input.alias).await?.is_some() {
+        return Err(OpsError::AlreadyExists(format!(
+            "key {:?} exists",
+            input.alias
+        )));
+    }
+    if let Some(owner) = &input.owner
+        && entities::get(&mut conn, owner).await?.is_none()
+    {
+        return Err(invalid(format!("unknown owner entity {owner:?}")));
+    }
+    drop(conn);
     create_version(
         &state.hsm,
         &state.store,
         AuditKey::Existing(&state.auditor),
-        rsa_generator(bits),
+        generate,
         NewVersion {
             key: Some(record),
             alias: input.alias.clone(),
@@ -129,50 +98,25 @@ async fn settlement_version(
     conn: &mut Conn,
     alias: &str,
     version: Option<u32>,
-) -> Result<(KeyRecord, KeyVersionRecord, OaepHash), ServiceError> {
-    let key = rows::key(conn, alias)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
+) -> Result<(KeyRecord, KeyVersionRecord, OaepHash), OpsError> {
+    let (key, v) = key_version(conn, alias, version).await?;
     if key.class != KeyClass::Settlement {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "{alias:?} is a {} key, not a settlement key",
             key.class
         )));
     }
-    let v = version_or_active(conn, alias, version).await?;
     let hash = rows::rsa_oaep_hash(conn, alias)
         .await?
         .as_deref()
         .and_then(OaepHash::parse)
-        .ok_or_else(|| {
-            ServiceError::Internal(format!("settlement key {alias} has no OAEP hash"))
-        })?;
+        .ok_or_else(|| OpsError::Internal(format!("settlement key {alias} has no OAEP hash")))?;
     Ok((key, v, hash))
 }
 
-/// The version asked for (`NotFound` if none), or the active one.
-async fn version_or_active(
-    conn: &mut Conn,
-    alias: &str,
-    version: Option<u32>,
-) -> Result<KeyVersionRecord, ServiceError> {
-    match version {
-        Some(n) => rows::version(conn, alias, n)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("key {alias:?} has no version {n}"))),
-        None => rows::versions(conn, alias)
-            .await?
-            .into_iter()
-            .find(|v| v.state == KeyState::Active)
-            .ok_or_else(|| {
-                ServiceError::FailedPrecondition(format!("key {alias:?} has no active version"))
-            }),
-    }
-}
-
-fn usable(v: &KeyVersionRecord, alias: &str) -> Result<(), ServiceError> {
+fn usable(v: &KeyVersionRecord, alias: &str) -> Result<(), OpsError> {
     if matches!(v.state, KeyState::Destroyed | KeyState::PendingDestruction) {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "version {} of key {alias:?} is {}",
             v.version, v.state
         )));
@@ -185,7 +129,7 @@ pub async fn public_key(
     state: &AppState,
     alias: &str,
     version: Option<u32>,
-) -> Result<PublicKey, ServiceError> {
+) -> Result<PublicKey, OpsError> {
     let mut conn = state.store.conn().await?;
     let (key, v, oaep_hash) = settlement_version(&mut conn, alias, version).await?;
     drop(conn);
@@ -193,9 +137,9 @@ pub async fn public_key(
     let id = v.cka_id;
     let (modulus, exponent) = state.hsm.run(move |s| s.rsa_public(&id)).await?;
     let info = rsa_public::encode(&modulus, &exponent)
-        .map_err(|e| ServiceError::Internal(format!("public key of {alias}: {e}")))?;
+        .map_err(|e| OpsError::Internal(format!("public key of {alias}: {e}")))?;
     if hex::encode(info.fingerprint) != v.kcv {
-        return Err(ServiceError::Internal(format!(
+        return Err(OpsError::Internal(format!(
             "public key of {alias} v{} does not match its recorded fingerprint",
             v.version
         )));
@@ -208,35 +152,6 @@ pub async fn public_key(
     })
 }
 
-async fn allowed(
-    conn: &mut Conn,
-    caller: &Caller,
-    key: &KeyRecord,
-    v: &KeyVersionRecord,
-    action: Action,
-    now: i64,
-) -> Result<(), ServiceError> {
-    let (tie_ups, consents) = policy_facts(conn, &caller.entity.id).await?;
-    match decide(&Request {
-        caller: &policy_entity(&caller.entity),
-        action,
-        key: &brandkms_policy::Key {
-            alias: key.alias.clone(),
-            class: key.class,
-            owner: key.owner_entity.clone(),
-            exportable: false,
-            state: v.state,
-        },
-        tie_ups: &tie_ups,
-        consents: &consents,
-        transport_key: false,
-        now,
-    }) {
-        Decision::Allow => Ok(()),
-        Decision::Deny(reason) => Err(ServiceError::Denied(reason)),
-    }
-}
-
 /// RSA-OAEP decryption in the token for a clearing house with a tie-up on the
 /// key, or the owner of an entity-owned key. A version that is not `active` or
 /// `decrypt_only` is refused (`FailedPrecondition`); a ciphertext that does not
@@ -245,19 +160,19 @@ pub async fn decrypt(
     state: &AppState,
     caller: &Caller,
     alias: &str,
-    version: u32,
+    version: Option<u32>,
     ciphertext: Vec<u8>,
-) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+) -> Result<Zeroizing<Vec<u8>>, OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, v, hash) = settlement_version(&mut conn, alias, Some(version)).await?;
+    let (key, v, hash) = settlement_version(&mut conn, alias, version).await?;
     if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
-        return Err(ServiceError::FailedPrecondition(format!(
-            "version {version} of key {alias:?} is {}: its ciphertexts are no longer decrypted",
-            v.state
+        return Err(OpsError::FailedPrecondition(format!(
+            "version {} of key {alias:?} is {}: its ciphertexts are no longer decrypted",
+            v.version, v.state
         )));
     }
-    allowed(&mut conn, caller, &key, &v, Action::Decrypt, now).await?;
+    authorize(&mut conn, caller, &key, &v, Action::Decrypt, now).await?;
     drop(conn);
     let id = v.cka_id;
     let plain = state
@@ -274,16 +189,16 @@ pub async fn sign(
     caller: &Caller,
     alias: &str,
     data: Vec<u8>,
-) -> Result<(u32, Vec<u8>), ServiceError> {
+) -> Result<(u32, Vec<u8>), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
     let (key, v, _) = settlement_version(&mut conn, alias, None).await?;
     if key.owner_entity.is_some() {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "{alias:?} is an entity-owned identifier key: it decrypts, it does not sign"
         )));
     }
-    allowed(&mut conn, caller, &key, &v, Action::Decrypt, now).await?;
+    authorize(&mut conn, caller, &key, &v, Action::Sign, now).await?;
     drop(conn);
     let id = v.cka_id;
     let signature = state.hsm.run(move |s| s.rsa_pss_sign(&id, &data)).await?;
@@ -294,12 +209,12 @@ pub async fn sign(
 pub async fn verify(
     state: &AppState,
     alias: &str,
-    version: u32,
+    version: Option<u32>,
     data: Vec<u8>,
     signature: Vec<u8>,
-) -> Result<bool, ServiceError> {
+) -> Result<bool, OpsError> {
     let mut conn = state.store.conn().await?;
-    let (_, v, _) = settlement_version(&mut conn, alias, Some(version)).await?;
+    let (_, v, _) = settlement_version(&mut conn, alias, version).await?;
     drop(conn);
     usable(&v, alias)?;
     let id = v.cka_id;
@@ -326,7 +241,7 @@ pub struct StreamDecryptor {
     state: std::sync::Arc<AppState>,
     caller: Caller,
     prepared:
-        tokio::sync::Mutex<std::collections::HashMap<(String, u32), Result<Prepared, String>>>,
+        tokio::sync::Mutex<std::collections::HashMap<(String, u32), Result<Prepared, OpsError>>>,
 }
 
 impl StreamDecryptor {
@@ -339,27 +254,28 @@ impl StreamDecryptor {
         }
     }
 
-    async fn prepare(&self, alias: &str, version: u32) -> Result<Prepared, ServiceError> {
+    async fn prepare(&self, alias: &str, version: u32) -> Result<Prepared, OpsError> {
         let now = self.state.clock.now_ms();
         let mut conn = self.state.store.conn().await?;
         let (key, v, hash) = settlement_version(&mut conn, alias, Some(version)).await?;
         if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
-            return Err(ServiceError::FailedPrecondition(format!(
+            return Err(OpsError::FailedPrecondition(format!(
                 "version {version} of key {alias:?} is {}: its ciphertexts are no longer decrypted",
                 v.state
             )));
         }
-        allowed(&mut conn, &self.caller, &key, &v, Action::Decrypt, now).await?;
+        authorize(&mut conn, &self.caller, &key, &v, Action::Decrypt, now).await?;
         Ok(Prepared { id: v.cka_id, hash })
     }
 
-    /// Decrypts one blob; the error is the message for the caller.
-    pub async fn decrypt_blob(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+    /// Decrypts one blob; every ciphertext that does not decrypt gets the same
+    /// `InvalidArgument` [`DECRYPTION_FAILED`].
+    pub async fn decrypt_blob(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpsError> {
         use brandkms_proto::blob::{BlobError, SealedBlob};
         // A blob cut short is a ciphertext that does not decrypt, like any other.
         let blob = SealedBlob::decode(blob).map_err(|e| match e {
-            BlobError::Length => DECRYPTION_FAILED.to_string(),
-            other => other.to_string(),
+            BlobError::Length => invalid(DECRYPTION_FAILED),
+            other => invalid(other.to_string()),
         })?;
         let key = (blob.alias.clone(), blob.version);
         let prepared = {
@@ -367,10 +283,7 @@ impl StreamDecryptor {
             match cache.get(&key) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = self
-                        .prepare(&blob.alias, blob.version)
-                        .await
-                        .map_err(|e| e.to_status().message().to_string());
+                    let p = self.prepare(&blob.alias, blob.version).await;
                     cache.insert(key, p.clone());
                     p
                 }
@@ -381,24 +294,14 @@ impl StreamDecryptor {
             OaepHash::Sha256 => 2,
         };
         if blob.oaep_hash != wanted {
-            return Err(DECRYPTION_FAILED.to_string());
+            return Err(invalid(DECRYPTION_FAILED));
         }
         let ciphertext = blob.ciphertext;
         self.state
             .hsm
             .run(move |s| s.rsa_oaep_decrypt(&prepared.id, prepared.hash, &ciphertext))
-            .await
-            .map_err(|e| ServiceError::from(e).to_status().message().to_string())?
-            .ok_or_else(|| DECRYPTION_FAILED.to_string())
-    }
-}
-
-/// An authenticator key: HMAC-SHA-256 in the token, never exported.
-pub fn authenticator_spec() -> KeySpec {
-    KeySpec {
-        algorithm: SecretAlgorithm::HmacSha256,
-        role: KeyRole::Authenticator,
-        export: Exportability::Never,
+            .await?
+            .ok_or_else(|| invalid(DECRYPTION_FAILED))
     }
 }
 
@@ -407,29 +310,29 @@ pub async fn create_authenticator(
     state: &AppState,
     caller: &Caller,
     alias: String,
-) -> Result<KeyView, ServiceError> {
+) -> Result<KeyView, OpsError> {
     let mut conn = state.store.conn().await?;
     if rows::key(&mut conn, &alias).await?.is_some() {
-        return Err(ServiceError::AlreadyExists(format!("key {alias:?} exists")));
+        return Err(OpsError::AlreadyExists(format!("key {alias:?} exists")));
     }
     drop(conn);
-    let spec = authenticator_spec();
+    let record = KeyRecord {
+        alias: alias.clone(),
+        class: KeyClass::Authenticator,
+        algorithm: Algorithm::HmacSha256,
+        purpose: None,
+        service_code: None,
+        exportable: false,
+        owner_entity: None,
+        created_at: state.clock.now_ms(),
+    };
     create_version(
         &state.hsm,
         &state.store,
         AuditKey::Existing(&state.auditor),
-        move |s, label| s.generate(&spec, label),
+        generator(&record)?,
         NewVersion {
-            key: Some(KeyRecord {
-                alias: alias.clone(),
-                class: KeyClass::Authenticator,
-                algorithm: Algorithm::HmacSha256,
-                purpose: None,
-                service_code: None,
-                exportable: false,
-                owner_entity: None,
-                created_at: state.clock.now_ms(),
-            }),
+            key: Some(record),
             alias: alias.clone(),
             version: 1,
             state: KeyState::Active,
@@ -443,29 +346,17 @@ pub async fn create_authenticator(
     get(state, &alias).await
 }
 
-async fn authenticator_version(
-    conn: &mut Conn,
-    alias: &str,
-    version: Option<u32>,
-) -> Result<(KeyRecord, KeyVersionRecord), ServiceError> {
-    let key = rows::key(conn, alias)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no key {alias:?}")))?;
-    let v = version_or_active(conn, alias, version).await?;
-    Ok((key, v))
-}
-
 /// HMAC-SHA-256 of a settlement result with the active version (clearing houses).
 pub async fn generate_mac(
     state: &AppState,
     caller: &Caller,
     alias: &str,
     data: Vec<u8>,
-) -> Result<(u32, Vec<u8>), ServiceError> {
+) -> Result<(u32, Vec<u8>), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, v) = authenticator_version(&mut conn, alias, None).await?;
-    allowed(&mut conn, caller, &key, &v, Action::GenerateMac, now).await?;
+    let (key, v) = key_version(&mut conn, alias, None).await?;
+    authorize(&mut conn, caller, &key, &v, Action::GenerateMac, now).await?;
     drop(conn);
     let id = v.cka_id;
     let mac = state.hsm.run(move |s| s.hmac_sha256(&id, &data)).await?;
@@ -477,14 +368,14 @@ pub async fn verify_mac(
     state: &AppState,
     caller: &Caller,
     alias: &str,
-    version: u32,
+    version: Option<u32>,
     data: Vec<u8>,
     mac: Vec<u8>,
-) -> Result<bool, ServiceError> {
+) -> Result<bool, OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, v) = authenticator_version(&mut conn, alias, Some(version)).await?;
-    allowed(&mut conn, caller, &key, &v, Action::VerifyMac, now).await?;
+    let (key, v) = key_version(&mut conn, alias, version).await?;
+    authorize(&mut conn, caller, &key, &v, Action::VerifyMac, now).await?;
     drop(conn);
     if mac.len() != 32 {
         return Ok(false);

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use brandkms_policy::{EntityKind, KeyClass, TieUpMode, TieUpState};
 
-use crate::service::{AppState, Caller, ServiceError, invalid};
+use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::tieups::{self as rows, TieUpRecord};
 use crate::store::{Conn, StoreError, entities, keys};
 
@@ -42,7 +42,7 @@ pub struct UpdateTieUp {
     pub state: Option<TieUpState>,
 }
 
-fn check_window(from: i64, until: Option<i64>) -> Result<(), ServiceError> {
+fn check_window(from: i64, until: Option<i64>) -> Result<(), OpsError> {
     match until {
         Some(u) if u <= from => Err(invalid(format!(
             "validity window ends ({u}) before or when it starts ({from})"
@@ -51,7 +51,7 @@ fn check_window(from: i64, until: Option<i64>) -> Result<(), ServiceError> {
     }
 }
 
-async fn check_keys(conn: &mut Conn, tie_keys: &[(String, TieUpMode)]) -> Result<(), ServiceError> {
+async fn check_keys(conn: &mut Conn, tie_keys: &[(String, TieUpMode)]) -> Result<(), OpsError> {
     if tie_keys.is_empty() {
         return Err(invalid("a tie-up covers at least one key"));
     }
@@ -75,11 +75,7 @@ async fn check_keys(conn: &mut Conn, tie_keys: &[(String, TieUpMode)]) -> Result
 
 /// Checks a tie-up to record against the store: the entity, the sponsor and the
 /// keys exist and fit, and the window is ordered.
-pub async fn check_create(
-    conn: &mut Conn,
-    input: &CreateTieUp,
-    now: i64,
-) -> Result<(), ServiceError> {
+pub async fn check_create(conn: &mut Conn, input: &CreateTieUp, now: i64) -> Result<(), OpsError> {
     entities::get(conn, &input.entity_id)
         .await?
         .ok_or_else(|| invalid(format!("unknown entity {:?}", input.entity_id)))?;
@@ -103,7 +99,7 @@ pub async fn create(
     state: &AppState,
     caller: &Caller,
     input: CreateTieUp,
-) -> Result<TieUpRecord, ServiceError> {
+) -> Result<TieUpRecord, OpsError> {
     let now = state.clock.now_ms();
     let id = format!("tu-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let mut tx = state
@@ -136,12 +132,12 @@ pub async fn updated(
     conn: &mut Conn,
     input: &UpdateTieUp,
     now: i64,
-) -> Result<(TieUpRecord, TieUpRecord), ServiceError> {
+) -> Result<(TieUpRecord, TieUpRecord), OpsError> {
     let before = rows::get(conn, &input.id)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no tie-up {:?}", input.id)))?;
+        .ok_or_else(|| OpsError::NotFound(format!("no tie-up {:?}", input.id)))?;
     if before.state == TieUpState::Terminated {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "tie-up {:?} is terminated",
             input.id
         )));
@@ -176,7 +172,7 @@ pub async fn update(
     state: &AppState,
     caller: &Caller,
     input: UpdateTieUp,
-) -> Result<TieUpRecord, ServiceError> {
+) -> Result<TieUpRecord, OpsError> {
     let mut tx = state
         .begin_audited(&caller.event("Admin/UpdateTieUp").outcome(
             crate::audit::Outcome::Allowed,
@@ -194,7 +190,7 @@ pub async fn terminate(
     state: &AppState,
     caller: &Caller,
     id: &str,
-) -> Result<TieUpRecord, ServiceError> {
+) -> Result<TieUpRecord, OpsError> {
     let mut tx = state
         .begin_audited(
             &caller
@@ -204,9 +200,9 @@ pub async fn terminate(
         .await?;
     let mut t = rows::get(&mut tx, id)
         .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no tie-up {id:?}")))?;
+        .ok_or_else(|| OpsError::NotFound(format!("no tie-up {id:?}")))?;
     if t.state == TieUpState::Terminated {
-        return Err(ServiceError::FailedPrecondition(format!(
+        return Err(OpsError::FailedPrecondition(format!(
             "tie-up {id:?} is already terminated"
         )));
     }
@@ -218,10 +214,7 @@ pub async fn terminate(
 }
 
 /// Every tie-up, or one entity's.
-pub async fn list(
-    state: &AppState,
-    entity_id: Option<&str>,
-) -> Result<Vec<TieUpRecord>, ServiceError> {
+pub async fn list(state: &AppState, entity_id: Option<&str>) -> Result<Vec<TieUpRecord>, OpsError> {
     let mut conn = state.store.conn().await?;
     Ok(rows::list(&mut conn, entity_id).await?)
 }

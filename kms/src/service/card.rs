@@ -7,11 +7,13 @@ use brandkms_proto::v1::card_authentication_server::CardAuthentication;
 use brandkms_proto::v1::proxy_loading_server::ProxyLoading;
 use tonic::{Request, Response, Status};
 
-use super::convert::{name, version};
-use super::{AppState, ServiceError, Shared, audited, audited_read, caller, invalid};
-use crate::card::{Op, PAYLOAD_LEN};
+use super::convert::{hex_bytes, name, optional_name, optional_time, version};
+use super::paging::{PageRequest, numeric_key};
+use super::{audited, audited_read, caller};
 use crate::hsm::CMAC_LEN;
+use crate::ops::card_protocol::{Op, PAYLOAD_LEN};
 use crate::ops::cards::{self as ops, Completed, MAX_AMOUNT, Verified};
+use crate::ops::{AppState, OpsError, Shared, invalid};
 use crate::store::cards::ProxyLoadRecord;
 
 /// The `CardAuthentication` and `ProxyLoading` services.
@@ -31,12 +33,12 @@ impl CardService {
     }
 }
 
-fn exactly<const N: usize>(what: &str, bytes: &[u8]) -> Result<[u8; N], ServiceError> {
+fn exactly<const N: usize>(what: &str, bytes: &[u8]) -> Result<[u8; N], OpsError> {
     <[u8; N]>::try_from(bytes)
         .map_err(|_| invalid(format!("{what} must be {N} bytes, not {}", bytes.len())))
 }
 
-fn op(v: i32) -> Result<Op, ServiceError> {
+fn op(v: i32) -> Result<Op, OpsError> {
     match pb::CardOp::try_from(v) {
         Ok(pb::CardOp::Load) => Ok(Op::Load),
         Ok(pb::CardOp::Debit) => Ok(Op::Debit),
@@ -46,7 +48,7 @@ fn op(v: i32) -> Result<Op, ServiceError> {
     }
 }
 
-fn amount(op: Op, amount: u64) -> Result<u64, ServiceError> {
+fn amount(op: Op, amount: u64) -> Result<u64, OpsError> {
     match op {
         Op::ReadBalance if amount != 0 => Err(invalid("READ_BALANCE carries amount 0")),
         Op::Load | Op::Debit if amount == 0 => Err(invalid("amount must be at least 1")),
@@ -57,22 +59,12 @@ fn amount(op: Op, amount: u64) -> Result<u64, ServiceError> {
     }
 }
 
-fn currency(c: &str) -> Result<[u8; 3], ServiceError> {
+fn currency(c: &str) -> Result<[u8; 3], OpsError> {
     match <[u8; 3]>::try_from(c.as_bytes()) {
         Ok(b) if b.iter().all(u8::is_ascii_uppercase) => Ok(b),
         _ => Err(invalid(format!(
             "currency {c:?} must be three ISO 4217 capital letters (e.g. JPY)"
         ))),
-    }
-}
-
-fn optional_time(what: &str, ms: i64) -> Result<Option<i64>, ServiceError> {
-    match ms {
-        0 => Ok(None),
-        t if t < 0 => Err(invalid(format!(
-            "{what} is Unix milliseconds, not negative"
-        ))),
-        t => Ok(Some(t)),
     }
 }
 
@@ -87,12 +79,11 @@ impl CardAuthentication for CardService {
         let r = request.into_inner();
         let result = async {
             let alias = name("alias", &r.alias)?;
-            let v = version(r.key_version)?;
             let cid = exactly::<8>("card_id", &r.card_id)?;
-            ops::begin(self.state(), &caller, &alias, v, cid).await
+            ops::begin(self.state(), &caller, &alias, version(r.key_version), cid).await
         }
         .await;
-        let key = Some((r.alias.as_str(), Some(r.key_version)));
+        let key = Some((r.alias.as_str(), version(r.key_version)));
         let begun = audited(self.state(), &caller, OP, key, result).await?;
         Ok(Response::new(pb::Challenge {
             challenge_id: begun.challenge.id,
@@ -171,7 +162,7 @@ impl CardAuthentication for CardService {
         Ok(Response::new(match verified {
             Verified::Genuine(receipt) => pb::ReceiptVerification {
                 genuine: true,
-                status: i32::from(receipt.status),
+                status: receipt_status(receipt.status),
                 balance: receipt.balance,
                 currency: String::from_utf8_lossy(&receipt.currency).into_owned(),
                 txn_id: receipt.txn_id.to_vec(),
@@ -181,45 +172,53 @@ impl CardAuthentication for CardService {
     }
 }
 
+/// The card's status byte as the wire enum (the byte plus one; UNSPECIFIED is
+/// never a card's answer).
+fn receipt_status(byte: u8) -> i32 {
+    match pb::ReceiptStatus::try_from(i32::from(byte) + 1) {
+        Ok(pb::ReceiptStatus::Unspecified) | Err(_) => pb::ReceiptStatus::Unsupported as i32,
+        Ok(status) => status as i32,
+    }
+}
+
+fn proxy_load_status(stored: &str) -> i32 {
+    let status = match stored {
+        "pending" => pb::ProxyLoadStatus::Pending,
+        "confirmed" => pb::ProxyLoadStatus::Confirmed,
+        _ => pb::ProxyLoadStatus::Unspecified,
+    };
+    status as i32
+}
+
 fn proxy_load(p: ProxyLoadRecord) -> pb::ProxyLoad {
     pb::ProxyLoad {
-        txn_id: p.txn_id,
+        txn_id: hex_bytes(&p.txn_id),
         issuer: p.issuer,
         requested_by: p.requested_by,
         alias: p.alias,
         key_version: p.version,
-        card_id: p.card_id,
+        card_id: hex_bytes(&p.card_id),
         amount: p.amount,
         currency: p.currency,
-        status: p.status,
+        status: proxy_load_status(&p.status),
         at: p.at,
         confirmed_at: p.confirmed_at.unwrap_or(0),
     }
 }
 
-impl CardService {
-    async fn loads(
-        &self,
-        request: Request<pb::ListProxyLoadsRequest>,
-        operation: &str,
-    ) -> Result<(pb::ListProxyLoadsRequest, Vec<ProxyLoadRecord>), Status> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
-        let result = async {
-            let asked = if r.issuer.is_empty() {
-                None
-            } else {
-                Some(name("issuer", &r.issuer)?)
-            };
-            let issuer = ops::proxy_load_scope(&caller, asked)?;
-            let from = optional_time("from", r.from)?;
-            let until = optional_time("until", r.until)?;
-            ops::proxy_loads(self.state(), issuer.as_deref(), from, until).await
-        }
-        .await;
-        let list = audited_read(self.state(), &caller, operation, None, result).await?;
-        Ok((r, list))
-    }
+/// The proxy loads `caller` may see that match the filters.
+async fn loads(
+    state: &AppState,
+    caller: &crate::ops::Caller,
+    issuer: &str,
+    start_time: i64,
+    end_time: i64,
+) -> Result<Vec<ProxyLoadRecord>, OpsError> {
+    let asked = optional_name("issuer", issuer)?;
+    let issuer = ops::proxy_load_scope(caller, asked.as_deref())?;
+    let from = optional_time("start_time", start_time)?;
+    let until = optional_time("end_time", end_time)?;
+    ops::proxy_loads(state, issuer.as_deref(), from, until).await
 }
 
 #[tonic::async_trait]
@@ -228,19 +227,36 @@ impl ProxyLoading for CardService {
         &self,
         request: Request<pb::ListProxyLoadsRequest>,
     ) -> Result<Response<pb::ListProxyLoadsResponse>, Status> {
-        let (_, list) = self.loads(request, "ProxyLoading/ListProxyLoads").await?;
+        const OP: &str = "ProxyLoading/ListProxyLoads";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let result = async {
+            let filters = [
+                r.issuer.as_str(),
+                &r.start_time.to_string(),
+                &r.end_time.to_string(),
+            ];
+            let page = PageRequest::new("proxy-loads", &filters, r.page_size, &r.page_token)?;
+            let list = loads(self.state(), &caller, &r.issuer, r.start_time, r.end_time).await?;
+            Ok(page.page(list, |p| format!("{}|{}", numeric_key(p.at), p.txn_id)))
+        }
+        .await;
+        let page = audited_read(self.state(), &caller, OP, None, result).await?;
         Ok(Response::new(pb::ListProxyLoadsResponse {
-            loads: list.into_iter().map(proxy_load).collect(),
+            loads: page.items.into_iter().map(proxy_load).collect(),
+            next_page_token: page.next_page_token,
         }))
     }
 
     async fn summarize_proxy_loads(
         &self,
-        request: Request<pb::ListProxyLoadsRequest>,
+        request: Request<pb::SummarizeProxyLoadsRequest>,
     ) -> Result<Response<pb::ProxyLoadSummary>, Status> {
-        let (r, list) = self
-            .loads(request, "ProxyLoading/SummarizeProxyLoads")
-            .await?;
+        const OP: &str = "ProxyLoading/SummarizeProxyLoads";
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let result = loads(self.state(), &caller, &r.issuer, r.start_time, r.end_time).await;
+        let list = audited_read(self.state(), &caller, OP, None, result).await?;
         let mut totals: std::collections::BTreeMap<(String, String, String), (u64, u64)> =
             std::collections::BTreeMap::new();
         for p in list {
@@ -249,15 +265,15 @@ impl ProxyLoading for CardService {
             t.1 = t.1.saturating_add(p.amount);
         }
         Ok(Response::new(pb::ProxyLoadSummary {
-            from: r.from,
-            until: r.until,
+            start_time: r.start_time,
+            end_time: r.end_time,
             totals: totals
                 .into_iter()
                 .map(
                     |((issuer, currency, status), (count, total))| pb::ProxyLoadTotal {
                         issuer,
                         currency,
-                        status,
+                        status: proxy_load_status(&status),
                         count,
                         total,
                     },

@@ -7,14 +7,15 @@ use brandkms_policy::{
 };
 use brandkms_proto::v1 as pb;
 
-use super::{ServiceError, invalid, valid_name};
 use crate::ops::approvals::{ApprovalState, state_at};
 use crate::ops::entities::RegisterEntity;
 use crate::ops::keys::{CreateKey, KeyView};
 use crate::ops::settlement::CreateSettlementKey;
 use crate::ops::tieups::{CreateTieUp, UpdateTieUp};
+use crate::ops::{OpsError, invalid, valid_name};
 use crate::store::approvals::ApprovalRecord;
 use crate::store::audit::AuditRow;
+use crate::store::distribution::DistributionRecord;
 use crate::store::entities::EntityRecord;
 use crate::store::tieups::TieUpRecord;
 
@@ -22,7 +23,7 @@ use crate::store::tieups::TieUpRecord;
 macro_rules! enum_map {
     ($to_domain:ident, $to_wire:ident, $wire:ty, $domain:ty, $what:literal, { $($w:ident => $d:ident),+ $(,)? }) => {
         #[allow(dead_code)]
-        pub(crate) fn $to_domain(v: i32) -> Result<Option<$domain>, ServiceError> {
+        pub(crate) fn $to_domain(v: i32) -> Result<Option<$domain>, OpsError> {
             match <$wire>::try_from(v) {
                 Ok(<$wire>::Unspecified) => Ok(None),
                 $(Ok(<$wire>::$w) => Ok(Some(<$domain>::$d)),)+
@@ -71,7 +72,7 @@ enum_map!(tie_up_state, tie_up_state_wire, pb::TieUpState, TieUpState, "tie-up s
 });
 
 /// Checks an alias or entity id.
-pub fn name(what: &str, s: &str) -> Result<String, ServiceError> {
+pub fn name(what: &str, s: &str) -> Result<String, OpsError> {
     if s.is_empty() {
         return Err(invalid(format!("{what} is empty")));
     }
@@ -83,24 +84,33 @@ pub fn name(what: &str, s: &str) -> Result<String, ServiceError> {
     Ok(s.to_string())
 }
 
-/// A version number (from 1).
-pub fn version(v: u32) -> Result<u32, ServiceError> {
-    if v == 0 {
-        return Err(invalid("key version starts at 1"));
+/// An optional alias or entity id: empty is `None`.
+pub fn optional_name(what: &str, s: &str) -> Result<Option<String>, OpsError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        name(what, s).map(Some)
     }
-    Ok(v)
 }
 
-fn non_negative_time(what: &str, t: i64) -> Result<Option<i64>, ServiceError> {
+/// A key version field: 0 means the active version (`None`), everywhere.
+pub fn version(v: u32) -> Option<u32> {
+    (v != 0).then_some(v)
+}
+
+/// A time field in Unix milliseconds: 0 is `None`, negative is refused.
+pub fn optional_time(what: &str, t: i64) -> Result<Option<i64>, OpsError> {
     match t {
         0 => Ok(None),
-        t if t < 0 => Err(invalid(format!("{what} is negative"))),
+        t if t < 0 => Err(invalid(format!(
+            "{what} is Unix milliseconds, not negative"
+        ))),
         t => Ok(Some(t)),
     }
 }
 
 impl TryFrom<pb::CreateKeyRequest> for CreateSettlementKey {
-    type Error = ServiceError;
+    type Error = OpsError;
 
     fn try_from(r: pb::CreateKeyRequest) -> Result<Self, Self::Error> {
         let alias = name("alias", &r.alias)?;
@@ -110,7 +120,7 @@ impl TryFrom<pb::CreateKeyRequest> for CreateSettlementKey {
             ));
         }
         let algorithm = algorithm(r.algorithm)?.unwrap_or(Algorithm::Rsa3072);
-        crate::ops::settlement::rsa_bits(algorithm)?;
+        crate::ops::generate::rsa_bits(algorithm)?;
         let owner = if r.owner_entity.is_empty() {
             None
         } else {
@@ -125,14 +135,14 @@ impl TryFrom<pb::CreateKeyRequest> for CreateSettlementKey {
 }
 
 impl TryFrom<pb::CreateKeyRequest> for CreateKey {
-    type Error = ServiceError;
+    type Error = OpsError;
 
     fn try_from(r: pb::CreateKeyRequest) -> Result<Self, Self::Error> {
         let alias = name("alias", &r.alias)?;
         if !r.owner_entity.is_empty() {
             return Err(invalid("only settlement keys have an owner entity"));
         }
-        match key_class(r.class)? {
+        match key_class(r.key_class)? {
             None | Some(KeyClass::CardAccess) => {}
             Some(other) => {
                 return Err(invalid(format!(
@@ -174,7 +184,7 @@ impl TryFrom<pb::CreateKeyRequest> for CreateKey {
 }
 
 impl TryFrom<pb::RegisterEntityRequest> for RegisterEntity {
-    type Error = ServiceError;
+    type Error = OpsError;
 
     fn try_from(r: pb::RegisterEntityRequest) -> Result<Self, Self::Error> {
         let kind = entity_kind(r.kind)?.ok_or_else(|| invalid("entity kind is required"))?;
@@ -192,7 +202,7 @@ impl TryFrom<pb::RegisterEntityRequest> for RegisterEntity {
     }
 }
 
-fn tie_keys(keys: Vec<pb::TieUpKey>) -> Result<Vec<(String, TieUpMode)>, ServiceError> {
+fn tie_keys(keys: Vec<pb::TieUpKey>) -> Result<Vec<(String, TieUpMode)>, OpsError> {
     keys.into_iter()
         .map(|k| {
             let alias = name("key alias", &k.alias)?;
@@ -207,14 +217,14 @@ fn tie_keys(keys: Vec<pb::TieUpKey>) -> Result<Vec<(String, TieUpMode)>, Service
 }
 
 impl TryFrom<pb::CreateTieUpRequest> for CreateTieUp {
-    type Error = ServiceError;
+    type Error = OpsError;
 
     fn try_from(r: pb::CreateTieUpRequest) -> Result<Self, Self::Error> {
         Ok(CreateTieUp {
             entity_id: name("entity id", &r.entity_id)?,
             keys: tie_keys(r.keys)?,
-            valid_from: non_negative_time("valid_from", r.valid_from)?,
-            valid_until: non_negative_time("valid_until", r.valid_until)?,
+            valid_from: optional_time("valid_from", r.valid_from)?,
+            valid_until: optional_time("valid_until", r.valid_until)?,
             sponsor_issuer: if r.sponsor_issuer.is_empty() {
                 None
             } else {
@@ -225,7 +235,7 @@ impl TryFrom<pb::CreateTieUpRequest> for CreateTieUp {
     }
 }
 
-fn limit(l: Option<u64>) -> Result<Option<u64>, ServiceError> {
+fn limit(l: Option<u64>) -> Result<Option<u64>, OpsError> {
     match l {
         Some(v) if i64::try_from(v).is_err() => Err(invalid("per-transaction limit is too large")),
         other => Ok(other),
@@ -233,7 +243,7 @@ fn limit(l: Option<u64>) -> Result<Option<u64>, ServiceError> {
 }
 
 impl TryFrom<pb::UpdateTieUpRequest> for UpdateTieUp {
-    type Error = ServiceError;
+    type Error = OpsError;
 
     fn try_from(r: pb::UpdateTieUpRequest) -> Result<Self, Self::Error> {
         Ok(UpdateTieUp {
@@ -245,12 +255,12 @@ impl TryFrom<pb::UpdateTieUpRequest> for UpdateTieUp {
             },
             valid_from: r
                 .valid_from
-                .map(|t| non_negative_time("valid_from", t))
+                .map(|t| optional_time("valid_from", t))
                 .transpose()?
                 .flatten(),
             valid_until: r
                 .valid_until
-                .map(|t| non_negative_time("valid_until", t))
+                .map(|t| optional_time("valid_until", t))
                 .transpose()?,
             per_transaction_limit: limit(r.per_transaction_limit)?,
             state: tie_up_state(r.state)?,
@@ -262,7 +272,7 @@ impl From<KeyView> for pb::Key {
     fn from(v: KeyView) -> Self {
         pb::Key {
             alias: v.key.alias,
-            class: key_class_wire(v.key.class),
+            key_class: key_class_wire(v.key.class),
             algorithm: algorithm_wire(v.key.algorithm),
             purpose: v.key.purpose.map_or(0, purpose_wire),
             service_code: v.key.service_code.map(u32::from),
@@ -275,7 +285,7 @@ impl From<KeyView> for pb::Key {
                 .map(|x| pb::KeyVersion {
                     version: x.version,
                     state: key_state_wire(x.state),
-                    kcv: x.kcv,
+                    kcv: hex_bytes(&x.kcv),
                     weak: x.weak,
                     created_at: x.created_at,
                     state_changed_at: x.state_changed_at,
@@ -332,14 +342,51 @@ impl From<AuditRow> for pb::AuditRecord {
             seq: r.seq,
             at: r.at,
             caller: r.caller,
-            cert_fingerprint: r.cert_fingerprint.unwrap_or_default(),
+            cert_fingerprint: r
+                .cert_fingerprint
+                .as_deref()
+                .map(hex_bytes)
+                .unwrap_or_default(),
             operation: r.operation,
             key_alias: r.key_alias.unwrap_or_default(),
             key_version: r.key_version,
-            outcome: r.outcome,
+            outcome: audit_outcome_wire(&r.outcome),
             reason: r.reason.unwrap_or_default(),
-            hash: r.hash,
+            hash: hex_bytes(&r.hash),
         }
+    }
+}
+
+/// Bytes the store keeps as hex (KCVs, fingerprints, hashes, card and
+/// transaction ids): the wire carries them as bytes. Stored values are always
+/// hex; an unreadable one is shown empty rather than failing a whole listing.
+pub fn hex_bytes(stored: &str) -> Vec<u8> {
+    hex::decode(stored).unwrap_or_default()
+}
+
+fn audit_outcome_wire(stored: &str) -> i32 {
+    use crate::audit::Outcome;
+    let outcome = match stored {
+        s if s == Outcome::Allowed.as_str() => pb::AuditOutcome::Allowed,
+        s if s == Outcome::Denied.as_str() => pb::AuditOutcome::Denied,
+        s if s == Outcome::Failed.as_str() => pb::AuditOutcome::Failed,
+        s if s == Outcome::Held.as_str() => pb::AuditOutcome::Held,
+        _ => pb::AuditOutcome::Unspecified,
+    };
+    outcome as i32
+}
+
+/// A delivery record on the wire.
+pub fn distribution(d: DistributionRecord) -> pb::Distribution {
+    pb::Distribution {
+        id: d.id,
+        alias: d.alias,
+        version: d.version,
+        entity_id: d.entity_id,
+        transport_alias: d.transport_alias,
+        transport_version: d.transport_version,
+        kcv: hex_bytes(&d.kcv),
+        at: d.at,
     }
 }
 
@@ -358,4 +405,24 @@ pub fn approval(a: &ApprovalRecord, now: i64) -> pb::Approval {
         decided_at: a.decided_at.unwrap_or(0),
         reason: a.reason.clone().unwrap_or_default(),
     }
+}
+
+/// An authenticator key request: an alias, HMAC-SHA-256, nothing else.
+pub fn authenticator_request(r: pb::CreateKeyRequest) -> Result<String, OpsError> {
+    let alias = name("alias", &r.alias)?;
+    let algorithm = algorithm(r.algorithm)?;
+    if !matches!(
+        algorithm,
+        None | Some(brandkms_policy::Algorithm::HmacSha256)
+    ) || r.service_code != 0
+        || r.purpose != 0
+        || r.exportable
+        || r.allow_legacy_des
+        || !r.owner_entity.is_empty()
+    {
+        return Err(invalid(
+            "authenticator keys are HMAC-SHA-256 and take no service code, purpose, owner or export",
+        ));
+    }
+    Ok(alias)
 }

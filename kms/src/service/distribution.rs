@@ -5,9 +5,12 @@ use brandkms_proto::v1 as pb;
 use brandkms_proto::v1::key_distribution_server::KeyDistribution;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, name, version};
-use super::{AppState, Shared, audited, audited_read, caller};
+use super::convert::{self, hex_bytes, name, version};
+use super::paging::PageRequest;
+use super::{audited, audited_read, caller};
+use crate::ops::authorize::transport_alias;
 use crate::ops::distribution as ops;
+use crate::ops::{AppState, Shared};
 use crate::store::distribution::ConsentRecord;
 
 /// The `KeyDistribution` service.
@@ -81,12 +84,12 @@ impl KeyDistribution for DistributionService {
         let r = request.into_inner();
         let result =
             ops::establish_transport_key(self.state(), &caller, &r.rsa_public_key_spki_der).await;
-        let alias = ops::transport_alias(&caller.entity.id);
+        let alias = transport_alias(&caller.entity.id);
         let e = audited(self.state(), &caller, OP, Some((&alias, None)), result).await?;
         Ok(Response::new(pb::TransportKey {
             alias: e.version.alias,
             version: e.version.version,
-            kcv: e.version.kcv,
+            kcv: hex_bytes(&e.version.kcv),
             wrapped_key: e.wrapped,
             wrapping: "RSA-OAEP-SHA1-MGF1-SHA1".to_string(),
         }))
@@ -101,15 +104,14 @@ impl KeyDistribution for DistributionService {
         let r = request.into_inner();
         let result = async {
             let alias = name("alias", &r.alias)?;
-            let v = r.version.map(version).transpose()?;
-            ops::request_key(self.state(), &caller, &alias, v).await
+            ops::request_key(self.state(), &caller, &alias, version(r.version)).await
         }
         .await;
         let d = audited(
             self.state(),
             &caller,
             OP,
-            Some((&r.alias, r.version)),
+            Some((&r.alias, version(r.version))),
             result,
         )
         .await?;
@@ -119,7 +121,7 @@ impl KeyDistribution for DistributionService {
             algorithm: convert::algorithm_wire(d.key.algorithm),
             service_code: d.key.service_code.map(u32::from),
             purpose: d.key.purpose.map_or(0, convert::purpose_wire),
-            kcv: d.version.kcv,
+            kcv: hex_bytes(&d.version.kcv),
             wrapped_key: d.wrapped,
             wrapping: "AES-KWP-RFC5649".to_string(),
             transport_alias: d.transport.alias,
@@ -134,16 +136,24 @@ impl KeyDistribution for DistributionService {
     ) -> Result<Response<pb::ListEntitledKeysResponse>, Status> {
         const OP: &str = "KeyDistribution/ListEntitledKeys";
         let caller = caller(&request)?;
-        let result = ops::entitlements(self.state(), &caller).await;
-        let list = audited_read(self.state(), &caller, OP, None, result).await?;
+        let r = request.into_inner();
+        let result = async {
+            let page = PageRequest::new("entitled-keys", &[], r.page_size, &r.page_token)?;
+            let list = ops::entitlements(self.state(), &caller).await?;
+            Ok(page.page(list, |e| format!("{}|{}", e.key.alias, e.tie_up_id)))
+        }
+        .await;
+        let page = audited_read(self.state(), &caller, OP, None, result).await?;
         Ok(Response::new(pb::ListEntitledKeysResponse {
-            keys: list
+            next_page_token: page.next_page_token,
+            keys: page
+                .items
                 .into_iter()
                 .map(|e| pb::EntitledKey {
                     alias: e.key.alias,
                     mode: convert::tie_up_mode_wire(e.mode),
                     current_version: e.current.as_ref().map_or(0, |v| v.version),
-                    kcv: e.current.map(|v| v.kcv).unwrap_or_default(),
+                    kcv: e.current.map(|v| hex_bytes(&v.kcv)).unwrap_or_default(),
                     algorithm: convert::algorithm_wire(e.key.algorithm),
                     service_code: e.key.service_code.map(u32::from),
                     purpose: e.key.purpose.map_or(0, convert::purpose_wire),
@@ -173,10 +183,19 @@ impl KeyDistribution for DistributionService {
     ) -> Result<Response<pb::ListConsentsResponse>, Status> {
         const OP: &str = "KeyDistribution/ListConsents";
         let caller = caller(&request)?;
-        let result = ops::list_consents(self.state(), &caller).await;
-        let list = audited_read(self.state(), &caller, OP, None, result).await?;
+        let r = request.into_inner();
+        let result = async {
+            let page = PageRequest::new("consents", &[], r.page_size, &r.page_token)?;
+            let list = ops::list_consents(self.state(), &caller).await?;
+            Ok(page.page(list, |c| {
+                format!("{}|{}|{}", c.issuer, c.third_party, c.alias)
+            }))
+        }
+        .await;
+        let page = audited_read(self.state(), &caller, OP, None, result).await?;
         Ok(Response::new(pb::ListConsentsResponse {
-            consents: list.into_iter().map(consent).collect(),
+            consents: page.items.into_iter().map(consent).collect(),
+            next_page_token: page.next_page_token,
         }))
     }
 }

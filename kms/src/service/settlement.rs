@@ -6,9 +6,10 @@ use brandkms_proto::v1::settlement_server::Settlement;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, name, version};
-use super::{AppState, Shared, audited, audited_read, caller, invalid};
+use super::{audited, audited_read, caller, to_status};
 use crate::hsm::OaepHash;
 use crate::ops::settlement as ops;
+use crate::ops::{AppState, OpsError, Shared, invalid};
 
 /// Largest input to sign or verify.
 const MAX_DATA: usize = 1 << 20;
@@ -65,7 +66,7 @@ impl Settlement for SettlementService {
                         let item = item?;
                         let result = match d.decrypt_blob(&item.blob).await {
                             Ok(plain) => pb::decrypt_result::Result::Plaintext(plain.to_vec()),
-                            Err(message) => pb::decrypt_result::Result::Error(message),
+                            Err(e) => pb::decrypt_result::Result::Error(item_error(&e)),
                         };
                         Ok::<_, Status>(pb::DecryptResult {
                             index: item.index,
@@ -87,7 +88,7 @@ impl Settlement for SettlementService {
                         ..
                     }) => {
                         failed += 1;
-                        first_error.get_or_insert_with(|| e.clone());
+                        first_error.get_or_insert_with(|| e.message.clone());
                     }
                     _ => {}
                 }
@@ -121,18 +122,17 @@ impl Settlement for SettlementService {
         let r = request.into_inner();
         let result = async {
             let alias = name("alias", &r.alias)?;
-            let v = r.version.map(version).transpose()?;
-            ops::public_key(self.state(), &alias, v).await
+            ops::public_key(self.state(), &alias, version(r.version)).await
         }
         .await;
-        let key = Some((r.alias.as_str(), r.version));
+        let key = Some((r.alias.as_str(), version(r.version)));
         let p = audited_read(self.state(), &caller, OP, key, result).await?;
         Ok(Response::new(pb::PublicKey {
             alias: p.key.alias,
             version: p.version.version,
             spki_der: p.info.der,
             pem: p.info.pem,
-            fingerprint: hex::encode(p.info.fingerprint),
+            fingerprint: p.info.fingerprint.to_vec(),
             bits: u32::try_from(p.info.bits).unwrap_or(0),
             oaep_hash: oaep_wire(p.oaep_hash),
             state: convert::key_state_wire(p.version.state),
@@ -150,7 +150,7 @@ impl Settlement for SettlementService {
         let key = (r.alias.clone(), r.version);
         let result = async {
             let alias = name("alias", &r.alias)?;
-            let v = version(r.version)?;
+            let v = version(r.version);
             ops::decrypt(self.state(), &caller, &alias, v, r.ciphertext).await
         }
         .await;
@@ -158,7 +158,7 @@ impl Settlement for SettlementService {
             self.state(),
             &caller,
             OP,
-            Some((&key.0, Some(key.1))),
+            Some((&key.0, version(key.1))),
             result,
         )
         .await?;
@@ -190,7 +190,7 @@ impl Settlement for SettlementService {
             .auditor
             .record(&self.state().store, &event)
             .await
-            .map_err(|e| super::ServiceError::from(e).to_status())?;
+            .map_err(|e| to_status(&OpsError::from(e)))?;
         Ok(Response::new(pb::SignResponse {
             version: v,
             signature,
@@ -228,7 +228,7 @@ impl Settlement for SettlementService {
         let key = (r.alias.clone(), r.version);
         let result = async {
             let alias = name("alias", &r.alias)?;
-            let v = version(r.version)?;
+            let v = version(r.version);
             if r.data.len() > MAX_DATA || r.mac.len() > 64 {
                 return Err(invalid("data is at most 1 MiB, a MAC at most 64 bytes"));
             }
@@ -239,7 +239,7 @@ impl Settlement for SettlementService {
             self.state(),
             &caller,
             OP,
-            Some((&key.0, Some(key.1))),
+            Some((&key.0, version(key.1))),
             result,
         )
         .await?;
@@ -256,7 +256,7 @@ impl Settlement for SettlementService {
         let key = (r.alias.clone(), r.version);
         let result = async {
             let alias = name("alias", &r.alias)?;
-            let v = version(r.version)?;
+            let v = version(r.version);
             if r.data.len() > MAX_DATA || r.signature.len() > 1024 {
                 return Err(invalid(
                     "data is at most 1 MiB, a signature at most 1024 bytes",
@@ -269,11 +269,24 @@ impl Settlement for SettlementService {
             self.state(),
             &caller,
             OP,
-            Some((&key.0, Some(key.1))),
+            Some((&key.0, version(key.1))),
             result,
         )
         .await?;
         Ok(Response::new(pb::VerifyResponse { valid }))
+    }
+}
+
+/// One item's failure, with the code and message the unary call would give.
+fn item_error(e: &OpsError) -> pb::ItemError {
+    let status = to_status(e);
+    pb::ItemError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        reason: match e {
+            OpsError::Denied(r) => r.code().to_string(),
+            _ => String::new(),
+        },
     }
 }
 

@@ -45,8 +45,10 @@ pub struct AuditFilter {
     pub caller: Option<String>,
     /// Only this operation.
     pub operation: Option<String>,
-    /// At most this many records (newest last).
-    pub limit: Option<u32>,
+    /// Only records older than this sequence number (paging, newest first).
+    pub before_seq: Option<u64>,
+    /// At most this many records.
+    pub limit: u32,
 }
 
 /// Takes the chain head for this transaction: the row lock (or SQLite's write
@@ -130,25 +132,27 @@ pub async fn page(
 }
 
 /// Records matching the filter, in chain order (the newest `limit` of them).
+/// The records that match `f`, newest first.
 pub async fn list(conn: &mut Conn, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-    let mut rows: Vec<AuditRow> = sqlx::query(&format!(
+    let before = f.before_seq.map(seq_i64).transpose()?;
+    sqlx::query(&format!(
         "SELECT {COLUMNS} FROM audit
          WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR at < $2)
            AND ($3 IS NULL OR caller = $3) AND ($4 IS NULL OR operation = $4)
-         ORDER BY seq DESC LIMIT $5"
+           AND ($5 IS NULL OR seq < $5)
+         ORDER BY seq DESC LIMIT $6"
     ))
     .bind(f.from)
     .bind(f.until)
     .bind(&f.caller)
     .bind(&f.operation)
-    .bind(i64::from(f.limit.unwrap_or(1000)))
+    .bind(before)
+    .bind(i64::from(f.limit))
     .fetch_all(conn)
     .await?
     .iter()
     .map(from_row)
-    .collect::<Result<_, _>>()?;
-    rows.reverse();
-    Ok(rows)
+    .collect()
 }
 
 fn seq_i64(seq: u64) -> Result<i64, StoreError> {

@@ -348,15 +348,13 @@ pub async fn open_challenge(
     conn: &mut Conn,
     id: &str,
     caller: &str,
-    now: i64,
 ) -> Result<Option<ChallengeRecord>, StoreError> {
     let Some(r) = sqlx::query(
         "SELECT id, caller, alias, version, card_id, rb, created_at, expires_at
-         FROM card_challenges WHERE id = $1 AND caller = $2 AND used_at IS NULL AND expires_at > $3",
+         FROM card_challenges WHERE id = $1 AND caller = $2 AND used_at IS NULL",
     )
     .bind(id)
     .bind(caller)
-    .bind(now)
     .fetch_optional(conn)
     .await?
     else {

@@ -13,14 +13,13 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::softhsm::{self, SoftHsmError};
+use crate::commands::softhsm::{self, SoftHsmError};
 
 /// Label of the development token.
 pub const DEV_TOKEN_LABEL: &str = "brandkms-dev";
 /// Name of the config file inside the deployment directory.
 pub const CONFIG_FILE: &str = "kms.toml";
-/// The SAN URI prefix that carries a caller's entity id.
-pub const ENTITY_URI_PREFIX: &str = "urn:brandkms:entity:";
+pub use crate::server::identity::ENTITY_URI_PREFIX;
 
 /// Client certificates the development PKI issues: officers and the seed's
 /// sample participants (registered as entities by the demo, not here).

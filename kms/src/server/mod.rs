@@ -1,7 +1,13 @@
-//! The composition root: everything `kms serve` runs, built once from validated
-//! settings. TLS is accepted here (rustls, client certificate required), the
-//! identity layer wraps every service, and a background task carries out due
-//! key destructions.
+//! The first stage of the request path and the composition root: everything
+//! `kms serve` runs, built once from validated settings. The listener accepts
+//! TLS here (`tls`: rustls, client certificate required), `identity` reads the
+//! caller from its certificate, and the `auth` layer wraps every service so that
+//! handlers (`crate::service`) only see identified callers. A background task
+//! carries out due key destructions.
+
+pub mod auth;
+pub mod identity;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,19 +25,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use self::auth::AuthLayer;
+use self::tls::ServerTls;
 use crate::clock::Clock;
+use crate::commands::init;
 use crate::config::Settings;
 use crate::hsm::Hsm;
-use crate::init;
 use crate::ops::keys::run_due_destructions;
+use crate::ops::{AppState, Shared};
 use crate::service::admin::AdminService;
-use crate::service::auth::AuthLayer;
 use crate::service::card::CardService;
 use crate::service::distribution::DistributionService;
 use crate::service::settlement::SettlementService;
-use crate::service::{AppState, Shared};
 use crate::store::Store;
-use crate::tls::{self, ServerTls};
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -147,9 +153,15 @@ impl Server {
         health_reporter
             .set_serving::<AdminServer<AdminService>>()
             .await;
+        // Reflection in both versions: grpcurl speaks v1, Python's grpcio
+        // reflection client only v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(brandkms_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
+            .map_err(|e| StartError::Serve(e.to_string()))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(brandkms_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
             .map_err(|e| StartError::Serve(e.to_string()))?;
 
         let result = tonic::transport::Server::builder()
@@ -159,6 +171,7 @@ impl Server {
             ))
             .add_service(health)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(AdminServer::new(AdminService::new(Arc::clone(&self.state))))
             .add_service(KeyDistributionServer::new(DistributionService::new(
                 Arc::clone(&self.state),

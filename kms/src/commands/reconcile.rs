@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::hsm::{Hsm, HsmError, ObjectId, TokenObject};
-use crate::keys::LABEL_PREFIX;
+use crate::ops::versions::LABEL_PREFIX;
 use crate::store::keys::{self as key_rows, KeyVersionRecord};
 use crate::store::{Store, StoreError};
 

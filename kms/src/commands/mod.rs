@@ -1,6 +1,19 @@
-//! The `kms` command line: `init`, `reconcile`, `doctor` (and `serve`). Each
-//! command loads and validates the configuration, applies the PKCS#11 module's
-//! environment while the process is still single-threaded, then runs on Tokio.
+//! The `kms` command line and the host commands: `init`, `reconcile`, `doctor`,
+//! `bench` (and `serve`, which hands over to `crate::server`). Each command loads
+//! and validates the configuration, applies the PKCS#11 module's environment
+//! while the process is still single-threaded, then runs on Tokio.
+//!
+//! Development-only code (the rcgen development PKI behind `kms init --dev`, and
+//! SoftHSM2 token creation) is compiled only with the `dev` feature.
+
+pub mod bench;
+#[cfg(feature = "dev")]
+pub mod dev;
+pub mod doctor;
+pub mod init;
+pub mod reconcile;
+#[cfg(feature = "dev")]
+pub mod softhsm;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -8,12 +21,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use self::init::OfficerSeed;
 use crate::audit::AuditEvent;
 use crate::config::{ProcessEnv, Settings};
 use crate::hsm::Hsm;
-use crate::init::OfficerSeed;
 use crate::store::Store;
-use crate::{dev, doctor, init, reconcile};
 
 /// brandkms: the brand's central key service.
 #[derive(Debug, Parser)]
@@ -134,20 +146,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => {
             let config = match (config, dev) {
                 (Some(c), _) => c,
-                (None, Some(dir)) => {
-                    let (config, written) =
-                        dev::write_deployment(&dir).map_err(Failure::runtime)?;
-                    if written {
-                        println!("wrote development deployment in {}", dir.display());
-                    } else {
-                        println!(
-                            "development deployment in {} already present",
-                            dir.display()
-                        );
-                    }
-                    officers.extend(dev::DEV_OFFICERS.iter().map(|s| s.to_string()));
-                    config
-                }
+                (None, Some(dir)) => dev_deployment(&dir, &mut officers)?,
                 (None, None) => return Err(Failure::usage("give --config FILE or --dev DIR")),
             };
             let settings = settings(&config)?;
@@ -176,6 +175,30 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             runtime()?.block_on(cmd_bench(settings, seconds, threads, &operation, bits))
         }
     }
+}
+
+/// Writes (or reuses) a development deployment in `dir` and adds its officers.
+#[cfg(feature = "dev")]
+fn dev_deployment(dir: &Path, officers: &mut Vec<String>) -> Result<PathBuf, Failure> {
+    let (config, written) = dev::write_deployment(dir).map_err(Failure::runtime)?;
+    if written {
+        println!("wrote development deployment in {}", dir.display());
+    } else {
+        println!(
+            "development deployment in {} already present",
+            dir.display()
+        );
+    }
+    officers.extend(dev::DEV_OFFICERS.iter().map(|s| s.to_string()));
+    Ok(config)
+}
+
+/// Without the `dev` feature there is no development PKI to write.
+#[cfg(not(feature = "dev"))]
+fn dev_deployment(_dir: &Path, _officers: &mut Vec<String>) -> Result<PathBuf, Failure> {
+    Err(Failure::usage(
+        "--dev: this kms was built without the `dev` feature (cargo build --features dev)",
+    ))
 }
 
 /// Loads the configuration and applies the module's environment.
@@ -364,9 +387,9 @@ async fn cmd_bench(
             eprintln!(
                 "kms bench: {threads} workers for {seconds} s on token {}; per transaction: {}",
                 hsm.token_label(),
-                crate::bench::OPERATIONS
+                self::bench::OPERATIONS
             );
-            crate::bench::run(&hsm, threads, duration).await
+            self::bench::run(&hsm, threads, duration).await
         }
         "oaep" => {
             let hash = if hsm.run(|s| s.probe_oaep_sha256()).await.unwrap_or(false) {
@@ -379,7 +402,7 @@ async fn cmd_bench(
                 hsm.token_label(),
                 hash.as_str()
             );
-            crate::bench::run_oaep(&hsm, threads, duration, bits, hash).await
+            self::bench::run_oaep(&hsm, threads, duration, bits, hash).await
         }
         other => {
             return Err(Failure::usage(format!("--operation {other:?}: card or oaep")));

@@ -8,8 +8,9 @@ use brandkms_policy::KeyState;
 use crate::audit::{AuditError, AuditEvent, Auditor};
 use crate::failpoint;
 use crate::hsm::{GeneratedKey, Hsm, HsmError, HsmSession, ObjectId};
+use crate::ops::OpsError;
 use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Conn, Store, StoreError, now_ms};
 
 /// Every token object brandkms creates carries a label with this prefix.
 pub const LABEL_PREFIX: &str = "brandkms/";
@@ -17,6 +18,32 @@ pub const LABEL_PREFIX: &str = "brandkms/";
 /// The label of a key version's token object.
 pub fn object_label(alias: &str, version: u32) -> String {
     format!("{LABEL_PREFIX}{alias}/v{version}")
+}
+
+/// The one key/version loader: key `alias` and its version `version`, or its
+/// active version when `version` is `None` (the wire's absent or 0). No key or
+/// no such version: `NotFound`; no active version: `FailedPrecondition`.
+pub async fn key_version(
+    conn: &mut Conn,
+    alias: &str,
+    version: Option<u32>,
+) -> Result<(KeyRecord, KeyVersionRecord), OpsError> {
+    let key = rows::key(conn, alias)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no key {alias:?}")))?;
+    let v = match version {
+        Some(n) => rows::version(conn, alias, n)
+            .await?
+            .ok_or_else(|| OpsError::NotFound(format!("key {alias:?} has no version {n}")))?,
+        None => rows::versions(conn, alias)
+            .await?
+            .into_iter()
+            .find(|v| v.state == KeyState::Active)
+            .ok_or_else(|| {
+                OpsError::FailedPrecondition(format!("key {alias:?} has no active version"))
+            })?,
+    };
+    Ok((key, v))
 }
 
 /// Errors while creating a key version.

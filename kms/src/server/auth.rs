@@ -14,9 +14,10 @@ use rustls::server::danger::ClientCertVerifier;
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use super::{Caller, Shared};
+use super::identity::{self, IdentityError};
 use crate::audit::{AuditEvent, Outcome};
-use crate::identity::{self, IdentityError};
+use crate::ops::{Caller, OpsError, Shared};
+use crate::service::to_status;
 use crate::store::entities;
 
 /// Paths that need a brand certificate but no registered entity, and whose
@@ -159,10 +160,10 @@ async fn identify(
         .store
         .conn()
         .await
-        .map_err(|e| super::ServiceError::from(e).to_status())?;
+        .map_err(|e| to_status(&OpsError::from(e)))?;
     let entity = entities::get(&mut conn, &peer.entity_id)
         .await
-        .map_err(|e| super::ServiceError::from(e).to_status())?;
+        .map_err(|e| to_status(&OpsError::from(e)))?;
     drop(conn);
     let Some(entity) = entity else {
         let (event, status) = refuse(
@@ -178,7 +179,7 @@ async fn identify(
     if entity.status == EntityStatus::Suspended {
         let (event, status) = refuse(
             &peer.entity_id,
-            Status::permission_denied(DenyReason::EntitySuspended.to_string()),
+            to_status(&OpsError::Denied(DenyReason::EntitySuspended)),
         );
         record(state, &event).await?;
         return Err(status);
@@ -196,5 +197,5 @@ async fn record(state: &Shared, event: &AuditEvent) -> Result<(), Status> {
         .record(&state.store, event)
         .await
         .map(|_| ())
-        .map_err(|e| super::ServiceError::from(e).to_status())
+        .map_err(|e| to_status(&OpsError::from(e)))
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -72,7 +73,7 @@ fn certificates(
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(field, path)?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Content {
             field,
@@ -109,14 +110,14 @@ pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
         })?;
     let chain = certificates("cert", &settings.cert)?;
     let key_pem = read("key", &settings.key)?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .ok()
-        .flatten()
-        .ok_or_else(|| TlsError::Content {
-            field: "key",
-            path: settings.key.display().to_string(),
-            problem: "holds no private key".to_string(),
-        })?;
+    let key: PrivateKeyDer<'static> =
+        PrivateKeyDer::from_pem_slice(&key_pem)
+            .ok()
+            .ok_or_else(|| TlsError::Content {
+                field: "key",
+                path: settings.key.display().to_string(),
+                problem: "holds no private key".to_string(),
+            })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(CertificateRequired {

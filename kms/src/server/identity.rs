@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::dev::ENTITY_URI_PREFIX;
+/// The SAN URI prefix that carries a caller's entity id.
+pub const ENTITY_URI_PREFIX: &str = "urn:brandkms:entity:";
 
 /// Why a certificate does not identify a caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,7 +72,7 @@ pub fn entity_id(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
         _ => None,
     });
     match (ids.next(), ids.next()) {
-        (Some(id), None) if crate::service::valid_name(id) => Ok(id.to_string()),
+        (Some(id), None) if crate::ops::valid_name(id) => Ok(id.to_string()),
         _ => Err(IdentityError::NoEntity),
     }
 }

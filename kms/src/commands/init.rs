@@ -5,7 +5,7 @@ use brandkms_policy::{Algorithm, EntityKind, EntityStatus, KeyClass, KeyState};
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::hsm::{Exportability, Hsm, KeyRole, KeySpec, ObjectId, SecretAlgorithm};
-use crate::keys::{AuditKey, KeyError, NewVersion, create_version};
+use crate::ops::versions::{AuditKey, KeyError, NewVersion, create_version};
 use crate::store::entities::{self, EntityRecord};
 use crate::store::keys::{self as key_rows, KeyRecord};
 use crate::store::{Store, StoreError, now_ms};

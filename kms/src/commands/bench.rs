@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::card::{self, CardKey, FROM_CARD, Op, TO_CARD};
 use crate::hsm::{
     EcbDerive, Exportability, Hsm, HsmError, HsmSession, KeyRole, KeySpec, ObjectId,
     SecretAlgorithm,
 };
+use crate::ops::card_protocol::{self as card, CardKey, FROM_CARD, Op, TO_CARD};
 
 /// Token operations per card transaction, as the service performs them.
 pub const OPERATIONS: &str = "RB; derive K_C, CBC-decrypt C1, CBC-encrypt C2, GCM-seal RA||RB; \

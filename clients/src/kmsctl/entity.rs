@@ -1,0 +1,121 @@
+//! `kmsctl entity`: participants.
+
+use brandkms_proto::v1 as pb;
+use clap::{Subcommand, ValueEnum};
+
+use super::output::Output;
+use crate::sdk::{Client, ClientError};
+
+/// A participant's kind (`ENTITY_KIND_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub(super) enum KindArg {
+    Issuer,
+    PosCenter,
+    MmkCenter,
+    BankCenter,
+    MerchantTerminal,
+    Cybershop,
+    LoadingPortal,
+    ClearingHouse,
+    Officer,
+}
+
+impl From<KindArg> for pb::EntityKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Issuer => pb::EntityKind::Issuer,
+            KindArg::PosCenter => pb::EntityKind::PosCenter,
+            KindArg::MmkCenter => pb::EntityKind::MmkCenter,
+            KindArg::BankCenter => pb::EntityKind::BankCenter,
+            KindArg::MerchantTerminal => pb::EntityKind::MerchantTerminal,
+            KindArg::Cybershop => pb::EntityKind::Cybershop,
+            KindArg::LoadingPortal => pb::EntityKind::LoadingPortal,
+            KindArg::ClearingHouse => pb::EntityKind::ClearingHouse,
+            KindArg::Officer => pb::EntityKind::Officer,
+        }
+    }
+}
+
+/// `kmsctl entity ...`.
+#[derive(Debug, Subcommand)]
+pub(super) enum EntityCommand {
+    /// Register a participant.
+    Register {
+        /// Id: [a-z0-9._-]; its certificate's SAN URI is urn:brandkms:entity:<id>.
+        id: String,
+        /// issuer, pos_center, mmk_center, bank_center, merchant_terminal,
+        /// cybershop, loading_portal, clearing_house or officer.
+        #[arg(long, value_enum, ignore_case = true)]
+        kind: KindArg,
+        /// Readable name.
+        #[arg(long)]
+        name: String,
+        /// Issuers: online.
+        #[arg(long)]
+        online: bool,
+        /// Terminals: tamper-resistant.
+        #[arg(long)]
+        tamper_resistant: bool,
+    },
+    /// Suspend a participant.
+    Suspend {
+        /// Id.
+        id: String,
+    },
+    /// Resume a participant.
+    Resume {
+        /// Id.
+        id: String,
+    },
+    /// List participants.
+    List {
+        /// Only this kind.
+        #[arg(long, value_enum, ignore_case = true)]
+        kind: Option<KindArg>,
+    },
+}
+
+/// Runs an `entity` subcommand.
+pub(super) async fn run(
+    command: EntityCommand,
+    client: &Client,
+    out: &Output,
+) -> Result<(), ClientError> {
+    let mut admin = client.admin();
+    match command {
+        EntityCommand::Register {
+            id,
+            kind,
+            name,
+            online,
+            tamper_resistant,
+        } => out.entities(&[admin
+            .register_entity(pb::RegisterEntityRequest {
+                id,
+                kind: pb::EntityKind::from(kind) as i32,
+                name,
+                online,
+                tamper_resistant,
+            })
+            .await?]),
+        EntityCommand::Suspend { id } => {
+            out.entities(&[admin.suspend_entity(pb::EntityRef { id }).await?])
+        }
+        EntityCommand::Resume { id } => {
+            out.entities(&[admin.resume_entity(pb::EntityRef { id }).await?])
+        }
+        EntityCommand::List { kind } => {
+            let kind = kind.map_or(0, |k| pb::EntityKind::from(k) as i32);
+            out.entities(
+                &admin
+                    .list_entities_all(pb::ListEntitiesRequest {
+                        kind,
+                        ..Default::default()
+                    })
+                    .await?,
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The one way an operation asks the policy: [`authorize`] gathers the facts a
+//! decision needs from the store (the caller's tie-ups, the standing consents,
+//! whether it has a transport key), hands them to the pure
+//! `brandkms_policy::decide`, and turns a denial into [`OpsError::Denied`], which
+//! names the rule.
+
+use brandkms_policy::{Action, Decision, KeyState, Request, decide};
+
+use crate::ops::{Caller, OpsError};
+use crate::store::distribution::{self as consent_rows, ConsentRecord};
+use crate::store::entities::EntityRecord;
+use crate::store::keys::{self as key_rows, KeyRecord, KeyVersionRecord};
+use crate::store::tieups::{self as tie_rows, TieUpRecord};
+use crate::store::{Conn, StoreError};
+
+/// Transport keys are named `transport.<entity>`.
+pub fn transport_alias(entity_id: &str) -> String {
+    format!("transport.{entity_id}")
+}
+
+/// Asks the policy whether `caller` may do `action` with version `version` of
+/// `key` at `now`. Allowed: `Ok(())`; refused: [`OpsError::Denied`] with the
+/// rule's reason. Every card, settlement and distribution operation goes through
+/// here before it uses the token.
+pub async fn authorize(
+    conn: &mut Conn,
+    caller: &Caller,
+    key: &KeyRecord,
+    version: &KeyVersionRecord,
+    action: Action,
+    now: i64,
+) -> Result<(), OpsError> {
+    let (tie_ups, consents) = policy_facts(conn, &caller.entity.id).await?;
+    let transport_key = action == Action::Receive
+        && key_rows::versions(conn, &transport_alias(&caller.entity.id))
+            .await?
+            .iter()
+            .any(|t| t.state == KeyState::Active);
+    let decision = decide(&Request {
+        caller: &policy_entity(&caller.entity),
+        action,
+        key: &brandkms_policy::Key {
+            alias: key.alias.clone(),
+            class: key.class,
+            owner: key.owner_entity.clone(),
+            exportable: key.exportable,
+            state: version.state,
+        },
+        tie_ups: &tie_ups,
+        consents: &consents,
+        transport_key,
+        now,
+    });
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny(reason) => Err(OpsError::Denied(reason)),
+    }
+}
+
+/// The policy's view of an entity record.
+pub fn policy_entity(e: &EntityRecord) -> brandkms_policy::Entity {
+    brandkms_policy::Entity {
+        id: e.id.clone(),
+        kind: e.kind,
+        status: e.status,
+        tamper_resistant: e.tamper_resistant,
+    }
+}
+
+/// The policy's view of a tie-up record.
+pub fn policy_tie_up(t: &TieUpRecord) -> brandkms_policy::TieUp {
+    brandkms_policy::TieUp {
+        id: t.id.clone(),
+        entity_id: t.entity_id.clone(),
+        state: t.state,
+        keys: t.keys.clone(),
+        valid_from: t.valid_from,
+        valid_until: t.valid_until,
+        sponsor_issuer: t.sponsor_issuer.clone(),
+        per_transaction_limit: t.per_transaction_limit,
+    }
+}
+
+/// The facts a decision about `entity_id` needs: its tie-ups and the standing
+/// consents concerning it.
+pub async fn policy_facts(
+    conn: &mut Conn,
+    entity_id: &str,
+) -> Result<(Vec<brandkms_policy::TieUp>, Vec<brandkms_policy::Consent>), StoreError> {
+    let tie_ups = tie_rows::list(conn, Some(entity_id))
+        .await?
+        .iter()
+        .map(policy_tie_up)
+        .collect();
+    let consents = consent_rows::consents(conn, Some(entity_id))
+        .await?
+        .into_iter()
+        .filter(ConsentRecord::standing)
+        .map(|c| brandkms_policy::Consent {
+            issuer: c.issuer,
+            third_party: c.third_party,
+            alias: c.alias,
+        })
+        .collect();
+    Ok((tie_ups, consents))
+}

@@ -1,0 +1,195 @@
+//! What every domain operation works with: the shared state, the authenticated
+//! caller, and the domain error. No gRPC types here; `service` maps [`OpsError`]
+//! to a status.
+
+use std::sync::Arc;
+
+use brandkms_policy::DenyReason;
+
+use crate::audit::{ApprovalClosing, AuditError, AuditEvent, Auditor, Outcome};
+use crate::clock::Clock;
+use crate::config::ServiceSettings;
+use crate::hsm::{Hsm, HsmError, OaepHash, ObjectId};
+use crate::ops::versions::KeyError;
+use crate::store::entities::EntityRecord;
+use crate::store::{Store, StoreError, Tx};
+
+/// What every operation shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The token.
+    pub hsm: Hsm,
+    /// The metadata store.
+    pub store: Store,
+    /// The audit trail.
+    pub auditor: Auditor,
+    /// The token key that seals card sessions' nonces (`brandkms.session-seal`).
+    pub seal_key: ObjectId,
+    /// The OAEP hash new settlement keys use: SHA-256 when the token decrypts
+    /// with it (probed at start), else SHA-1.
+    pub oaep_hash: OaepHash,
+    /// The clock.
+    pub clock: Clock,
+    /// Timings.
+    pub settings: ServiceSettings,
+}
+
+impl AppState {
+    /// Begins a write transaction whose first act is to append `event` (taking the
+    /// audit chain's head, which serialises writers). The record commits with the
+    /// state change, or not at all.
+    pub async fn begin_audited(&self, event: &AuditEvent) -> Result<Tx, OpsError> {
+        let mut tx = self.store.begin().await?;
+        self.auditor.append(&mut tx, event).await?;
+        Ok(tx)
+    }
+}
+
+/// The state operations share, behind an `Arc`.
+pub type Shared = Arc<AppState>;
+
+/// The authenticated caller, put in the request's extensions by the server's
+/// identity layer.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The registered, active entity.
+    pub entity: EntityRecord,
+    /// SHA-256 of its certificate, hex.
+    pub fingerprint: String,
+    /// Set while this officer carries out an approved proposal: the operation's
+    /// audit record closes the approval.
+    pub approving: Option<ApprovalClosing>,
+}
+
+impl Caller {
+    /// The start of an audit record for an operation by this caller.
+    pub fn event(&self, operation: &str) -> AuditEvent {
+        let mut e = AuditEvent::allowed(&self.entity.id, operation);
+        e.cert_fingerprint = Some(self.fingerprint.clone());
+        e.closes_approval = self.approving.clone();
+        e
+    }
+
+    /// An allowed operation by this caller, with a note on what it concerned.
+    pub fn event_about(&self, operation: &str, about: String) -> AuditEvent {
+        self.event(operation).outcome(Outcome::Allowed, Some(about))
+    }
+}
+
+/// Why an operation did not succeed. `service` maps each variant to one gRPC
+/// status; internal details go to the log, never to the caller.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum OpsError {
+    /// Malformed input.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The thing named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Not in a state that allows it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A concurrent change won; retry.
+    #[error("{0}")]
+    Aborted(String),
+    /// Policy refused it, naming the rule.
+    #[error("{0}")]
+    Denied(DenyReason),
+    /// The caller is not who it must be.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not act.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Something failed inside; the detail is logged.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Shorthand for malformed input.
+pub fn invalid(msg: impl Into<String>) -> OpsError {
+    OpsError::InvalidArgument(msg.into())
+}
+
+impl OpsError {
+    /// How the audit trail records it.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            OpsError::Denied(_) | OpsError::Unauthenticated(_) | OpsError::PermissionDenied(_) => {
+                Outcome::Denied
+            }
+            _ => Outcome::Failed,
+        }
+    }
+
+    /// The reason the audit trail records (no internal detail).
+    pub fn audit_reason(&self) -> String {
+        match self {
+            OpsError::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for OpsError {
+    fn from(e: StoreError) -> Self {
+        OpsError::Internal(format!("store: {e}"))
+    }
+}
+
+impl From<HsmError> for OpsError {
+    fn from(e: HsmError) -> Self {
+        match e {
+            HsmError::MechanismUnavailable { .. } => OpsError::FailedPrecondition(e.to_string()),
+            other => OpsError::Internal(format!("hsm: {other}")),
+        }
+    }
+}
+
+impl From<AuditError> for OpsError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::ApprovalNotPending(_) => OpsError::FailedPrecondition(e.to_string()),
+            other => OpsError::Internal(format!("audit: {other}")),
+        }
+    }
+}
+
+impl From<KeyError> for OpsError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Hsm(h) => h.into(),
+            KeyError::Store(s) if s.is_unique_violation() => {
+                OpsError::Aborted("a concurrent change to this key won; retry".to_string())
+            }
+            KeyError::Store(s) => s.into(),
+            KeyError::Audit(a) => a.into(),
+        }
+    }
+}
+
+/// Names (aliases, entity ids): `[a-z0-9._-]`, 1 to 64 characters.
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_lowercase_and_bounded() {
+        assert!(valid_name("key-a.v2_x"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("Key"));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(&"a".repeat(65)));
+        assert!(valid_name(&"a".repeat(64)));
+    }
+}

@@ -1,0 +1,248 @@
+//! The operations dual control may hold (DESIGN.md §3, rule 7): each runs, or
+//! is checked as far as it can be now and becomes a proposal for a second
+//! officer; `carry_out` runs an approved proposal's request.
+
+use brandkms_policy::{SensitiveOperation, TieUpMode, widens_supply};
+use brandkms_proto::v1 as pb;
+use prost::Message;
+
+use super::AdminService;
+use crate::ops::approvals::{self, Change};
+use crate::ops::authorize::policy_tie_up;
+use crate::ops::keys::{self, DEFAULT_WAITING_DAYS, KeyView};
+use crate::ops::tieups::{self, CreateTieUp, UpdateTieUp};
+use crate::ops::{Caller, OpsError, invalid};
+use crate::service::convert::{self, name, version};
+use crate::store::approvals::ApprovalRecord;
+use crate::store::tieups::TieUpRecord;
+
+pub(super) const ROTATE: &str = "Admin/RotateKey";
+pub(super) const DESTROY: &str = "Admin/ScheduleKeyVersionDestruction";
+pub(super) const CREATE_TIE_UP: &str = "Admin/CreateTieUp";
+pub(super) const UPDATE_TIE_UP: &str = "Admin/UpdateTieUp";
+
+pub(super) fn key_change(change: Change<KeyView>) -> pb::KeyChange {
+    pb::KeyChange {
+        result: Some(match change {
+            Change::Done(view) => pb::key_change::Result::Key(view.into()),
+            Change::Held(a) => pb::key_change::Result::Pending(convert::approval(&a, a.created_at)),
+        }),
+    }
+}
+
+pub(super) fn tie_up_change(change: Change<TieUpRecord>) -> pb::TieUpChange {
+    pb::TieUpChange {
+        result: Some(match change {
+            Change::Done(t) => pb::tie_up_change::Result::TieUp(t.into()),
+            Change::Held(a) => {
+                pb::tie_up_change::Result::Pending(convert::approval(&a, a.created_at))
+            }
+        }),
+    }
+}
+
+fn waiting_days(days: Option<u32>) -> Result<u32, OpsError> {
+    match days {
+        None => Ok(DEFAULT_WAITING_DAYS),
+        Some(0) => Err(invalid("waiting period must be at least 1 day")),
+        Some(d) if d > 3650 => Err(invalid("waiting period must be at most 3650 days")),
+        Some(d) => Ok(d),
+    }
+}
+
+/// What an approved operation ran, for the caller.
+fn done<T>(change: Change<T>) -> Result<T, OpsError> {
+    match change {
+        Change::Done(v) => Ok(v),
+        Change::Held(a) => Err(OpsError::Internal(format!(
+            "carrying out an approval was held again as {}",
+            a.id
+        ))),
+    }
+}
+
+/// The four sensitive operations: each runs, or under dual control is checked
+/// as far as it can be now and becomes a proposal.
+impl AdminService {
+    pub(super) async fn rotate(
+        &self,
+        caller: &Caller,
+        r: &pb::RotateKeyRequest,
+    ) -> Result<Change<KeyView>, OpsError> {
+        let alias = name("alias", &r.alias)?;
+        let view = keys::get(self.state(), &alias).await?;
+        let rule = SensitiveOperation::RotateKey;
+        if approvals::holds(self.state(), caller, rule, Some(view.key.class)) {
+            let next = view.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            let summary = format!(
+                "rotate {} key {alias}: version {next} becomes active",
+                view.key.class
+            );
+            let key = Some((alias.as_str(), None));
+            let held = approvals::propose(self.state(), caller, ROTATE, rule, summary, key, r);
+            return held.await.map(Change::Held);
+        }
+        keys::rotate(self.state(), caller, &alias)
+            .await
+            .map(Change::Done)
+    }
+
+    pub(super) async fn schedule_destruction(
+        &self,
+        caller: &Caller,
+        r: &pb::ScheduleKeyVersionDestructionRequest,
+    ) -> Result<Change<KeyView>, OpsError> {
+        let alias = name("alias", &r.alias)?;
+        let days = waiting_days(r.waiting_days)?;
+        let view = keys::get(self.state(), &alias).await?;
+        let record = match version(r.version) {
+            Some(v) => view
+                .versions
+                .iter()
+                .find(|x| x.version == v)
+                .ok_or_else(|| OpsError::NotFound(format!("key {alias:?} has no version {v}")))?,
+            None => view
+                .versions
+                .iter()
+                .find(|x| x.state == brandkms_policy::KeyState::Active)
+                .ok_or_else(|| {
+                    OpsError::FailedPrecondition(format!("key {alias:?} has no active version"))
+                })?,
+        };
+        let v = record.version;
+        let rule = SensitiveOperation::DestroyKeyVersion;
+        if approvals::holds(self.state(), caller, rule, Some(view.key.class)) {
+            keys::check_schedulable(&view.key, record)?;
+            let summary = format!(
+                "destroy version {v} of {} key {alias} after a waiting period of {days} days",
+                view.key.class
+            );
+            let held = approvals::propose(
+                self.state(),
+                caller,
+                DESTROY,
+                rule,
+                summary,
+                Some((alias.as_str(), Some(v))),
+                r,
+            );
+            return held.await.map(Change::Held);
+        }
+        keys::schedule_destruction(self.state(), caller, &alias, v, days)
+            .await
+            .map(Change::Done)
+    }
+
+    pub(super) async fn create_tie_up_change(
+        &self,
+        caller: &Caller,
+        r: &pb::CreateTieUpRequest,
+    ) -> Result<Change<TieUpRecord>, OpsError> {
+        let input = CreateTieUp::try_from(r.clone())?;
+        let rule = SensitiveOperation::CreateSupplyTieUp;
+        let supplies = input.keys.iter().any(|(_, m)| *m == TieUpMode::Supply);
+        if supplies && approvals::holds(self.state(), caller, rule, None) {
+            let now = self.state().clock.now_ms();
+            let mut conn = self.state().store.conn().await?;
+            tieups::check_create(&mut conn, &input, now).await?;
+            drop(conn);
+            let sponsor = input
+                .sponsor_issuer
+                .as_deref()
+                .map(|s| format!(", brought in by {s}"))
+                .unwrap_or_default();
+            let summary = format!(
+                "create a tie-up for {} covering {}{sponsor}",
+                input.entity_id,
+                covered(&input.keys)
+            );
+            let held =
+                approvals::propose(self.state(), caller, CREATE_TIE_UP, rule, summary, None, r);
+            return held.await.map(Change::Held);
+        }
+        tieups::create(self.state(), caller, input)
+            .await
+            .map(Change::Done)
+    }
+
+    pub(super) async fn update_tie_up_change(
+        &self,
+        caller: &Caller,
+        r: &pb::UpdateTieUpRequest,
+    ) -> Result<Change<TieUpRecord>, OpsError> {
+        let input = UpdateTieUp::try_from(r.clone())?;
+        let rule = SensitiveOperation::WidenSupplyTieUp;
+        if approvals::holds(self.state(), caller, rule, None) {
+            let now = self.state().clock.now_ms();
+            let mut conn = self.state().store.conn().await?;
+            let (before, after) = tieups::updated(&mut conn, &input, now).await?;
+            drop(conn);
+            if widens_supply(&policy_tie_up(&before), &policy_tie_up(&after)) {
+                let until = after
+                    .valid_until
+                    .map_or_else(|| "open-ended".to_string(), crate::clock::rfc3339);
+                let summary = format!(
+                    "widen tie-up {} of {}: {} covering {}, from {} until {until}",
+                    after.id,
+                    after.entity_id,
+                    after.state,
+                    covered(&after.keys),
+                    crate::clock::rfc3339(after.valid_from),
+                );
+                let held =
+                    approvals::propose(self.state(), caller, UPDATE_TIE_UP, rule, summary, None, r);
+                return held.await.map(Change::Held);
+            }
+        }
+        tieups::update(self.state(), caller, input)
+            .await
+            .map(Change::Done)
+    }
+
+    /// Runs an approved proposal's request as `acting` (the approving officer).
+    pub(super) async fn carry_out(
+        &self,
+        acting: &Caller,
+        record: &ApprovalRecord,
+    ) -> Result<pb::approve_response::Result, OpsError> {
+        use pb::approve_response::Result as Produced;
+        let payload = hex::decode(&record.payload)
+            .map_err(|e| OpsError::Internal(format!("approval {}: {e}", record.id)))?;
+        let bad = |e: prost::DecodeError| {
+            OpsError::Internal(format!("approval {} payload: {e}", record.id))
+        };
+        match record.operation.as_str() {
+            ROTATE => {
+                let r = pb::RotateKeyRequest::decode(payload.as_slice()).map_err(bad)?;
+                Ok(Produced::Key(done(self.rotate(acting, &r).await?)?.into()))
+            }
+            DESTROY => {
+                let r = pb::ScheduleKeyVersionDestructionRequest::decode(payload.as_slice())
+                    .map_err(bad)?;
+                let view = done(self.schedule_destruction(acting, &r).await?)?;
+                Ok(Produced::Key(view.into()))
+            }
+            CREATE_TIE_UP => {
+                let r = pb::CreateTieUpRequest::decode(payload.as_slice()).map_err(bad)?;
+                let t = done(self.create_tie_up_change(acting, &r).await?)?;
+                Ok(Produced::TieUp(t.into()))
+            }
+            UPDATE_TIE_UP => {
+                let r = pb::UpdateTieUpRequest::decode(payload.as_slice()).map_err(bad)?;
+                let t = done(self.update_tie_up_change(acting, &r).await?)?;
+                Ok(Produced::TieUp(t.into()))
+            }
+            other => Err(OpsError::Internal(format!(
+                "approval {} holds an unknown operation {other:?}",
+                record.id
+            ))),
+        }
+    }
+}
+
+fn covered(keys: &[(String, TieUpMode)]) -> String {
+    keys.iter()
+        .map(|(a, m)| format!("{a}:{m}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
