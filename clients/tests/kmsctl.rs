@@ -282,33 +282,49 @@ async fn kmsctl_proposes_approves_and_rejects_under_dual_control() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn the_server_offers_reflection() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+/// The services a reflection client of version `$v` (`v1`, `v1alpha`) lists.
+macro_rules! reflected_services {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::ServerReflectionRequest;
+        use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected reflection answer");
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
 
+#[tokio::test]
+async fn the_server_offers_reflection_v1_and_v1alpha() {
     let server = TestServer::start(brandkms::testing::sqlite_db()).await;
     let client = server.client("officer-1").await;
-    let mut reflection = ServerReflectionClient::new(client.channel());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+    let v1 = reflected_services!(v1, client.channel());
+    assert!(v1.contains(&"brandkms.v1.Admin".to_string()), "{v1:?}");
+    // Python's grpcio-reflection client speaks only v1alpha.
+    let v1alpha = reflected_services!(v1alpha, client.channel());
+    let brand = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| n.starts_with("brandkms."))
+            .cloned()
+            .collect()
     };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection answer");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"brandkms.v1.Admin".to_string()),
-        "{names:?}"
-    );
+    assert_eq!(brand(&v1alpha), brand(&v1));
+    assert!(v1alpha.contains(&"grpc.reflection.v1alpha.ServerReflection".to_string()));
     server.stop().await;
 }

@@ -698,7 +698,7 @@ async fn every_list_pages_and_list_audit_pages_through_2500_records() {
                 .list_keys(pb::ListKeysRequest {
                     page_size: 1,
                     page_token: token,
-                    ..Default::default()
+                    ..card_access()
                 })
                 .await
                 .unwrap();

@@ -95,9 +95,7 @@ pub async fn establish_transport_key(
         role: KeyRole::Transport,
         export: Exportability::WrappedOnly,
     };
-    let fingerprint = crate::server::identity::fingerprint(
-        &rustls::pki_types::CertificateDer::from(spki_der.to_vec()),
-    );
+    let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(spki_der));
     let (version, wrapped) = create_version_with(
         &state.hsm,
         &state.store,
