@@ -26,7 +26,7 @@ pub(super) enum AuditCommand {
         #[arg(long)]
         operation: Option<String>,
         /// At most this many, the newest (default 100).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
     /// Verify the whole chain (hashes and token MACs).

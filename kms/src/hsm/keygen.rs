@@ -3,7 +3,9 @@
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
+#[cfg(any(test, feature = "testing"))]
+use cryptoki::object::AttributeType;
+use cryptoki::object::{Attribute, ObjectHandle};
 
 use super::session::{GeneratedKey, HsmSession};
 use super::spec::{KeySpec, ObjectId, token_key_template};

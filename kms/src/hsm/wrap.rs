@@ -3,11 +3,14 @@
 
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
+#[cfg(any(test, feature = "testing"))]
 use cryptoki::object::Attribute;
 
-use super::session::{HsmSession, Kcv, SessionKey};
+use super::HsmError;
+use super::session::{HsmSession, SessionKey};
 use super::spec::ObjectId;
-use super::{HsmError, lock};
+#[cfg(any(test, feature = "testing"))]
+use super::{lock, session::Kcv};
 
 impl<'a> HsmSession<'a> {
     /// Wraps `key` under the AES key `wrapping` with `CKM_AES_KEY_WRAP_PAD` (RFC 5649).

@@ -30,7 +30,7 @@ pub async fn authorize(
     action: Action,
     now: i64,
 ) -> Result<(), OpsError> {
-    let (tie_ups, consents) = policy_facts(conn, &caller.entity.id).await?;
+    let (tie_ups, consents) = policy_facts(conn, &caller.entity.id, action).await?;
     let transport_key = action == Action::Receive
         && key_rows::versions(conn, &transport_alias(&caller.entity.id))
             .await?
@@ -81,17 +81,22 @@ pub fn policy_tie_up(t: &TieUpRecord) -> brandkms_policy::TieUp {
     }
 }
 
-/// The facts a decision about `entity_id` needs: its tie-ups and the standing
-/// consents concerning it.
+/// The facts a decision about `entity_id` doing `action` needs: its tie-ups and,
+/// for a delivery (the only action rule 4 concerns), the standing consents
+/// concerning it.
 pub async fn policy_facts(
     conn: &mut Conn,
     entity_id: &str,
+    action: Action,
 ) -> Result<(Vec<brandkms_policy::TieUp>, Vec<brandkms_policy::Consent>), StoreError> {
     let tie_ups = tie_rows::list(conn, Some(entity_id))
         .await?
         .iter()
         .map(policy_tie_up)
         .collect();
+    if action != Action::Receive {
+        return Ok((tie_ups, Vec::new()));
+    }
     let consents = consent_rows::consents(conn, Some(entity_id))
         .await?
         .into_iter()

@@ -98,12 +98,6 @@ pub enum OpsError {
     /// Policy refused it, naming the rule.
     #[error("{0}")]
     Denied(DenyReason),
-    /// The caller is not who it must be.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The caller is known but may not act.
-    #[error("{0}")]
-    PermissionDenied(String),
     /// Something failed inside; the detail is logged.
     #[error("internal error: {0}")]
     Internal(String),
@@ -118,9 +112,7 @@ impl OpsError {
     /// How the audit trail records it.
     pub fn outcome(&self) -> Outcome {
         match self {
-            OpsError::Denied(_) | OpsError::Unauthenticated(_) | OpsError::PermissionDenied(_) => {
-                Outcome::Denied
-            }
+            OpsError::Denied(_) => Outcome::Denied,
             _ => Outcome::Failed,
         }
     }

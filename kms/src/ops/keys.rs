@@ -196,7 +196,9 @@ pub fn check_transition(
     }
 }
 
-/// The version number asked for, or the active version's when `None`.
+/// The version number asked for, or the active version's when `None`; read
+/// before the change's transaction begins (its audit record names the version),
+/// so the transaction checks it with [`still_named`].
 async fn resolve(state: &AppState, alias: &str, version: Option<u32>) -> Result<u32, OpsError> {
     match version {
         Some(v) => Ok(v),
@@ -205,6 +207,18 @@ async fn resolve(state: &AppState, alias: &str, version: Option<u32>) -> Result<
             Ok(key_version(&mut conn, alias, None).await?.1.version)
         }
     }
+}
+
+/// Inside the transaction: when the caller named the active version (`asked`
+/// is `None`), the version resolved before must still be the active one.
+fn still_named(asked: Option<u32>, v: &KeyVersionRecord) -> Result<(), OpsError> {
+    if asked.is_none() && v.state != KeyState::Active {
+        return Err(OpsError::Aborted(format!(
+            "the active version of {:?} changed while the request ran; retry",
+            v.alias
+        )));
+    }
+    Ok(())
 }
 
 /// Sets a version's state (active, auth_only / decrypt_only, retired); `None`
@@ -216,7 +230,8 @@ pub async fn set_state(
     version: Option<u32>,
     to: KeyState,
 ) -> Result<KeyView, OpsError> {
-    let version = resolve(state, alias, version).await?;
+    let asked = version;
+    let version = resolve(state, alias, asked).await?;
     let mut tx = state
         .begin_audited(
             &caller
@@ -226,6 +241,7 @@ pub async fn set_state(
         )
         .await?;
     let (key, v) = key_version(&mut tx, alias, Some(version)).await?;
+    still_named(asked, &v)?;
     let other_active = rows::versions(&mut tx, alias)
         .await?
         .iter()

@@ -155,14 +155,15 @@ pub async fn public_key(
 /// RSA-OAEP decryption in the token for a clearing house with a tie-up on the
 /// key, or the owner of an entity-owned key. A version that is not `active` or
 /// `decrypt_only` is refused (`FailedPrecondition`); a ciphertext that does not
-/// decrypt, for whatever reason, gets [`DECRYPTION_FAILED`].
+/// decrypt, for whatever reason, gets [`DECRYPTION_FAILED`]. Answers the
+/// version used and the plaintext.
 pub async fn decrypt(
     state: &AppState,
     caller: &Caller,
     alias: &str,
     version: Option<u32>,
     ciphertext: Vec<u8>,
-) -> Result<Zeroizing<Vec<u8>>, OpsError> {
+) -> Result<(u32, Zeroizing<Vec<u8>>), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
     let (key, v, hash) = settlement_version(&mut conn, alias, version).await?;
@@ -179,7 +180,7 @@ pub async fn decrypt(
         .hsm
         .run(move |s| s.rsa_oaep_decrypt(&id, hash, &ciphertext))
         .await?;
-    plain.ok_or_else(|| invalid(DECRYPTION_FAILED))
+    Ok((v.version, plain.ok_or_else(|| invalid(DECRYPTION_FAILED))?))
 }
 
 /// A PSS (SHA-256) signature with the active version, for a clearing house with
@@ -206,25 +207,27 @@ pub async fn sign(
 }
 
 /// Verifies a PSS (SHA-256) signature under a version's public key; anyone.
+/// Answers the version used and whether the signature is valid.
 pub async fn verify(
     state: &AppState,
     alias: &str,
     version: Option<u32>,
     data: Vec<u8>,
     signature: Vec<u8>,
-) -> Result<bool, OpsError> {
+) -> Result<(u32, bool), OpsError> {
     let mut conn = state.store.conn().await?;
     let (_, v, _) = settlement_version(&mut conn, alias, version).await?;
     drop(conn);
     usable(&v, alias)?;
     let id = v.cka_id;
-    Ok(state
+    let valid = state
         .hsm
         .run(move |s| {
             let (modulus, exponent) = s.rsa_public(&id)?;
             s.rsa_pss_verify(&modulus, &exponent, &data, &signature)
         })
-        .await?)
+        .await?;
+    Ok((v.version, valid))
 }
 
 /// A settlement key version ready to decrypt for one caller.
@@ -284,6 +287,9 @@ impl StreamDecryptor {
                 Some(p) => p.clone(),
                 None => {
                     let p = self.prepare(&blob.alias, blob.version).await;
+                    if let Err(OpsError::Internal(detail)) = &p {
+                        tracing::error!(%detail, "DecryptStream: preparing a key version failed");
+                    }
                     cache.insert(key, p.clone());
                     p
                 }
@@ -300,7 +306,14 @@ impl StreamDecryptor {
         self.state
             .hsm
             .run(move |s| s.rsa_oaep_decrypt(&prepared.id, prepared.hash, &ciphertext))
-            .await?
+            .await
+            .map_err(|e| match OpsError::from(e) {
+                OpsError::Internal(detail) => {
+                    tracing::error!(%detail, "DecryptStream: the token failed");
+                    OpsError::Internal(detail)
+                }
+                other => other,
+            })?
             .ok_or_else(|| invalid(DECRYPTION_FAILED))
     }
 }
@@ -364,6 +377,7 @@ pub async fn generate_mac(
 }
 
 /// Checks a MAC in the token (an entity with a tie-up on the key, e.g. a store).
+/// Answers the version used and whether the MAC is valid.
 pub async fn verify_mac(
     state: &AppState,
     caller: &Caller,
@@ -371,18 +385,19 @@ pub async fn verify_mac(
     version: Option<u32>,
     data: Vec<u8>,
     mac: Vec<u8>,
-) -> Result<bool, OpsError> {
+) -> Result<(u32, bool), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
     let (key, v) = key_version(&mut conn, alias, version).await?;
     authorize(&mut conn, caller, &key, &v, Action::VerifyMac, now).await?;
     drop(conn);
     if mac.len() != 32 {
-        return Ok(false);
+        return Ok((v.version, false));
     }
     let id = v.cka_id;
-    Ok(state
+    let valid = state
         .hsm
         .run(move |s| s.hmac_sha256_verify(&id, &data, &mac))
-        .await?)
+        .await?;
+    Ok((v.version, valid))
 }

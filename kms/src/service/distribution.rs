@@ -138,7 +138,12 @@ impl KeyDistribution for DistributionService {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let result = async {
-            let page = PageRequest::new("entitled-keys", &[], r.page_size, &r.page_token)?;
+            let page = PageRequest::new(
+                "entitled-keys",
+                &[&caller.entity.id],
+                r.page_size,
+                &r.page_token,
+            )?;
             let list = ops::entitlements(self.state(), &caller).await?;
             Ok(page.page(list, |e| format!("{}|{}", e.key.alias, e.tie_up_id)))
         }
@@ -185,7 +190,8 @@ impl KeyDistribution for DistributionService {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let result = async {
-            let page = PageRequest::new("consents", &[], r.page_size, &r.page_token)?;
+            let page =
+                PageRequest::new("consents", &[&caller.entity.id], r.page_size, &r.page_token)?;
             let list = ops::list_consents(self.state(), &caller).await?;
             Ok(page.page(list, |c| {
                 format!("{}|{}|{}", c.issuer, c.third_party, c.alias)

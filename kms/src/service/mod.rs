@@ -31,22 +31,29 @@ pub fn to_status(e: &OpsError) -> Status {
         OpsError::AlreadyExists(m) => Status::already_exists(m),
         OpsError::FailedPrecondition(m) => Status::failed_precondition(m),
         OpsError::Aborted(m) => Status::aborted(m),
-        OpsError::Denied(r) => Status::with_error_details(
-            Code::PermissionDenied,
-            r.to_string(),
-            ErrorDetails::with_error_info(
-                r.code(),
-                ERROR_DOMAIN,
-                [("rule".to_string(), r.rule().to_string())],
-            ),
-        ),
-        OpsError::Unauthenticated(m) => Status::unauthenticated(m),
-        OpsError::PermissionDenied(m) => Status::permission_denied(m),
+        OpsError::Denied(r) => {
+            // The rule's number, for the seven rules of DESIGN.md §3; the key-state
+            // and consent reasons belong to no numbered rule.
+            let metadata: std::collections::HashMap<String, String> = (r.rule() > 0)
+                .then(|| ("rule".to_string(), r.rule().to_string()))
+                .into_iter()
+                .collect();
+            Status::with_error_details(
+                Code::PermissionDenied,
+                r.to_string(),
+                ErrorDetails::with_error_info(r.code(), ERROR_DOMAIN, metadata),
+            )
+        }
         OpsError::Internal(detail) => {
             tracing::error!(%detail, "internal error");
-            Status::internal("internal error; the server log has the details")
+            internal_status()
         }
     }
+}
+
+/// What a caller sees of an internal failure (the detail is in the log).
+pub fn internal_status() -> Status {
+    Status::internal("internal error; the server log has the details")
 }
 
 /// Runs an operation for `caller`; when it fails, records the failure (with its

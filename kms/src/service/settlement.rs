@@ -125,7 +125,8 @@ impl Settlement for SettlementService {
             ops::public_key(self.state(), &alias, version(r.version)).await
         }
         .await;
-        let key = Some((r.alias.as_str(), version(r.version)));
+        let used = result.as_ref().map(|p| p.version.version).ok();
+        let key = Some((r.alias.as_str(), used.or(version(r.version))));
         let p = audited_read(self.state(), &caller, OP, key, result).await?;
         Ok(Response::new(pb::PublicKey {
             alias: p.key.alias,
@@ -154,14 +155,8 @@ impl Settlement for SettlementService {
             ops::decrypt(self.state(), &caller, &alias, v, r.ciphertext).await
         }
         .await;
-        let plain = audited_read(
-            self.state(),
-            &caller,
-            OP,
-            Some((&key.0, version(key.1))),
-            result,
-        )
-        .await?;
+        let key = Some((key.0.as_str(), used(&result, version(key.1))));
+        let (_, plain) = audited_read(self.state(), &caller, OP, key, result).await?;
         Ok(Response::new(pb::DecryptResponse {
             plaintext: plain.to_vec(),
         }))
@@ -213,8 +208,8 @@ impl Settlement for SettlementService {
             ops::generate_mac(self.state(), &caller, &alias, r.data).await
         }
         .await;
-        let (version, mac) =
-            audited_read(self.state(), &caller, OP, Some((&alias_text, None)), result).await?;
+        let key = Some((alias_text.as_str(), used(&result, None)));
+        let (version, mac) = audited_read(self.state(), &caller, OP, key, result).await?;
         Ok(Response::new(pb::GenerateMacResponse { version, mac }))
     }
 
@@ -235,14 +230,8 @@ impl Settlement for SettlementService {
             ops::verify_mac(self.state(), &caller, &alias, v, r.data, r.mac).await
         }
         .await;
-        let valid = audited_read(
-            self.state(),
-            &caller,
-            OP,
-            Some((&key.0, version(key.1))),
-            result,
-        )
-        .await?;
+        let key = Some((key.0.as_str(), used(&result, version(key.1))));
+        let (_, valid) = audited_read(self.state(), &caller, OP, key, result).await?;
         Ok(Response::new(pb::VerifyResponse { valid }))
     }
 
@@ -265,21 +254,26 @@ impl Settlement for SettlementService {
             ops::verify(self.state(), &alias, v, r.data, r.signature).await
         }
         .await;
-        let valid = audited_read(
-            self.state(),
-            &caller,
-            OP,
-            Some((&key.0, version(key.1))),
-            result,
-        )
-        .await?;
+        let key = Some((key.0.as_str(), used(&result, version(key.1))));
+        let (_, valid) = audited_read(self.state(), &caller, OP, key, result).await?;
         Ok(Response::new(pb::VerifyResponse { valid }))
     }
 }
 
+/// The version an audit record names: the one the operation used, else the one
+/// the caller asked for (none: the active one, which was not reached).
+fn used<T>(result: &Result<(u32, T), OpsError>, asked: Option<u32>) -> Option<u32> {
+    result.as_ref().map(|(v, _)| *v).ok().or(asked)
+}
+
 /// One item's failure, with the code and message the unary call would give.
 fn item_error(e: &OpsError) -> pb::ItemError {
-    let status = to_status(e);
+    // An internal failure was logged where it happened (once per key version
+    // for a failed preparation, which every later item of the stream repeats).
+    let status = match e {
+        OpsError::Internal(_) => super::internal_status(),
+        other => to_status(other),
+    };
     pb::ItemError {
         code: status.code() as i32,
         message: status.message().to_string(),

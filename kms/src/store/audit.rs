@@ -131,8 +131,7 @@ pub async fn page(
     .collect()
 }
 
-/// Records matching the filter, in chain order (the newest `limit` of them).
-/// The records that match `f`, newest first.
+/// The records that match `f`, newest first, at most `f.limit`.
 pub async fn list(conn: &mut Conn, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
     let before = f.before_seq.map(seq_i64).transpose()?;
     sqlx::query(&format!(

@@ -315,7 +315,9 @@ impl Admin for AdminService {
                 let page =
                     PageRequest::new("tie-ups", &[&r.entity_id], r.page_size, &r.page_token)?;
                 let list = tieups::list(self.state(), entity.as_deref()).await?;
-                let page = page.page(list, |t| t.id.clone());
+                let page = page.page(list, |t| {
+                    format!("{}|{}|{}", t.entity_id, numeric_key(t.created_at), t.id)
+                });
                 Ok(pb::ListTieUpsResponse {
                     tie_ups: page.items.into_iter().map(Into::into).collect(),
                     next_page_token: page.next_page_token,
@@ -365,7 +367,8 @@ impl Admin for AdminService {
                 let asked = r.state.to_string();
                 let page = PageRequest::new("approvals", &[&asked], r.page_size, &r.page_token)?;
                 let list = approvals::list(self.state(), convert::approval_state(r.state)?).await?;
-                let page = page.page(list, |a| format!("{}|{}", numeric_key(a.created_at), a.id));
+                // Newest first, as the store gives them.
+                let page = page.page(list, |a| format!("{}|{}", numeric_key(-a.created_at), a.id));
                 let now = self.state().clock.now_ms();
                 Ok(pb::ListApprovalsResponse {
                     approvals: page
