@@ -774,3 +774,53 @@ async fn version_0_names_the_active_version_and_the_audit_names_the_number() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn verify_audit_during_concurrent_appends_never_reports_a_break() {
+    on_each_database(|s: TestServer| async move {
+        let officer = s.client("officer-1").await;
+        let mut admin = officer.admin();
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let state = std::sync::Arc::clone(&s.state);
+                tokio::spawn(async move {
+                    for i in 0..150u32 {
+                        let event = brandkms::audit::AuditEvent::allowed("officer-1", "Test/Load")
+                            .outcome(
+                                brandkms::audit::Outcome::Allowed,
+                                Some(format!("writer {w} record {i}")),
+                            );
+                        state.auditor.record(&state.store, &event).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut reports = Vec::new();
+        while !writers.iter().all(|w| w.is_finished()) {
+            reports.push(
+                admin
+                    .verify_audit(pb::VerifyAuditRequest::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert!(!reports.is_empty());
+        for r in &reports {
+            assert!(
+                r.intact,
+                "{}: a false alarm during appends: {r:?}",
+                s.backend
+            );
+        }
+        let last = admin
+            .verify_audit(pb::VerifyAuditRequest::default())
+            .await
+            .unwrap();
+        assert!(last.intact && last.records >= 600, "{last:?}");
+        s
+    })
+    .await;
+}

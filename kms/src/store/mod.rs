@@ -145,6 +145,21 @@ impl Store {
         })
     }
 
+    /// Begins a read-only transaction on one consistent snapshot: every read in
+    /// it sees the database as of its first read, whatever commits meanwhile
+    /// (SQLite in WAL mode: a deferred transaction's read snapshot; PostgreSQL:
+    /// `REPEATABLE READ`). Writers are not blocked.
+    pub async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN DEFERRED").await?,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+        })
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
