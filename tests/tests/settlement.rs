@@ -468,3 +468,114 @@ async fn decrypt_stream_of_ten_thousand_blobs() {
     assert_eq!((next, failed), (N, 1));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_suspension_or_a_terminated_tie_up_cuts_an_open_decrypt_stream_at_the_next_item() {
+    on_each_database(|s: TestServer| async move {
+        let officer = s.client("officer-1").await;
+        register(&officer, "clearing-house", pb::EntityKind::ClearingHouse).await;
+        settlement_key(&officer, "settle", "").await;
+        tie_up(
+            &officer,
+            "clearing-house",
+            "settle",
+            pb::TieUpMode::Hold,
+            None,
+        )
+        .await;
+        let clearing = s.client("clearing-house").await;
+        let p = public_key(&clearing, "settle", None).await;
+        let blob = || brandkms_clients::sdk::seal(&p, b"4111111111111111").unwrap();
+
+        // One stream, fed item by item.
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::DecryptItem>(1);
+        let mut results = clearing
+            .settlement()
+            .decrypt_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        let mut next = |index: u64| {
+            let (tx, blob) = (tx.clone(), blob());
+            async move {
+                tx.send(pb::DecryptItem { index, blob }).await.unwrap();
+            }
+        };
+        next(0).await;
+        let first = tokio_stream::StreamExt::next(&mut results)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            first.result,
+            Some(pb::decrypt_result::Result::Plaintext(_))
+        ));
+
+        officer
+            .admin()
+            .suspend_entity(pb::EntityRef {
+                id: "clearing-house".into(),
+            })
+            .await
+            .unwrap();
+        next(1).await;
+        let second = tokio_stream::StreamExt::next(&mut results)
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(pb::decrypt_result::Result::Error(e)) = second.result else {
+            panic!("decrypted for a suspended caller: {second:?}");
+        };
+        assert_eq!(
+            (e.code, e.reason.as_str()),
+            (Code::PermissionDenied as i32, "entity_suspended")
+        );
+
+        // Resumed, it decrypts again; then its tie-up ends, and the next item stops.
+        officer
+            .admin()
+            .resume_entity(pb::EntityRef {
+                id: "clearing-house".into(),
+            })
+            .await
+            .unwrap();
+        next(2).await;
+        let third = tokio_stream::StreamExt::next(&mut results)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            third.result,
+            Some(pb::decrypt_result::Result::Plaintext(_))
+        ));
+        let tie_up_id = officer
+            .admin()
+            .list_tie_ups_all(pb::ListTieUpsRequest {
+                entity_id: "clearing-house".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .remove(0)
+            .id;
+        officer
+            .admin()
+            .terminate_tie_up(pb::TieUpRef { id: tie_up_id })
+            .await
+            .unwrap();
+        next(3).await;
+        let fourth = tokio_stream::StreamExt::next(&mut results)
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(pb::decrypt_result::Result::Error(e)) = fourth.result else {
+            panic!("decrypted after the tie-up ended: {fourth:?}");
+        };
+        assert_eq!(
+            (e.code, e.reason.as_str()),
+            (Code::PermissionDenied as i32, "tie_up_terminated")
+        );
+        drop(tx);
+        s
+    })
+    .await;
+}

@@ -237,29 +237,32 @@ struct Prepared {
     hash: OaepHash,
 }
 
-/// Decrypts the sealed blobs of one `DecryptStream` for one caller: the policy
-/// and the key version are looked up once per (alias, version) of the stream.
+/// Decrypts the sealed blobs of one `DecryptStream` for one caller. The caller's
+/// standing is decided anew for every blob (the entity's status as stored now,
+/// the version's state, the policy), so a suspension, a terminated tie-up or a
+/// retired version stops the stream's next item, on whichever instance it runs.
 #[derive(Debug)]
 pub struct StreamDecryptor {
     state: std::sync::Arc<AppState>,
     caller: Caller,
-    prepared:
-        tokio::sync::Mutex<std::collections::HashMap<(String, u32), Result<Prepared, OpsError>>>,
 }
 
 impl StreamDecryptor {
     /// A decryptor for `caller`.
     pub fn new(state: std::sync::Arc<AppState>, caller: Caller) -> StreamDecryptor {
-        StreamDecryptor {
-            state,
-            caller,
-            prepared: tokio::sync::Mutex::new(std::collections::HashMap::new()),
-        }
+        StreamDecryptor { state, caller }
     }
 
     async fn prepare(&self, alias: &str, version: u32) -> Result<Prepared, OpsError> {
         let now = self.state.clock.now_ms();
         let mut conn = self.state.store.conn().await?;
+        let entity = entities::get(&mut conn, &self.caller.entity.id)
+            .await?
+            .ok_or_else(|| OpsError::Denied(brandkms_policy::DenyReason::EntitySuspended))?;
+        let caller = Caller {
+            entity,
+            ..self.caller.clone()
+        };
         let (key, v, hash) = settlement_version(&mut conn, alias, Some(version)).await?;
         if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
             return Err(OpsError::FailedPrecondition(format!(
@@ -267,7 +270,7 @@ impl StreamDecryptor {
                 v.state
             )));
         }
-        authorize(&mut conn, &self.caller, &key, &v, Action::Decrypt, now).await?;
+        authorize(&mut conn, &caller, &key, &v, Action::Decrypt, now).await?;
         Ok(Prepared { id: v.cka_id, hash })
     }
 
@@ -280,21 +283,7 @@ impl StreamDecryptor {
             BlobError::Length => invalid(DECRYPTION_FAILED),
             other => invalid(other.to_string()),
         })?;
-        let key = (blob.alias.clone(), blob.version);
-        let prepared = {
-            let mut cache = self.prepared.lock().await;
-            match cache.get(&key) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = self.prepare(&blob.alias, blob.version).await;
-                    if let Err(OpsError::Internal(detail)) = &p {
-                        tracing::error!(%detail, "DecryptStream: preparing a key version failed");
-                    }
-                    cache.insert(key, p.clone());
-                    p
-                }
-            }
-        }?;
+        let prepared = self.prepare(&blob.alias, blob.version).await?;
         let wanted = match prepared.hash {
             OaepHash::Sha1 => 1,
             OaepHash::Sha256 => 2,
@@ -306,14 +295,7 @@ impl StreamDecryptor {
         self.state
             .hsm
             .run(move |s| s.rsa_oaep_decrypt(&prepared.id, prepared.hash, &ciphertext))
-            .await
-            .map_err(|e| match OpsError::from(e) {
-                OpsError::Internal(detail) => {
-                    tracing::error!(%detail, "DecryptStream: the token failed");
-                    OpsError::Internal(detail)
-                }
-                other => other,
-            })?
+            .await?
             .ok_or_else(|| invalid(DECRYPTION_FAILED))
     }
 }

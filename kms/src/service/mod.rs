@@ -46,14 +46,9 @@ pub fn to_status(e: &OpsError) -> Status {
         }
         OpsError::Internal(detail) => {
             tracing::error!(%detail, "internal error");
-            internal_status()
+            Status::internal("internal error; the server log has the details")
         }
     }
-}
-
-/// What a caller sees of an internal failure (the detail is in the log).
-pub fn internal_status() -> Status {
-    Status::internal("internal error; the server log has the details")
 }
 
 /// Runs an operation for `caller`; when it fails, records the failure (with its

@@ -268,12 +268,7 @@ fn used<T>(result: &Result<(u32, T), OpsError>, asked: Option<u32>) -> Option<u3
 
 /// One item's failure, with the code and message the unary call would give.
 fn item_error(e: &OpsError) -> pb::ItemError {
-    // An internal failure was logged where it happened (once per key version
-    // for a failed preparation, which every later item of the stream repeats).
-    let status = match e {
-        OpsError::Internal(_) => super::internal_status(),
-        other => to_status(other),
-    };
+    let status = to_status(e);
     pb::ItemError {
         code: status.code() as i32,
         message: status.message().to_string(),
