@@ -494,7 +494,7 @@ async fn a_suspension_or_a_terminated_tie_up_cuts_an_open_decrypt_stream_at_the_
             .decrypt_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .unwrap();
-        let mut next = |index: u64| {
+        let next = |index: u64| {
             let (tx, blob) = (tx.clone(), blob());
             async move {
                 tx.send(pb::DecryptItem { index, blob }).await.unwrap();

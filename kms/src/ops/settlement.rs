@@ -258,7 +258,9 @@ impl StreamDecryptor {
         let mut conn = self.state.store.conn().await?;
         let entity = entities::get(&mut conn, &self.caller.entity.id)
             .await?
-            .ok_or_else(|| OpsError::Denied(brandkms_policy::DenyReason::EntitySuspended))?;
+            .ok_or(OpsError::Denied(
+                brandkms_policy::DenyReason::EntitySuspended,
+            ))?;
         let caller = Caller {
             entity,
             ..self.caller.clone()
