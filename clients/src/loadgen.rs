@@ -78,6 +78,30 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
         .unwrap_or_default()
 }
 
+/// One whole transaction: a DEBIT of 1 (the card refilled when empty).
+async fn purchase(
+    client: &Client,
+    card: &mut Card,
+    alias: &str,
+    service_code: u16,
+) -> Result<(), TransactionError> {
+    if card.balance == 0 {
+        card.balance = card.max_balance;
+    }
+    let currency = card.currency.clone();
+    terminal::transact(
+        client,
+        card,
+        alias,
+        service_code,
+        pb::CardOp::Debit,
+        1,
+        &currency,
+    )
+    .await
+    .map(|_| ())
+}
+
 async fn worker(
     client: Client,
     mut card: Card,
@@ -86,24 +110,10 @@ async fn worker(
     stop: Arc<AtomicBool>,
 ) -> Tally {
     let mut tally = Tally::default();
-    let currency = card.currency.clone();
     while !stop.load(Ordering::Relaxed) {
-        if card.balance == 0 {
-            card.balance = card.max_balance;
-        }
         let start = Instant::now();
-        match terminal::transact(
-            &client,
-            &mut card,
-            &alias,
-            service_code,
-            pb::CardOp::Debit,
-            1,
-            &currency,
-        )
-        .await
-        {
-            Ok(_) => tally.latencies.push(start.elapsed()),
+        match purchase(&client, &mut card, &alias, service_code).await {
+            Ok(()) => tally.latencies.push(start.elapsed()),
             Err(e) => {
                 tally.errors += 1;
                 tally.first_error.get_or_insert_with(|| e.to_string());
@@ -207,21 +217,8 @@ async fn open_loop(
         tokio::time::sleep_until(due).await;
         let (client, mut card, alias) = (client.clone(), card.clone(), alias.to_string());
         tasks.push(tokio::spawn(async move {
-            if card.balance == 0 {
-                card.balance = card.max_balance;
-            }
-            let currency = card.currency.clone();
-            let result = terminal::transact(
-                &client,
-                &mut card,
-                &alias,
-                service_code,
-                pb::CardOp::Debit,
-                1,
-                &currency,
-            )
-            .await;
-            (result.map(|_| ()), due.elapsed())
+            let result = purchase(&client, &mut card, &alias, service_code).await;
+            (result, due.elapsed())
         }));
     }
     let mut all = Tally::default();
