@@ -420,9 +420,9 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn decrypt_stream_of_ten_thousand_blobs() {
-    let s = TestServer::start(brandkms::testing::sqlite_db()).await;
+/// A clearing house with a tie-up on the settlement key `settle`: the officer's
+/// and the clearing house's clients, and the key's public half.
+async fn clearing_house_with_key(s: &TestServer) -> (Client, Client, pb::PublicKey) {
     let officer = s.client("officer-1").await;
     register(&officer, "clearing-house", pb::EntityKind::ClearingHouse).await;
     settlement_key(&officer, "settle", "").await;
@@ -436,6 +436,13 @@ async fn decrypt_stream_of_ten_thousand_blobs() {
     .await;
     let clearing = s.client("clearing-house").await;
     let p = public_key(&clearing, "settle", None).await;
+    (officer, clearing, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypt_stream_of_ten_thousand_blobs() {
+    let s = TestServer::start(brandkms::testing::sqlite_db()).await;
+    let (_officer, clearing, p) = clearing_house_with_key(&s).await;
     // 100 distinct blobs, each sent 100 times: 10,000 decryptions in the token.
     let blobs: Vec<Vec<u8>> = (0..100)
         .map(|i| brandkms_clients::sdk::seal(&p, format!("PAN-{i:04}").as_bytes()).unwrap())
@@ -487,19 +494,7 @@ async fn outcome(results: &mut tonic::Streaming<pb::DecryptResult>) -> (i32, Str
 #[tokio::test]
 async fn a_suspension_or_a_terminated_tie_up_cuts_an_open_decrypt_stream_at_the_next_item() {
     on_each_database(|s: TestServer| async move {
-        let officer = s.client("officer-1").await;
-        register(&officer, "clearing-house", pb::EntityKind::ClearingHouse).await;
-        settlement_key(&officer, "settle", "").await;
-        tie_up(
-            &officer,
-            "clearing-house",
-            "settle",
-            pb::TieUpMode::Hold,
-            None,
-        )
-        .await;
-        let clearing = s.client("clearing-house").await;
-        let p = public_key(&clearing, "settle", None).await;
+        let (officer, clearing, p) = clearing_house_with_key(&s).await;
         let blob = || brandkms_clients::sdk::seal(&p, b"4111111111111111").unwrap();
 
         // One stream, fed item by item.
