@@ -105,6 +105,7 @@ struct RawService {
     challenge_ttl_secs: Option<u64>,
     session_ttl_secs: Option<u64>,
     destruction_check_secs: Option<u64>,
+    refused_handshake_summary_secs: Option<u64>,
     dual_control: Option<Vec<String>>,
     approval_ttl_secs: Option<u64>,
 }
@@ -165,6 +166,8 @@ pub struct ServiceSettings {
     pub session_ttl_secs: u64,
     /// How often due key destructions are carried out.
     pub destruction_check_secs: u64,
+    /// How often the handshakes refused meanwhile are summarised in one audit record.
+    pub refused_handshake_summary_secs: u64,
     /// The Admin operations held for a second officer.
     pub dual_control: Vec<SensitiveOperation>,
     /// How long a proposal may wait for its approval.
@@ -177,6 +180,7 @@ impl Default for ServiceSettings {
             challenge_ttl_secs: 30,
             session_ttl_secs: 120,
             destruction_check_secs: 60,
+            refused_handshake_summary_secs: 60,
             dual_control: SensitiveOperation::DEFAULT.to_vec(),
             approval_ttl_secs: 86_400,
         }
@@ -325,6 +329,10 @@ impl Settings {
                 .service
                 .destruction_check_secs
                 .unwrap_or(defaults.destruction_check_secs),
+            refused_handshake_summary_secs: raw
+                .service
+                .refused_handshake_summary_secs
+                .unwrap_or(defaults.refused_handshake_summary_secs),
             dual_control: match raw.service.dual_control {
                 None => defaults.dual_control,
                 Some(names) => names
@@ -346,6 +354,10 @@ impl Settings {
             (
                 "service.destruction_check_secs",
                 service.destruction_check_secs,
+            ),
+            (
+                "service.refused_handshake_summary_secs",
+                service.refused_handshake_summary_secs,
             ),
             ("service.approval_ttl_secs", service.approval_ttl_secs),
         ] {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use brandkms_policy::{DenyReason, EntityStatus};
-use rustls::server::danger::ClientCertVerifier;
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -32,7 +31,6 @@ const INFRASTRUCTURE: &[&str] = &[
 #[derive(Clone)]
 pub struct AuthLayer {
     state: Shared,
-    brand_ca: Arc<dyn ClientCertVerifier>,
 }
 
 impl std::fmt::Debug for AuthLayer {
@@ -42,9 +40,10 @@ impl std::fmt::Debug for AuthLayer {
 }
 
 impl AuthLayer {
-    /// A layer that checks chains against `brand_ca` and entities in `state`'s store.
-    pub fn new(state: Shared, brand_ca: Arc<dyn ClientCertVerifier>) -> Self {
-        AuthLayer { state, brand_ca }
+    /// A layer that reads the caller from the verified certificate and checks
+    /// its entity in `state`'s store on every request.
+    pub fn new(state: Shared) -> Self {
+        AuthLayer { state }
     }
 }
 
@@ -55,7 +54,6 @@ impl<S> tower::Layer<S> for AuthLayer {
         Auth {
             inner,
             state: Arc::clone(&self.state),
-            brand_ca: Arc::clone(&self.brand_ca),
         }
     }
 }
@@ -65,7 +63,6 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     state: Shared,
-    brand_ca: Arc<dyn ClientCertVerifier>,
 }
 
 impl<S> std::fmt::Debug for Auth<S> {
@@ -98,7 +95,6 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = Arc::clone(&self.state);
-        let brand_ca = Arc::clone(&self.brand_ca);
         Box::pin(async move {
             let path = req.uri().path().to_string();
             let chain = req
@@ -106,7 +102,7 @@ where
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|info| info.peer_certs());
             let chain: &[_] = chain.as_deref().map(Vec::as_slice).unwrap_or_default();
-            match identify(&state, &brand_ca, chain, &path).await {
+            match identify(&state, chain, &path).await {
                 Ok(Some(caller)) => {
                     req.extensions_mut().insert(caller);
                     inner.call(req).await
@@ -127,7 +123,6 @@ pub fn operation_name(path: &str) -> String {
 
 async fn identify(
     state: &Shared,
-    brand_ca: &Arc<dyn ClientCertVerifier>,
     chain: &[rustls::pki_types::CertificateDer<'static>],
     path: &str,
 ) -> Result<Option<Caller>, Status> {
@@ -139,15 +134,12 @@ async fn identify(
         event.cert_fingerprint = fingerprint.clone();
         (event, outcome_status)
     };
-    let peer = match identity::identify(brand_ca, chain) {
+    let peer = match identity::identify(chain) {
         Ok(p) => p,
         Err(e) => {
             let (event, status) = refuse("unauthenticated", Status::unauthenticated(e.to_string()));
             record(state, &event).await?;
-            if matches!(
-                e,
-                IdentityError::NoCertificate | IdentityError::Untrusted(_)
-            ) {
+            if matches!(e, IdentityError::NoCertificate) {
                 tracing::warn!(%operation, error = %e, "refused a client certificate");
             }
             return Err(status);

@@ -2,10 +2,7 @@
 //! must chain to the brand CA, and its one SAN URI `urn:brandkms:entity:<id>`
 //! names the entity.
 
-use std::sync::Arc;
-
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::ClientCertVerifier;
+use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -19,9 +16,6 @@ pub enum IdentityError {
     /// No client certificate was presented.
     #[error("no client certificate")]
     NoCertificate,
-    /// The chain does not lead to the brand CA (or is expired, or not for clients).
-    #[error("client certificate does not chain to the brand CA: {0}")]
-    Untrusted(String),
     /// The certificate cannot be parsed.
     #[error("client certificate cannot be parsed")]
     Malformed,
@@ -44,15 +38,10 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     hex::encode(Sha256::digest(cert.as_ref()))
 }
 
-/// Checks the chain against the brand CA and reads the entity id.
-pub fn identify(
-    verifier: &Arc<dyn ClientCertVerifier>,
-    chain: &[CertificateDer<'static>],
-) -> Result<PeerIdentity, IdentityError> {
-    let (leaf, intermediates) = chain.split_first().ok_or(IdentityError::NoCertificate)?;
-    verifier
-        .verify_client_cert(leaf, intermediates, UnixTime::now())
-        .map_err(|e| IdentityError::Untrusted(e.to_string()))?;
+/// Reads the caller from the chain the TLS handshake verified against the brand
+/// CA (`server::tls` refuses any other at the handshake).
+pub fn identify(chain: &[CertificateDer<'static>]) -> Result<PeerIdentity, IdentityError> {
+    let leaf = chain.first().ok_or(IdentityError::NoCertificate)?;
     Ok(PeerIdentity {
         entity_id: entity_id(leaf)?,
         fingerprint: fingerprint(leaf),

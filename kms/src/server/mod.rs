@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod identity;
+pub mod refusals;
 pub mod tls;
 
 use std::future::Future;
@@ -143,6 +144,11 @@ impl Server {
             Arc::clone(&self.state),
             stop_rx.clone(),
         ));
+        let summaries = tokio::spawn(refusal_summaries(
+            Arc::clone(&self.state),
+            Arc::clone(&self.tls.refusals),
+            stop_rx.clone(),
+        ));
         let incoming = accept_tls(
             listener,
             TlsAcceptor::from(Arc::clone(&self.tls.config)),
@@ -165,10 +171,7 @@ impl Server {
             .map_err(|e| StartError::Serve(e.to_string()))?;
 
         let result = tonic::transport::Server::builder()
-            .layer(AuthLayer::new(
-                Arc::clone(&self.state),
-                Arc::clone(&self.tls.brand_ca),
-            ))
+            .layer(AuthLayer::new(Arc::clone(&self.state)))
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
@@ -189,6 +192,7 @@ impl Server {
             .await;
         let _ = stop_tx.send(true);
         let _ = scheduler.await;
+        let _ = summaries.await;
         self.state.store.close().await;
         result.map_err(|e| StartError::Serve(e.to_string()))
     }
@@ -223,13 +227,40 @@ fn accept_tls(
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    // Refused certificates are counted and logged at a bounded
+                    // rate by `refusals`; other failures only at debug level.
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Once per `service.refused_handshake_summary_secs`, and at shutdown: one audit
+/// record with the count and fingerprints of the handshakes refused since the
+/// last one (none when there were none).
+async fn refusal_summaries(
+    state: Shared,
+    refusals: Arc<refusals::HandshakeRefusals>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let period = Duration::from_secs(state.settings.refused_handshake_summary_secs);
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(period) => false,
+            _ = stop.changed() => true,
+        };
+        if let Some(summary) = refusals.take()
+            && let Err(e) = state.auditor.record(&state.store, &summary.event()).await
+        {
+            tracing::error!(error = %e, "could not audit the refused handshakes' summary");
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 async fn destruction_scheduler(state: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {

@@ -1,7 +1,8 @@
-//! The server's TLS: rustls with a required client certificate. The handshake
-//! demands a certificate and proof of its key; whether it chains to the brand CA
-//! is decided per request by the identity layer, so that a stranger's refusal is
-//! a gRPC `Unauthenticated` status and an audit record, not a silent reset.
+//! The server's TLS: rustls with a required client certificate that chains to
+//! the brand CA, checked once, at the handshake. A stranger's certificate is
+//! refused there (counted and summarised in the audit trail by
+//! [`HandshakeRefusals`], never one append per attempt); the identity layer then
+//! only reads the entity from a certificate the handshake verified.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
 
+use super::refusals::HandshakeRefusals;
 use crate::config::TlsSettings;
 
 /// TLS set-up errors, naming the file at fault.
@@ -47,13 +49,13 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The server's rustls configuration and the brand-CA verifier the identity layer uses.
+/// The server's rustls configuration and the count of refused handshakes.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     /// For the acceptor.
     pub config: Arc<ServerConfig>,
-    /// Checks client chains against the brand CA.
-    pub brand_ca: Arc<dyn ClientCertVerifier>,
+    /// Certificates the handshake refused since the last summary.
+    pub refusals: Arc<HandshakeRefusals>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -108,6 +110,7 @@ pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
             path: settings.ca.display().to_string(),
             problem: e.to_string(),
         })?;
+    let refusals = Arc::new(HandshakeRefusals::default());
     let chain = certificates("cert", &settings.cert)?;
     let key_pem = read("key", &settings.key)?;
     let key: PrivateKeyDer<'static> =
@@ -120,25 +123,27 @@ pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
             })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(Arc::new(CertificateRequired {
-            brand_ca: Arc::clone(&brand_ca),
+        .with_client_cert_verifier(Arc::new(BrandCaRequired {
+            brand_ca,
+            refusals: Arc::clone(&refusals),
         }))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(ServerTls {
         config: Arc::new(config),
-        brand_ca,
+        refusals,
     })
 }
 
-/// Requires a client certificate and checks the handshake signature with its key;
-/// leaves the chain to the identity layer (which checks it on every request).
+/// Requires a client certificate that chains to the brand CA, and the
+/// handshake signature with its key; counts the certificates it refuses.
 #[derive(Debug)]
-struct CertificateRequired {
+struct BrandCaRequired {
     brand_ca: Arc<dyn ClientCertVerifier>,
+    refusals: Arc<HandshakeRefusals>,
 }
 
-impl ClientCertVerifier for CertificateRequired {
+impl ClientCertVerifier for BrandCaRequired {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -153,11 +158,18 @@ impl ClientCertVerifier for CertificateRequired {
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
+        self.brand_ca
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|e| {
+                self.refusals.refused(
+                    end_entity,
+                    &format!("certificate not issued by the brand CA ({e})"),
+                )
+            })
     }
 
     fn verify_tls12_signature(
