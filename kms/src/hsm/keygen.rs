@@ -3,8 +3,6 @@
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-#[cfg(any(test, feature = "testing"))]
-use cryptoki::object::AttributeType;
 use cryptoki::object::{Attribute, ObjectHandle};
 
 use super::session::{GeneratedKey, HsmSession};
@@ -149,19 +147,8 @@ impl HsmSession<'_> {
             vec![Attribute::Unwrap(true), Attribute::Decrypt(false)],
         )?;
         lock(&self.inner.handles).insert(id, priv_handle);
-        let attrs = self.session.get_attributes(
-            pub_handle,
-            &[AttributeType::Modulus, AttributeType::PublicExponent],
-        )?;
-        let (mut modulus, mut exponent) = (Vec::new(), Vec::new());
-        for a in attrs {
-            match a {
-                Attribute::Modulus(m) => modulus = m,
-                Attribute::PublicExponent(e) => exponent = e,
-                _ => {}
-            }
-        }
         self.session.destroy_object(pub_handle)?;
+        let (modulus, exponent) = self.rsa_public(&id)?;
         Ok((id, modulus, exponent))
     }
 }

@@ -18,10 +18,21 @@ pub fn transport_alias(entity_id: &str) -> String {
     format!("transport.{entity_id}")
 }
 
+/// What an allowed decision was based on, for an operation that needs it too
+/// (a delivery wraps under the transport key and reports the tie-up's end), so
+/// that nothing is read twice.
+#[derive(Debug, Clone)]
+pub struct Grounds {
+    /// The caller's tie-ups.
+    pub tie_ups: Vec<brandkms_policy::TieUp>,
+    /// For [`Action::Receive`]: the caller's active transport key version.
+    pub transport: Option<KeyVersionRecord>,
+}
+
 /// Asks the policy whether `caller` may do `action` with version `version` of
-/// `key` at `now`. Allowed: `Ok(())`; refused: [`OpsError::Denied`] with the
-/// rule's reason. Every card, settlement and distribution operation goes through
-/// here before it uses the token.
+/// `key` at `now`. Allowed: the facts it was decided on; refused:
+/// [`OpsError::Denied`] with the rule's reason. Every card, settlement and
+/// distribution operation goes through here before it uses the token.
 pub async fn authorize(
     conn: &mut Conn,
     caller: &Caller,
@@ -29,13 +40,16 @@ pub async fn authorize(
     version: &KeyVersionRecord,
     action: Action,
     now: i64,
-) -> Result<(), OpsError> {
+) -> Result<Grounds, OpsError> {
     let (tie_ups, consents) = policy_facts(conn, &caller.entity.id, action).await?;
-    let transport_key = action == Action::Receive
-        && key_rows::versions(conn, &transport_alias(&caller.entity.id))
+    let transport = if action == Action::Receive {
+        key_rows::versions(conn, &transport_alias(&caller.entity.id))
             .await?
-            .iter()
-            .any(|t| t.state == KeyState::Active);
+            .into_iter()
+            .find(|t| t.state == KeyState::Active)
+    } else {
+        None
+    };
     let decision = decide(&Request {
         caller: &policy_entity(&caller.entity),
         action,
@@ -48,11 +62,11 @@ pub async fn authorize(
         },
         tie_ups: &tie_ups,
         consents: &consents,
-        transport_key,
+        transport_key: transport.is_some(),
         now,
     });
     match decision {
-        Decision::Allow => Ok(()),
+        Decision::Allow => Ok(Grounds { tie_ups, transport }),
         Decision::Deny(reason) => Err(OpsError::Denied(reason)),
     }
 }
@@ -84,7 +98,7 @@ pub fn policy_tie_up(t: &TieUpRecord) -> brandkms_policy::TieUp {
 /// The facts a decision about `entity_id` doing `action` needs: its tie-ups and,
 /// for a delivery (the only action rule 4 concerns), the standing consents
 /// concerning it.
-pub async fn policy_facts(
+async fn policy_facts(
     conn: &mut Conn,
     entity_id: &str,
     action: Action,

@@ -78,7 +78,7 @@ impl Caller {
 
 /// Why an operation did not succeed. `service` maps each variant to one gRPC
 /// status; internal details go to the log, never to the caller.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     /// Malformed input.
     #[error("{0}")]

@@ -178,14 +178,11 @@ pub async fn request_key(
         )));
     }
     let now = state.clock.now_ms();
-    authorize(&mut conn, caller, &key, &v, Action::Receive, now).await?;
-    let transport = key_rows::versions(&mut conn, &transport_alias(&caller.entity.id))
-        .await?
-        .into_iter()
-        .find(|t| t.state == KeyState::Active);
-    let tie_ups = tie_rows::list(&mut conn, Some(&caller.entity.id)).await?;
+    let grounds = authorize(&mut conn, caller, &key, &v, Action::Receive, now).await?;
     drop(conn);
-    let transport = transport.ok_or_else(|| OpsError::Internal("transport key vanished".into()))?;
+    let transport = grounds
+        .transport
+        .ok_or_else(|| OpsError::Internal("transport key vanished".into()))?;
     let (wrapping, target) = (transport.cka_id, v.cka_id);
     let wrapped = state
         .hsm
@@ -213,13 +210,10 @@ pub async fn request_key(
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    let valid_until = tie_ups
+    let valid_until = grounds
+        .tie_ups
         .iter()
-        .filter(|t| {
-            t.keys
-                .iter()
-                .any(|(a, m)| a == alias && *m == TieUpMode::Supply)
-        })
+        .filter(|t| t.mode_for(alias) == Some(TieUpMode::Supply))
         .filter_map(|t| t.valid_until)
         .max();
     Ok(Delivery {

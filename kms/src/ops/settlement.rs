@@ -114,6 +114,26 @@ async fn settlement_version(
     Ok((key, v, hash))
 }
 
+/// Whether `caller` may have ciphertexts of this version decrypted now: the
+/// version is `active` or `decrypt_only` (else `FailedPrecondition`), and the
+/// policy allows it.
+async fn may_decrypt(
+    conn: &mut Conn,
+    caller: &Caller,
+    key: &KeyRecord,
+    v: &KeyVersionRecord,
+    now: i64,
+) -> Result<(), OpsError> {
+    if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
+        return Err(OpsError::FailedPrecondition(format!(
+            "version {} of key {:?} is {}: its ciphertexts are no longer decrypted",
+            v.version, key.alias, v.state
+        )));
+    }
+    authorize(conn, caller, key, v, Action::Decrypt, now).await?;
+    Ok(())
+}
+
 fn usable(v: &KeyVersionRecord, alias: &str) -> Result<(), OpsError> {
     if matches!(v.state, KeyState::Destroyed | KeyState::PendingDestruction) {
         return Err(OpsError::FailedPrecondition(format!(
@@ -167,13 +187,7 @@ pub async fn decrypt(
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
     let (key, v, hash) = settlement_version(&mut conn, alias, version).await?;
-    if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
-        return Err(OpsError::FailedPrecondition(format!(
-            "version {} of key {alias:?} is {}: its ciphertexts are no longer decrypted",
-            v.version, v.state
-        )));
-    }
-    authorize(&mut conn, caller, &key, &v, Action::Decrypt, now).await?;
+    may_decrypt(&mut conn, caller, &key, &v, now).await?;
     drop(conn);
     let id = v.cka_id;
     let plain = state
@@ -241,16 +255,50 @@ struct Prepared {
 /// standing is decided anew for every blob (the entity's status as stored now,
 /// the version's state, the policy), so a suspension, a terminated tie-up or a
 /// retired version stops the stream's next item, on whichever instance it runs.
+/// What never changes once a key exists (its record and OAEP hash) is read once
+/// per (alias, version) of the stream.
 #[derive(Debug)]
 pub struct StreamDecryptor {
     state: std::sync::Arc<AppState>,
     caller: Caller,
+    keys: std::sync::Mutex<std::collections::HashMap<(String, u32), (KeyRecord, OaepHash)>>,
 }
 
 impl StreamDecryptor {
     /// A decryptor for `caller`.
     pub fn new(state: std::sync::Arc<AppState>, caller: Caller) -> StreamDecryptor {
-        StreamDecryptor { state, caller }
+        StreamDecryptor {
+            state,
+            caller,
+            keys: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The key, the version as stored now, and the OAEP hash.
+    async fn version(
+        &self,
+        conn: &mut Conn,
+        alias: &str,
+        version: u32,
+    ) -> Result<(KeyRecord, KeyVersionRecord, OaepHash), OpsError> {
+        let known = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(alias.to_string(), version))
+            .cloned();
+        if let Some((key, hash)) = known {
+            let v = rows::version(conn, alias, version).await?.ok_or_else(|| {
+                OpsError::NotFound(format!("key {alias:?} has no version {version}"))
+            })?;
+            return Ok((key, v, hash));
+        }
+        let (key, v, hash) = settlement_version(conn, alias, Some(version)).await?;
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((alias.to_string(), version), (key.clone(), hash));
+        Ok((key, v, hash))
     }
 
     async fn prepare(&self, alias: &str, version: u32) -> Result<Prepared, OpsError> {
@@ -265,14 +313,8 @@ impl StreamDecryptor {
             entity,
             ..self.caller.clone()
         };
-        let (key, v, hash) = settlement_version(&mut conn, alias, Some(version)).await?;
-        if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
-            return Err(OpsError::FailedPrecondition(format!(
-                "version {version} of key {alias:?} is {}: its ciphertexts are no longer decrypted",
-                v.state
-            )));
-        }
-        authorize(&mut conn, &caller, &key, &v, Action::Decrypt, now).await?;
+        let (key, v, hash) = self.version(&mut conn, alias, version).await?;
+        may_decrypt(&mut conn, &caller, &key, &v, now).await?;
         Ok(Prepared { id: v.cka_id, hash })
     }
 
