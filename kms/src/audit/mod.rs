@@ -1,14 +1,28 @@
 //! The audit trail: every request, allowed or denied, appends a record in the same
-//! transaction as the state change it describes. Records are chained (each carries
-//! the hash of the previous) and MACed in the token with the audit key, so that
-//! neither an edited nor a lost row goes unnoticed. Records never hold secrets.
+//! transaction as the state change it describes. Each process appends to a chain
+//! of its own (registered at start), so instances never wait for one another;
+//! a single writer task per process commits concurrent requests together (one
+//! transaction, one fsync, one token MAC per batch) and answers them only after
+//! the batch committed and the chain's anchor in the token moved on. Records are
+//! hash-chained; the newest record of each batch carries an HMAC from the token
+//! that covers the records before it through the links; the anchor (the newest
+//! sequence number and hash, kept in a token data object a database
+//! administrator cannot rewrite) reveals a cut-off or wiped chain. Records never
+//! hold secrets.
+
+mod anchor;
+mod verify;
+mod writer;
 
 use sha2::{Digest, Sha256};
 
-use crate::hsm::{Hsm, HsmError, ObjectId};
-use crate::store::approvals;
-use crate::store::audit::{self as rows, AuditRow};
-use crate::store::{Conn, Store, StoreError, now_ms};
+use crate::hsm::HsmError;
+use crate::store::StoreError;
+use crate::store::audit::AuditRow;
+
+pub use anchor::{ANCHOR_APPLICATION, Anchor};
+pub use verify::{BrokenLink, ChainReport, VerifyReport};
+pub use writer::Auditor;
 
 /// Hash of the (absent) record before the first.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -112,174 +126,19 @@ pub enum AuditError {
     /// The approval being carried out was decided by someone else, or expired.
     #[error("approval {0} is no longer pending: another officer decided it, or it expired")]
     ApprovalNotPending(String),
-}
-
-/// The first problem `verify` finds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrokenLink {
-    /// The sequence number of the first record that does not verify (or is missing).
-    pub seq: u64,
-    /// What is wrong with it.
-    pub problem: String,
-}
-
-/// The result of verifying the whole trail.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifyReport {
-    /// Records checked.
-    pub records: u64,
-    /// The first broken or missing link, if any.
-    pub first_broken: Option<BrokenLink>,
-}
-
-/// Appends and verifies records with the token's audit key.
-#[derive(Clone, Debug)]
-pub struct Auditor {
-    hsm: Hsm,
-    key: ObjectId,
-}
-
-impl Auditor {
-    /// An auditor that MACs with the token object `key`.
-    pub fn new(hsm: Hsm, key: ObjectId) -> Auditor {
-        Auditor { hsm, key }
-    }
-
-    /// Appends a record inside the caller's transaction and returns its sequence
-    /// number. The record commits or rolls back with the state change.
-    pub async fn append(&self, tx: &mut Conn, event: &AuditEvent) -> Result<u64, AuditError> {
-        let (seq, prev_hash) = rows::take_head(tx).await?;
-        let at = now_ms();
-        let mut reason = event.reason.clone();
-        if let Some(closing) = &event.closes_approval {
-            let closed = approvals::decide(
-                tx,
-                &closing.id,
-                approvals::StoredState::Approved,
-                &event.caller,
-                at,
-                None,
-            )
-            .await?;
-            if !closed {
-                return Err(AuditError::ApprovalNotPending(closing.id.clone()));
-            }
-            let note = format!("approves {} proposed by {}", closing.id, closing.proposer);
-            reason = Some(match reason {
-                Some(r) => format!("{r}; {note}"),
-                None => note,
-            });
-        }
-        let mut row = AuditRow {
-            seq,
-            at,
-            caller: event.caller.clone(),
-            cert_fingerprint: event.cert_fingerprint.clone(),
-            operation: event.operation.clone(),
-            key_alias: event.key_alias.clone(),
-            key_version: event.key_version,
-            outcome: event.outcome.as_str().to_string(),
-            reason,
-            prev_hash,
-            hash: String::new(),
-            mac: String::new(),
-        };
-        let hash = record_hash(&row);
-        let key = self.key;
-        let mac = self.hsm.run(move |s| s.hmac_sha256(&key, &hash)).await?;
-        row.hash = hex::encode(hash);
-        row.mac = hex::encode(mac);
-        rows::insert(tx, &row).await?;
-        rows::set_head_hash(tx, &row.hash).await?;
-        Ok(seq)
-    }
-
-    /// Appends a record in a transaction of its own (for requests that change
-    /// nothing else, such as reads and refusals).
-    pub async fn record(&self, store: &Store, event: &AuditEvent) -> Result<u64, AuditError> {
-        let mut tx = store.begin().await?;
-        let seq = self.append(&mut tx, event).await?;
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(seq)
-    }
-
-    /// Walks the whole chain: sequence numbers contiguous from 1, each record's
-    /// hash recomputed and linked to the previous, each MAC verified in the token,
-    /// and the head matching the last record (so a deleted tail is found too).
-    pub async fn verify(&self, store: &Store) -> Result<VerifyReport, AuditError> {
-        const PAGE: u32 = 500;
-        // The head and every row from one snapshot, so appends committed during
-        // the verification (which may take a while) are neither half-seen nor
-        // reported as a mismatch between the head and the last record.
-        let mut conn = store.begin_snapshot().await?;
-        let (head_seq, head_hash) = rows::head(&mut conn).await?;
-        let mut expected_seq = 1u64;
-        let mut prev_hash = GENESIS_HASH.to_string();
-        let broken = |seq, problem: &str| {
-            Ok(VerifyReport {
-                records: seq - 1,
-                first_broken: Some(BrokenLink {
-                    seq,
-                    problem: problem.to_string(),
-                }),
-            })
-        };
-        loop {
-            let page = rows::page(&mut conn, expected_seq - 1, PAGE).await?;
-            if page.is_empty() {
-                break;
-            }
-            let mut hashes = Vec::with_capacity(page.len());
-            for row in &page {
-                if row.seq != expected_seq {
-                    return broken(expected_seq, "record missing");
-                }
-                if row.prev_hash != prev_hash {
-                    return broken(row.seq, "does not link to the previous record");
-                }
-                let hash = record_hash(row);
-                if hex::encode(hash) != row.hash {
-                    return broken(row.seq, "record altered: hash does not match its content");
-                }
-                let Ok(mac) = hex::decode(&row.mac) else {
-                    return broken(row.seq, "MAC is not hex");
-                };
-                hashes.push((row.seq, hash, mac));
-                prev_hash = row.hash.clone();
-                expected_seq += 1;
-            }
-            let key = self.key;
-            let bad = self
-                .hsm
-                .run(move |s| {
-                    for (seq, hash, mac) in &hashes {
-                        if !s.hmac_sha256_verify(&key, hash, mac)? {
-                            return Ok(Some(*seq));
-                        }
-                    }
-                    Ok(None)
-                })
-                .await?;
-            if let Some(seq) = bad {
-                return broken(seq, "MAC does not verify with the token's audit key");
-            }
-        }
-        let records = expected_seq - 1;
-        if head_seq > records {
-            return broken(records + 1, "record missing (the chain head is further on)");
-        }
-        if head_seq < records || head_hash != prev_hash {
-            return broken(head_seq.max(1), "chain head does not match the last record");
-        }
-        Ok(VerifyReport {
-            records,
-            first_broken: None,
-        })
-    }
+    /// The batch holding this request's record did not commit (or its anchor did
+    /// not move on); the detail is logged.
+    #[error("audit batch failed: {0}")]
+    Batch(String),
+    /// The writer task is gone (the process is stopping).
+    #[error("the audit writer has stopped")]
+    WriterStopped,
 }
 
 /// SHA-256 over a length-prefixed encoding of every field but the hash and MAC.
-pub fn record_hash(r: &AuditRow) -> [u8; 32] {
+/// Format 1 (the chain from before per-instance chains) leaves the chain out;
+/// format 2 covers it, so a record cannot be moved to another chain.
+pub fn record_hash(r: &AuditRow, format: u32) -> [u8; 32] {
     fn field(h: &mut Sha256, v: Option<&[u8]>) {
         match v {
             Some(bytes) => {
@@ -290,7 +149,12 @@ pub fn record_hash(r: &AuditRow) -> [u8; 32] {
         }
     }
     let mut h = Sha256::new();
-    h.update(b"brandkms-audit-v1");
+    if format >= 2 {
+        h.update(b"brandkms-audit-v2");
+        field(&mut h, Some(r.chain.as_bytes()));
+    } else {
+        h.update(b"brandkms-audit-v1");
+    }
     h.update(r.seq.to_be_bytes());
     h.update(r.at.to_be_bytes());
     field(&mut h, Some(r.caller.as_bytes()));

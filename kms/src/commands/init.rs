@@ -56,6 +56,9 @@ pub async fn run(
     officers: &[OfficerSeed],
 ) -> Result<InitReport, KeyError> {
     let mut report = InitReport::default();
+    // Started the first time something is recorded, so that a run with nothing
+    // to do opens no chain.
+    let mut auditor: Option<Auditor> = None;
     for (alias, algorithm, role) in INTERNAL_KEYS {
         let mut conn = store.conn().await?;
         if key_rows::key(&mut conn, alias).await?.is_some() {
@@ -63,10 +66,9 @@ pub async fn run(
             continue;
         }
         drop(conn);
-        let auditor = match role {
-            KeyRole::AuditMac => None,
-            _ => Some(auditor(hsm, store).await?),
-        };
+        if role != KeyRole::AuditMac && auditor.is_none() {
+            auditor = Some(self::auditor(hsm, store).await?);
+        }
         let spec = KeySpec {
             algorithm,
             role,
@@ -76,9 +78,10 @@ pub async fn run(
         let created = create_version(
             hsm,
             store,
-            auditor
-                .as_ref()
-                .map_or(AuditKey::TheNewKey, AuditKey::Existing),
+            match role {
+                KeyRole::AuditMac => AuditKey::TheNewKey,
+                _ => auditor.as_ref().map_or(AuditKey::TheNewKey, AuditKey::Existing),
+            },
             move |s, label| s.generate(&spec, label),
             NewVersion {
                 key: Some(KeyRecord {
@@ -106,34 +109,41 @@ pub async fn run(
         .await?;
         report.created.push((alias.to_string(), created.kcv));
     }
-    let auditor = auditor(hsm, store).await?;
     for officer in officers {
-        let mut tx = store.begin().await?;
-        if entities::get(&mut tx, &officer.id).await?.is_some() {
+        let mut conn = store.conn().await?;
+        if entities::get(&mut conn, &officer.id).await?.is_some() {
             continue;
         }
+        drop(conn);
+        if auditor.is_none() {
+            auditor = Some(self::auditor(hsm, store).await?);
+        }
+        let Some(auditor) = &auditor else {
+            continue;
+        };
         let now = now_ms();
+        let record = EntityRecord {
+            id: officer.id.clone(),
+            kind: EntityKind::Officer,
+            name: officer.name.clone(),
+            online: true,
+            tamper_resistant: false,
+            status: EntityStatus::Active,
+            created_at: now,
+            updated_at: now,
+        };
         auditor
-            .append(
-                &mut tx,
-                &AuditEvent::allowed(actor, "init.register_officer"),
+            .commit(
+                AuditEvent::allowed(actor, "init.register_officer"),
+                true,
+                move |tx| {
+                    Box::pin(async move {
+                        entities::insert(tx, &record).await?;
+                        Ok::<(), KeyError>(())
+                    })
+                },
             )
             .await?;
-        entities::insert(
-            &mut tx,
-            &EntityRecord {
-                id: officer.id.clone(),
-                kind: EntityKind::Officer,
-                name: officer.name.clone(),
-                online: true,
-                tamper_resistant: false,
-                status: EntityStatus::Active,
-                created_at: now,
-                updated_at: now,
-            },
-        )
-        .await?;
-        tx.commit().await.map_err(StoreError::from)?;
         report.officers_added.push(officer.id.clone());
     }
     Ok(report)
@@ -149,7 +159,8 @@ pub async fn internal_key(store: &Store, alias: &str) -> Result<Option<ObjectId>
         .map(|v| v.cka_id))
 }
 
-/// The auditor, with the audit key recorded by `kms init`.
+/// This process's auditor (a new audit chain), with the audit key recorded by
+/// `kms init`.
 pub async fn auditor(hsm: &Hsm, store: &Store) -> Result<Auditor, KeyError> {
     let id = internal_key(store, AUDIT_KEY)
         .await?
@@ -157,5 +168,5 @@ pub async fn auditor(hsm: &Hsm, store: &Store) -> Result<Auditor, KeyError> {
             table: "keys",
             reason: format!("internal key {AUDIT_KEY} is missing: run `kms init`"),
         })?;
-    Ok(Auditor::new(hsm.clone(), id))
+    Ok(Auditor::start(store, hsm.clone(), id).await?)
 }

@@ -318,7 +318,7 @@ async fn cmd_reconcile(settings: Settings, fix: bool, yes: bool) -> Result<ExitC
                             Some(format!("cka_id {} label {}", o.id, o.label)),
                         );
                 auditor
-                    .record(&store, &event)
+                    .record(&event)
                     .await
                     .map_err(Failure::runtime)?;
             }

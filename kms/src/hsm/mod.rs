@@ -3,6 +3,7 @@
 //! runtime. Knows nothing of gRPC, policy or the database.
 
 mod cipher;
+mod data;
 mod error;
 mod keygen;
 mod mac;
@@ -26,6 +27,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
+pub use data::DataObject;
 pub use error::HsmError;
 pub use keygen::GeneratedRsa;
 pub use raw::{CMAC_LEN, EcbDerive};

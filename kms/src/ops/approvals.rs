@@ -10,7 +10,7 @@ use brandkms_policy::{KeyClass, Proposal, SensitiveOperation, can_approve, needs
 use crate::audit::Outcome;
 use crate::ops::{AppState, Caller, OpsError};
 use crate::store::approvals::{self as rows, ApprovalRecord, StoredState};
-use crate::store::{Conn, StoreError};
+use crate::store::Conn;
 
 /// What a sensitive operation did.
 #[derive(Clone, Debug)]
@@ -96,9 +96,12 @@ pub async fn propose(
     if let Some((alias, version)) = key {
         event = event.key(alias, version);
     }
-    let mut tx = state.begin_audited(&event).await?;
-    rows::insert(&mut tx, &record).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let row = record.clone();
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move { Ok(rows::insert(tx, &row).await?) })
+        })
+        .await?;
     Ok(Box::new(record))
 }
 
@@ -158,38 +161,32 @@ pub async fn reject(
     reason: Option<String>,
 ) -> Result<ApprovalRecord, OpsError> {
     let now = state.clock.now_ms();
-    let mut tx = state
-        .begin_audited(&caller.event("Admin/Reject").outcome(
-            Outcome::Allowed,
-            Some(format!(
-                "rejects {id}{}",
-                reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            )),
-        ))
-        .await?;
-    pending(&mut tx, id, now).await?;
-    if !rows::decide(
-        &mut tx,
-        id,
-        StoredState::Rejected,
-        &caller.entity.id,
-        now,
-        reason.as_deref(),
-    )
-    .await?
-    {
-        return Err(OpsError::FailedPrecondition(format!(
-            "approval {id} is no longer pending"
-        )));
-    }
-    let r = rows::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| OpsError::NotFound(format!("no approval {id:?}")))?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(r)
+    let event = caller.event("Admin/Reject").outcome(
+        Outcome::Allowed,
+        Some(format!(
+            "rejects {id}{}",
+            reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )),
+    );
+    let (id, who) = (id.to_string(), caller.entity.id.clone());
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                pending(tx, &id, now).await?;
+                if !rows::decide(tx, &id, StoredState::Rejected, &who, now, reason.as_deref()).await? {
+                    return Err(OpsError::FailedPrecondition(format!(
+                        "approval {id} is no longer pending"
+                    )));
+                }
+                rows::get(tx, &id)
+                    .await?
+                    .ok_or_else(|| OpsError::NotFound(format!("no approval {id:?}")))
+            })
+        })
+        .await
 }
 
 /// The approval with this id.

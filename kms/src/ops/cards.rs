@@ -17,7 +17,7 @@ use crate::store::cards::{
     self as rows, ChallengeRecord, CommandRecord, ProxyLoadRecord, SessionRecord,
 };
 use crate::store::keys::{KeyRecord, KeyVersionRecord};
-use crate::store::{Conn, StoreError, tieups};
+use crate::store::{Conn, tieups};
 
 /// The largest amount accepted (the store keeps signed 64-bit integers).
 pub const MAX_AMOUNT: u64 = i64::MAX as u64;
@@ -175,9 +175,12 @@ pub async fn begin(
             format!("card {} challenge {}", challenge.card_id, challenge.id),
         )
         .key(alias, Some(version));
-    let mut tx = state.begin_audited(&event).await?;
-    rows::insert_challenge(&mut tx, &challenge).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let record = challenge.clone();
+    state
+        .write(event, move |tx| {
+            Box::pin(async move { Ok(rows::insert_challenge(tx, &record).await?) })
+        })
+        .await?;
     Ok(Begun {
         challenge,
         rb,
@@ -264,14 +267,25 @@ pub async fn complete(
             ),
     }
     .key(&ch.alias, Some(ch.version));
-    let mut tx = state.begin_audited(&event).await?;
-    if !rows::take_challenge(&mut tx, &ch.id, &caller.entity.id, now).await? {
-        return Err(not_open());
-    }
-    if let Some(s) = &session {
-        rows::insert_session(&mut tx, s).await?;
-    }
-    tx.commit().await.map_err(StoreError::from)?;
+    let (ch_id, who, new_session, gone) = (
+        ch.id.clone(),
+        caller.entity.id.clone(),
+        session.clone(),
+        not_open(),
+    );
+    state
+        .write(event, move |tx| {
+            Box::pin(async move {
+                if !rows::take_challenge(tx, &ch_id, &who, now).await? {
+                    return Err(gone);
+                }
+                if let Some(s) = &new_session {
+                    rows::insert_session(tx, s).await?;
+                }
+                Ok(())
+            })
+        })
+        .await?;
     Ok(match (outcome, session) {
         (Some(c2), Some(session)) => Completed::Authenticated { c2, session },
         _ => Completed::Rejected,
@@ -385,46 +399,46 @@ pub async fn seal(
             ),
         )
         .key(&session.alias, Some(session.version));
-    let mut tx = state.begin_audited(&event).await?;
-    if !rows::advance_counter(&mut tx, session_id, counter).await? {
-        return Err(OpsError::Aborted(format!(
-            "a concurrent command took counter {counter} of session {session_id}; retry"
-        )));
-    }
-    rows::insert_command(
-        &mut tx,
-        &CommandRecord {
-            session_id: session_id.to_string(),
-            counter,
-            op: op.as_str().to_string(),
-            amount,
-            currency: currency_text.clone(),
-            txn_id: hex::encode_upper(txn_id),
-            sealed_at: now,
-            receipt_at: None,
-        },
-    )
-    .await?;
-    if let Some(issuer) = &issuer {
-        rows::insert_proxy_load(
-            &mut tx,
-            &ProxyLoadRecord {
-                txn_id: hex::encode_upper(txn_id),
-                issuer: issuer.clone(),
-                requested_by: caller.entity.id.clone(),
-                alias: session.alias.clone(),
-                version: session.version,
-                card_id: session.card_id.clone(),
-                amount,
-                currency: currency_text,
-                status: "pending".into(),
-                at: now,
-                confirmed_at: None,
-            },
-        )
+    let command = CommandRecord {
+        session_id: session_id.to_string(),
+        counter,
+        op: op.as_str().to_string(),
+        amount,
+        currency: currency_text.clone(),
+        txn_id: hex::encode_upper(txn_id),
+        sealed_at: now,
+        receipt_at: None,
+    };
+    let proxy_load = issuer.as_ref().map(|issuer| ProxyLoadRecord {
+        txn_id: hex::encode_upper(txn_id),
+        issuer: issuer.clone(),
+        requested_by: caller.entity.id.clone(),
+        alias: session.alias.clone(),
+        version: session.version,
+        card_id: session.card_id.clone(),
+        amount,
+        currency: currency_text,
+        status: "pending".into(),
+        at: now,
+        confirmed_at: None,
+    });
+    state
+        .write(event, move |tx| {
+            Box::pin(async move {
+                if !rows::advance_counter(tx, &command.session_id, counter).await? {
+                    return Err(OpsError::Aborted(format!(
+                        "a concurrent command took counter {counter} of session {}; retry",
+                        command.session_id
+                    )));
+                }
+                rows::insert_command(tx, &command).await?;
+                if let Some(load) = &proxy_load {
+                    rows::insert_proxy_load(tx, load).await?;
+                }
+                Ok(())
+            })
+        })
         .await?;
-    }
-    tx.commit().await.map_err(StoreError::from)?;
     Ok(Sealed {
         payload,
         counter,
@@ -490,24 +504,28 @@ pub async fn verify_receipt(
             .outcome(Outcome::Failed, Some(format!("{about}: not genuine: {p}"))),
     }
     .key(&session.alias, Some(session.version));
-    let mut tx = state.begin_audited(&event).await?;
-    let verdict = match (problem, command, receipt) {
-        (None, Some(c), Some(r)) => {
-            if !rows::mark_receipt(&mut tx, session_id, counter, now).await? {
-                // Presented twice at once: the other presentation won.
-                return Err(OpsError::Aborted(
-                    "receipt presented concurrently; it was verified once".into(),
-                ));
-            }
-            if c.op == Op::Load.as_str() && r.status == 0 {
-                rows::confirm_proxy_load(&mut tx, &c.txn_id, now).await?;
-            }
-            Verified::Genuine(r)
-        }
-        _ => Verified::NotGenuine,
-    };
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(verdict)
+    let session_id = session_id.to_string();
+    state
+        .write(event, move |tx| {
+            Box::pin(async move {
+                Ok(match (problem, command, receipt) {
+                    (None, Some(c), Some(r)) => {
+                        if !rows::mark_receipt(tx, &session_id, counter, now).await? {
+                            // Presented twice at once: the other presentation won.
+                            return Err(OpsError::Aborted(
+                                "receipt presented concurrently; it was verified once".into(),
+                            ));
+                        }
+                        if c.op == Op::Load.as_str() && r.status == 0 {
+                            rows::confirm_proxy_load(tx, &c.txn_id, now).await?;
+                        }
+                        Verified::Genuine(r)
+                    }
+                    _ => Verified::NotGenuine,
+                })
+            })
+        })
+        .await
 }
 
 /// Whose proxy loads `caller` may list (the policy decides: an issuer its own,

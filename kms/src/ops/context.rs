@@ -12,7 +12,8 @@ use crate::config::ServiceSettings;
 use crate::hsm::{Hsm, HsmError, OaepHash, ObjectId};
 use crate::ops::versions::KeyError;
 use crate::store::entities::EntityRecord;
-use crate::store::{Store, StoreError, Tx};
+use crate::store::{Conn, Store, StoreError};
+use futures_util::future::BoxFuture;
 
 /// What every operation shares.
 #[derive(Clone, Debug)]
@@ -35,13 +36,27 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Begins a write transaction whose first act is to append `event` (taking the
-    /// audit chain's head, which serialises writers). The record commits with the
-    /// state change, or not at all.
-    pub async fn begin_audited(&self, event: &AuditEvent) -> Result<Tx, OpsError> {
-        let mut tx = self.store.begin().await?;
-        self.auditor.append(&mut tx, event).await?;
-        Ok(tx)
+    /// Makes the change `work` and appends `event` in one transaction (the audit
+    /// writer's batch): both commit, or neither. Returns once durable. For
+    /// changes whose rows belong to one caller (card sessions, deliveries), made
+    /// with conditional writes.
+    pub async fn write<T, F>(&self, event: AuditEvent, work: F) -> Result<T, OpsError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, OpsError>> + Send + 'static,
+    {
+        self.auditor.commit(event, false, work).await
+    }
+
+    /// As [`AppState::write`], for changes that read, check and then write
+    /// shared state (keys, tie-ups, entities, approvals, consents): they first
+    /// take the row that serialises such changes across instances.
+    pub async fn write_serial<T, F>(&self, event: AuditEvent, work: F) -> Result<T, OpsError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, OpsError>> + Send + 'static,
+    {
+        self.auditor.commit(event, true, work).await
     }
 }
 

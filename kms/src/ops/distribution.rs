@@ -16,7 +16,7 @@ use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::distribution::{self as rows, ConsentRecord, DistributionRecord};
 use crate::store::keys::{self as key_rows, KeyRecord, KeyVersionRecord};
 use crate::store::tieups as tie_rows;
-use crate::store::{Conn, StoreError, entities};
+use crate::store::{Conn, entities};
 
 /// Smallest RSA modulus accepted for a transport key's delivery.
 pub const MIN_RSA_BITS: usize = 2048;
@@ -194,22 +194,21 @@ pub async fn request_key(
             format!("under {} v{}", transport.alias, transport.version),
         )
         .key(alias, Some(v.version));
-    let mut tx = state.begin_audited(&event).await?;
-    rows::record_distribution(
-        &mut tx,
-        &DistributionRecord {
-            id: format!("d-{}", uuid::Uuid::new_v4().simple()),
-            alias: alias.to_string(),
-            version: v.version,
-            entity_id: caller.entity.id.clone(),
-            transport_alias: transport.alias.clone(),
-            transport_version: transport.version,
-            kcv: v.kcv.clone(),
-            at: now,
-        },
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let delivered = DistributionRecord {
+        id: format!("d-{}", uuid::Uuid::new_v4().simple()),
+        alias: alias.to_string(),
+        version: v.version,
+        entity_id: caller.entity.id.clone(),
+        transport_alias: transport.alias.clone(),
+        transport_version: transport.version,
+        kcv: v.kcv.clone(),
+        at: now,
+    };
+    state
+        .write(event, move |tx| {
+            Box::pin(async move { Ok(rows::record_distribution(tx, &delivered).await?) })
+        })
+        .await?;
     let valid_until = grounds
         .tie_ups
         .iter()
@@ -331,43 +330,42 @@ pub async fn set_consent(
             format!("issuer {} third party {third_party}", issuer.id),
         )
         .key(alias, None);
-    let mut tx = state.begin_audited(&event).await?;
-    if grant {
-        rows::grant(
-            &mut tx,
-            &ConsentRecord {
-                issuer: issuer.id.clone(),
-                third_party: third_party.to_string(),
-                alias: alias.to_string(),
-                granted_by: caller.entity.id.clone(),
-                granted_at: now,
-                revoked_by: None,
-                revoked_at: None,
-            },
-        )
-        .await?;
-    } else if !rows::revoke(
-        &mut tx,
-        &issuer.id,
-        third_party,
-        alias,
-        &caller.entity.id,
-        now,
-    )
-    .await?
-    {
-        return Err(OpsError::FailedPrecondition(format!(
-            "no standing consent of {} for {third_party} on {alias:?}",
-            issuer.id
-        )));
-    }
-    let record = rows::consents(&mut tx, Some(&issuer.id))
-        .await?
-        .into_iter()
-        .find(|c| c.third_party == third_party && c.alias == alias)
-        .ok_or_else(|| OpsError::Internal("consent row vanished".into()))?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(record)
+    let (issuer_id, third_party, alias, me) = (
+        issuer.id.clone(),
+        third_party.to_string(),
+        alias.to_string(),
+        caller.entity.id.clone(),
+    );
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                if grant {
+                    rows::grant(
+                        tx,
+                        &ConsentRecord {
+                            issuer: issuer_id.clone(),
+                            third_party: third_party.clone(),
+                            alias: alias.clone(),
+                            granted_by: me,
+                            granted_at: now,
+                            revoked_by: None,
+                            revoked_at: None,
+                        },
+                    )
+                    .await?;
+                } else if !rows::revoke(tx, &issuer_id, &third_party, &alias, &me, now).await? {
+                    return Err(OpsError::FailedPrecondition(format!(
+                        "no standing consent of {issuer_id} for {third_party} on {alias:?}"
+                    )));
+                }
+                rows::consents(tx, Some(&issuer_id))
+                    .await?
+                    .into_iter()
+                    .find(|c| c.third_party == third_party && c.alias == alias)
+                    .ok_or_else(|| OpsError::Internal("consent row vanished".into()))
+            })
+        })
+        .await
 }
 
 /// Consents concerning the caller (officers: all).

@@ -3,7 +3,6 @@
 use brandkms_policy::{EntityKind, EntityStatus};
 
 use crate::ops::{AppState, Caller, OpsError};
-use crate::store::StoreError;
 use crate::store::entities::{self as rows, EntityRecord};
 
 /// A participant to register.
@@ -27,18 +26,10 @@ pub async fn register(
     caller: &Caller,
     input: RegisterEntity,
 ) -> Result<EntityRecord, OpsError> {
-    let mut tx = state
-        .begin_audited(&caller.event("Admin/RegisterEntity").outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("entity {} ({})", input.id, input.kind)),
-        ))
-        .await?;
-    if rows::get(&mut tx, &input.id).await?.is_some() {
-        return Err(OpsError::AlreadyExists(format!(
-            "entity {:?} is registered",
-            input.id
-        )));
-    }
+    let event = caller.event("Admin/RegisterEntity").outcome(
+        crate::audit::Outcome::Allowed,
+        Some(format!("entity {} ({})", input.id, input.kind)),
+    );
     let now = state.clock.now_ms();
     let record = EntityRecord {
         id: input.id,
@@ -50,9 +41,20 @@ pub async fn register(
         created_at: now,
         updated_at: now,
     };
-    rows::insert(&mut tx, &record).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(record)
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                if rows::get(tx, &record.id).await?.is_some() {
+                    return Err(OpsError::AlreadyExists(format!(
+                        "entity {:?} is registered",
+                        record.id
+                    )));
+                }
+                rows::insert(tx, &record).await?;
+                Ok(record)
+            })
+        })
+        .await
 }
 
 /// Suspends or resumes an entity.
@@ -66,32 +68,33 @@ pub async fn set_status(
         EntityStatus::Suspended => "Admin/SuspendEntity",
         EntityStatus::Active => "Admin/ResumeEntity",
     };
-    let mut tx = state
-        .begin_audited(
-            &caller
-                .event(operation)
-                .outcome(crate::audit::Outcome::Allowed, Some(format!("entity {id}"))),
-        )
-        .await?;
-    let entity = rows::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| OpsError::NotFound(format!("no entity {id:?}")))?;
-    if entity.status == status {
-        return Err(OpsError::FailedPrecondition(format!(
-            "entity {id:?} is already {status}"
-        )));
-    }
-    if entity.id == caller.entity.id && status == EntityStatus::Suspended {
-        return Err(OpsError::FailedPrecondition(
-            "an officer cannot suspend themself".to_string(),
-        ));
-    }
-    rows::set_status(&mut tx, id, status, state.clock.now_ms()).await?;
-    let updated = rows::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| OpsError::NotFound(format!("no entity {id:?}")))?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(updated)
+    let event = caller
+        .event(operation)
+        .outcome(crate::audit::Outcome::Allowed, Some(format!("entity {id}")));
+    let (id, me, now) = (id.to_string(), caller.entity.id.clone(), state.clock.now_ms());
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                let entity = rows::get(tx, &id)
+                    .await?
+                    .ok_or_else(|| OpsError::NotFound(format!("no entity {id:?}")))?;
+                if entity.status == status {
+                    return Err(OpsError::FailedPrecondition(format!(
+                        "entity {id:?} is already {status}"
+                    )));
+                }
+                if entity.id == me && status == EntityStatus::Suspended {
+                    return Err(OpsError::FailedPrecondition(
+                        "an officer cannot suspend themself".to_string(),
+                    ));
+                }
+                rows::set_status(tx, &id, status, now).await?;
+                rows::get(tx, &id)
+                    .await?
+                    .ok_or_else(|| OpsError::NotFound(format!("no entity {id:?}")))
+            })
+        })
+        .await
 }
 
 /// Every entity, optionally of one kind.

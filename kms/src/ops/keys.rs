@@ -7,7 +7,6 @@ use crate::audit::AuditEvent;
 use crate::ops::generate::generator;
 use crate::ops::versions::{AuditKey, NewVersion, create_version, key_version};
 use crate::ops::{AppState, Caller, OpsError};
-use crate::store::StoreError;
 use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
 
 /// Default waiting period before a scheduled destruction, in days.
@@ -232,32 +231,25 @@ pub async fn set_state(
 ) -> Result<KeyView, OpsError> {
     let asked = version;
     let version = resolve(state, alias, asked).await?;
-    let mut tx = state
-        .begin_audited(
-            &caller
-                .event("Admin/SetKeyVersionState")
-                .key(alias, Some(version))
-                .outcome(crate::audit::Outcome::Allowed, Some(format!("to {to}"))),
-        )
+    let event = caller
+        .event("Admin/SetKeyVersionState")
+        .key(alias, Some(version))
+        .outcome(crate::audit::Outcome::Allowed, Some(format!("to {to}")));
+    let (name, now) = (alias.to_string(), state.clock.now_ms());
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                let (key, v) = key_version(tx, &name, Some(version)).await?;
+                still_named(asked, &v)?;
+                let other_active = rows::versions(tx, &name)
+                    .await?
+                    .iter()
+                    .any(|o| o.version != version && o.state == KeyState::Active);
+                check_transition(key.class, v.state, to, other_active)?;
+                Ok(rows::set_state(tx, &name, version, to, now, None, None).await?)
+            })
+        })
         .await?;
-    let (key, v) = key_version(&mut tx, alias, Some(version)).await?;
-    still_named(asked, &v)?;
-    let other_active = rows::versions(&mut tx, alias)
-        .await?
-        .iter()
-        .any(|o| o.version != version && o.state == KeyState::Active);
-    check_transition(key.class, v.state, to, other_active)?;
-    rows::set_state(
-        &mut tx,
-        alias,
-        version,
-        to,
-        state.clock.now_ms(),
-        None,
-        None,
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
     get(state, alias).await
 }
 
@@ -285,32 +277,33 @@ pub async fn schedule_destruction(
     version: u32,
     waiting_days: u32,
 ) -> Result<KeyView, OpsError> {
-    let mut tx = state
-        .begin_audited(
-            &caller
-                .event("Admin/ScheduleKeyVersionDestruction")
-                .key(alias, Some(version))
-                .outcome(
-                    crate::audit::Outcome::Allowed,
-                    Some(format!("after {waiting_days} days")),
-                ),
-        )
+    let event = caller
+        .event("Admin/ScheduleKeyVersionDestruction")
+        .key(alias, Some(version))
+        .outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("after {waiting_days} days")),
+        );
+    let (name, now) = (alias.to_string(), state.clock.now_ms());
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                let (key, v) = key_version(tx, &name, Some(version)).await?;
+                check_schedulable(&key, &v)?;
+                let due = now.saturating_add(i64::from(waiting_days).saturating_mul(DAY_MS));
+                Ok(rows::set_state(
+                    tx,
+                    &name,
+                    version,
+                    KeyState::PendingDestruction,
+                    now,
+                    Some(due),
+                    None,
+                )
+                .await?)
+            })
+        })
         .await?;
-    let (key, v) = key_version(&mut tx, alias, Some(version)).await?;
-    check_schedulable(&key, &v)?;
-    let now = state.clock.now_ms();
-    let due = now.saturating_add(i64::from(waiting_days).saturating_mul(DAY_MS));
-    rows::set_state(
-        &mut tx,
-        alias,
-        version,
-        KeyState::PendingDestruction,
-        now,
-        Some(due),
-        None,
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
     get(state, alias).await
 }
 
@@ -323,31 +316,24 @@ pub async fn cancel_destruction(
     version: Option<u32>,
 ) -> Result<KeyView, OpsError> {
     let version = resolve(state, alias, version).await?;
-    let mut tx = state
-        .begin_audited(
-            &caller
-                .event("Admin/CancelKeyVersionDestruction")
-                .key(alias, Some(version)),
-        )
+    let event = caller
+        .event("Admin/CancelKeyVersionDestruction")
+        .key(alias, Some(version));
+    let (name, now) = (alias.to_string(), state.clock.now_ms());
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                let (_, v) = key_version(tx, &name, Some(version)).await?;
+                if v.state != KeyState::PendingDestruction {
+                    return Err(OpsError::FailedPrecondition(format!(
+                        "version {version} is {}, not pending destruction",
+                        v.state
+                    )));
+                }
+                Ok(rows::set_state(tx, &name, version, KeyState::Retired, now, None, None).await?)
+            })
+        })
         .await?;
-    let (_, v) = key_version(&mut tx, alias, Some(version)).await?;
-    if v.state != KeyState::PendingDestruction {
-        return Err(OpsError::FailedPrecondition(format!(
-            "version {version} is {}, not pending destruction",
-            v.state
-        )));
-    }
-    rows::set_state(
-        &mut tx,
-        alias,
-        version,
-        KeyState::Retired,
-        state.clock.now_ms(),
-        None,
-        None,
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
     get(state, alias).await
 }
 
@@ -364,34 +350,44 @@ pub async fn run_due_destructions(state: &AppState) -> Result<Vec<(String, u32)>
     for v in due {
         let event = AuditEvent::allowed("local:scheduler", "scheduler.destroy_key_version")
             .key(&v.alias, Some(v.version));
-        let mut tx = state.begin_audited(&event).await?;
-        let Some(current) = rows::version(&mut tx, &v.alias, v.version).await? else {
-            continue;
-        };
-        if current.state != KeyState::PendingDestruction
-            || current.destroy_after.is_none_or(|d| d > now)
-        {
-            continue; // cancelled meanwhile: the transaction rolls back
-        }
-        let id = current.cka_id;
-        state
-            .hsm
-            .run(move |s| match s.destroy(&id) {
-                Ok(()) | Err(crate::hsm::HsmError::ObjectNotFound(_)) => Ok(()),
-                Err(e) => Err(e),
+        let (hsm, alias, version) = (state.hsm.clone(), v.alias.clone(), v.version);
+        let destroyed = state
+            .write_serial(event, move |tx| {
+                Box::pin(async move {
+                    let Some(current) = rows::version(tx, &alias, version).await? else {
+                        return Err(OpsError::NotFound("version vanished".into()));
+                    };
+                    if current.state != KeyState::PendingDestruction
+                        || current.destroy_after.is_none_or(|d| d > now)
+                    {
+                        // Cancelled meanwhile: roll back, record nothing.
+                        return Err(OpsError::Aborted("cancelled meanwhile".into()));
+                    }
+                    let id = current.cka_id;
+                    hsm.run(move |s| match s.destroy(&id) {
+                        Ok(()) | Err(crate::hsm::HsmError::ObjectNotFound(_)) => Ok(()),
+                        Err(e) => Err(e),
+                    })
+                    .await?;
+                    rows::set_state(
+                        tx,
+                        &alias,
+                        version,
+                        KeyState::Destroyed,
+                        now,
+                        current.destroy_after,
+                        Some(now),
+                    )
+                    .await?;
+                    Ok(())
+                })
             })
-            .await?;
-        rows::set_state(
-            &mut tx,
-            &v.alias,
-            v.version,
-            KeyState::Destroyed,
-            now,
-            current.destroy_after,
-            Some(now),
-        )
-        .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+            .await;
+        match destroyed {
+            Ok(()) => {}
+            Err(OpsError::NotFound(_) | OpsError::Aborted(_)) => continue,
+            Err(e) => return Err(e),
+        }
         tracing::info!(alias = %v.alias, version = v.version, "destroyed key version");
         done.push((v.alias, v.version));
     }

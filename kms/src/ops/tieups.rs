@@ -6,7 +6,7 @@ use brandkms_policy::{EntityKind, KeyClass, TieUpMode, TieUpState};
 
 use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::tieups::{self as rows, TieUpRecord};
-use crate::store::{Conn, StoreError, entities, keys};
+use crate::store::{Conn, entities, keys};
 
 /// A tie-up to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,28 +102,31 @@ pub async fn create(
 ) -> Result<TieUpRecord, OpsError> {
     let now = state.clock.now_ms();
     let id = format!("tu-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut tx = state
-        .begin_audited(&caller.event("Admin/CreateTieUp").outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("tie-up {id} for {}", input.entity_id)),
-        ))
-        .await?;
-    check_create(&mut tx, &input, now).await?;
-    let record = TieUpRecord {
-        id,
-        entity_id: input.entity_id,
-        state: TieUpState::Active,
-        keys: input.keys,
-        valid_from: input.valid_from.unwrap_or(now),
-        valid_until: input.valid_until,
-        sponsor_issuer: input.sponsor_issuer,
-        per_transaction_limit: input.per_transaction_limit,
-        created_at: now,
-        updated_at: now,
-    };
-    rows::insert(&mut tx, &record).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(record)
+    let event = caller.event("Admin/CreateTieUp").outcome(
+        crate::audit::Outcome::Allowed,
+        Some(format!("tie-up {id} for {}", input.entity_id)),
+    );
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                check_create(tx, &input, now).await?;
+                let record = TieUpRecord {
+                    id,
+                    entity_id: input.entity_id,
+                    state: TieUpState::Active,
+                    keys: input.keys,
+                    valid_from: input.valid_from.unwrap_or(now),
+                    valid_until: input.valid_until,
+                    sponsor_issuer: input.sponsor_issuer,
+                    per_transaction_limit: input.per_transaction_limit,
+                    created_at: now,
+                    updated_at: now,
+                };
+                rows::insert(tx, &record).await?;
+                Ok(record)
+            })
+        })
+        .await
 }
 
 /// The tie-up as `input` would leave it, checked against the store (the tie-up
@@ -173,16 +176,20 @@ pub async fn update(
     caller: &Caller,
     input: UpdateTieUp,
 ) -> Result<TieUpRecord, OpsError> {
-    let mut tx = state
-        .begin_audited(&caller.event("Admin/UpdateTieUp").outcome(
-            crate::audit::Outcome::Allowed,
-            Some(format!("tie-up {}", input.id)),
-        ))
-        .await?;
-    let (_, t) = updated(&mut tx, &input, state.clock.now_ms()).await?;
-    rows::update(&mut tx, &t).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(t)
+    let event = caller.event("Admin/UpdateTieUp").outcome(
+        crate::audit::Outcome::Allowed,
+        Some(format!("tie-up {}", input.id)),
+    );
+    let now = state.clock.now_ms();
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                let (_, t) = updated(tx, &input, now).await?;
+                rows::update(tx, &t).await?;
+                Ok(t)
+            })
+        })
+        .await
 }
 
 /// Ends a tie-up for good.
@@ -191,26 +198,28 @@ pub async fn terminate(
     caller: &Caller,
     id: &str,
 ) -> Result<TieUpRecord, OpsError> {
-    let mut tx = state
-        .begin_audited(
-            &caller
-                .event("Admin/TerminateTieUp")
-                .outcome(crate::audit::Outcome::Allowed, Some(format!("tie-up {id}"))),
-        )
-        .await?;
-    let mut t = rows::get(&mut tx, id)
-        .await?
-        .ok_or_else(|| OpsError::NotFound(format!("no tie-up {id:?}")))?;
-    if t.state == TieUpState::Terminated {
-        return Err(OpsError::FailedPrecondition(format!(
-            "tie-up {id:?} is already terminated"
-        )));
-    }
-    t.state = TieUpState::Terminated;
-    t.updated_at = state.clock.now_ms();
-    rows::update(&mut tx, &t).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(t)
+    let event = caller
+        .event("Admin/TerminateTieUp")
+        .outcome(crate::audit::Outcome::Allowed, Some(format!("tie-up {id}")));
+    let (id, now) = (id.to_string(), state.clock.now_ms());
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                let mut t = rows::get(tx, &id)
+                    .await?
+                    .ok_or_else(|| OpsError::NotFound(format!("no tie-up {id:?}")))?;
+                if t.state == TieUpState::Terminated {
+                    return Err(OpsError::FailedPrecondition(format!(
+                        "tie-up {id:?} is already terminated"
+                    )));
+                }
+                t.state = TieUpState::Terminated;
+                t.updated_at = now;
+                rows::update(tx, &t).await?;
+                Ok(t)
+            })
+        })
+        .await
 }
 
 /// Every tie-up, or one entity's.

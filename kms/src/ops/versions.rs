@@ -125,10 +125,14 @@ where
     let (generated, extra) = hsm.run(move |s| generate(s, &label)).await?;
     failpoint::hit("key-object-created");
     let auditor = match audit_key {
-        AuditKey::Existing(a) => a.clone(),
-        AuditKey::TheNewKey => Auditor::new(hsm.clone(), generated.id),
+        AuditKey::Existing(a) => Ok(a.clone()),
+        AuditKey::TheNewKey => Auditor::start(store, hsm.clone(), generated.id).await,
     };
-    match write_rows(store, &auditor, &generated, new, event).await {
+    let written = match auditor {
+        Ok(auditor) => write_rows(&auditor, &generated, new, event).await,
+        Err(e) => Err(e.into()),
+    };
+    match written {
         Ok(v) => Ok((v, extra)),
         Err(e) => {
             destroy_quietly(hsm, generated.id).await;
@@ -138,7 +142,6 @@ where
 }
 
 async fn write_rows(
-    store: &Store,
     auditor: &Auditor,
     generated: &GeneratedKey,
     new: NewVersion,
@@ -160,20 +163,25 @@ async fn write_rows(
         destroy_after: None,
         destroyed_at: None,
     };
-    let mut tx = store.begin().await?;
     let event = event.key(&new.alias, Some(new.version));
-    auditor.append(&mut tx, &event).await?;
-    if let Some(key) = &new.key {
-        rows::insert_key(&mut tx, key).await?;
-        if let Some(hash) = new.oaep_hash {
-            rows::insert_rsa_key(&mut tx, &key.alias, hash.as_str()).await?;
-        }
-    }
-    if let Some(to) = new.demote_active_to {
-        rows::demote_active(&mut tx, &new.alias, to, now).await?;
-    }
-    rows::insert_version(&mut tx, &version).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let row = version.clone();
+    auditor
+        .commit(event, true, move |tx| {
+            Box::pin(async move {
+                if let Some(key) = &new.key {
+                    rows::insert_key(tx, key).await?;
+                    if let Some(hash) = new.oaep_hash {
+                        rows::insert_rsa_key(tx, &key.alias, hash.as_str()).await?;
+                    }
+                }
+                if let Some(to) = new.demote_active_to {
+                    rows::demote_active(tx, &new.alias, to, now).await?;
+                }
+                rows::insert_version(tx, &row).await?;
+                Ok::<(), KeyError>(())
+            })
+        })
+        .await?;
     Ok(version)
 }
 

@@ -186,7 +186,7 @@ async fn identify(
 async fn record(state: &Shared, event: &AuditEvent) -> Result<(), Status> {
     state
         .auditor
-        .record(&state.store, event)
+        .record(event)
         .await
         .map(|_| ())
         .map_err(|e| to_status(&OpsError::from(e)))

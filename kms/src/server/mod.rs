@@ -253,7 +253,7 @@ async fn refusal_summaries(
             _ = stop.changed() => true,
         };
         if let Some(summary) = refusals.take()
-            && let Err(e) = state.auditor.record(&state.store, &summary.event()).await
+            && let Err(e) = state.auditor.record(&summary.event()).await
         {
             tracing::error!(error = %e, "could not audit the refused handshakes' summary");
         }

@@ -336,9 +336,27 @@ impl From<TieUpRecord> for pb::TieUp {
     }
 }
 
+/// One chain's verification.
+pub fn chain_report(c: &crate::audit::ChainReport) -> pb::AuditChainReport {
+    pb::AuditChainReport {
+        chain: c.chain.clone(),
+        instance: c.instance.clone(),
+        records: c.records,
+        anchored_seq: c.anchored,
+        intact: c.first_broken.is_none(),
+        first_broken_seq: c.first_broken.as_ref().map_or(0, |b| b.seq),
+        problem: c
+            .first_broken
+            .as_ref()
+            .map(|b| b.problem.clone())
+            .unwrap_or_default(),
+    }
+}
+
 impl From<AuditRow> for pb::AuditRecord {
     fn from(r: AuditRow) -> Self {
         pb::AuditRecord {
+            chain: r.chain,
             seq: r.seq,
             at: r.at,
             caller: r.caller,

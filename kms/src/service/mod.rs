@@ -78,7 +78,7 @@ pub async fn audited<T>(
             if let Some((alias, version)) = key {
                 event = event.key(alias, version);
             }
-            if let Err(audit_error) = state.auditor.record(&state.store, &event).await {
+            if let Err(audit_error) = state.auditor.record(&event).await {
                 return Err(to_status(&OpsError::from(audit_error)));
             }
             Err(to_status(&e))
@@ -102,7 +102,7 @@ pub async fn audited_read<T>(
     }
     state
         .auditor
-        .record(&state.store, &event)
+        .record(&event)
         .await
         .map_err(|e| to_status(&OpsError::from(e)))?;
     Ok(value)

@@ -104,7 +104,7 @@ impl Settlement for SettlementService {
                     .unwrap_or_default()
             );
             let event = caller.event_about(OP, reason);
-            if let Err(e) = state.auditor.record(&state.store, &event).await {
+            if let Err(e) = state.auditor.record(&event).await {
                 tracing::error!(error = %e, "could not audit a DecryptStream");
             }
         });
@@ -183,7 +183,7 @@ impl Settlement for SettlementService {
         let event = caller.event(OP).key(&alias_text, Some(v));
         self.state()
             .auditor
-            .record(&self.state().store, &event)
+            .record(&event)
             .await
             .map_err(|e| to_status(&OpsError::from(e)))?;
         Ok(Response::new(pb::SignResponse {

@@ -77,7 +77,7 @@ pub struct Store {
     backend: Backend,
 }
 
-/// A write transaction; it holds the audit chain's head, so appends are serialised.
+/// A write transaction.
 pub type Tx = Transaction<'static, Any>;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -129,6 +129,17 @@ impl Store {
     /// The pool, for reads.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A connection of its own, out of the pool for good (the audit writer's);
+    /// the pool opens another in its place.
+    pub async fn dedicated(&self) -> Result<AnyConnection, StoreError> {
+        Ok(self.pool.acquire().await?.detach())
     }
 
     /// A connection for reads.

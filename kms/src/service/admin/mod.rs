@@ -20,7 +20,7 @@ use crate::ops::approvals;
 use crate::ops::keys::CreateKey;
 use crate::ops::settlement::{self, CreateSettlementKey};
 use crate::ops::{AppState, Caller, OpsError, Shared, entities, invalid, keys, tieups};
-use crate::store::audit::{self as audit_rows, AuditFilter};
+use crate::store::audit::{self as audit_rows, AuditCursor, AuditFilter};
 
 /// The `Admin` service.
 #[derive(Debug, Clone)]
@@ -463,11 +463,11 @@ impl Admin for AdminService {
                     r.operation.as_str(),
                 ];
                 let page = PageRequest::new("audit", &filters, r.page_size, &r.page_token)?;
-                let before_seq = match &page.after {
+                let before = match &page.after {
                     None => None,
-                    Some(seq) => Some(
-                        seq.parse::<u64>()
-                            .map_err(|_| invalid("page_token does not name an audit record"))?,
+                    Some(cursor) => Some(
+                        audit_cursor(cursor)
+                            .ok_or_else(|| invalid("page_token does not name an audit record"))?,
                     ),
                 };
                 let filter = AuditFilter {
@@ -475,13 +475,15 @@ impl Admin for AdminService {
                     until: end,
                     caller: (!r.caller.is_empty()).then(|| r.caller.clone()),
                     operation: (!r.operation.is_empty()).then(|| r.operation.clone()),
-                    before_seq,
+                    before,
                     limit: u32::try_from(page.size + 1).unwrap_or(u32::MAX),
                 };
                 let mut conn = self.state().store.conn().await?;
                 let mut rows = audit_rows::list(&mut conn, &filter).await?;
                 drop(conn);
-                let page = page.cut(&mut rows, |row| row.seq.to_string());
+                let page = page.cut(&mut rows, |row| {
+                    format!("{} {} {}", row.at, row.chain, row.seq)
+                });
                 Ok(pb::ListAuditResponse {
                     records: page.items.into_iter().map(Into::into).collect(),
                     next_page_token: page.next_page_token,
@@ -505,17 +507,30 @@ impl Admin for AdminService {
             async |_, _| {
                 let state = self.state();
                 let report = state.auditor.verify(&state.store).await?;
-                let broken = report.first_broken;
+                let broken = report.first_broken();
                 Ok(pb::VerifyAuditResponse {
                     intact: broken.is_none(),
-                    records: report.records,
-                    first_broken_seq: broken.as_ref().map_or(0, |b| b.seq),
-                    problem: broken.map(|b| b.problem).unwrap_or_default(),
+                    records: report.records(),
+                    first_broken_seq: broken.map_or(0, |(_, b)| b.seq),
+                    problem: broken.map(|(_, b)| b.problem.clone()).unwrap_or_default(),
+                    first_broken_chain: broken.map(|(c, _)| c.chain.clone()).unwrap_or_default(),
+                    chains: report.chains.iter().map(convert::chain_report).collect(),
                 })
             },
         )
         .await
     }
+}
+
+/// A ListAudit cursor: `<at> <chain> <seq>`.
+fn audit_cursor(text: &str) -> Option<AuditCursor> {
+    let mut parts = text.split(' ');
+    let cursor = AuditCursor {
+        at: parts.next()?.parse().ok()?,
+        chain: parts.next()?.to_string(),
+        seq: parts.next()?.parse().ok()?,
+    };
+    parts.next().is_none().then_some(cursor)
 }
 
 impl AdminService {

@@ -1,0 +1,390 @@
+//! The process's audit writer: one task, one dedicated database connection, one
+//! chain. Requests hand it their audit event and the state change to make with
+//! it; it takes whatever is queued as one batch: one transaction, a savepoint per
+//! request (a request whose change fails is rolled back alone and gets no record
+//! here), one token MAC on the batch's newest record, one commit (one fsync),
+//! then the chain's anchor in the token, and only then the answers. A request is
+//! therefore acknowledged only when its record is durable and anchored.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use sqlx::{AnyConnection, Connection};
+use tokio::sync::{mpsc, oneshot};
+
+use super::anchor::{ANCHOR_APPLICATION, Anchor};
+use super::{AuditError, AuditEvent, GENESIS_HASH, record_hash};
+use crate::hsm::{Hsm, ObjectId};
+use crate::store::audit::{self as rows, AuditRow, ChainRow};
+use crate::store::{Backend, Conn, Store, StoreError, approvals, now_ms};
+
+/// Most requests one batch carries.
+pub const MAX_BATCH: usize = 128;
+/// Requests waiting for the writer before callers wait to queue.
+const QUEUE: usize = 4096;
+/// The chain format this writer appends.
+const FORMAT: u32 = 2;
+
+type Work = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, bool> + Send>;
+
+struct Job {
+    event: AuditEvent,
+    serial: bool,
+    work: Option<Work>,
+    done: oneshot::Sender<Result<(), AuditError>>,
+}
+
+/// This process's audit trail: a handle on its chain's writer. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Auditor {
+    pub(super) hsm: Hsm,
+    pub(super) key: ObjectId,
+    chain: Arc<str>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Auditor {
+    /// Registers a new chain for this process (its anchor in the token first,
+    /// then its row), adopts the pre-migration chain into the token when it has
+    /// no anchor yet, and starts the writer on a dedicated connection. `key` is
+    /// the token's audit MAC key.
+    pub async fn start(store: &Store, hsm: Hsm, key: ObjectId) -> Result<Auditor, AuditError> {
+        adopt_unanchored_legacy(store, &hsm).await?;
+        let anchor = hsm
+            .run(|s| {
+                let id = s.new_object_id()?;
+                let chain = id.to_hex();
+                s.create_data_with_id(
+                    id,
+                    ANCHOR_APPLICATION,
+                    &Anchor::label(&chain),
+                    &Anchor::value(&chain, 0, GENESIS_HASH),
+                )?;
+                Ok(id)
+            })
+            .await?;
+        let chain = anchor.to_hex();
+        let mut conn = store.dedicated().await?;
+        rows::insert_chain(
+            &mut conn,
+            &ChainRow {
+                id: chain.clone(),
+                format: FORMAT,
+                instance: instance_name(),
+                started_at: now_ms(),
+            },
+        )
+        .await?;
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            conn,
+            backend: store.backend(),
+            hsm: hsm.clone(),
+            key,
+            chain: chain.clone(),
+            anchor,
+            next_seq: 1,
+            prev_hash: GENESIS_HASH.to_string(),
+        };
+        tokio::spawn(writer.run(queue));
+        tracing::info!(chain = %chain, "audit chain started");
+        Ok(Auditor {
+            hsm,
+            key,
+            chain: chain.into(),
+            jobs,
+        })
+    }
+
+    /// This process's chain.
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
+    /// Appends `event` after `work` made its change, in one batch transaction:
+    /// both commit, or neither. When `work` fails its change is rolled back,
+    /// nothing is recorded, and its error is returned (the caller records the
+    /// failure). `serial` changes first take the row that serialises
+    /// read-check-write changes across instances.
+    pub async fn commit<T, E, F>(&self, event: AuditEvent, serial: bool, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<AuditError> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
+    {
+        let slot: Arc<Mutex<Option<Result<T, E>>>> = Arc::new(Mutex::new(None));
+        let out = Arc::clone(&slot);
+        let work: Work = Box::new(move |conn: &mut Conn| -> BoxFuture<'_, bool> {
+            Box::pin(async move {
+                let result = work(conn).await;
+                let ok = result.is_ok();
+                *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+                ok
+            })
+        });
+        self.submit(event, serial, Some(work)).await?;
+        let result = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        result.unwrap_or_else(|| Err(E::from(AuditError::Batch("the change did not run".into()))))
+    }
+
+    /// Appends `event` alone (a read, a refusal, a failure).
+    pub async fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
+        self.submit(event.clone(), false, None).await
+    }
+
+    async fn submit(
+        &self,
+        event: AuditEvent,
+        serial: bool,
+        work: Option<Work>,
+    ) -> Result<(), AuditError> {
+        let (done, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                event,
+                serial,
+                work,
+                done,
+            })
+            .await
+            .map_err(|_| AuditError::WriterStopped)?;
+        answer.await.map_err(|_| AuditError::WriterStopped)?
+    }
+}
+
+/// `host:pid`, to tell chains apart in reports.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// A format-1 chain (the trail from before per-instance chains) gets an anchor
+/// at its current end the first time a process starts after the migration.
+async fn adopt_unanchored_legacy(store: &Store, hsm: &Hsm) -> Result<(), AuditError> {
+    let mut conn = store.conn().await?;
+    let legacy: Vec<ChainRow> = rows::chains(&mut conn)
+        .await?
+        .into_iter()
+        .filter(|c| c.format == 1)
+        .collect();
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let anchors = hsm.run(|s| s.list_data(ANCHOR_APPLICATION)).await?;
+    for c in legacy {
+        if anchors
+            .iter()
+            .filter_map(Anchor::parse)
+            .any(|a| a.chain == c.id)
+        {
+            continue;
+        }
+        let (seq, hash) = rows::tail(&mut conn, &c.id)
+            .await?
+            .unwrap_or((0, GENESIS_HASH.to_string()));
+        let chain = c.id.clone();
+        hsm.run(move |s| {
+            s.create_data(
+                ANCHOR_APPLICATION,
+                &Anchor::label(&chain),
+                &Anchor::value(&chain, seq, &hash),
+            )
+        })
+        .await?;
+        tracing::warn!(chain = %c.id, seq, "anchored the audit chain from before migration 0006 at its current end");
+    }
+    Ok(())
+}
+
+struct Writer {
+    conn: AnyConnection,
+    backend: Backend,
+    hsm: Hsm,
+    key: ObjectId,
+    chain: String,
+    anchor: ObjectId,
+    next_seq: u64,
+    prev_hash: String,
+}
+
+/// What the batch did with one request.
+enum Applied {
+    /// Its change kept; its record appended with this reason.
+    Kept(Option<String>),
+    /// Its change failed and was rolled back; the caller has the error.
+    RolledBack,
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(job) = queue.recv().await {
+            batch.push(job);
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(std::mem::take(&mut batch)).await;
+        }
+        tracing::info!(chain = %self.chain, "audit writer stopped");
+    }
+
+    async fn commit_batch(&mut self, mut jobs: Vec<Job>) {
+        let (seq0, hash0) = (self.next_seq, self.prev_hash.clone());
+        let answers = match self.write(&mut jobs).await {
+            Ok(answers) => match self.move_anchor(seq0).await {
+                Ok(()) => answers,
+                Err(e) => {
+                    tracing::error!(chain = %self.chain, error = %e, "audit batch committed but its anchor did not move; its requests are answered with an error");
+                    jobs.iter()
+                        .map(|_| Err(AuditError::Batch("record committed, anchor not updated".into())))
+                        .collect()
+                }
+            },
+            Err(e) => {
+                tracing::error!(chain = %self.chain, error = %e, "audit batch failed");
+                self.next_seq = seq0;
+                self.prev_hash = hash0;
+                self.reload_tail().await;
+                jobs.iter()
+                    .map(|_| Err(AuditError::Batch("the transaction did not commit".into())))
+                    .collect()
+            }
+        };
+        for (job, answer) in jobs.into_iter().zip(answers) {
+            let _ = job.done.send(answer);
+        }
+    }
+
+    /// One transaction for the batch; an answer per job, in order.
+    async fn write(&mut self, jobs: &mut [Job]) -> Result<Vec<Result<(), AuditError>>, AuditError> {
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.conn.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.conn.begin().await,
+        }
+        .map_err(StoreError::from)?;
+        let mut answers = Vec::with_capacity(jobs.len());
+        let mut records = Vec::with_capacity(jobs.len());
+        for job in jobs.iter_mut() {
+            let mut savepoint = Connection::begin(&mut *tx).await.map_err(StoreError::from)?;
+            let applied = apply(&mut savepoint, job).await;
+            match applied {
+                Ok(Applied::Kept(reason)) => {
+                    savepoint.commit().await.map_err(StoreError::from)?;
+                    let row = AuditRow {
+                        chain: self.chain.clone(),
+                        seq: self.next_seq,
+                        at: now_ms(),
+                        caller: job.event.caller.clone(),
+                        cert_fingerprint: job.event.cert_fingerprint.clone(),
+                        operation: job.event.operation.clone(),
+                        key_alias: job.event.key_alias.clone(),
+                        key_version: job.event.key_version,
+                        outcome: job.event.outcome.as_str().to_string(),
+                        reason,
+                        prev_hash: std::mem::take(&mut self.prev_hash),
+                        hash: String::new(),
+                        mac: None,
+                    };
+                    let hash = hex::encode(record_hash(&row, FORMAT));
+                    self.prev_hash = hash.clone();
+                    self.next_seq += 1;
+                    records.push(AuditRow { hash, ..row });
+                    answers.push(Ok(()));
+                }
+                Ok(Applied::RolledBack) => {
+                    savepoint.rollback().await.map_err(StoreError::from)?;
+                    answers.push(Ok(()));
+                }
+                Err(e) => {
+                    savepoint.rollback().await.map_err(StoreError::from)?;
+                    answers.push(Err(e));
+                }
+            }
+        }
+        if let Some(newest) = records.last_mut() {
+            let hash = hex::decode(&newest.hash).map_err(|e| AuditError::Batch(e.to_string()))?;
+            let key = self.key;
+            let mac = self.hsm.run(move |s| s.hmac_sha256(&key, &hash)).await?;
+            newest.mac = Some(hex::encode(mac));
+            rows::insert(&mut tx, &records).await?;
+        }
+        crate::failpoint::hit("audit-batch-before-commit");
+        tx.commit().await.map_err(StoreError::from)?;
+        crate::failpoint::hit("audit-batch-committed");
+        Ok(answers)
+    }
+
+    /// Moves the anchor to the chain's newest record, if the batch added any.
+    async fn move_anchor(&mut self, seq_before: u64) -> Result<(), AuditError> {
+        if self.next_seq == seq_before {
+            return Ok(());
+        }
+        let (object, value) = (
+            self.anchor,
+            Anchor::value(&self.chain, self.next_seq - 1, &self.prev_hash),
+        );
+        self.hsm.run(move |s| s.set_data(&object, &value)).await?;
+        crate::failpoint::hit("audit-batch-anchored");
+        Ok(())
+    }
+
+    /// After a failed batch, the chain's end as the database has it (a commit
+    /// whose answer was lost may have gone through).
+    async fn reload_tail(&mut self) {
+        match rows::tail(&mut self.conn, &self.chain).await {
+            Ok(Some((seq, hash))) => {
+                self.next_seq = seq + 1;
+                self.prev_hash = hash;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(chain = %self.chain, error = %e, "cannot read the audit chain's end"),
+        }
+    }
+}
+
+/// One request inside its savepoint: the cross-instance lock when asked, the
+/// approval it closes, then its change.
+async fn apply(conn: &mut Conn, job: &mut Job) -> Result<Applied, AuditError> {
+    if job.serial {
+        rows::lock_admin(conn).await?;
+    }
+    let event = &job.event;
+    let mut reason = event.reason.clone();
+    if let Some(closing) = &event.closes_approval {
+        let closed = approvals::decide(
+            conn,
+            &closing.id,
+            approvals::StoredState::Approved,
+            &event.caller,
+            now_ms(),
+            None,
+        )
+        .await?;
+        if !closed {
+            return Err(AuditError::ApprovalNotPending(closing.id.clone()));
+        }
+        let note = format!("approves {} proposed by {}", closing.id, closing.proposer);
+        reason = Some(match reason {
+            Some(r) => format!("{r}; {note}"),
+            None => note,
+        });
+    }
+    if let Some(work) = job.work.take() {
+        match AssertUnwindSafe(work(conn)).catch_unwind().await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Applied::RolledBack),
+            Err(_) => {
+                tracing::error!(operation = %event.operation, "a change panicked inside the audit batch; rolled back");
+                return Err(AuditError::Batch("the change panicked".into()));
+            }
+        }
+    }
+    Ok(Applied::Kept(reason))
+}
