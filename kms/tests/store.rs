@@ -203,7 +203,7 @@ async fn a_rolled_back_transaction_leaves_nothing() {
     .await;
 }
 
-async fn auditor() -> Auditor {
+async fn auditor(store: &Store) -> Auditor {
     let hsm = testing::hsm();
     let spec = KeySpec {
         algorithm: SecretAlgorithm::HmacSha256,
@@ -214,39 +214,56 @@ async fn auditor() -> Auditor {
         .run(move |s| s.generate(&spec, "brandkms-test/audit"))
         .await
         .unwrap();
-    Auditor::new(hsm, key.id)
+    Auditor::start(store, hsm, key.id).await.unwrap()
 }
 
-async fn append_some(store: &Store, auditor: &Auditor, n: u32) {
+fn event(i: u32) -> AuditEvent {
+    AuditEvent::allowed("officer-1", "admin.create_key")
+        .key(&format!("key-{i}"), Some(1))
+        .outcome(
+            if i % 2 == 0 {
+                Outcome::Allowed
+            } else {
+                Outcome::Denied
+            },
+            (i % 2 == 1).then(|| "rule 7: officer role required".to_string()),
+        )
+}
+
+/// Appends `n` records one after the other (one batch each).
+async fn append_some(auditor: &Auditor, n: u32) {
     for i in 0..n {
-        let event = AuditEvent::allowed("officer-1", "admin.create_key")
-            .key(&format!("key-{i}"), Some(1))
-            .outcome(
-                if i % 2 == 0 {
-                    Outcome::Allowed
-                } else {
-                    Outcome::Denied
-                },
-                (i % 2 == 1).then(|| "rule 7: officer role required".to_string()),
-            );
-        auditor.record(store, &event).await.unwrap();
+        auditor.record(&event(i)).await.unwrap();
     }
+}
+
+async fn exec(store: &Store, sql: &str, chain: &str) {
+    sqlx::query(sql)
+        .bind(chain)
+        .execute(store.pool())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn the_audit_chain_verifies_and_finds_an_altered_record() {
     each_db(|store, backend| async move {
-        let auditor = auditor().await;
-        append_some(&store, &auditor, 6).await;
+        let auditor = auditor(&store).await;
+        append_some(&auditor, 6).await;
         let report = auditor.verify(&store).await.unwrap();
-        assert_eq!(report.records, 6, "{backend}");
-        assert_eq!(report.first_broken, None, "{backend}");
+        assert_eq!(report.records(), 6, "{backend}");
+        assert!(report.intact(), "{backend}: {report:?}");
+        assert_eq!(report.chains[0].anchored, Some(6), "{backend}");
 
-        sqlx::query("UPDATE audit SET outcome = 'allowed' WHERE seq = 4")
-            .execute(store.pool())
-            .await
-            .unwrap();
-        let broken = auditor.verify(&store).await.unwrap().first_broken.unwrap();
+        exec(
+            &store,
+            "UPDATE audit_records SET outcome = 'allowed' WHERE chain = $1 AND seq = 4",
+            auditor.chain(),
+        )
+        .await;
+        let report = auditor.verify(&store).await.unwrap();
+        let (chain, broken) = report.first_broken().unwrap();
+        assert_eq!(chain.chain, auditor.chain());
         assert_eq!(broken.seq, 4, "{backend}: {broken:?}");
         assert!(broken.problem.contains("altered"), "{broken:?}");
     })
@@ -254,24 +271,33 @@ async fn the_audit_chain_verifies_and_finds_an_altered_record() {
 }
 
 #[tokio::test]
-async fn the_audit_chain_finds_a_deleted_record_and_a_deleted_tail() {
+async fn a_deleted_record_and_a_deleted_tail_are_found() {
     each_db(|store, backend| async move {
-        let auditor = auditor().await;
-        append_some(&store, &auditor, 5).await;
-        sqlx::query("DELETE FROM audit WHERE seq = 5")
-            .execute(store.pool())
-            .await
-            .unwrap();
-        let broken = auditor.verify(&store).await.unwrap().first_broken.unwrap();
-        assert_eq!(
-            broken.seq, 5,
-            "{backend}: a deleted last record is found through the head"
+        let auditor = auditor(&store).await;
+        append_some(&auditor, 5).await;
+        // The newest records go: nothing in the database says they existed, but
+        // the chain's anchor in the token does.
+        exec(
+            &store,
+            "DELETE FROM audit_records WHERE chain = $1 AND seq >= 4",
+            auditor.chain(),
+        )
+        .await;
+        let report = auditor.verify(&store).await.unwrap();
+        let (_, broken) = report.first_broken().unwrap();
+        assert_eq!(broken.seq, 4, "{backend}: {broken:?}");
+        assert!(
+            broken.problem.contains("records missing") && broken.problem.contains("record 5"),
+            "{backend}: {broken:?}"
         );
-        sqlx::query("DELETE FROM audit WHERE seq = 2")
-            .execute(store.pool())
-            .await
-            .unwrap();
-        let broken = auditor.verify(&store).await.unwrap().first_broken.unwrap();
+        exec(
+            &store,
+            "DELETE FROM audit_records WHERE chain = $1 AND seq = 2",
+            auditor.chain(),
+        )
+        .await;
+        let report = auditor.verify(&store).await.unwrap();
+        let (_, broken) = report.first_broken().unwrap();
         assert_eq!(broken.seq, 2, "{backend}: {broken:?}");
         assert!(broken.problem.contains("missing"));
     })
@@ -279,26 +305,52 @@ async fn the_audit_chain_finds_a_deleted_record_and_a_deleted_tail() {
 }
 
 #[tokio::test]
+async fn wiped_audit_tables_are_found() {
+    each_db(|store, backend| async move {
+        let auditor = auditor(&store).await;
+        append_some(&auditor, 3).await;
+        sqlx::query("DELETE FROM audit_records")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM audit_chains")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let report = auditor.verify(&store).await.unwrap();
+        let (chain, broken) = report.first_broken().unwrap();
+        assert_eq!(chain.chain, auditor.chain(), "{backend}");
+        assert!(
+            broken.problem.contains("chain missing from the database"),
+            "{backend}: {broken:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_record_with_a_recomputed_hash_fails_its_mac() {
     each_db(|store, backend| async move {
-        let auditor = auditor().await;
-        append_some(&store, &auditor, 3).await;
-        // A database administrator who rewrites a record and its hash chain cannot
-        // recompute the MACs: they need the token's audit key.
+        let auditor = auditor(&store).await;
+        append_some(&auditor, 3).await;
+        // A database administrator who rewrites a record and its hash cannot
+        // recompute the MAC: it needs the token's audit key.
         let mut conn = store.conn().await.unwrap();
-        let rows = audit_rows::page(&mut conn, 0, 10).await.unwrap();
+        let rows = audit_rows::page(&mut conn, auditor.chain(), 0, 10)
+            .await
+            .unwrap();
         let mut forged = rows[2].clone();
         forged.reason = Some("forged".to_string());
-        sqlx::query("DELETE FROM audit WHERE seq = 3")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        forged.hash = hex::encode(brandkms::audit::record_hash(&forged));
-        audit_rows::insert(&mut conn, &forged).await.unwrap();
-        audit_rows::set_head_hash(&mut conn, &forged.hash)
-            .await
-            .unwrap();
-        let broken = auditor.verify(&store).await.unwrap().first_broken.unwrap();
+        forged.hash = hex::encode(brandkms::audit::record_hash(&forged, 2));
+        exec(
+            &store,
+            "DELETE FROM audit_records WHERE chain = $1 AND seq = 3",
+            auditor.chain(),
+        )
+        .await;
+        audit_rows::insert(&mut conn, &[forged]).await.unwrap();
+        let broken = auditor.verify(&store).await.unwrap();
+        let (_, broken) = broken.first_broken().unwrap();
         assert_eq!(broken.seq, 3, "{backend}: {broken:?}");
         assert!(broken.problem.contains("MAC"), "{backend}: {broken:?}");
     })
@@ -306,24 +358,106 @@ async fn a_record_with_a_recomputed_hash_fails_its_mac() {
 }
 
 #[tokio::test]
-async fn concurrent_appends_keep_one_chain() {
+async fn concurrent_appends_share_batches_and_keep_one_chain() {
     each_db(|store, backend| async move {
-        let auditor = auditor().await;
-        let tasks: Vec<_> = (0..4)
-            .map(|_| {
-                let (store, auditor) = (store.clone(), auditor.clone());
-                tokio::spawn(async move { append_some(&store, &auditor, 10).await })
+        let auditor = auditor(&store).await;
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let auditor = auditor.clone();
+                tokio::spawn(async move {
+                    for i in 0..10 {
+                        auditor.record(&event(t * 10 + i)).await.unwrap();
+                    }
+                })
             })
             .collect();
         for t in tasks {
             t.await.unwrap();
         }
         let report = auditor.verify(&store).await.unwrap();
-        assert_eq!(
-            (report.records, report.first_broken),
-            (40, None),
-            "{backend}"
-        );
+        assert_eq!((report.records(), report.intact()), (80, true), "{backend}");
+        // Batches formed: some records are covered by a later record's MAC.
+        let unmaced: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_records WHERE chain = $1 AND mac IS NULL",
+        )
+        .bind(auditor.chain())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert!(unmaced > 0, "{backend}: no two requests shared a batch");
+    })
+    .await;
+}
+
+/// A change's own error, for the writer's generic error type.
+#[derive(Debug)]
+struct Failed(String);
+
+impl From<brandkms::audit::AuditError> for Failed {
+    fn from(e: brandkms::audit::AuditError) -> Self {
+        Failed(e.to_string())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_change_in_a_batch_is_rolled_back_alone() {
+    each_db(|store, backend| async move {
+        let auditor = auditor(&store).await;
+        let tasks: Vec<_> = (0..16u32)
+            .map(|i| {
+                let auditor = auditor.clone();
+                tokio::spawn(async move {
+                    let record = entity(&format!("issuer-batch-{i}"), EntityKind::Issuer);
+                    auditor
+                        .commit(event(i), false, move |tx| {
+                            Box::pin(async move {
+                                entities::insert(tx, &record)
+                                    .await
+                                    .map_err(|e| Failed(e.to_string()))?;
+                                if i % 3 == 0 {
+                                    return Err(Failed(format!("change {i} fails after its insert")));
+                                }
+                                Ok(i)
+                            })
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(i) => kept.push(i),
+                Err(Failed(e)) => assert!(e.contains("fails after its insert"), "{backend}: {e}"),
+            }
+        }
+        assert_eq!(kept.len(), 10, "{backend}");
+        let mut conn = store.conn().await.unwrap();
+        for i in 0..16u32 {
+            let present = entities::get(&mut conn, &format!("issuer-batch-{i}"))
+                .await
+                .unwrap()
+                .is_some();
+            assert_eq!(present, i % 3 != 0, "{backend}: entity {i}");
+        }
+        let report = auditor.verify(&store).await.unwrap();
+        assert_eq!((report.records(), report.intact()), (10, true), "{backend}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_writers_on_one_database_keep_two_chains() {
+    each_db(|store, backend| async move {
+        let a = auditor(&store).await;
+        let b = Auditor::start(&store, testing::hsm(), *a.key()).await.unwrap();
+        assert_ne!(a.chain(), b.chain());
+        let (x, y) = tokio::join!(append_some(&a, 20), append_some(&b, 20));
+        let ((), ()) = (x, y);
+        let report = a.verify(&store).await.unwrap();
+        assert!(report.intact(), "{backend}: {report:?}");
+        assert_eq!(report.chains.len(), 2, "{backend}");
+        assert!(report.chains.iter().all(|c| c.records == 20), "{backend}: {report:?}");
     })
     .await;
 }

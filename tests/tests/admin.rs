@@ -633,7 +633,7 @@ async fn every_list_pages_and_list_audit_pages_through_2500_records() {
             );
             s.state
                 .auditor
-                .record(&s.state.store, &event)
+                .record(&event)
                 .await
                 .unwrap();
         }
@@ -797,7 +797,7 @@ async fn verify_audit_during_concurrent_appends_never_reports_a_break() {
                                 brandkms::audit::Outcome::Allowed,
                                 Some(format!("writer {w} record {i}")),
                             );
-                        state.auditor.record(&state.store, &event).await.unwrap();
+                        state.auditor.record(&event).await.unwrap();
                     }
                 })
             })

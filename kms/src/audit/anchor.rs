@@ -1,6 +1,7 @@
 //! A chain's anchor: its newest (sequence, hash), kept in a private token data
-//! object that the writer moves on after each batch committed and before any
-//! request of the batch is answered. The database cannot rewrite it, so records
+//! object (named by its chain; the anchor itself is its label, the attribute the
+//! module lets the owner change) that the writer moves on after each batch
+//! committed and before any request of the batch is answered. The database cannot rewrite it, so records
 //! deleted from the end of a chain, or a whole chain wiped, no longer match it.
 
 use crate::hsm::{DataObject, ObjectId};
@@ -10,11 +11,12 @@ pub const ANCHOR_APPLICATION: &str = "brandkms.audit-anchor";
 
 const MAGIC: &str = "brandkms-audit-anchor-v1";
 
-/// What an anchor says.
+/// What an anchor says. Anchors name the audit MAC key of their deployment, so
+/// deployments (or test databases) sharing a token keep to their own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Anchor {
-    /// The token object holding it.
-    pub object: ObjectId,
+    /// The `CKA_ID` of the audit MAC key of the chain's deployment.
+    pub key: ObjectId,
     /// The chain.
     pub chain: String,
     /// The newest sequence number acknowledged (0: none yet).
@@ -24,23 +26,23 @@ pub struct Anchor {
 }
 
 impl Anchor {
-    /// The object's label.
-    pub fn label(chain: &str) -> String {
+    /// The object's name (its `CKA_VALUE`, fixed).
+    pub fn name(chain: &str) -> String {
         format!("{ANCHOR_APPLICATION}/{chain}")
     }
 
-    /// The object's value.
-    pub fn value(chain: &str, seq: u64, hash: &str) -> Vec<u8> {
-        format!("{MAGIC} {chain} {seq} {hash}").into_bytes()
+    /// The object's label: the anchor.
+    pub fn label(key: &ObjectId, chain: &str, seq: u64, hash: &str) -> String {
+        format!("{MAGIC} {} {chain} {seq} {hash}", key.to_hex())
     }
 
     /// Reads a data object as an anchor; `None` when it is not one.
     pub fn parse(object: &DataObject) -> Option<Anchor> {
-        let text = std::str::from_utf8(&object.value).ok()?;
-        let mut parts = text.split(' ');
+        let mut parts = object.label.split(' ');
         if parts.next()? != MAGIC {
             return None;
         }
+        let key = ObjectId::from_hex(parts.next()?)?;
         let chain = parts.next()?.to_string();
         let seq = parts.next()?.parse().ok()?;
         let hash = parts.next()?.to_string();
@@ -48,7 +50,7 @@ impl Anchor {
             return None;
         }
         Some(Anchor {
-            object: object.id,
+            key,
             chain,
             seq,
             hash,
@@ -64,14 +66,14 @@ mod tests {
     #[test]
     fn an_anchor_reads_back_and_rejects_other_data() {
         let object = DataObject {
-            id: ObjectId([7; 16]),
-            label: Anchor::label("c1"),
-            value: Anchor::value("c1", 42, GENESIS_HASH),
+            label: Anchor::label(&ObjectId([9; 16]), "c1", 42, GENESIS_HASH),
+            value: Anchor::name("c1").into_bytes(),
         };
         let a = Anchor::parse(&object).unwrap();
+        assert_eq!(a.key, ObjectId([9; 16]));
         assert_eq!((a.chain.as_str(), a.seq, a.hash.as_str()), ("c1", 42, GENESIS_HASH));
         let other = DataObject {
-            value: b"something else".to_vec(),
+            label: "something else".into(),
             ..object
         };
         assert_eq!(Anchor::parse(&other), None);

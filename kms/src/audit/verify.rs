@@ -104,14 +104,19 @@ impl Auditor {
         Ok(report)
     }
 
-    /// The newest anchor of each chain in the token.
+    /// The newest anchor of each chain of this deployment (anchors naming its
+    /// audit key) in the token.
     async fn anchors(&self) -> Result<HashMap<String, Anchor>, AuditError> {
         let objects = self
             .hsm
             .run(|s| s.list_data(ANCHOR_APPLICATION))
             .await?;
         let mut out: HashMap<String, Anchor> = HashMap::new();
-        for a in objects.iter().filter_map(Anchor::parse) {
+        let own = objects
+            .iter()
+            .filter_map(Anchor::parse)
+            .filter(|a| a.key == self.key);
+        for a in own {
             match out.get(&a.chain) {
                 Some(b) if b.seq >= a.seq => {}
                 _ => {

@@ -51,21 +51,18 @@ impl Auditor {
     /// no anchor yet, and starts the writer on a dedicated connection. `key` is
     /// the token's audit MAC key.
     pub async fn start(store: &Store, hsm: Hsm, key: ObjectId) -> Result<Auditor, AuditError> {
-        adopt_unanchored_legacy(store, &hsm).await?;
-        let anchor = hsm
-            .run(|s| {
-                let id = s.new_object_id()?;
-                let chain = id.to_hex();
-                s.create_data_with_id(
-                    id,
+        adopt_unanchored_legacy(store, &hsm, key).await?;
+        let chain = hsm
+            .run(move |s| {
+                let chain = s.new_object_id()?.to_hex();
+                s.create_data(
                     ANCHOR_APPLICATION,
-                    &Anchor::label(&chain),
-                    &Anchor::value(&chain, 0, GENESIS_HASH),
+                    &Anchor::name(&chain),
+                    &Anchor::label(&key, &chain, 0, GENESIS_HASH),
                 )?;
-                Ok(id)
+                Ok(chain)
             })
             .await?;
-        let chain = anchor.to_hex();
         let mut conn = store.dedicated().await?;
         rows::insert_chain(
             &mut conn,
@@ -84,7 +81,6 @@ impl Auditor {
             hsm: hsm.clone(),
             key,
             chain: chain.clone(),
-            anchor,
             next_seq: 1,
             prev_hash: GENESIS_HASH.to_string(),
         };
@@ -96,6 +92,11 @@ impl Auditor {
             chain: chain.into(),
             jobs,
         })
+    }
+
+    /// The token's audit MAC key.
+    pub fn key(&self) -> &ObjectId {
+        &self.key
     }
 
     /// This process's chain.
@@ -164,7 +165,7 @@ fn instance_name() -> String {
 
 /// A format-1 chain (the trail from before per-instance chains) gets an anchor
 /// at its current end the first time a process starts after the migration.
-async fn adopt_unanchored_legacy(store: &Store, hsm: &Hsm) -> Result<(), AuditError> {
+async fn adopt_unanchored_legacy(store: &Store, hsm: &Hsm, key: ObjectId) -> Result<(), AuditError> {
     let mut conn = store.conn().await?;
     let legacy: Vec<ChainRow> = rows::chains(&mut conn)
         .await?
@@ -179,7 +180,7 @@ async fn adopt_unanchored_legacy(store: &Store, hsm: &Hsm) -> Result<(), AuditEr
         if anchors
             .iter()
             .filter_map(Anchor::parse)
-            .any(|a| a.chain == c.id)
+            .any(|a| a.key == key && a.chain == c.id)
         {
             continue;
         }
@@ -190,8 +191,8 @@ async fn adopt_unanchored_legacy(store: &Store, hsm: &Hsm) -> Result<(), AuditEr
         hsm.run(move |s| {
             s.create_data(
                 ANCHOR_APPLICATION,
-                &Anchor::label(&chain),
-                &Anchor::value(&chain, seq, &hash),
+                &Anchor::name(&chain),
+                &Anchor::label(&key, &chain, seq, &hash),
             )
         })
         .await?;
@@ -206,7 +207,6 @@ struct Writer {
     hsm: Hsm,
     key: ObjectId,
     chain: String,
-    anchor: ObjectId,
     next_seq: u64,
     prev_hash: String,
 }
@@ -243,7 +243,11 @@ impl Writer {
                 Err(e) => {
                     tracing::error!(chain = %self.chain, error = %e, "audit batch committed but its anchor did not move; its requests are answered with an error");
                     jobs.iter()
-                        .map(|_| Err(AuditError::Batch("record committed, anchor not updated".into())))
+                        .map(|_| {
+                            Err(AuditError::Batch(format!(
+                                "record committed, anchor not updated: {e}"
+                            )))
+                        })
                         .collect()
                 }
             },
@@ -253,7 +257,11 @@ impl Writer {
                 self.prev_hash = hash0;
                 self.reload_tail().await;
                 jobs.iter()
-                    .map(|_| Err(AuditError::Batch("the transaction did not commit".into())))
+                    .map(|_| {
+                        Err(AuditError::Batch(format!(
+                            "the transaction did not commit: {e}"
+                        )))
+                    })
                     .collect()
             }
         };
@@ -326,11 +334,13 @@ impl Writer {
         if self.next_seq == seq_before {
             return Ok(());
         }
-        let (object, value) = (
-            self.anchor,
-            Anchor::value(&self.chain, self.next_seq - 1, &self.prev_hash),
+        let (name, label) = (
+            Anchor::name(&self.chain),
+            Anchor::label(&self.key, &self.chain, self.next_seq - 1, &self.prev_hash),
         );
-        self.hsm.run(move |s| s.set_data(&object, &value)).await?;
+        self.hsm
+            .run(move |s| s.relabel_data(ANCHOR_APPLICATION, &name, &label))
+            .await?;
         crate::failpoint::hit("audit-batch-anchored");
         Ok(())
     }

@@ -1,68 +1,81 @@
 //! Data objects: small non-secret values the token keeps where a database
 //! administrator cannot rewrite them (the audit chains' anchors). Private, so
-//! only a logged-in user reads or writes them; never keys.
+//! only a logged-in user reads or writes them; never keys. Data objects have no
+//! `CKA_ID`, and SoftHSM2 refuses to change a data object's `CKA_VALUE`: an
+//! object is named by its application and its (fixed) value, and what changes is
+//! its `CKA_LABEL`, which every module lets the owner modify. Handles are cached
+//! by name.
 
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::error::RvError;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
 use super::HsmError;
 use super::lock;
 use super::session::HsmSession;
-use super::spec::ObjectId;
 
 /// A data object as listed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataObject {
-    /// Its `CKA_ID`.
-    pub id: ObjectId,
-    /// `CKA_LABEL`.
+    /// `CKA_LABEL`: the changing part.
     pub label: String,
-    /// `CKA_VALUE`: the data (never a key).
+    /// `CKA_VALUE`: its name (never a key).
     pub value: Vec<u8>,
 }
 
 impl HsmSession<'_> {
-    /// Creates a private token data object of `application` with a fresh
-    /// `CKA_ID`, and returns the id.
-    pub fn create_data(
-        &self,
-        application: &str,
-        label: &str,
-        value: &[u8],
-    ) -> Result<ObjectId, HsmError> {
-        let id = self.new_object_id()?;
-        self.create_data_with_id(id, application, label, value)?;
-        Ok(id)
-    }
-
-    /// As [`HsmSession::create_data`], with a chosen `CKA_ID`.
-    pub fn create_data_with_id(
-        &self,
-        id: ObjectId,
-        application: &str,
-        label: &str,
-        value: &[u8],
-    ) -> Result<(), HsmError> {
+    /// Creates a private token data object of `application` named `name`, with
+    /// `label`.
+    pub fn create_data(&self, application: &str, name: &str, label: &str) -> Result<(), HsmError> {
         let handle = self.session.create_object(&[
             Attribute::Class(ObjectClass::DATA),
             Attribute::Token(true),
             Attribute::Private(true),
             Attribute::Modifiable(true),
-            Attribute::Id(id.0.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Application(application.as_bytes().to_vec()),
-            Attribute::Value(value.to_vec()),
+            Attribute::Value(name.as_bytes().to_vec()),
         ])?;
-        lock(&self.inner.handles).insert(id, handle);
+        lock(&self.inner.data_handles).insert(name.to_string(), handle);
         Ok(())
     }
 
-    /// Replaces a data object's value.
-    pub fn set_data(&self, id: &ObjectId, value: &[u8]) -> Result<(), HsmError> {
-        self.with_key(id, |h| {
-            Ok(self
-                .session
-                .update_attributes(h, &[Attribute::Value(value.to_vec())])?)
-        })
+    /// Sets the label of the data object of `application` named `name`.
+    pub fn relabel_data(&self, application: &str, name: &str, label: &str) -> Result<(), HsmError> {
+        let set = |h: ObjectHandle| {
+            self.session
+                .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
+                .map_err(HsmError::from)
+        };
+        let cached = lock(&self.inner.data_handles).get(name).copied();
+        if let Some(h) = cached {
+            match set(h) {
+                Err(e) if e.rv() == Some(RvError::ObjectHandleInvalid) => {
+                    lock(&self.inner.data_handles).remove(name);
+                }
+                other => return other,
+            }
+        }
+        let h = self.find_data(application, name)?;
+        set(h)?;
+        lock(&self.inner.data_handles).insert(name.to_string(), h);
+        Ok(())
+    }
+
+    fn find_data(&self, application: &str, name: &str) -> Result<ObjectHandle, HsmError> {
+        let found = self.session.find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Application(application.as_bytes().to_vec()),
+            Attribute::Value(name.as_bytes().to_vec()),
+        ])?;
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(HsmError::DataObjectNotFound(name.to_string())),
+            many => Err(HsmError::AmbiguousDataObject {
+                name: name.to_string(),
+                count: many.len(),
+            }),
+        }
     }
 
     /// Every data object of `application`.
@@ -74,22 +87,18 @@ impl HsmSession<'_> {
         ])?;
         let mut out = Vec::with_capacity(found.len());
         for handle in found {
-            let attrs = self.session.get_attributes(
-                handle,
-                &[AttributeType::Id, AttributeType::Label, AttributeType::Value],
-            )?;
-            let (mut id, mut label, mut value) = (None, String::new(), Vec::new());
+            let attrs = self
+                .session
+                .get_attributes(handle, &[AttributeType::Label, AttributeType::Value])?;
+            let (mut label, mut value) = (String::new(), Vec::new());
             for attr in attrs {
                 match attr {
-                    Attribute::Id(v) => id = v.try_into().ok().map(ObjectId),
                     Attribute::Label(v) => label = String::from_utf8_lossy(&v).into_owned(),
                     Attribute::Value(v) => value = v,
                     _ => {}
                 }
             }
-            if let Some(id) = id {
-                out.push(DataObject { id, label, value });
-            }
+            out.push(DataObject { label, value });
         }
         Ok(out)
     }

@@ -65,6 +65,17 @@ pub enum HsmError {
         /// How many objects carry it.
         count: usize,
     },
+    /// No data object has the name.
+    #[error("no token data object named {0:?}")]
+    DataObjectNotFound(String),
+    /// Several data objects carry the name (it must be unique).
+    #[error("{count} token data objects are named {name:?}")]
+    AmbiguousDataObject {
+        /// The name.
+        name: String,
+        /// How many objects carry it.
+        count: usize,
+    },
     /// The token gave no `CKA_CHECK_VALUE` for a key it generated.
     #[error("the token gave no CKA_CHECK_VALUE for key {0}")]
     NoCheckValue(ObjectId),
