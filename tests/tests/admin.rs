@@ -461,7 +461,9 @@ async fn verify_audit_finds_an_altered_and_a_deleted_record() {
         assert!(report.intact, "{}: {report:?}", s.backend);
         assert!(report.records >= 5);
 
-        sqlx::query("UPDATE audit SET caller = 'officer-2' WHERE seq = 3")
+        let chain = s.state.auditor.chain().to_string();
+        sqlx::query("UPDATE audit_records SET caller = 'officer-2' WHERE chain = $1 AND seq = 3")
+            .bind(&chain)
             .execute(s.state.store.pool())
             .await
             .unwrap();
@@ -470,9 +472,14 @@ async fn verify_audit_finds_an_altered_and_a_deleted_record() {
             .await
             .unwrap();
         assert!(!report.intact);
-        assert_eq!(report.first_broken_seq, 3, "{report:?}");
+        assert_eq!(
+            (report.first_broken_chain.as_str(), report.first_broken_seq),
+            (chain.as_str(), 3),
+            "{report:?}"
+        );
 
-        sqlx::query("DELETE FROM audit WHERE seq = 2")
+        sqlx::query("DELETE FROM audit_records WHERE chain = $1 AND seq = 2")
+            .bind(&chain)
             .execute(s.state.store.pool())
             .await
             .unwrap();

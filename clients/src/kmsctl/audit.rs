@@ -77,27 +77,66 @@ pub(super) async fn run(
                 .verify_audit(pb::VerifyAuditRequest::default())
                 .await?;
             if out.json {
+                let chains: Vec<_> = r
+                    .chains
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "chain": c.chain,
+                            "instance": c.instance,
+                            "records": c.records,
+                            "anchored_seq": c.anchored_seq,
+                            "intact": c.intact,
+                            "first_broken_seq": (!c.intact).then_some(c.first_broken_seq),
+                            "problem": (!c.intact).then_some(&c.problem),
+                        })
+                    })
+                    .collect();
                 out.print_json(&json!({
                     "intact": r.intact,
                     "records": r.records,
+                    "first_broken_chain": (!r.intact).then_some(&r.first_broken_chain),
                     "first_broken_seq": (!r.intact).then_some(r.first_broken_seq),
                     "problem": (!r.intact).then_some(&r.problem),
+                    "chains": chains,
                 }));
-            } else if r.intact {
-                println!(
-                    "audit trail intact: {} records, hashes and token MACs verified",
-                    r.records
-                );
             } else {
-                println!(
-                    "audit trail BROKEN at record {}: {} ({} records before it verified)",
-                    r.first_broken_seq, r.problem, r.records
-                );
+                for c in &r.chains {
+                    let anchored = c
+                        .anchored_seq
+                        .map_or("no anchor".to_string(), |s| format!("anchored at {s}"));
+                    if c.intact {
+                        println!(
+                            "chain {} ({}): {} records, {anchored}: intact",
+                            c.chain, c.instance, c.records
+                        );
+                    } else {
+                        println!(
+                            "chain {} ({}): BROKEN at record {}: {} ({anchored})",
+                            c.chain, c.instance, c.first_broken_seq, c.problem
+                        );
+                    }
+                }
+                if r.intact {
+                    println!(
+                        "audit trail intact: {} chains, {} records, hashes, token MACs and anchors verified",
+                        r.chains.len(),
+                        r.records
+                    );
+                } else {
+                    println!(
+                        "audit trail BROKEN: chain {} at record {}: {}",
+                        r.first_broken_chain, r.first_broken_seq, r.problem
+                    );
+                }
             }
             if !r.intact {
                 return Err(ClientError::local(
                     tonic::Code::DataLoss,
-                    format!("audit trail broken at record {}", r.first_broken_seq),
+                    format!(
+                        "audit trail broken: chain {} at record {}",
+                        r.first_broken_chain, r.first_broken_seq
+                    ),
                 ));
             }
         }
