@@ -63,6 +63,9 @@ impl TestServer {
 
     /// As [`TestServer::start`], with other timings.
     pub async fn start_with(db: TestDb, service: ServiceSettings) -> TestServer {
+        if std::env::var_os("BRANDKMS_TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         std::fs::create_dir_all(&pki).unwrap();

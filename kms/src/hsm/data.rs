@@ -78,8 +78,20 @@ impl HsmSession<'_> {
         }
     }
 
-    /// Every data object of `application`.
+    /// Every data object of `application`. An object another session removes
+    /// or replaces between the search and the read invalidates its handle: the
+    /// listing is then taken again (at most three times).
     pub fn list_data(&self, application: &str) -> Result<Vec<DataObject>, HsmError> {
+        let mut tries = 0;
+        loop {
+            match self.list_data_once(application) {
+                Err(e) if e.rv() == Some(RvError::ObjectHandleInvalid) && tries < 2 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn list_data_once(&self, application: &str) -> Result<Vec<DataObject>, HsmError> {
         let found = self.session.find_objects(&[
             Attribute::Class(ObjectClass::DATA),
             Attribute::Token(true),

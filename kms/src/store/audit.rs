@@ -119,6 +119,17 @@ pub async fn tail(conn: &mut Conn, chain: &str) -> Result<Option<(u64, String)>,
     row.map(|r| Ok((seq_of(&r)?, r.try_get("hash")?))).transpose()
 }
 
+/// The hash of record `seq` of `chain`, if it exists.
+pub async fn hash_at(conn: &mut Conn, chain: &str, seq: u64) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT hash FROM audit_records WHERE chain = $1 AND seq = $2")
+            .bind(chain)
+            .bind(seq_i64(seq)?)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
 const COLUMNS: &str = "chain, seq, at, caller, cert_fingerprint, operation, key_alias, key_version, outcome, reason, prev_hash, hash, mac";
 const PER_ROW: usize = 13;
 /// Rows per INSERT statement (well under every database's parameter limit).
