@@ -55,7 +55,7 @@ const LEASE_PERIODS: u32 = 3;
 /// Challenges and sessions are purged this long after they expired, so that an
 /// instance whose clock runs a little behind never misses a row it still deems
 /// valid.
-const PURGE_GRACE: Duration = Duration::from_secs(300);
+pub const PURGE_GRACE: Duration = Duration::from_secs(300);
 /// At most this many rows per delete statement.
 const PURGE_BATCH: u32 = 1000;
 
@@ -416,7 +416,7 @@ async fn purger(state: Shared, instance: Arc<str>, stop: tokio::sync::watch::Rec
         let event = AuditEvent::allowed("local:retention", PURGE_OPERATION).outcome(
             Outcome::Allowed,
             Some(format!(
-                "purged {} challenges, {} sessions and {} sealed commands that expired before {} (proxy loads kept); by {instance}",
+                "purged expired card rows: challenges {}, sessions {}, sealed commands {} (expired before {}; proxy loads kept); by {instance}",
                 purged.challenges,
                 purged.sessions,
                 purged.commands,
