@@ -105,6 +105,7 @@ struct RawService {
     challenge_ttl_secs: Option<u64>,
     session_ttl_secs: Option<u64>,
     destruction_check_secs: Option<u64>,
+    purge_interval_secs: Option<u64>,
     refused_handshake_summary_secs: Option<u64>,
     dual_control: Option<Vec<String>>,
     approval_ttl_secs: Option<u64>,
@@ -124,7 +125,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// TLS files, required by `kms serve`.
     pub tls: Option<TlsSettings>,
-    /// Lifetimes of challenges and sessions, and the destruction scheduler's period.
+    /// Lifetimes of challenges and sessions, and the background tasks' periods.
     pub service: ServiceSettings,
 }
 
@@ -166,6 +167,8 @@ pub struct ServiceSettings {
     pub session_ttl_secs: u64,
     /// How often due key destructions are carried out.
     pub destruction_check_secs: u64,
+    /// How often expired challenges and sessions (with their commands) are purged.
+    pub purge_interval_secs: u64,
     /// How often the handshakes refused meanwhile are summarised in one audit record.
     pub refused_handshake_summary_secs: u64,
     /// The Admin operations held for a second officer.
@@ -180,6 +183,7 @@ impl Default for ServiceSettings {
             challenge_ttl_secs: 30,
             session_ttl_secs: 120,
             destruction_check_secs: 60,
+            purge_interval_secs: 60,
             refused_handshake_summary_secs: 60,
             dual_control: SensitiveOperation::DEFAULT.to_vec(),
             approval_ttl_secs: 86_400,
@@ -329,6 +333,10 @@ impl Settings {
                 .service
                 .destruction_check_secs
                 .unwrap_or(defaults.destruction_check_secs),
+            purge_interval_secs: raw
+                .service
+                .purge_interval_secs
+                .unwrap_or(defaults.purge_interval_secs),
             refused_handshake_summary_secs: raw
                 .service
                 .refused_handshake_summary_secs
@@ -355,6 +363,7 @@ impl Settings {
                 "service.destruction_check_secs",
                 service.destruction_check_secs,
             ),
+            ("service.purge_interval_secs", service.purge_interval_secs),
             (
                 "service.refused_handshake_summary_secs",
                 service.refused_handshake_summary_secs,
@@ -561,6 +570,16 @@ mod tests {
         assert_eq!(field_of(load(&bogus, &e)), "service.dual_control");
         let zero = format!("{}[service]\napproval_ttl_secs = 0\n", base());
         assert_eq!(field_of(load(&zero, &e)), "service.approval_ttl_secs");
+    }
+
+    #[test]
+    fn the_purge_interval_defaults_to_a_minute_and_zero_is_refused() {
+        let e = env(&[("BRANDKMS_PIN", "1")]);
+        assert_eq!(load(&base(), &e).unwrap().service.purge_interval_secs, 60);
+        let five = format!("{}[service]\npurge_interval_secs = 5\n", base());
+        assert_eq!(load(&five, &e).unwrap().service.purge_interval_secs, 5);
+        let zero = format!("{}[service]\npurge_interval_secs = 0\n", base());
+        assert_eq!(field_of(load(&zero, &e)), "service.purge_interval_secs");
     }
 
     #[test]

@@ -461,3 +461,280 @@ async fn two_writers_on_one_database_keep_two_chains() {
     })
     .await;
 }
+
+/// Two instances (two pools on one database) racing for a lease: exactly one
+/// holds it; its holder renews it; the other takes it over only once it expired,
+/// or at once when it was released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_at_a_time_holds_a_lease() {
+    use brandkms::store::leases::{self, Tenure};
+    for db in testing::databases().await {
+        let backend = db.backend;
+        let (a, b) = (
+            Store::connect(&db.settings).await.unwrap(),
+            Store::connect(&db.settings).await.unwrap(),
+        );
+        let take = |store: &Store, name: String, holder: &'static str, now: i64| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut conn = store.conn().await.unwrap();
+                leases::acquire(&mut conn, &name, holder, now, 3000)
+                    .await
+                    .unwrap()
+            })
+        };
+        let now = now_ms();
+        for round in 0..50 {
+            let name = format!("race-{round}");
+            let (x, y) = (
+                take(&a, name.clone(), "host:1:a", now),
+                take(&b, name.clone(), "host:2:b", now),
+            );
+            let (x, y) = (x.await.unwrap(), y.await.unwrap());
+            assert_eq!(
+                [x, y].iter().filter(|t| **t == Tenure::Held).count(),
+                1,
+                "{backend} round {round}: {x:?} {y:?}"
+            );
+            let mut conn = a.conn().await.unwrap();
+            let held = leases::lease(&mut conn, &name).await.unwrap().unwrap();
+            let winner = if x == Tenure::Held {
+                "host:1:a"
+            } else {
+                "host:2:b"
+            };
+            assert_eq!(held.holder, winner, "{backend}");
+            assert_eq!((held.acquired_at, held.expires_at), (now, now + 3000));
+        }
+
+        // The holder renews; the other is refused until the lease has expired.
+        let name = "purger".to_string();
+        assert_eq!(
+            take(&a, name.clone(), "a", now).await.unwrap(),
+            Tenure::Held
+        );
+        assert_eq!(
+            take(&a, name.clone(), "a", now + 2000).await.unwrap(),
+            Tenure::Held
+        );
+        assert_eq!(
+            take(&b, name.clone(), "b", now + 4000).await.unwrap(),
+            Tenure::HeldElsewhere,
+            "{backend}: renewed until now + 5000"
+        );
+        let mut conn = b.conn().await.unwrap();
+        let held = leases::lease(&mut conn, &name).await.unwrap().unwrap();
+        assert_eq!(
+            (held.holder.as_str(), held.acquired_at, held.expires_at),
+            ("a", now, now + 5000),
+            "{backend}"
+        );
+        assert_eq!(
+            take(&b, name.clone(), "b", now + 5000).await.unwrap(),
+            Tenure::Held,
+            "{backend}: taken over once expired"
+        );
+        assert_eq!(
+            take(&a, name.clone(), "a", now + 5001).await.unwrap(),
+            Tenure::HeldElsewhere,
+            "{backend}"
+        );
+        let held = leases::lease(&mut conn, &name).await.unwrap().unwrap();
+        assert_eq!(
+            (held.holder.as_str(), held.acquired_at),
+            ("b", now + 5000),
+            "{backend}"
+        );
+
+        // Only the holder's release counts; after it, the other takes it at once.
+        leases::release(&mut conn, &name, "a").await.unwrap();
+        assert_eq!(
+            take(&a, name.clone(), "a", now + 5002).await.unwrap(),
+            Tenure::HeldElsewhere,
+            "{backend}"
+        );
+        leases::release(&mut conn, &name, "b").await.unwrap();
+        assert!(leases::lease(&mut conn, &name).await.unwrap().is_none());
+        assert_eq!(
+            take(&a, name.clone(), "a", now + 5003).await.unwrap(),
+            Tenure::Held,
+            "{backend}"
+        );
+        drop(conn);
+        a.close().await;
+        b.close().await;
+    }
+}
+
+/// Expired challenges and sessions go, with every command of those sessions
+/// (answered or not), in batches; unexpired ones and proxy loads stay.
+#[tokio::test]
+async fn expired_card_rows_are_purged_in_batches_and_proxy_loads_stay() {
+    use brandkms::store::cards::{
+        self, ChallengeRecord, CommandRecord, ProxyLoadRecord, Purged, SessionRecord,
+    };
+    each_db(|store, backend| async move {
+        let mut conn = store.conn().await.unwrap();
+        entities::insert(&mut conn, &entity("shop", EntityKind::Cybershop))
+            .await
+            .unwrap();
+        entities::insert(&mut conn, &entity("issuer", EntityKind::Issuer))
+            .await
+            .unwrap();
+        let now = now_ms();
+        // Five expired challenges (two used), one open.
+        for (i, expires_at) in [
+            now - 10,
+            now - 20,
+            now - 30,
+            now - 40,
+            now - 50,
+            now + 30_000,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = format!("ch-{i}");
+            cards::insert_challenge(
+                &mut conn,
+                &ChallengeRecord {
+                    id: id.clone(),
+                    caller: "shop".into(),
+                    alias: "key-k".into(),
+                    version: 1,
+                    card_id: "0123456789012345".into(),
+                    rb: "B1B2B3B4B5B6B7B8".into(),
+                    created_at: expires_at - 30_000,
+                    expires_at,
+                },
+            )
+            .await
+            .unwrap();
+            if i < 2 {
+                assert!(
+                    cards::take_challenge(&mut conn, &id, "shop", expires_at - 1)
+                        .await
+                        .unwrap()
+                );
+            }
+        }
+        // Three expired sessions with three commands each (the first answered,
+        // one a proxy load), one live session with one command.
+        for (s, expires_at) in [now - 10, now - 20, now - 30, now + 120_000]
+            .into_iter()
+            .enumerate()
+        {
+            let session_id = format!("cs-{s}");
+            cards::insert_session(
+                &mut conn,
+                &SessionRecord {
+                    id: session_id.clone(),
+                    caller: "shop".into(),
+                    alias: "key-k".into(),
+                    version: 1,
+                    card_id: "0123456789012345".into(),
+                    sealed_nonces: "00".into(),
+                    created_at: expires_at - 120_000,
+                    expires_at,
+                    next_counter: 0,
+                },
+            )
+            .await
+            .unwrap();
+            let commands = if expires_at > now { 1 } else { 3 };
+            for counter in 0..commands {
+                let txn_id = format!("{s:016X}{counter:016X}");
+                cards::insert_command(
+                    &mut conn,
+                    &CommandRecord {
+                        session_id: session_id.clone(),
+                        counter,
+                        op: "load".into(),
+                        amount: 500,
+                        currency: "JPY".into(),
+                        txn_id: txn_id.clone(),
+                        sealed_at: expires_at - 60_000,
+                        receipt_at: None,
+                    },
+                )
+                .await
+                .unwrap();
+                if counter == 0 {
+                    assert!(
+                        cards::mark_receipt(&mut conn, &session_id, 0, expires_at - 1)
+                            .await
+                            .unwrap()
+                    );
+                    cards::insert_proxy_load(
+                        &mut conn,
+                        &ProxyLoadRecord {
+                            txn_id,
+                            issuer: "issuer".into(),
+                            requested_by: "shop".into(),
+                            alias: "key-k".into(),
+                            version: 1,
+                            card_id: "0123456789012345".into(),
+                            amount: 500,
+                            currency: "JPY".into(),
+                            status: "pending".into(),
+                            at: expires_at - 60_000,
+                            confirmed_at: None,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        }
+
+        let purged = cards::purge_expired(&mut conn, now, 2).await.unwrap();
+        assert_eq!(
+            purged,
+            Purged {
+                challenges: 5,
+                sessions: 3,
+                commands: 9,
+            },
+            "{backend}"
+        );
+        let left = |table: &'static str| {
+            let pool = store.pool().clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            [
+                left("card_challenges").await,
+                left("card_sessions").await,
+                left("card_commands").await,
+                left("proxy_loads").await,
+            ],
+            [1, 1, 1, 4],
+            "{backend}"
+        );
+        assert!(cards::session(&mut conn, "cs-3").await.unwrap().is_some());
+        assert!(
+            cards::command(&mut conn, "cs-3", 0)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            cards::open_challenge(&mut conn, "ch-5", "shop")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            cards::purge_expired(&mut conn, now, 2)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}

@@ -14,7 +14,9 @@ use brandkms::ops::card_protocol::{CardKey, FROM_CARD, TO_CARD, mac_input};
 use brandkms_clients::Client;
 use brandkms_clients::card::{self, Card, CardKeyEntry};
 use brandkms_proto::v1 as pb;
-use brandkms_tests::{TestServer, on_each_database, refusal_of, register, status_of, tie_up};
+use brandkms_tests::{
+    TestServer, audit_records, on_each_database, refusal_of, register, status_of, tie_up,
+};
 use tonic::Code;
 
 fn h<const N: usize>(s: &str) -> [u8; N] {
@@ -736,6 +738,119 @@ async fn malformed_inputs_are_invalid_and_change_nothing() {
         s
     })
     .await;
+}
+
+/// Challenges and sessions expired more than the grace period ago go with the
+/// sessions' commands, answered or not, in one purge summarised by one audit
+/// record; live ones, the proxy loads and the operations' audit records stay.
+#[tokio::test]
+async fn the_purger_deletes_expired_challenges_and_sessions_and_keeps_proxy_loads() {
+    for db in brandkms::testing::databases().await {
+        let service = brandkms::config::ServiceSettings {
+            purge_interval_secs: 1,
+            ..TestServer::single_officer()
+        };
+        let s = TestServer::start_with(db, service).await;
+        let officer = seed(&s).await;
+        let km = hex::decode(KM).unwrap();
+        // A proxy load (answered) and a DEBIT the card never answered, in one
+        // session; a challenge never completed.
+        let portal = s.client("loading-portal").await;
+        let mut card_e = card_with(&km, SERVICE_E, h("1122334455667788"), 1000);
+        let old = authenticate(&portal, &mut card_e, "key-e", SERVICE_E).await;
+        let (_, v) = transact(
+            &portal,
+            &mut card_e,
+            &old.session_id,
+            pb::CardOp::Load,
+            5000,
+        )
+        .await;
+        assert!(v.genuine);
+        portal
+            .cards()
+            .seal_command(seal_request(&old.session_id, pb::CardOp::Debit, 100))
+            .await
+            .unwrap();
+        let shop = s.client("cybershop-k").await;
+        shop.cards()
+            .begin_authentication(pb::BeginAuthenticationRequest {
+                alias: "key-k".into(),
+                key_version: 1,
+                card_id: h::<8>(CID).to_vec(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(counts(&s).await, [2, 1, 2, 1], "{}", s.backend);
+
+        // Past the session's lifetime and the grace period; then a live session.
+        s.state.clock.advance(
+            Duration::from_secs(s.state.settings.session_ttl_secs)
+                + brandkms::server::PURGE_GRACE
+                + Duration::from_secs(1),
+        );
+        let mut card = card_with(&km, SERVICE_K, h(CID), 5000);
+        let live = authenticate(&shop, &mut card, "key-k", SERVICE_K).await;
+        transact(&shop, &mut card, &live.session_id, pb::CardOp::Debit, 100).await;
+
+        let started = std::time::Instant::now();
+        let purges = loop {
+            let purges = audit_records(&officer, "Retention/Purge").await;
+            if !purges.is_empty() || started.elapsed() > Duration::from_secs(30) {
+                break purges;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(purges.len(), 1, "{}: {purges:?}", s.backend);
+        assert!(
+            purges[0].reason.starts_with(
+                "purged expired card rows: challenges 2, sessions 1, sealed commands 2 "
+            ),
+            "{}",
+            purges[0].reason
+        );
+        assert_eq!(purges[0].caller, "local:retention");
+        assert_eq!(counts(&s).await, [1, 1, 1, 1], "{}", s.backend);
+
+        // The live session goes on; the old one is gone.
+        let (sealed, v) =
+            transact(&shop, &mut card, &live.session_id, pb::CardOp::Debit, 100).await;
+        assert_eq!(sealed.counter, 1);
+        assert!(v.genuine);
+        let (c, _) = status_of(
+            portal
+                .cards()
+                .seal_command(seal_request(&old.session_id, pb::CardOp::Debit, 1))
+                .await,
+        );
+        assert_eq!(c, Code::NotFound);
+        let loads = s
+            .client("issuer-2-1")
+            .await
+            .proxy_loads()
+            .list_proxy_loads(pb::ListProxyLoadsRequest::default())
+            .await
+            .unwrap()
+            .loads;
+        assert_eq!(loads.len(), 1);
+        assert_eq!(loads[0].status, pb::ProxyLoadStatus::Confirmed as i32);
+        // The four commands sealed are still in the audit trail.
+        let sealed = audit_records(&officer, "CardAuthentication/SealCommand").await;
+        assert_eq!(
+            sealed
+                .iter()
+                .filter(|r| r.outcome == pb::AuditOutcome::Allowed as i32)
+                .count(),
+            4
+        );
+        let verified = officer
+            .admin()
+            .verify_audit(pb::VerifyAuditRequest::default())
+            .await
+            .unwrap();
+        assert!(verified.intact, "{verified:?}");
+        s.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

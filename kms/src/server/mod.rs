@@ -2,8 +2,9 @@
 //! `kms serve` runs, built once from validated settings. The listener accepts
 //! TLS here (`tls`: rustls, client certificate required), `identity` reads the
 //! caller from its certificate, and the `auth` layer wraps every service so that
-//! handlers (`crate::service`) only see identified callers. A background task
-//! carries out due key destructions.
+//! handlers (`crate::service`) only see identified callers. Background tasks
+//! carry out due key destructions and purge expired card challenges and sessions,
+//! each under a database lease, so that one instance at a time does it.
 
 pub mod auth;
 pub mod identity;
@@ -28,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use self::auth::AuthLayer;
 use self::tls::ServerTls;
+use crate::audit::{AuditEvent, Outcome};
 use crate::clock::Clock;
 use crate::commands::init;
 use crate::config::Settings;
@@ -38,7 +40,24 @@ use crate::service::admin::AdminService;
 use crate::service::card::CardService;
 use crate::service::distribution::DistributionService;
 use crate::service::settlement::SettlementService;
-use crate::store::Store;
+use crate::store::leases::{self, Tenure};
+use crate::store::{Store, cards};
+
+/// The lease the destruction scheduler runs under.
+pub const DESTRUCTION_LEASE: &str = "destruction";
+/// The lease the purger runs under.
+pub const PURGER_LEASE: &str = "purger";
+/// The operation name of the purger's summary records.
+pub const PURGE_OPERATION: &str = "Retention/Purge";
+/// A lease lasts this many of its task's periods: a holder that stops renewing it
+/// (stopped, killed, cut off) is replaced within about that time.
+const LEASE_PERIODS: u32 = 3;
+/// Challenges and sessions are purged this long after they expired, so that an
+/// instance whose clock runs a little behind never misses a row it still deems
+/// valid.
+pub const PURGE_GRACE: Duration = Duration::from_secs(300);
+/// At most this many rows per delete statement.
+const PURGE_BATCH: u32 = 1000;
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +87,8 @@ pub enum StartError {
 pub struct Server {
     state: Shared,
     tls: ServerTls,
+    /// This instance's name as a lease holder.
+    instance: Arc<str>,
 }
 
 impl Server {
@@ -125,6 +146,7 @@ impl Server {
                 settings: settings.service.clone(),
             }),
             tls,
+            instance: instance_id().into(),
         })
     }
 
@@ -142,6 +164,12 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let scheduler = tokio::spawn(destruction_scheduler(
             Arc::clone(&self.state),
+            Arc::clone(&self.instance),
+            stop_rx.clone(),
+        ));
+        let purger = tokio::spawn(purger(
+            Arc::clone(&self.state),
+            Arc::clone(&self.instance),
             stop_rx.clone(),
         ));
         let summaries = tokio::spawn(refusal_summaries(
@@ -192,6 +220,7 @@ impl Server {
             .await;
         let _ = stop_tx.send(true);
         let _ = scheduler.await;
+        let _ = purger.await;
         let _ = summaries.await;
         self.state.store.close().await;
         result.map_err(|e| StartError::Serve(e.to_string()))
@@ -263,17 +292,142 @@ async fn refusal_summaries(
     }
 }
 
-async fn destruction_scheduler(state: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let period = Duration::from_secs(state.settings.destruction_check_secs);
+/// This instance's name as a lease holder: `<hostname>:<pid>:<random>`.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Every `period`: takes or renews the lease `name` for [`LEASE_PERIODS`]
+/// periods and, while this instance holds it, runs `work`. At shutdown the lease
+/// is given up, so that another instance need not wait for it to expire.
+async fn under_lease<F, Fut>(
+    state: &AppState,
+    name: &'static str,
+    holder: &str,
+    period: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    work: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let duration_ms =
+        i64::try_from(period.saturating_mul(LEASE_PERIODS).as_millis()).unwrap_or(i64::MAX);
+    let mut held = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
-        if let Err(e) = run_due_destructions(&state).await {
-            tracing::error!(error = %e, "scheduled key destruction failed; will retry");
+        let tenure = match state.store.conn().await {
+            Ok(mut conn) => {
+                leases::acquire(&mut conn, name, holder, state.clock.now_ms(), duration_ms).await
+            }
+            Err(e) => Err(e),
+        };
+        match tenure {
+            Ok(Tenure::Held) => {
+                if !held {
+                    tracing::info!(lease = name, holder, "took the lease");
+                    held = true;
+                }
+                work().await;
+            }
+            Ok(Tenure::HeldElsewhere) => {
+                if held {
+                    tracing::warn!(lease = name, "another instance took the lease");
+                    held = false;
+                }
+            }
+            Err(e) => {
+                tracing::error!(lease = name, error = %e, "cannot take the lease; will retry")
+            }
         }
     }
+    if held {
+        let released = match state.store.conn().await {
+            Ok(mut conn) => leases::release(&mut conn, name, holder).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = released {
+            tracing::warn!(lease = name, error = %e, "cannot give the lease up; it will expire");
+        }
+    }
+}
+
+/// Carries out due key destructions, under the lease [`DESTRUCTION_LEASE`].
+async fn destruction_scheduler(
+    state: Shared,
+    instance: Arc<str>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let period = Duration::from_secs(state.settings.destruction_check_secs);
+    under_lease(
+        &state,
+        DESTRUCTION_LEASE,
+        &instance,
+        period,
+        stop,
+        || async {
+            if let Err(e) = run_due_destructions(&state).await {
+                tracing::error!(error = %e, "scheduled key destruction failed; will retry");
+            }
+        },
+    )
+    .await;
+}
+
+/// Deletes challenges and sessions (with their commands) that expired more than
+/// [`PURGE_GRACE`] ago, under the lease [`PURGER_LEASE`]; a purge that deleted
+/// something is summarised in one audit record.
+async fn purger(state: Shared, instance: Arc<str>, stop: tokio::sync::watch::Receiver<bool>) {
+    let period = Duration::from_secs(state.settings.purge_interval_secs);
+    let grace_ms = i64::try_from(PURGE_GRACE.as_millis()).unwrap_or(i64::MAX);
+    under_lease(&state, PURGER_LEASE, &instance, period, stop, || async {
+        let before = state.clock.now_ms().saturating_sub(grace_ms);
+        let purged = match state.store.conn().await {
+            Ok(mut conn) => cards::purge_expired(&mut conn, before, PURGE_BATCH).await,
+            Err(e) => Err(e),
+        };
+        let purged = match purged {
+            Ok(p) if p.is_empty() => return,
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "purge of expired card rows failed; will retry");
+                return;
+            }
+        };
+        tracing::info!(
+            challenges = purged.challenges,
+            sessions = purged.sessions,
+            commands = purged.commands,
+            "purged expired card rows"
+        );
+        let event = AuditEvent::allowed("local:retention", PURGE_OPERATION).outcome(
+            Outcome::Allowed,
+            Some(format!(
+                "purged expired card rows: challenges {}, sessions {}, sealed commands {} (expired before {}; proxy loads kept); by {instance}",
+                purged.challenges,
+                purged.sessions,
+                purged.commands,
+                crate::clock::rfc3339(before),
+            )),
+        );
+        if let Err(e) = state.auditor.record(&state.store, &event).await {
+            tracing::error!(error = %e, "could not audit the purge's summary");
+        }
+    })
+    .await;
 }
 
 /// Binds the configured address.

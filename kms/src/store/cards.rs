@@ -371,3 +371,80 @@ pub async fn open_challenge(
         expires_at: r.try_get("expires_at")?,
     }))
 }
+
+/// What one purge deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Challenges, used or not.
+    pub challenges: u64,
+    /// Sessions.
+    pub sessions: u64,
+    /// Their sealed commands, answered or not.
+    pub commands: u64,
+}
+
+impl Purged {
+    /// True when nothing was deleted.
+    pub fn is_empty(&self) -> bool {
+        *self == Purged::default()
+    }
+}
+
+/// Deletes challenges and sessions that expired before `before`, and the
+/// sessions' commands (proxy loads stay: they are the issuers' records). Every
+/// statement deletes at most `batch` rows and commits on its own, so that no
+/// transaction is long; a session goes once its commands are gone.
+pub async fn purge_expired(conn: &mut Conn, before: i64, batch: u32) -> Result<Purged, StoreError> {
+    Ok(Purged {
+        challenges: delete_in_batches(
+            conn,
+            "DELETE FROM card_challenges WHERE id IN
+             (SELECT id FROM card_challenges WHERE expires_at < $1 LIMIT $2)",
+            before,
+            batch,
+        )
+        .await?,
+        commands: delete_in_batches(
+            conn,
+            "DELETE FROM card_commands WHERE txn_id IN
+             (SELECT c.txn_id FROM card_commands c JOIN card_sessions s ON s.id = c.session_id
+              WHERE s.expires_at < $1 LIMIT $2)",
+            before,
+            batch,
+        )
+        .await?,
+        sessions: delete_in_batches(
+            conn,
+            "DELETE FROM card_sessions WHERE id IN
+             (SELECT id FROM card_sessions s WHERE expires_at < $1
+              AND NOT EXISTS (SELECT 1 FROM card_commands c WHERE c.session_id = s.id)
+              LIMIT $2)",
+            before,
+            batch,
+        )
+        .await?,
+    })
+}
+
+/// Runs `sql` (binding `before` and `batch`) until it deletes fewer than `batch`
+/// rows; the total deleted.
+async fn delete_in_batches(
+    conn: &mut Conn,
+    sql: &str,
+    before: i64,
+    batch: u32,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(sql)
+            .bind(before)
+            .bind(i64::from(batch))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        total += deleted;
+        if deleted == 0 || deleted < u64::from(batch) {
+            return Ok(total);
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod cards;
 pub mod distribution;
 pub mod entities;
 pub mod keys;
+pub mod leases;
 pub mod tieups;
 
 use std::time::{SystemTime, UNIX_EPOCH};
