@@ -1,6 +1,7 @@
 # Sourced by tests/run.sh and .ci/run: `brandkms_pg_up` starts a throwaway
 # PostgreSQL cluster in a temporary directory (as the postgres user when run as
-# root), exports BRANDKMS_TEST_DATABASE_URL and stops the cluster on exit.
+# root), exports BRANDKMS_TEST_DATABASE_URL and stops the cluster on exit. It runs
+# with fsync=off unless BRANDKMS_PG_FSYNC=on (the benchmarks in bench/ set it).
 brandkms_pg_up() {
   local pg_bin
   pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
@@ -19,7 +20,7 @@ brandkms_pg_up() {
   trap brandkms_pg_down EXIT
   "${BRANDKMS_PG_AS[@]}" "$pg_bin/initdb" -D "$BRANDKMS_PG_DIR/data" -U brandkms -A trust >/dev/null
   "${BRANDKMS_PG_AS[@]}" "$pg_bin/pg_ctl" -D "$BRANDKMS_PG_DIR/data" -l "$BRANDKMS_PG_DIR/log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $BRANDKMS_PG_DIR -c fsync=off -c max_connections=300" \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $BRANDKMS_PG_DIR -c fsync=${BRANDKMS_PG_FSYNC:-off} -c max_connections=300" \
     start >/dev/null
   export BRANDKMS_TEST_DATABASE_URL="postgres://brandkms@127.0.0.1:$port/postgres"
   echo "PostgreSQL $(basename "$(dirname "$pg_bin")") on 127.0.0.1:$port" >&2

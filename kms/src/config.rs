@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -19,6 +20,8 @@ pub const DEFAULT_SESSIONS: usize = 8;
 pub const DEFAULT_PIN_ENV: &str = "BRANDKMS_PIN";
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+/// The longest benchmark delay per token round trip a `bench-delay` build accepts.
+pub const MAX_BENCHMARK_TOKEN_DELAY_MS: u64 = 1_000;
 
 /// A configuration that cannot be used, with the field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,8 @@ struct RawHsm {
     /// Present only to reject it with a precise message.
     pin: Option<toml::Value>,
     sessions: Option<usize>,
+    /// Benchmarks only; refused unless built with the `bench-delay` feature.
+    benchmark_token_delay_ms: Option<u64>,
     #[serde(default)]
     env: BTreeMap<String, String>,
 }
@@ -287,6 +292,7 @@ impl Settings {
         if !(1..=256).contains(&sessions) {
             return Err(field("hsm.sessions", "must be between 1 and 256"));
         }
+        let benchmark_token_delay = benchmark_token_delay(raw.hsm.benchmark_token_delay_ms)?;
         let module_env = raw
             .hsm
             .env
@@ -382,6 +388,7 @@ impl Settings {
                 token_label,
                 pin,
                 sessions,
+                benchmark_token_delay,
             },
             module_env,
             database: DatabaseSettings {
@@ -391,6 +398,35 @@ impl Settings {
             tls,
             service,
         })
+    }
+}
+
+/// `hsm.benchmark_token_delay_ms`: a fixed delay per token round trip, for
+/// benchmarks that stand in for a networked HSM. A `bench-delay` build honours it.
+#[cfg(feature = "bench-delay")]
+fn benchmark_token_delay(ms: Option<u64>) -> Result<Duration, ConfigError> {
+    let ms = ms.unwrap_or(0);
+    if ms > MAX_BENCHMARK_TOKEN_DELAY_MS {
+        return Err(field(
+            "hsm.benchmark_token_delay_ms",
+            format!("at most {MAX_BENCHMARK_TOKEN_DELAY_MS} (milliseconds per token round trip)"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Any other build refuses the setting, whatever its value, so that a production
+/// service can never run with it.
+#[cfg(not(feature = "bench-delay"))]
+fn benchmark_token_delay(ms: Option<u64>) -> Result<Duration, ConfigError> {
+    match ms {
+        None => Ok(Duration::ZERO),
+        Some(_) => Err(field(
+            "hsm.benchmark_token_delay_ms",
+            "a benchmark-only setting that this kms refuses: it was built without the \
+             `bench-delay` feature, which alone honours it (cargo build --features bench-delay, \
+             never for production); remove the line",
+        )),
     }
 }
 
@@ -553,6 +589,55 @@ mod tests {
         assert_eq!(field_of(load(&zero, &e)), "hsm.sessions");
         let listen = format!("listen = \"nowhere\"\n{}", base());
         assert_eq!(field_of(load(&listen, &e)), "listen");
+    }
+
+    #[cfg(not(feature = "bench-delay"))]
+    #[test]
+    fn the_benchmark_token_delay_is_refused_without_its_feature() {
+        let e = env(&[("BRANDKMS_PIN", "1")]);
+        assert!(
+            load(&base(), &e)
+                .unwrap()
+                .hsm
+                .benchmark_token_delay
+                .is_zero()
+        );
+        for ms in [0, 10] {
+            let text = base().replace(
+                "token_label",
+                &format!("benchmark_token_delay_ms = {ms}\ntoken_label"),
+            );
+            match load(&text, &e) {
+                Err(ConfigError::Field { field, reason }) => {
+                    assert_eq!(field, "hsm.benchmark_token_delay_ms");
+                    assert!(reason.contains("`bench-delay` feature"), "{reason}");
+                }
+                other => panic!("expected a field error, got {other:?}"),
+            }
+        }
+    }
+
+    #[cfg(feature = "bench-delay")]
+    #[test]
+    fn the_benchmark_token_delay_is_read_with_its_feature() {
+        let e = env(&[("BRANDKMS_PIN", "1")]);
+        assert!(
+            load(&base(), &e)
+                .unwrap()
+                .hsm
+                .benchmark_token_delay
+                .is_zero()
+        );
+        let ten = base().replace("token_label", "benchmark_token_delay_ms = 10\ntoken_label");
+        assert_eq!(
+            load(&ten, &e).unwrap().hsm.benchmark_token_delay,
+            Duration::from_millis(10)
+        );
+        let long = base().replace(
+            "token_label",
+            "benchmark_token_delay_ms = 1001\ntoken_label",
+        );
+        assert_eq!(field_of(load(&long, &e)), "hsm.benchmark_token_delay_ms");
     }
 
     #[test]

@@ -35,6 +35,7 @@ impl TestToken {
             token_label: TEST_TOKEN_LABEL.to_string(),
             pin: Zeroizing::new(TEST_PIN.to_string()),
             sessions: 4,
+            benchmark_token_delay: std::time::Duration::ZERO,
         }
     }
 

@@ -102,6 +102,7 @@ async fn the_dev_token_holds_only_sensitive_keys_and_internal_ones_never_leave()
             token_label: "brandkms-dev".to_string(),
             pin: Zeroizing::new(pin),
             sessions: 2,
+            benchmark_token_delay: std::time::Duration::ZERO,
         },
     );
     let objects = hsm.run(|s| s.list_objects(LABEL_PREFIX)).await.unwrap();

@@ -204,8 +204,28 @@ fn dev_deployment(_dir: &Path, _officers: &mut Vec<String>) -> Result<PathBuf, F
 /// Loads the configuration and applies the module's environment.
 fn settings(path: &Path) -> Result<Settings, Failure> {
     let settings = Settings::load(path, &ProcessEnv).map_err(Failure::usage)?;
+    warn_if_token_delayed(&settings);
     apply_module_env(&settings.module_env);
     Ok(settings)
+}
+
+/// Says loudly, on stderr and in the log, that a benchmark delay slows every token
+/// call (only a `bench-delay` build can have one: the configuration refuses it
+/// otherwise).
+fn warn_if_token_delayed(settings: &Settings) {
+    let delay = settings.hsm.benchmark_token_delay;
+    if delay.is_zero() {
+        return;
+    }
+    let ms = delay.as_millis();
+    eprintln!(
+        "kms: WARNING: BENCHMARK BUILD: every token call is delayed by {ms} ms \
+         ([hsm] benchmark_token_delay_ms = {ms}); for benchmarks only, never in production"
+    );
+    tracing::warn!(
+        delay_ms = ms,
+        "benchmark build: every token call is delayed ([hsm] benchmark_token_delay_ms); never in production"
+    );
 }
 
 #[allow(unsafe_code)]

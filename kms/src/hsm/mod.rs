@@ -16,6 +16,7 @@ mod wrap;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
@@ -46,6 +47,10 @@ pub struct HsmParams {
     pub pin: Zeroizing<String>,
     /// Maximum number of sessions, and of HSM calls under way at once.
     pub sessions: usize,
+    /// Benchmarks only: a fixed delay added to every token round trip, as a
+    /// networked HSM's. Honoured only by a build with the `bench-delay` feature
+    /// (the configuration refuses it otherwise); zero everywhere else.
+    pub benchmark_token_delay: Duration,
 }
 
 impl std::fmt::Debug for HsmParams {
@@ -55,6 +60,7 @@ impl std::fmt::Debug for HsmParams {
             .field("token_label", &self.token_label)
             .field("pin", &"<redacted>")
             .field("sessions", &self.sessions)
+            .field("benchmark_token_delay", &self.benchmark_token_delay)
             .finish()
     }
 }
@@ -76,6 +82,8 @@ struct Inner {
     slot: Slot,
     pkcs11: Pkcs11,
     token_label: String,
+    #[cfg(feature = "bench-delay")]
+    token_delay: Duration,
 }
 
 impl std::fmt::Debug for Inner {
@@ -130,6 +138,8 @@ impl Hsm {
                 slot,
                 pkcs11,
                 token_label: params.token_label.clone(),
+                #[cfg(feature = "bench-delay")]
+                token_delay: params.benchmark_token_delay,
             }),
         })
     }
@@ -140,7 +150,9 @@ impl Hsm {
     }
 
     /// Runs `f` with a pooled, logged-in session on a blocking thread, with at most
-    /// `sessions` calls under way at once. The caller's tracing span is kept.
+    /// `sessions` calls under way at once. The caller's tracing span is kept. In a
+    /// `bench-delay` build, the configured benchmark delay is slept first, holding
+    /// the session and its permit, as a networked HSM's round trip would.
     pub async fn run<T, F>(&self, f: F) -> Result<T, HsmError>
     where
         T: Send + 'static,
@@ -174,6 +186,10 @@ impl Inner {
             Some(s) => s,
             None => self.pkcs11.open_rw_session(self.slot)?,
         };
+        #[cfg(feature = "bench-delay")]
+        if !self.token_delay.is_zero() {
+            std::thread::sleep(self.token_delay);
+        }
         let result = f(&HsmSession::new(&session, self));
         match &result {
             // A session the token no longer knows is dropped, not pooled.
