@@ -155,11 +155,14 @@ impl Auditor {
     }
 }
 
-/// `host:pid`, to tell chains apart in reports.
-fn instance_name() -> String {
+/// `host:pid`: which process wrote a chain, or holds a lease.
+pub fn instance_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into());
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
     format!("{host}:{}", std::process::id())
 }
 

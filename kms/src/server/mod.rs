@@ -139,14 +139,16 @@ impl Server {
             state: Arc::new(AppState {
                 hsm,
                 store,
-                auditor,
+                auditor: auditor.clone(),
                 seal_key,
                 oaep_hash,
                 clock,
                 settings: settings.service.clone(),
             }),
             tls,
-            instance: instance_id().into(),
+            // The process and its audit chain: the chain id tells apart two
+            // runs that reuse a pid.
+            instance: format!("{} chain {}", crate::audit::instance_name(), auditor.chain()).into(),
         })
     }
 
@@ -292,20 +294,6 @@ async fn refusal_summaries(
     }
 }
 
-/// This instance's name as a lease holder: `<hostname>:<pid>:<random>`.
-fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string());
-    format!(
-        "{host}:{}:{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
 
 /// Every `period`: takes or renews the lease `name` for [`LEASE_PERIODS`]
 /// periods and, while this instance holds it, runs `work`. At shutdown the lease
@@ -423,7 +411,7 @@ async fn purger(state: Shared, instance: Arc<str>, stop: tokio::sync::watch::Rec
                 crate::clock::rfc3339(before),
             )),
         );
-        if let Err(e) = state.auditor.record(&state.store, &event).await {
+        if let Err(e) = state.auditor.record(&event).await {
             tracing::error!(error = %e, "could not audit the purge's summary");
         }
     })
