@@ -56,9 +56,10 @@ fn serve(dir: &Path, url: &str, log: &str) -> Serving {
     )
 }
 
-/// The process id in a holder `<hostname>:<pid>:<random>`.
+/// The process id in a holder `<hostname>:<pid> chain <chain>`.
 fn pid_of(holder: &str) -> u32 {
-    holder.rsplit(':').nth(1).unwrap().parse().unwrap()
+    let process = holder.split(' ').next().unwrap();
+    process.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 async fn lease(store: &Store, name: &str) -> Option<LeaseRecord> {
@@ -115,11 +116,13 @@ async fn expire_and_wait(store: &Store, round: u32) {
 
 /// The reasons of the purge summaries, oldest first.
 async fn purges(store: &Store) -> Vec<String> {
-    sqlx::query_scalar("SELECT reason FROM audit WHERE operation = $1 ORDER BY seq")
-        .bind(PURGE_OPERATION)
-        .fetch_all(store.pool())
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT reason FROM audit_records WHERE operation = $1 ORDER BY at, chain, seq",
+    )
+    .bind(PURGE_OPERATION)
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,7 +415,9 @@ async fn a_failed_change_in_a_batch_is_rolled_back_alone() {
                                     .await
                                     .map_err(|e| Failed(e.to_string()))?;
                                 if i % 3 == 0 {
-                                    return Err(Failed(format!("change {i} fails after its insert")));
+                                    return Err(Failed(format!(
+                                        "change {i} fails after its insert"
+                                    )));
                                 }
                                 Ok(i)
                             })
@@ -450,14 +452,19 @@ async fn a_failed_change_in_a_batch_is_rolled_back_alone() {
 async fn two_writers_on_one_database_keep_two_chains() {
     each_db(|store, backend| async move {
         let a = auditor(&store).await;
-        let b = Auditor::start(&store, testing::hsm(), *a.key()).await.unwrap();
+        let b = Auditor::start(&store, testing::hsm(), *a.key())
+            .await
+            .unwrap();
         assert_ne!(a.chain(), b.chain());
         let (x, y) = tokio::join!(append_some(&a, 20), append_some(&b, 20));
         let ((), ()) = (x, y);
         let report = a.verify(&store).await.unwrap();
         assert!(report.intact(), "{backend}: {report:?}");
         assert_eq!(report.chains.len(), 2, "{backend}");
-        assert!(report.chains.iter().all(|c| c.records == 20), "{backend}: {report:?}");
+        assert!(
+            report.chains.iter().all(|c| c.records == 20),
+            "{backend}: {report:?}"
+        );
     })
     .await;
 }

@@ -638,11 +638,7 @@ async fn every_list_pages_and_list_audit_pages_through_2500_records() {
                 brandkms::audit::Outcome::Allowed,
                 Some(format!("record {i}")),
             );
-            s.state
-                .auditor
-                .record(&event)
-                .await
-                .unwrap();
+            s.state.auditor.record(&event).await.unwrap();
         }
         let fill = |page_token: String| pb::ListAuditRequest {
             operation: "Test/Fill".into(),

@@ -71,7 +71,10 @@ mod tests {
         };
         let a = Anchor::parse(&object).unwrap();
         assert_eq!(a.key, ObjectId([9; 16]));
-        assert_eq!((a.chain.as_str(), a.seq, a.hash.as_str()), ("c1", 42, GENESIS_HASH));
+        assert_eq!(
+            (a.chain.as_str(), a.seq, a.hash.as_str()),
+            ("c1", 42, GENESIS_HASH)
+        );
         let other = DataObject {
             label: "something else".into(),
             ..object

@@ -122,10 +122,7 @@ impl Auditor {
     /// The newest anchor of each chain of this deployment (anchors naming its
     /// audit key) in the token.
     async fn anchors(&self) -> Result<HashMap<String, Anchor>, AuditError> {
-        let objects = self
-            .hsm
-            .run(|s| s.list_data(ANCHOR_APPLICATION))
-            .await?;
+        let objects = self.hsm.run(|s| s.list_data(ANCHOR_APPLICATION)).await?;
         let mut out: HashMap<String, Anchor> = HashMap::new();
         let own = objects
             .iter()
@@ -175,7 +172,11 @@ impl Auditor {
                     return broken(report, expected_seq, "record missing".into());
                 }
                 if row.prev_hash != prev_hash {
-                    return broken(report, row.seq, "does not link to the previous record".into());
+                    return broken(
+                        report,
+                        row.seq,
+                        "does not link to the previous record".into(),
+                    );
                 }
                 let hash = record_hash(row, chain.format);
                 if hex::encode(hash) != row.hash {

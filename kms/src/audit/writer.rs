@@ -168,7 +168,11 @@ pub fn instance_name() -> String {
 
 /// A format-1 chain (the trail from before per-instance chains) gets an anchor
 /// at its current end the first time a process starts after the migration.
-async fn adopt_unanchored_legacy(store: &Store, hsm: &Hsm, key: ObjectId) -> Result<(), AuditError> {
+async fn adopt_unanchored_legacy(
+    store: &Store,
+    hsm: &Hsm,
+    key: ObjectId,
+) -> Result<(), AuditError> {
     let mut conn = store.conn().await?;
     let legacy: Vec<ChainRow> = rows::chains(&mut conn)
         .await?
@@ -283,7 +287,9 @@ impl Writer {
         let mut answers = Vec::with_capacity(jobs.len());
         let mut records = Vec::with_capacity(jobs.len());
         for job in jobs.iter_mut() {
-            let mut savepoint = Connection::begin(&mut *tx).await.map_err(StoreError::from)?;
+            let mut savepoint = Connection::begin(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
             let applied = apply(&mut savepoint, job).await;
             match applied {
                 Ok(Applied::Kept(reason)) => {
@@ -357,7 +363,9 @@ impl Writer {
                 self.prev_hash = hash;
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(chain = %self.chain, error = %e, "cannot read the audit chain's end"),
+            Err(e) => {
+                tracing::error!(chain = %self.chain, error = %e, "cannot read the audit chain's end")
+            }
         }
     }
 }

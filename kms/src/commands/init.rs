@@ -80,7 +80,9 @@ pub async fn run(
             store,
             match role {
                 KeyRole::AuditMac => AuditKey::TheNewKey,
-                _ => auditor.as_ref().map_or(AuditKey::TheNewKey, AuditKey::Existing),
+                _ => auditor
+                    .as_ref()
+                    .map_or(AuditKey::TheNewKey, AuditKey::Existing),
             },
             move |s, label| s.generate(&spec, label),
             NewVersion {

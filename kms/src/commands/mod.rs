@@ -337,10 +337,7 @@ async fn cmd_reconcile(settings: Settings, fix: bool, yes: bool) -> Result<ExitC
                             crate::audit::Outcome::Allowed,
                             Some(format!("cka_id {} label {}", o.id, o.label)),
                         );
-                auditor
-                    .record(&event)
-                    .await
-                    .map_err(Failure::runtime)?;
+                auditor.record(&event).await.map_err(Failure::runtime)?;
             }
         }
         for o in &destroyed {

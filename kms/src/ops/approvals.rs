@@ -9,8 +9,8 @@ use brandkms_policy::{KeyClass, Proposal, SensitiveOperation, can_approve, needs
 
 use crate::audit::Outcome;
 use crate::ops::{AppState, Caller, OpsError};
-use crate::store::approvals::{self as rows, ApprovalRecord, StoredState};
 use crate::store::Conn;
+use crate::store::approvals::{self as rows, ApprovalRecord, StoredState};
 
 /// What a sensitive operation did.
 #[derive(Clone, Debug)]
@@ -176,7 +176,9 @@ pub async fn reject(
         .write_serial(event, move |tx| {
             Box::pin(async move {
                 pending(tx, &id, now).await?;
-                if !rows::decide(tx, &id, StoredState::Rejected, &who, now, reason.as_deref()).await? {
+                if !rows::decide(tx, &id, StoredState::Rejected, &who, now, reason.as_deref())
+                    .await?
+                {
                     return Err(OpsError::FailedPrecondition(format!(
                         "approval {id} is no longer pending"
                     )));

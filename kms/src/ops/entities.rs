@@ -71,7 +71,11 @@ pub async fn set_status(
     let event = caller
         .event(operation)
         .outcome(crate::audit::Outcome::Allowed, Some(format!("entity {id}")));
-    let (id, me, now) = (id.to_string(), caller.entity.id.clone(), state.clock.now_ms());
+    let (id, me, now) = (
+        id.to_string(),
+        caller.entity.id.clone(),
+        state.clock.now_ms(),
+    );
     state
         .write_serial(event, move |tx| {
             Box::pin(async move {

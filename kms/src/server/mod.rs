@@ -148,7 +148,12 @@ impl Server {
             tls,
             // The process and its audit chain: the chain id tells apart two
             // runs that reuse a pid.
-            instance: format!("{} chain {}", crate::audit::instance_name(), auditor.chain()).into(),
+            instance: format!(
+                "{} chain {}",
+                crate::audit::instance_name(),
+                auditor.chain()
+            )
+            .into(),
         })
     }
 
@@ -293,7 +298,6 @@ async fn refusal_summaries(
         }
     }
 }
-
 
 /// Every `period`: takes or renews the lease `name` for [`LEASE_PERIODS`]
 /// periods and, while this instance holds it, runs `work`. At shutdown the lease

@@ -80,13 +80,15 @@ pub struct AuditFilter {
 
 /// Registers a chain.
 pub async fn insert_chain(conn: &mut Conn, c: &ChainRow) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit_chains (id, format, instance, started_at) VALUES ($1, $2, $3, $4)")
-        .bind(&c.id)
-        .bind(i64::from(c.format))
-        .bind(&c.instance)
-        .bind(c.started_at)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO audit_chains (id, format, instance, started_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&c.id)
+    .bind(i64::from(c.format))
+    .bind(&c.instance)
+    .bind(c.started_at)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -116,7 +118,8 @@ pub async fn tail(conn: &mut Conn, chain: &str) -> Result<Option<(u64, String)>,
     .bind(chain)
     .fetch_optional(conn)
     .await?;
-    row.map(|r| Ok((seq_of(&r)?, r.try_get("hash")?))).transpose()
+    row.map(|r| Ok((seq_of(&r)?, r.try_get("hash")?)))
+        .transpose()
 }
 
 /// The hash of record `seq` of `chain`, if it exists.
