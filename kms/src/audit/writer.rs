@@ -226,8 +226,66 @@ enum Applied {
     RolledBack,
 }
 
+/// A committed batch waiting for the chain's anchor to reach it.
+struct Committed {
+    /// The chain's newest record after the batch.
+    seq: u64,
+    hash: String,
+    /// The batch's requests and their answers.
+    answers: Vec<(oneshot::Sender<Result<(), AuditError>>, Result<(), AuditError>)>,
+}
+
+/// Moves the chain's anchor in the token and only then answers, batch after
+/// batch in commit order; while the token works, the writer commits the next
+/// batch. Batches that queue up meanwhile are anchored by one token call (the
+/// newest anchor vouches for every record before it).
+async fn anchor_task(
+    hsm: Hsm,
+    key: ObjectId,
+    chain: String,
+    mut committed: mpsc::UnboundedReceiver<Committed>,
+) {
+    let name = Anchor::name(&chain);
+    while let Some(first) = committed.recv().await {
+        let mut batches = vec![first];
+        while let Ok(more) = committed.try_recv() {
+            batches.push(more);
+        }
+        let (seq, hash) = batches
+            .last()
+            .map(|b| (b.seq, b.hash.clone()))
+            .unwrap_or_default();
+        let (name2, label) = (name.clone(), Anchor::label(&key, &chain, seq, &hash));
+        let moved = hsm
+            .run(move |s| s.relabel_data(ANCHOR_APPLICATION, &name2, &label))
+            .await;
+        crate::failpoint::hit("audit-batch-anchored");
+        if let Err(e) = &moved {
+            tracing::error!(chain = %chain, error = %e, "audit batches committed but the anchor did not move; their requests are answered with an error");
+        }
+        for batch in batches {
+            for (done, answer) in batch.answers {
+                let answer = match (&moved, answer) {
+                    (Err(e), Ok(())) => Err(AuditError::Batch(format!(
+                        "record committed, anchor not updated: {e}"
+                    ))),
+                    (_, answer) => answer,
+                };
+                let _ = done.send(answer);
+            }
+        }
+    }
+}
+
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        let (to_anchor, committed) = mpsc::unbounded_channel();
+        tokio::spawn(anchor_task(
+            self.hsm.clone(),
+            self.key,
+            self.chain.clone(),
+            committed,
+        ));
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(job) = queue.recv().await {
             batch.push(job);
@@ -237,43 +295,53 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit_batch(std::mem::take(&mut batch)).await;
+            self.commit_batch(std::mem::take(&mut batch), &to_anchor)
+                .await;
         }
         tracing::info!(chain = %self.chain, "audit writer stopped");
     }
 
-    async fn commit_batch(&mut self, mut jobs: Vec<Job>) {
+    async fn commit_batch(&mut self, mut jobs: Vec<Job>, to_anchor: &mpsc::UnboundedSender<Committed>) {
         let (seq0, hash0) = (self.next_seq, self.prev_hash.clone());
-        let answers = match self.write(&mut jobs).await {
-            Ok(answers) => match self.move_anchor(seq0).await {
-                Ok(()) => answers,
-                Err(e) => {
-                    tracing::error!(chain = %self.chain, error = %e, "audit batch committed but its anchor did not move; its requests are answered with an error");
-                    jobs.iter()
-                        .map(|_| {
-                            Err(AuditError::Batch(format!(
-                                "record committed, anchor not updated: {e}"
-                            )))
-                        })
-                        .collect()
+        let started = std::time::Instant::now();
+        let written = self.write(&mut jobs).await;
+        tracing::debug!(
+            requests = jobs.len(),
+            records = self.next_seq - seq0,
+            committed_us = started.elapsed().as_micros(),
+            "audit batch"
+        );
+        match written {
+            Ok(answers) if self.next_seq > seq0 => {
+                let answers = jobs.into_iter().map(|j| j.done).zip(answers).collect();
+                let batch = Committed {
+                    seq: self.next_seq - 1,
+                    hash: self.prev_hash.clone(),
+                    answers,
+                };
+                if let Err(mpsc::error::SendError(batch)) = to_anchor.send(batch) {
+                    for (done, _) in batch.answers {
+                        let _ = done.send(Err(AuditError::WriterStopped));
+                    }
                 }
-            },
+            }
+            Ok(answers) => {
+                // Nothing appended (every change rolled back): nothing to anchor.
+                for (job, answer) in jobs.into_iter().zip(answers) {
+                    let _ = job.done.send(answer);
+                }
+            }
             Err(e) => {
                 tracing::error!(chain = %self.chain, error = %e, "audit batch failed");
                 self.next_seq = seq0;
                 self.prev_hash = hash0;
                 self.reload_tail().await;
-                jobs.iter()
-                    .map(|_| {
-                        Err(AuditError::Batch(format!(
-                            "the transaction did not commit: {e}"
-                        )))
-                    })
-                    .collect()
+                for job in jobs {
+                    let _ = job.done.send(Err(AuditError::Batch(format!(
+                        "the transaction did not commit: {e}"
+                    ))));
+                }
             }
-        };
-        for (job, answer) in jobs.into_iter().zip(answers) {
-            let _ = job.done.send(answer);
         }
     }
 
@@ -286,14 +354,27 @@ impl Writer {
         .map_err(StoreError::from)?;
         let mut answers = Vec::with_capacity(jobs.len());
         let mut records = Vec::with_capacity(jobs.len());
+        // A savepoint per request that changes something, so that its failure
+        // undoes it alone; a request alone in its batch uses the transaction.
+        let solo = jobs.len() == 1;
         for job in jobs.iter_mut() {
-            let mut savepoint = Connection::begin(&mut *tx)
-                .await
+            let changes = job.work.is_some() || job.serial || job.event.closes_approval.is_some();
+            let applied = if changes && !solo {
+                let mut savepoint = Connection::begin(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                let applied = apply(&mut savepoint, job).await;
+                match applied {
+                    Ok(Applied::Kept(_)) => savepoint.commit().await,
+                    _ => savepoint.rollback().await,
+                }
                 .map_err(StoreError::from)?;
-            let applied = apply(&mut savepoint, job).await;
+                applied
+            } else {
+                apply(&mut tx, job).await
+            };
             match applied {
                 Ok(Applied::Kept(reason)) => {
-                    savepoint.commit().await.map_err(StoreError::from)?;
                     let row = AuditRow {
                         chain: self.chain.clone(),
                         seq: self.next_seq,
@@ -315,14 +396,13 @@ impl Writer {
                     records.push(AuditRow { hash, ..row });
                     answers.push(Ok(()));
                 }
-                Ok(Applied::RolledBack) => {
-                    savepoint.rollback().await.map_err(StoreError::from)?;
-                    answers.push(Ok(()));
+                Ok(Applied::RolledBack) | Err(_) if solo => {
+                    tx.rollback().await.map_err(StoreError::from)?;
+                    answers.push(applied.map(|_| ()));
+                    return Ok(answers);
                 }
-                Err(e) => {
-                    savepoint.rollback().await.map_err(StoreError::from)?;
-                    answers.push(Err(e));
-                }
+                Ok(Applied::RolledBack) => answers.push(Ok(())),
+                Err(e) => answers.push(Err(e)),
             }
         }
         if let Some(newest) = records.last_mut() {
@@ -336,22 +416,6 @@ impl Writer {
         tx.commit().await.map_err(StoreError::from)?;
         crate::failpoint::hit("audit-batch-committed");
         Ok(answers)
-    }
-
-    /// Moves the anchor to the chain's newest record, if the batch added any.
-    async fn move_anchor(&mut self, seq_before: u64) -> Result<(), AuditError> {
-        if self.next_seq == seq_before {
-            return Ok(());
-        }
-        let (name, label) = (
-            Anchor::name(&self.chain),
-            Anchor::label(&self.key, &self.chain, self.next_seq - 1, &self.prev_hash),
-        );
-        self.hsm
-            .run(move |s| s.relabel_data(ANCHOR_APPLICATION, &name, &label))
-            .await?;
-        crate::failpoint::hit("audit-batch-anchored");
-        Ok(())
     }
 
     /// After a failed batch, the chain's end as the database has it (a commit
