@@ -112,15 +112,32 @@ pub async fn list(
     conn: &mut Conn,
     entity_id: Option<&str>,
 ) -> Result<Vec<TieUpRecord>, StoreError> {
+    // One query for the tie-ups and their keys (read on every authorisation).
+    let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("t.{c}")).collect();
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM tie_ups WHERE ($1 IS NULL OR entity_id = $1) ORDER BY entity_id, created_at, id"
+        "SELECT {}, k.alias AS key_alias, k.mode AS key_mode
+         FROM tie_ups t LEFT JOIN tie_up_keys k ON k.tie_up_id = t.id
+         WHERE ($1 IS NULL OR t.entity_id = $1)
+         ORDER BY t.entity_id, t.created_at, t.id, k.alias",
+        columns.join(", ")
     ))
     .bind(entity_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
+    let mut out: Vec<TieUpRecord> = Vec::new();
     for r in &rows {
-        out.push(with_keys(conn, r).await?);
+        let id: String = r.try_get("id")?;
+        if out.last().is_none_or(|t| t.id != id) {
+            out.push(record(r, id, Vec::new())?);
+        }
+        if let (Some(alias), Some(mode), Some(t)) = (
+            r.try_get::<Option<String>, _>("key_alias")?,
+            r.try_get::<Option<String>, _>("key_mode")?,
+            out.last_mut(),
+        ) {
+            t.keys
+                .push((alias, mode.parse().map_err(|e| corrupt("tie_up_keys", e))?));
+        }
     }
     Ok(out)
 }
@@ -142,6 +159,10 @@ async fn with_keys(conn: &mut Conn, r: &AnyRow) -> Result<TieUpRecord, StoreErro
                 ))
             })
             .collect::<Result<_, _>>()?;
+    record(r, id, keys)
+}
+
+fn record(r: &AnyRow, id: String, keys: Vec<(String, TieUpMode)>) -> Result<TieUpRecord, StoreError> {
     Ok(TieUpRecord {
         id,
         entity_id: r.try_get("entity_id")?,
