@@ -251,10 +251,27 @@ struct Prepared {
     hash: OaepHash,
 }
 
+/// A decision for one key version, and what it rests on.
+#[derive(Clone, Copy, Debug)]
+struct Decided {
+    prepared: Prepared,
+    /// The admin generation read before the decision.
+    generation: i64,
+    /// When it was made.
+    at: i64,
+}
+
+/// How long a decision stands, at most, while nothing changed: tie-ups also end
+/// by their window, which no write announces.
+const DECISION_MS: i64 = 1_000;
+
 /// Decrypts the sealed blobs of one `DecryptStream` for one caller. The caller's
-/// standing is decided anew for every blob (the entity's status as stored now,
-/// the version's state, the policy), so a suspension, a terminated tie-up or a
-/// retired version stops the stream's next item, on whichever instance it runs.
+/// standing (the entity's status as stored now, the version's state, the policy)
+/// is decided anew for a blob whenever any entity, tie-up, consent or key changed
+/// since the last decision (every such change, on any instance, moves the admin
+/// generation, read once per blob) and at least every second, so a suspension,
+/// a terminated tie-up or a retired version stops the stream's next item, on
+/// whichever instance it runs.
 /// What never changes once a key exists (its record and OAEP hash) is read once
 /// per (alias, version) of the stream.
 #[derive(Debug)]
@@ -262,6 +279,7 @@ pub struct StreamDecryptor {
     state: std::sync::Arc<AppState>,
     caller: Caller,
     keys: std::sync::Mutex<std::collections::HashMap<(String, u32), (KeyRecord, OaepHash)>>,
+    decided: std::sync::Mutex<std::collections::HashMap<(String, u32), Decided>>,
 }
 
 impl StreamDecryptor {
@@ -271,6 +289,7 @@ impl StreamDecryptor {
             state,
             caller,
             keys: std::sync::Mutex::default(),
+            decided: std::sync::Mutex::default(),
         }
     }
 
@@ -301,10 +320,58 @@ impl StreamDecryptor {
         Ok((key, v, hash))
     }
 
+    /// The caller's standing for this key version: decided anew when any
+    /// entity, tie-up, consent or key changed since the last decision (one read of
+    /// the admin generation per blob), or when that decision is a second old.
     async fn prepare(&self, alias: &str, version: u32) -> Result<Prepared, OpsError> {
         let now = self.state.clock.now_ms();
         let mut conn = self.state.store.conn().await?;
-        let entity = entities::get(&mut conn, &self.caller.entity.id)
+        let generation = crate::store::audit::admin_generation(&mut conn).await?;
+        let slot = (alias.to_string(), version);
+        let known = self
+            .decided
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&slot)
+            .copied();
+        if let Some(d) = known
+            && d.generation == generation
+            && now.saturating_sub(d.at) < DECISION_MS
+        {
+            return Ok(d.prepared);
+        }
+        let prepared = self.decide(&mut conn, alias, version, now).await;
+        let mut decided = self
+            .decided
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match prepared {
+            Ok(prepared) => {
+                decided.insert(
+                    slot,
+                    Decided {
+                        prepared,
+                        generation,
+                        at: now,
+                    },
+                );
+                Ok(prepared)
+            }
+            Err(e) => {
+                decided.remove(&slot);
+                Err(e)
+            }
+        }
+    }
+
+    async fn decide(
+        &self,
+        conn: &mut Conn,
+        alias: &str,
+        version: u32,
+        now: i64,
+    ) -> Result<Prepared, OpsError> {
+        let entity = entities::get(conn, &self.caller.entity.id)
             .await?
             .ok_or(OpsError::Denied(
                 brandkms_policy::DenyReason::EntitySuspended,
@@ -313,8 +380,8 @@ impl StreamDecryptor {
             entity,
             ..self.caller.clone()
         };
-        let (key, v, hash) = self.version(&mut conn, alias, version).await?;
-        may_decrypt(&mut conn, &caller, &key, &v, now).await?;
+        let (key, v, hash) = self.version(conn, alias, version).await?;
+        may_decrypt(conn, &caller, &key, &v, now).await?;
         Ok(Prepared { id: v.cka_id, hash })
     }
 

@@ -235,6 +235,17 @@ pub async fn lock_admin(conn: &mut Conn) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How many read-check-write changes have taken the `admin` row so far: every
+/// change to entities, tie-ups, consents, keys and their versions does, so while
+/// it is unchanged a decision made on those facts still holds.
+pub async fn admin_generation(conn: &mut Conn) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT n FROM write_locks WHERE name = 'admin'")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
 fn seq_i64(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|e| corrupt("audit_records", e))
 }
