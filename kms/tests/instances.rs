@@ -19,6 +19,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -286,6 +287,12 @@ impl Kms {
         .await
         .unwrap()
     }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 impl Drop for Kms {
@@ -398,6 +405,13 @@ fn card(n: u8) -> Card {
 struct Acks {
     challenges: Vec<String>,
     txns: Vec<String>,
+}
+
+impl Acks {
+    fn add(&mut self, other: Acks) {
+        self.challenges.extend(other.challenges);
+        self.txns.extend(other.txns);
+    }
 }
 
 /// One whole card transaction (a DEBIT of 1), each step on its own instance:
@@ -907,4 +921,261 @@ async fn verify_audit_sees_the_anchor_of_an_instance_started_later_after_making_
     // chain: it was not written by brandkms": a false alarm.)
     let report = verify_intact(&officer).await;
     assert_eq!(chain_of(&report, b.pid()).anchored_seq, Some(0));
+}
+
+const BEGIN: &str = "CardAuthentication/BeginAuthentication";
+
+/// What the SIGKILL test below tolerates, and why the test after it is ignored:
+/// it fails today.
+const SOFTHSM_TORN_ANCHOR: &str = "on SoftHSM2 2.6.1 a SIGKILL while the writer moves its \
+     chain's anchor (C_SetAttributeValue on the anchor's data object) can leave the object's \
+     file empty (ObjectFile::store truncates the file, then writes it through a buffered \
+     stream): the anchor is gone, and VerifyAudit reports the chain as not written by brandkms";
+
+/// A chain whose every record verifies but whose anchor is gone from the token:
+/// what a SIGKILL during the anchor's move leaves today (SOFTHSM_TORN_ANCHOR).
+fn lost_its_anchor(c: &pb::AuditChainReport) -> bool {
+    c.records > 0
+        && c.anchored_seq.is_none()
+        && c.first_broken_seq == c.records + 1
+        && c.problem
+            .starts_with("no anchor in the token for this chain")
+}
+
+/// Every chain is intact, but the chain of `killed` may have lost its anchor
+/// (the known failure SOFTHSM_TORN_ANCHOR, said loudly); true when it has.
+fn intact_but_for_a_torn_anchor(report: &pb::VerifyAuditResponse, killed: u32) -> bool {
+    let torn = lost_its_anchor(chain_of(report, killed));
+    for c in &report.chains {
+        if !(torn && written_by(&c.instance, killed)) {
+            assert!(c.intact, "{c:?} in {report:#?}");
+        }
+    }
+    assert!(report.intact || torn, "{report:#?}");
+    if torn {
+        eprintln!(
+            "KNOWN FAILURE: the chain of the killed process {killed} lost its anchor: {SOFTHSM_TORN_ANCHOR}"
+        );
+    }
+    torn
+}
+
+/// A worker's closed loop of purchases on one instance until `stop`; its
+/// acknowledgements go to `acks`. An error ends it: an error while `dying` is not
+/// set is returned.
+async fn worker(
+    client: Client,
+    mut card: Card,
+    stop: Arc<AtomicBool>,
+    dying: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    acks: Arc<Mutex<Acks>>,
+) -> Result<(), String> {
+    while !stop.load(Ordering::SeqCst) {
+        let mut mine = Acks::default();
+        let result = purchase([&client; 4], &mut card, &mut mine).await;
+        acks.lock().unwrap().add(mine);
+        match result {
+            Ok(p) => {
+                assert_genuine(&p, card.balance);
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(_) if dying.load(Ordering::SeqCst) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Workers on one instance.
+struct Load {
+    done: Arc<AtomicU64>,
+    dying: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl Load {
+    async fn start(
+        kms: &Kms,
+        first_card: u8,
+        stop: &Arc<AtomicBool>,
+        acks: &Arc<Mutex<Acks>>,
+    ) -> Load {
+        let (done, dying) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut tasks = Vec::new();
+        for n in first_card..first_card + 3 {
+            tasks.push(tokio::spawn(worker(
+                kms.client("cybershop-k").await,
+                card(n),
+                Arc::clone(stop),
+                Arc::clone(&dying),
+                Arc::clone(&done),
+                Arc::clone(acks),
+            )));
+        }
+        Load { done, dying, tasks }
+    }
+
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    async fn reaches(&self, what: &str, n: u64) {
+        wait_for(what, || async { (self.done() >= n).then_some(()) }).await;
+    }
+
+    /// Waits for the workers: none failed (but by their instance's death).
+    async fn finish(self) -> u64 {
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_load_loses_no_acknowledged_request() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = postgres().await else {
+        return;
+    };
+    let url = db.settings.url.clone();
+    init_database(&db);
+    import_key_k(&db).await;
+    let mut a = Kms::start("load-a", &url, None).await;
+    let b = Kms::start("load-b", &url, None).await;
+    provision_shop(&b.client("officer-1").await).await;
+    let (stop, acks) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Mutex::new(Acks::default())),
+    );
+    let on_a = Load::start(&a, 10, &stop, &acks).await;
+    let on_b = Load::start(&b, 20, &stop, &acks).await;
+    on_a.reaches("transactions on A", 10).await;
+    on_b.reaches("transactions on B", 10).await;
+
+    // SIGKILL A with requests in flight; B carries on.
+    let killed_pid = a.pid();
+    on_a.dying.store(true, Ordering::SeqCst);
+    a.kill();
+    let on_b_at_kill = on_b.done();
+    let on_a_total = on_a.finish().await;
+    on_b.reaches("B to keep serving", on_b_at_kill + 15).await;
+
+    // A again: a new process, a new chain.
+    let a2 = Kms::start("load-a2", &url, None).await;
+    let on_a2 = Load::start(&a2, 30, &stop, &acks).await;
+    on_a2.reaches("transactions on the restarted A", 10).await;
+    stop.store(true, Ordering::SeqCst);
+    let (on_b_total, on_a2_total) = (on_b.finish().await, on_a2.finish().await);
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    eprintln!(
+        "whole transactions: A {on_a_total} (killed), B {on_b_total} ({on_b_at_kill} before the kill), A again {on_a2_total}; acknowledged: {} challenges, {} sealed commands",
+        acks.challenges.len(),
+        acks.txns.len()
+    );
+
+    // Every acknowledged challenge and sealed command has its record, anchored
+    // in its chain (an answer comes only after the anchor moved).
+    let officer = b.client("officer-1").await;
+    let report = verify(&officer).await;
+    let torn = intact_but_for_a_torn_anchor(&report, killed_pid);
+    let killed = chain_of(&report, killed_pid);
+    assert!(killed.records > 0, "{killed:?}");
+    if !torn {
+        assert!(killed.anchored_seq.unwrap() <= killed.records, "{killed:?}");
+    }
+    let anchored: HashMap<&str, u64> = report
+        .chains
+        .iter()
+        .filter_map(|c| Some((c.chain.as_str(), c.anchored_seq?)))
+        .collect();
+    assert!(chain_of(&report, b.pid()).records > 0);
+    assert!(chain_of(&report, a2.pid()).records > 0);
+    let store = Store::connect(&db.settings).await.unwrap();
+    let (seals, begins) = (stored(&store, SEAL).await, stored(&store, BEGIN).await);
+    for (records, needles) in [
+        (
+            &seals,
+            acks.txns
+                .iter()
+                .map(|t| format!("txn {t}"))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            &begins,
+            acks.challenges
+                .iter()
+                .map(|c| format!("challenge {c}"))
+                .collect(),
+        ),
+    ] {
+        for needle in needles {
+            let found = naming(records, &needle);
+            assert_eq!(found.len(), 1, "acknowledged {needle}: {found:?}");
+            let r = found[0];
+            match anchored.get(r.chain.as_str()) {
+                Some(&seq) => assert!(
+                    u64::try_from(r.seq).unwrap() <= seq,
+                    "acknowledged beyond its chain's anchor: {r:?} {report:#?}"
+                ),
+                None => assert!(torn && r.chain == killed.chain, "{r:?} {report:#?}"),
+            }
+        }
+    }
+    let by_killed = seals
+        .iter()
+        .filter(|r| written_by(&r.instance, killed_pid))
+        .count();
+    eprintln!(
+        "sealed commands recorded by the killed process: {by_killed}; its chain: {} records, anchored at {:?}",
+        killed.records, killed.anchored_seq
+    );
+    let again = verify(&a2.client("officer-1").await).await;
+    assert_eq!(intact_but_for_a_torn_anchor(&again, killed_pid), torn);
+    store.close().await;
+}
+
+#[ignore = "fails on SoftHSM2 2.6.1: see SOFTHSM_TORN_ANCHOR"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_while_the_anchor_moves_leaves_the_chain_verifiable() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = postgres().await else {
+        return;
+    };
+    eprintln!("known failure: {SOFTHSM_TORN_ANCHOR}");
+    let url = db.settings.url.clone();
+    init_database(&db);
+    import_key_k(&db).await;
+    let b = Kms::start("torn-b", &url, None).await;
+    let officer = b.client("officer-1").await;
+    provision_shop(&officer).await;
+    let (stop, acks) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Mutex::new(Acks::default())),
+    );
+    // Each round: card transactions on B and on a new process A (an anchor move
+    // after every batch; the two processes compete for the two cores), SIGKILL
+    // A, and VerifyAudit through B.
+    let on_b = Load::start(&b, 200, &stop, &acks).await;
+    for round in 0..12u8 {
+        let mut a = Kms::start(&format!("torn-a{round}"), &url, None).await;
+        let load = Load::start(&a, 10 * round, &stop, &acks).await;
+        load.reaches("transactions on A", 10).await;
+        load.dying.store(true, Ordering::SeqCst);
+        a.kill();
+        load.finish().await;
+        let report = verify(&officer).await;
+        assert!(
+            report.intact,
+            "round {round}: the chain of the killed process {}: {:#?}",
+            a.pid(),
+            chain_of(&report, a.pid())
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    on_b.finish().await;
 }
