@@ -270,6 +270,14 @@ impl Kms {
         }
     }
 
+    /// Waits until the process announces that it stopped at `failpoint`.
+    async fn reached(&self, failpoint: &str) {
+        self.until(&format!("failpoint {failpoint} is reached"), |s| {
+            s.failpoints.iter().any(|f| f == failpoint).then_some(())
+        })
+        .await;
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -1178,4 +1186,109 @@ async fn a_sigkill_while_the_anchor_moves_leaves_the_chain_verifiable() {
     }
     stop.store(true, Ordering::SeqCst);
     on_b.finish().await;
+}
+
+const REGISTER: &str = "Admin/RegisterEntity";
+
+/// A RegisterEntity that changes the state and blocks in the audit batch at
+/// `failpoint`; the process is SIGKILLed there and started again.
+async fn crash_at(failpoint: &str, db: &TestDb) {
+    let url = db.settings.url.clone();
+    init_database(db);
+    let name = format!("{failpoint}-{}", db.backend);
+
+    // Acknowledged before the crash (by an earlier process, itself killed).
+    let mut first = Kms::start(&format!("{name}-1"), &url, None).await;
+    register(&first.client("officer-1").await, "before")
+        .await
+        .unwrap();
+    first.kill();
+
+    let mut crashing = Kms::start(&format!("{name}-2"), &url, Some(failpoint)).await;
+    let officer = crashing.client("officer-1").await;
+    let blocked = tokio::spawn(async move { register(&officer, "blocked").await });
+    crashing.reached(failpoint).await;
+    assert!(!blocked.is_finished(), "answered at {failpoint}");
+    crashing.kill();
+    let answer = tokio::time::timeout(Duration::from_secs(30), blocked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.is_err(), "{answer:?}");
+
+    let again = Kms::start(&format!("{name}-3"), &url, None).await;
+    let officer = again.client("officer-1").await;
+    register(&officer, "after").await.unwrap();
+    let entities: Vec<String> = officer
+        .admin()
+        .list_entities_all(pb::ListEntitiesRequest::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let committed = failpoint != "audit-batch-before-commit";
+    assert!(entities.iter().any(|e| e == "before"), "{entities:?}");
+    assert!(entities.iter().any(|e| e == "after"), "{entities:?}");
+    assert_eq!(
+        entities.iter().any(|e| e == "blocked"),
+        committed,
+        "{entities:?}"
+    );
+
+    // The records: the acknowledged one, and the blocked one exactly when its
+    // change committed; with the blocked change in the crashed chain.
+    let store = Store::connect(&db.settings).await.unwrap();
+    let registrations = stored(&store, REGISTER).await;
+    let before = naming(&registrations, "entity before ");
+    assert_eq!(before.len(), 1, "{registrations:?}");
+    assert!(written_by(&before[0].instance, first.pid()));
+    let blocked = naming(&registrations, "entity blocked ");
+    assert_eq!(blocked.len(), usize::from(committed), "{registrations:?}");
+    if let Some(r) = blocked.first() {
+        assert!(written_by(&r.instance, crashing.pid()), "{r:?}");
+    }
+    store.close().await;
+
+    // Every chain verifies, the crashed one too, its anchor lagging by the
+    // unacknowledged batch when the crash came between commit and anchor.
+    let report = verify_intact(&officer).await;
+    let crashed = chain_of(&report, crashing.pid());
+    let (records, anchored) = match failpoint {
+        "audit-batch-before-commit" => (0, 0),
+        "audit-batch-committed" => (1, 0),
+        _ => (1, 1),
+    };
+    assert_eq!(
+        (crashed.records, crashed.anchored_seq),
+        (records, Some(anchored)),
+        "{report:#?}"
+    );
+    let first_chain = chain_of(&report, first.pid());
+    assert_eq!(first_chain.anchored_seq, Some(first_chain.records));
+    assert!(chain_of(&report, again.pid()).records >= 1, "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_batch_commits_loses_only_the_unanswered_change() {
+    let _serial = SERIAL.lock().await;
+    for db in testing::databases().await {
+        crash_at("audit-batch-before-commit", &db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_commit_and_anchor_leaves_a_lagging_anchor_that_verifies() {
+    let _serial = SERIAL.lock().await;
+    for db in testing::databases().await {
+        crash_at("audit-batch-committed", &db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_anchor_moved_keeps_the_unanswered_change() {
+    let _serial = SERIAL.lock().await;
+    for db in testing::databases().await {
+        crash_at("audit-batch-anchored", &db).await;
+    }
 }
