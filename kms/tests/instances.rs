@@ -1165,14 +1165,18 @@ async fn a_sigkill_while_the_anchor_moves_leaves_the_chain_verifiable() {
         Arc::new(AtomicBool::new(false)),
         Arc::new(Mutex::new(Acks::default())),
     );
-    // Each round: card transactions on B and on a new process A (an anchor move
-    // after every batch; the two processes compete for the two cores), SIGKILL
-    // A, and VerifyAudit through B.
-    let on_b = Load::start(&b, 200, &stop, &acks).await;
-    for round in 0..12u8 {
+    // Six workers on B throughout; each round, three on a new process A (an
+    // anchor move after every batch, the processes competing for the cores),
+    // SIGKILL A, and VerifyAudit through B. A kill lands inside the anchor's
+    // rewrite once in a few rounds.
+    let on_b = [
+        Load::start(&b, 200, &stop, &acks).await,
+        Load::start(&b, 210, &stop, &acks).await,
+    ];
+    for round in 0..20u8 {
         let mut a = Kms::start(&format!("torn-a{round}"), &url, None).await;
-        let load = Load::start(&a, 10 * round, &stop, &acks).await;
-        load.reaches("transactions on A", 10).await;
+        let load = Load::start(&a, 5 * round, &stop, &acks).await;
+        load.reaches("transactions on A", 5).await;
         load.dying.store(true, Ordering::SeqCst);
         a.kill();
         load.finish().await;
@@ -1185,7 +1189,9 @@ async fn a_sigkill_while_the_anchor_moves_leaves_the_chain_verifiable() {
         );
     }
     stop.store(true, Ordering::SeqCst);
-    on_b.finish().await;
+    for load in on_b {
+        load.finish().await;
+    }
 }
 
 const REGISTER: &str = "Admin/RegisterEntity";
