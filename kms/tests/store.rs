@@ -221,12 +221,12 @@ fn event(i: u32) -> AuditEvent {
     AuditEvent::allowed("officer-1", "admin.create_key")
         .key(&format!("key-{i}"), Some(1))
         .outcome(
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 Outcome::Allowed
             } else {
                 Outcome::Denied
             },
-            (i % 2 == 1).then(|| "rule 7: officer role required".to_string()),
+            (!i.is_multiple_of(2)).then(|| "rule 7: officer role required".to_string()),
         )
 }
 

@@ -102,9 +102,10 @@ pub(super) async fn run(
                 }));
             } else {
                 for c in &r.chains {
-                    let anchored = c
-                        .anchored_seq
-                        .map_or("no anchor".to_string(), |s| format!("anchored at {s}"));
+                    let anchored = c.anchored_seq.map_or(
+                        "no anchor visible: newest records not vouched for".to_string(),
+                        |s| format!("anchored at {s}"),
+                    );
                     if c.intact {
                         println!(
                             "chain {} ({}): {} records, {anchored}: intact",

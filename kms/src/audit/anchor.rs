@@ -26,9 +26,12 @@ pub struct Anchor {
 }
 
 impl Anchor {
-    /// The object's name (its `CKA_VALUE`, fixed).
-    pub fn name(chain: &str) -> String {
-        format!("{ANCHOR_APPLICATION}/{chain}")
+    /// The name (its `CKA_VALUE`, fixed) of one of the chain's two anchor
+    /// objects. The writer moves them in turn, so that a process killed while
+    /// the token rewrites one (SoftHSM2 truncates an object's file, then writes
+    /// it) still leaves the other, one batch behind.
+    pub fn name(chain: &str, slot: u8) -> String {
+        format!("{ANCHOR_APPLICATION}/{chain}/{slot}")
     }
 
     /// The object's label: the anchor.
@@ -67,7 +70,7 @@ mod tests {
     fn an_anchor_reads_back_and_rejects_other_data() {
         let object = DataObject {
             label: Anchor::label(&ObjectId([9; 16]), "c1", 42, GENESIS_HASH),
-            value: Anchor::name("c1").into_bytes(),
+            value: Anchor::name("c1", 0).into_bytes(),
         };
         let a = Anchor::parse(&object).unwrap();
         assert_eq!(a.key, ObjectId([9; 16]));

@@ -55,11 +55,13 @@ impl Auditor {
         let chain = hsm
             .run(move |s| {
                 let chain = s.new_object_id()?.to_hex();
-                s.create_data(
-                    ANCHOR_APPLICATION,
-                    &Anchor::name(&chain),
-                    &Anchor::label(&key, &chain, 0, GENESIS_HASH),
-                )?;
+                for slot in [0, 1] {
+                    s.create_data(
+                        ANCHOR_APPLICATION,
+                        &Anchor::name(&chain, slot),
+                        &Anchor::label(&key, &chain, 0, GENESIS_HASH),
+                    )?;
+                }
                 Ok(chain)
             })
             .await?;
@@ -198,7 +200,7 @@ async fn adopt_unanchored_legacy(
         hsm.run(move |s| {
             s.create_data(
                 ANCHOR_APPLICATION,
-                &Anchor::name(&chain),
+                &Anchor::name(&chain, 0),
                 &Anchor::label(&key, &chain, seq, &hash),
             )
         })
@@ -232,7 +234,10 @@ struct Committed {
     seq: u64,
     hash: String,
     /// The batch's requests and their answers.
-    answers: Vec<(oneshot::Sender<Result<(), AuditError>>, Result<(), AuditError>)>,
+    answers: Vec<(
+        oneshot::Sender<Result<(), AuditError>>,
+        Result<(), AuditError>,
+    )>,
 }
 
 /// Moves the chain's anchor in the token and only then answers, batch after
@@ -245,7 +250,7 @@ async fn anchor_task(
     chain: String,
     mut committed: mpsc::UnboundedReceiver<Committed>,
 ) {
-    let name = Anchor::name(&chain);
+    let mut slot = 0u8;
     while let Some(first) = committed.recv().await {
         let mut batches = vec![first];
         while let Ok(more) = committed.try_recv() {
@@ -255,9 +260,13 @@ async fn anchor_task(
             .last()
             .map(|b| (b.seq, b.hash.clone()))
             .unwrap_or_default();
-        let (name2, label) = (name.clone(), Anchor::label(&key, &chain, seq, &hash));
+        let (name, label) = (
+            Anchor::name(&chain, slot),
+            Anchor::label(&key, &chain, seq, &hash),
+        );
+        slot = 1 - slot;
         let moved = hsm
-            .run(move |s| s.relabel_data(ANCHOR_APPLICATION, &name2, &label))
+            .run(move |s| s.relabel_data(ANCHOR_APPLICATION, &name, &label))
             .await;
         crate::failpoint::hit("audit-batch-anchored");
         if let Err(e) = &moved {
@@ -301,7 +310,11 @@ impl Writer {
         tracing::info!(chain = %self.chain, "audit writer stopped");
     }
 
-    async fn commit_batch(&mut self, mut jobs: Vec<Job>, to_anchor: &mpsc::UnboundedSender<Committed>) {
+    async fn commit_batch(
+        &mut self,
+        mut jobs: Vec<Job>,
+        to_anchor: &mpsc::UnboundedSender<Committed>,
+    ) {
         let (seq0, hash0) = (self.next_seq, self.prev_hash.clone());
         let started = std::time::Instant::now();
         let written = self.write(&mut jobs).await;

@@ -162,7 +162,11 @@ async fn with_keys(conn: &mut Conn, r: &AnyRow) -> Result<TieUpRecord, StoreErro
     record(r, id, keys)
 }
 
-fn record(r: &AnyRow, id: String, keys: Vec<(String, TieUpMode)>) -> Result<TieUpRecord, StoreError> {
+fn record(
+    r: &AnyRow,
+    id: String,
+    keys: Vec<(String, TieUpMode)>,
+) -> Result<TieUpRecord, StoreError> {
     Ok(TieUpRecord {
         id,
         entity_id: r.try_get("entity_id")?,
