@@ -203,7 +203,7 @@ impl Auditor {
             let key = self.key;
             let bad = self
                 .hsm
-                .run(move |s| {
+                .run_long(move |s| {
                     for (seq, hash, mac) in &macs {
                         if !s.hmac_sha256_verify(&key, hash, mac)? {
                             return Ok(Some(*seq));

@@ -130,7 +130,7 @@ where
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let op = op.clone();
-                hsm.run(move |s| op(s, n)).await?;
+                hsm.run_long(move |s| op(s, n)).await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<(), HsmError>(())

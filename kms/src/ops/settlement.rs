@@ -192,7 +192,7 @@ pub async fn decrypt(
     let id = v.cka_id;
     let plain = state
         .hsm
-        .run(move |s| s.rsa_oaep_decrypt(&id, hash, &ciphertext))
+        .run_long(move |s| s.rsa_oaep_decrypt(&id, hash, &ciphertext))
         .await?;
     Ok((v.version, plain.ok_or_else(|| invalid(DECRYPTION_FAILED))?))
 }
@@ -216,7 +216,7 @@ pub async fn sign(
     authorize(&mut conn, caller, &key, &v, Action::Sign, now).await?;
     drop(conn);
     let id = v.cka_id;
-    let signature = state.hsm.run(move |s| s.rsa_pss_sign(&id, &data)).await?;
+    let signature = state.hsm.run_long(move |s| s.rsa_pss_sign(&id, &data)).await?;
     Ok((v.version, signature))
 }
 
@@ -405,7 +405,7 @@ impl StreamDecryptor {
         let ciphertext = blob.ciphertext;
         self.state
             .hsm
-            .run(move |s| s.rsa_oaep_decrypt(&prepared.id, prepared.hash, &ciphertext))
+            .run_long(move |s| s.rsa_oaep_decrypt(&prepared.id, prepared.hash, &ciphertext))
             .await?
             .ok_or_else(|| invalid(DECRYPTION_FAILED))
     }

@@ -122,7 +122,7 @@ where
     X: Send + 'static,
 {
     let label = object_label(&new.alias, new.version);
-    let (generated, extra) = hsm.run(move |s| generate(s, &label)).await?;
+    let (generated, extra) = hsm.run_long(move |s| generate(s, &label)).await?;
     failpoint::hit("key-object-created");
     let auditor = match audit_key {
         AuditKey::Existing(a) => Ok(a.clone()),
