@@ -33,7 +33,7 @@ struct Job {
     event: AuditEvent,
     serial: bool,
     work: Option<Work>,
-    done: oneshot::Sender<Result<(), AuditError>>,
+    done: Reply,
 }
 
 /// This process's audit trail: a handle on its chain's writer. Cheap to clone.
@@ -228,16 +228,16 @@ enum Applied {
     RolledBack,
 }
 
+/// Where a request's answer goes.
+type Reply = oneshot::Sender<Result<(), AuditError>>;
+
 /// A committed batch waiting for the chain's anchor to reach it.
 struct Committed {
     /// The chain's newest record after the batch.
     seq: u64,
     hash: String,
     /// The batch's requests and their answers.
-    answers: Vec<(
-        oneshot::Sender<Result<(), AuditError>>,
-        Result<(), AuditError>,
-    )>,
+    answers: Vec<(Reply, Result<(), AuditError>)>,
 }
 
 /// Moves the chain's anchor in the token and only then answers, batch after

@@ -216,7 +216,10 @@ pub async fn sign(
     authorize(&mut conn, caller, &key, &v, Action::Sign, now).await?;
     drop(conn);
     let id = v.cka_id;
-    let signature = state.hsm.run_long(move |s| s.rsa_pss_sign(&id, &data)).await?;
+    let signature = state
+        .hsm
+        .run_long(move |s| s.rsa_pss_sign(&id, &data))
+        .await?;
     Ok((v.version, signature))
 }
 
