@@ -27,7 +27,9 @@ const QUEUE: usize = 4096;
 /// The chain format this writer appends.
 const FORMAT: u32 = 2;
 
-type Work = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, bool> + Send>;
+/// A request's change: `None` when it failed (rolled back), else what it adds
+/// to its record's reason.
+type Work = Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Option<Option<String>>> + Send>;
 
 struct Job {
     event: AuditEvent,
@@ -117,16 +119,61 @@ impl Auditor {
         E: From<AuditError> + Send + 'static,
         F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
     {
+        self.run_work(
+            event,
+            serial,
+            move |conn: &mut Conn| -> BoxFuture<'_, Result<(T, Option<String>), E>> {
+                Box::pin(async move { work(conn).await.map(|t| (t, None)) })
+            },
+        )
+        .await
+    }
+
+    /// As [`Auditor::commit`], for a change whose record says what it did: the
+    /// text `work` returns is the record's reason (after the event's own).
+    pub async fn commit_described<T, E, F>(
+        &self,
+        event: AuditEvent,
+        serial: bool,
+        work: F,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<AuditError> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<(T, String), E>> + Send + 'static,
+    {
+        self.run_work(
+            event,
+            serial,
+            move |conn: &mut Conn| -> BoxFuture<'_, Result<(T, Option<String>), E>> {
+                Box::pin(async move { work(conn).await.map(|(t, note)| (t, Some(note))) })
+            },
+        )
+        .await
+    }
+
+    async fn run_work<T, E, F>(&self, event: AuditEvent, serial: bool, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<AuditError> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<(T, Option<String>), E>>
+            + Send
+            + 'static,
+    {
         let slot: Arc<Mutex<Option<Result<T, E>>>> = Arc::new(Mutex::new(None));
         let out = Arc::clone(&slot);
-        let work: Work = Box::new(move |conn: &mut Conn| -> BoxFuture<'_, bool> {
-            Box::pin(async move {
-                let result = work(conn).await;
-                let ok = result.is_ok();
-                *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-                ok
-            })
-        });
+        let work: Work = Box::new(
+            move |conn: &mut Conn| -> BoxFuture<'_, Option<Option<String>>> {
+                Box::pin(async move {
+                    let (result, note) = match work(conn).await {
+                        Ok((t, note)) => (Ok(t), Some(note)),
+                        Err(e) => (Err(e), None),
+                    };
+                    *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+                    note
+                })
+            },
+        );
         self.submit(event, serial, Some(work)).await?;
         let result = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         result.unwrap_or_else(|| Err(E::from(AuditError::Batch("the change did not run".into()))))
@@ -476,8 +523,14 @@ async fn apply(conn: &mut Conn, job: &mut Job) -> Result<Applied, AuditError> {
     }
     if let Some(work) = job.work.take() {
         match AssertUnwindSafe(work(conn)).catch_unwind().await {
-            Ok(true) => {}
-            Ok(false) => return Ok(Applied::RolledBack),
+            Ok(Some(None)) => {}
+            Ok(Some(Some(note))) => {
+                reason = Some(match reason {
+                    Some(r) => format!("{r}; {note}"),
+                    None => note,
+                });
+            }
+            Ok(None) => return Ok(Applied::RolledBack),
             Err(_) => {
                 tracing::error!(operation = %event.operation, "a change panicked inside the audit batch; rolled back");
                 return Err(AuditError::Batch("the change panicked".into()));

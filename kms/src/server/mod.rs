@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use self::auth::AuthLayer;
 use self::tls::ServerTls;
-use crate::audit::{AuditEvent, Outcome};
+use crate::audit::AuditEvent;
 use crate::clock::Clock;
 use crate::commands::init;
 use crate::config::Settings;
@@ -382,41 +382,73 @@ async fn destruction_scheduler(
 /// Deletes challenges and sessions (with their commands) that expired more than
 /// [`PURGE_GRACE`] ago, under the lease [`PURGER_LEASE`]; a purge that deleted
 /// something is summarised in one audit record.
+/// Why a purge chunk recorded nothing.
+enum PurgeError {
+    /// Nothing had expired.
+    Nothing,
+    /// The store or the audit writer failed.
+    Failed(String),
+}
+
+impl From<crate::audit::AuditError> for PurgeError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        PurgeError::Failed(e.to_string())
+    }
+}
+
 async fn purger(state: Shared, instance: Arc<str>, stop: tokio::sync::watch::Receiver<bool>) {
     let period = Duration::from_secs(state.settings.purge_interval_secs);
     let grace_ms = i64::try_from(PURGE_GRACE.as_millis()).unwrap_or(i64::MAX);
     under_lease(&state, PURGER_LEASE, &instance, period, stop, || async {
         let before = state.clock.now_ms().saturating_sub(grace_ms);
-        let purged = match state.store.conn().await {
-            Ok(mut conn) => cards::purge_expired(&mut conn, before, PURGE_BATCH).await,
-            Err(e) => Err(e),
-        };
-        let purged = match purged {
-            Ok(p) if p.is_empty() => return,
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "purge of expired card rows failed; will retry");
-                return;
+        // Chunk after chunk, each in the audit writer's batch with its own
+        // summary record: the rows and the record commit together, and on SQLite
+        // the purge never contends with the writer for the write lock.
+        loop {
+            let instance = Arc::clone(&instance);
+            let chunk = state
+                .auditor
+                .commit_described(
+                    AuditEvent::allowed("local:retention", PURGE_OPERATION),
+                    false,
+                    move |tx| {
+                        Box::pin(async move {
+                            let purged = cards::purge_chunk(tx, before, PURGE_BATCH)
+                                .await
+                                .map_err(|e| PurgeError::Failed(e.to_string()))?;
+                            if purged.is_empty() {
+                                return Err(PurgeError::Nothing);
+                            }
+                            let summary = format!(
+                                "purged expired card rows: challenges {}, sessions {}, sealed commands {} (expired before {}; proxy loads kept); by {instance}",
+                                purged.challenges,
+                                purged.sessions,
+                                purged.commands,
+                                crate::clock::rfc3339(before),
+                            );
+                            Ok((purged, summary))
+                        })
+                    },
+                )
+                .await;
+            match chunk {
+                Ok(purged) => {
+                    tracing::info!(
+                        challenges = purged.challenges,
+                        sessions = purged.sessions,
+                        commands = purged.commands,
+                        "purged expired card rows"
+                    );
+                    if !purged.is_full(PURGE_BATCH) {
+                        return;
+                    }
+                }
+                Err(PurgeError::Nothing) => return,
+                Err(PurgeError::Failed(e)) => {
+                    tracing::error!(error = %e, "purge of expired card rows failed; will retry");
+                    return;
+                }
             }
-        };
-        tracing::info!(
-            challenges = purged.challenges,
-            sessions = purged.sessions,
-            commands = purged.commands,
-            "purged expired card rows"
-        );
-        let event = AuditEvent::allowed("local:retention", PURGE_OPERATION).outcome(
-            Outcome::Allowed,
-            Some(format!(
-                "purged expired card rows: challenges {}, sessions {}, sealed commands {} (expired before {}; proxy loads kept); by {instance}",
-                purged.challenges,
-                purged.sessions,
-                purged.commands,
-                crate::clock::rfc3339(before),
-            )),
-        );
-        if let Err(e) = state.auditor.record(&event).await {
-            tracing::error!(error = %e, "could not audit the purge's summary");
         }
     })
     .await;

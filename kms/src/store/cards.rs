@@ -388,63 +388,65 @@ impl Purged {
     pub fn is_empty(&self) -> bool {
         *self == Purged::default()
     }
+
+    /// True when a table gave a whole chunk of `batch` rows (more may be left).
+    pub fn is_full(&self, batch: u32) -> bool {
+        let batch = u64::from(batch);
+        self.challenges >= batch || self.sessions >= batch || self.commands >= batch
+    }
 }
 
 /// Deletes challenges and sessions that expired before `before`, and the
-/// sessions' commands (proxy loads stay: they are the issuers' records). Every
-/// statement deletes at most `batch` rows and commits on its own, so that no
-/// transaction is long; a session goes once its commands are gone.
+/// sessions' sealed commands (answered or not: an expired session verifies no
+/// receipt); proxy loads stay. At most `batch` rows of each table per statement;
+/// the chunks go on until one deletes fewer than `batch` of every table.
 pub async fn purge_expired(conn: &mut Conn, before: i64, batch: u32) -> Result<Purged, StoreError> {
-    Ok(Purged {
-        challenges: delete_in_batches(
-            conn,
-            "DELETE FROM card_challenges WHERE id IN
-             (SELECT id FROM card_challenges WHERE expires_at < $1 LIMIT $2)",
-            before,
-            batch,
-        )
-        .await?,
-        commands: delete_in_batches(
-            conn,
-            "DELETE FROM card_commands WHERE txn_id IN
-             (SELECT c.txn_id FROM card_commands c JOIN card_sessions s ON s.id = c.session_id
-              WHERE s.expires_at < $1 LIMIT $2)",
-            before,
-            batch,
-        )
-        .await?,
-        sessions: delete_in_batches(
-            conn,
-            "DELETE FROM card_sessions WHERE id IN
-             (SELECT id FROM card_sessions s WHERE expires_at < $1
-              AND NOT EXISTS (SELECT 1 FROM card_commands c WHERE c.session_id = s.id)
-              LIMIT $2)",
-            before,
-            batch,
-        )
-        .await?,
-    })
-}
-
-/// Runs `sql` (binding `before` and `batch`) until it deletes fewer than `batch`
-/// rows; the total deleted.
-async fn delete_in_batches(
-    conn: &mut Conn,
-    sql: &str,
-    before: i64,
-    batch: u32,
-) -> Result<u64, StoreError> {
-    let mut total = 0;
+    let mut total = Purged::default();
     loop {
-        let deleted = sqlx::query(sql)
-            .bind(before)
-            .bind(i64::from(batch))
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        total += deleted;
-        if deleted == 0 || deleted < u64::from(batch) {
+        let chunk = purge_chunk(conn, before, batch).await?;
+        total.challenges += chunk.challenges;
+        total.sessions += chunk.sessions;
+        total.commands += chunk.commands;
+        if !chunk.is_full(batch) {
             return Ok(total);
         }
     }
+}
+
+/// One chunk of [`purge_expired`]: at most `batch` rows of each table.
+pub async fn purge_chunk(conn: &mut Conn, before: i64, batch: u32) -> Result<Purged, StoreError> {
+    let delete = async |conn: &mut Conn, sql: &str| -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql)
+            .bind(before)
+            .bind(i64::from(batch))
+            .execute(conn)
+            .await?
+            .rows_affected())
+    };
+    let challenges = delete(
+        conn,
+        "DELETE FROM card_challenges WHERE id IN
+         (SELECT id FROM card_challenges WHERE expires_at < $1 LIMIT $2)",
+    )
+    .await?;
+    let commands = delete(
+        conn,
+        "DELETE FROM card_commands WHERE txn_id IN
+         (SELECT c.txn_id FROM card_commands c JOIN card_sessions s ON s.id = c.session_id
+          WHERE s.expires_at < $1 LIMIT $2)",
+    )
+    .await?;
+    let sessions = delete(
+        conn,
+        "DELETE FROM card_sessions WHERE id IN
+         (SELECT id FROM card_sessions s WHERE expires_at < $1
+          AND NOT EXISTS (SELECT 1 FROM card_commands c WHERE c.session_id = s.id)
+          LIMIT $2)",
+    )
+    .await?;
+    Ok(Purged {
+        challenges,
+        sessions,
+        commands,
+    })
 }
