@@ -179,6 +179,7 @@ impl Server {
             Arc::clone(&self.instance),
             stop_rx.clone(),
         ));
+        let checkpoints = tokio::spawn(wal_checkpoints(Arc::clone(&self.state), stop_rx.clone()));
         let summaries = tokio::spawn(refusal_summaries(
             Arc::clone(&self.state),
             Arc::clone(&self.tls.refusals),
@@ -228,6 +229,7 @@ impl Server {
         let _ = stop_tx.send(true);
         let _ = scheduler.await;
         let _ = purger.await;
+        let _ = checkpoints.await;
         let _ = summaries.await;
         self.state.store.close().await;
         result.map_err(|e| StartError::Serve(e.to_string()))
@@ -393,6 +395,23 @@ enum PurgeError {
 impl From<crate::audit::AuditError> for PurgeError {
     fn from(e: crate::audit::AuditError) -> Self {
         PurgeError::Failed(e.to_string())
+    }
+}
+
+/// SQLite: a passive WAL checkpoint every second, off the audit writer's path
+/// (its connection does not checkpoint on commit).
+async fn wal_checkpoints(state: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if state.store.backend() != crate::store::Backend::Sqlite {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = state.store.checkpoint().await {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
     }
 }
 

@@ -140,7 +140,28 @@ impl Store {
     /// A connection of its own, out of the pool for good (the audit writer's);
     /// the pool opens another in its place.
     pub async fn dedicated(&self) -> Result<AnyConnection, StoreError> {
-        Ok(self.pool.acquire().await?.detach())
+        let mut conn = self.pool.acquire().await?.detach();
+        if self.backend == Backend::Sqlite {
+            // Its commits never copy the WAL back into the database file (an
+            // fsync of the file in the middle of a request's answer); `kms
+            // serve` checkpoints in the background instead (`checkpoint`).
+            sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    /// SQLite: copies what the WAL holds back into the database file, as far as
+    /// readers allow, without blocking the writer (`PASSIVE`). Nothing to do on
+    /// PostgreSQL.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// A connection for reads.
