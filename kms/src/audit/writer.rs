@@ -417,6 +417,7 @@ impl Writer {
         // A savepoint per request that changes something, so that its failure
         // undoes it alone; a request alone in its batch uses the transaction.
         let solo = jobs.len() == 1;
+        let mut newest_hash = None;
         for job in jobs.iter_mut() {
             let changes = job.work.is_some() || job.serial || job.event.closes_approval.is_some();
             let applied = if changes && !solo {
@@ -450,7 +451,9 @@ impl Writer {
                         hash: String::new(),
                         mac: None,
                     };
-                    let hash = hex::encode(record_hash(&row, FORMAT));
+                    let raw = record_hash(&row, FORMAT);
+                    newest_hash = Some(raw);
+                    let hash = hex::encode(raw);
                     self.prev_hash = hash.clone();
                     self.next_seq += 1;
                     records.push(AuditRow { hash, ..row });
@@ -465,8 +468,7 @@ impl Writer {
                 Err(e) => answers.push(Err(e)),
             }
         }
-        if let Some(newest) = records.last_mut() {
-            let hash = hex::decode(&newest.hash).map_err(|e| AuditError::Batch(e.to_string()))?;
+        if let (Some(newest), Some(hash)) = (records.last_mut(), newest_hash) {
             let key = self.key;
             let mac = self.hsm.run(move |s| s.hmac_sha256(&key, &hash)).await?;
             newest.mac = Some(hex::encode(mac));
@@ -516,20 +518,12 @@ async fn apply(conn: &mut Conn, job: &mut Job) -> Result<Applied, AuditError> {
             return Err(AuditError::ApprovalNotPending(closing.id.clone()));
         }
         let note = format!("approves {} proposed by {}", closing.id, closing.proposer);
-        reason = Some(match reason {
-            Some(r) => format!("{r}; {note}"),
-            None => note,
-        });
+        reason = Some(with_note(reason, note));
     }
     if let Some(work) = job.work.take() {
         match AssertUnwindSafe(work(conn)).catch_unwind().await {
             Ok(Some(None)) => {}
-            Ok(Some(Some(note))) => {
-                reason = Some(match reason {
-                    Some(r) => format!("{r}; {note}"),
-                    None => note,
-                });
-            }
+            Ok(Some(Some(note))) => reason = Some(with_note(reason, note)),
             Ok(None) => return Ok(Applied::RolledBack),
             Err(_) => {
                 tracing::error!(operation = %event.operation, "a change panicked inside the audit batch; rolled back");
@@ -538,4 +532,12 @@ async fn apply(conn: &mut Conn, job: &mut Job) -> Result<Applied, AuditError> {
         }
     }
     Ok(Applied::Kept(reason))
+}
+
+/// A record's reason with `note` after it.
+fn with_note(reason: Option<String>, note: String) -> String {
+    match reason {
+        Some(r) => format!("{r}; {note}"),
+        None => note,
+    }
 }

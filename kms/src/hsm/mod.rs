@@ -166,13 +166,18 @@ impl Hsm {
         if !self.inner.token_delay.is_zero() {
             return self.run_long(f).await;
         }
-        let permit = Arc::clone(&self.inner.permits)
-            .acquire_owned()
-            .await
-            .map_err(|e| HsmError::Worker(e.to_string()))?;
+        let permit = self.permit().await?;
         let result = self.inner.with_session(f);
         drop(permit);
         result
+    }
+
+    /// One of the `sessions` permits: at most that many calls under way at once.
+    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HsmError> {
+        Arc::clone(&self.inner.permits)
+            .acquire_owned()
+            .await
+            .map_err(|e| HsmError::Worker(e.to_string()))
     }
 
     /// As [`Hsm::run`], on a blocking thread, so that a call of milliseconds
@@ -183,10 +188,7 @@ impl Hsm {
         T: Send + 'static,
         F: FnOnce(&HsmSession<'_>) -> Result<T, HsmError> + Send + 'static,
     {
-        let permit = Arc::clone(&self.inner.permits)
-            .acquire_owned()
-            .await
-            .map_err(|e| HsmError::Worker(e.to_string()))?;
+        let permit = self.permit().await?;
         let inner = Arc::clone(&self.inner);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
