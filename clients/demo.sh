@@ -25,14 +25,15 @@ echo "== building kms and kmsctl"
 cargo build --release --locked -p brandkms --features dev --bin kms -p brandkms-clients \
   --bin kmsctl --bin issuer --bin cybershop --bin loading-portal --bin loadgen \
   --bin terminal --bin clearing
-KMS="$PWD/target/release/kms"
-KMSCTL="$PWD/target/release/kmsctl"
-ISSUER="$PWD/target/release/issuer"
-SHOP="$PWD/target/release/cybershop"
-PORTAL="$PWD/target/release/loading-portal"
-LOADGEN="$PWD/target/release/loadgen"
-TERMINAL="$PWD/target/release/terminal"
-CLEARING="$PWD/target/release/clearing"
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
+KMS="$BIN/kms"
+KMSCTL="$BIN/kmsctl"
+ISSUER="$BIN/issuer"
+SHOP="$BIN/cybershop"
+PORTAL="$BIN/loading-portal"
+LOADGEN="$BIN/loadgen"
+TERMINAL="$BIN/terminal"
+CLEARING="$BIN/clearing"
 
 echo "== kms init --dev $DEV"
 "$KMS" init --dev "$DEV"
