@@ -35,8 +35,20 @@ bench_install() {
 # cannot swap a binary under a running benchmark; their paths in KMS, KMSCTL,
 # ISSUER, LOADGEN, TERMINAL and CLEARING.
 # shellcheck disable=SC2034 # TERMINAL and CLEARING are the sourcing script's
+# BENCH_BIN=DIR takes the six binaries from DIR instead (to compare two builds
+# side by side; the caller built DIR's kms with the same features).
 bench_build() {
   local work="$1"; shift
+  if [ -n "${BENCH_BIN:-}" ]; then
+    bench_log "using the binaries in $BENCH_BIN"
+    mkdir -p "$work/bin"
+    for b in kms kmsctl issuer loadgen terminal clearing; do
+      cp "$BENCH_BIN/$b" "$work/bin/$b" || bench_die "BENCH_BIN: no $b in $BENCH_BIN"
+    done
+    KMS="$work/bin/kms" KMSCTL="$work/bin/kmsctl" ISSUER="$work/bin/issuer"
+    LOADGEN="$work/bin/loadgen" TERMINAL="$work/bin/terminal" CLEARING="$work/bin/clearing"
+    return
+  fi
   local features="dev"
   for f in "$@"; do features="$features,$f"; done
   bench_log "building kms (features $features) and the clients, release"

@@ -648,6 +648,87 @@ async fn card_sessions_alternate_between_two_instances() {
     store.close().await;
 }
 
+/// Begins an authentication of card 0 with key-k; the refusal's (code, rule).
+async fn begin_refusal(shop: &Client) -> Option<(tonic::Code, Option<String>)> {
+    let r = shop
+        .cards()
+        .begin_authentication(pb::BeginAuthenticationRequest {
+            alias: "key-k".into(),
+            key_version: 1,
+            card_id: card(0).cid().unwrap().to_vec(),
+        })
+        .await;
+    match r {
+        Ok(_) => None,
+        Err(ClientError::Status { code, reason, .. }) => Some((code, reason)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Each instance keeps the facts its decisions read (entities, tie-ups, key
+/// versions) per admin generation: a change made through one instance must
+/// still refuse the very next request on the other, whose cache holds the
+/// facts from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_instance_decides_the_next_request_on_the_other() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = postgres().await else {
+        return;
+    };
+    let url = db.settings.url.clone();
+    init_database(&db);
+    import_key_k(&db).await;
+    let a = Kms::start("facts-a", &url, None).await;
+    let b = Kms::start("facts-b", &url, None).await;
+    let officer = a.client("officer-1").await;
+    register(&officer, "cybershop-k").await.unwrap();
+    let change = hold_tie_up(&officer, "cybershop-k", "key-k").await.unwrap();
+    let Some(pb::tie_up_change::Result::TieUp(tie_up)) = change.result else {
+        panic!("{change:?}");
+    };
+    let shop = b.client("cybershop-k").await;
+    // B has decided on these facts (and keeps them) before each change.
+    assert_eq!(begin_refusal(&shop).await, None);
+    assert_eq!(begin_refusal(&shop).await, None);
+
+    let shop_ref = pb::EntityRef {
+        id: "cybershop-k".into(),
+    };
+    officer
+        .admin()
+        .suspend_entity(shop_ref.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        begin_refusal(&shop).await,
+        Some((
+            tonic::Code::PermissionDenied,
+            Some("entity_suspended".into())
+        ))
+    );
+    officer.admin().resume_entity(shop_ref).await.unwrap();
+    assert_eq!(begin_refusal(&shop).await, None);
+
+    officer
+        .admin()
+        .terminate_tie_up(pb::TieUpRef { id: tie_up.id })
+        .await
+        .unwrap();
+    let (code, rule) = begin_refusal(&shop)
+        .await
+        .expect("refused after termination");
+    assert_eq!(code, tonic::Code::PermissionDenied, "{rule:?}");
+    assert!(rule.is_some(), "a denial names its rule");
+
+    // And the other way: a tie-up made through B is used at once through A.
+    let officer_b = b.client("officer-1").await;
+    hold_tie_up(&officer_b, "cybershop-k", "key-k")
+        .await
+        .unwrap();
+    assert_eq!(begin_refusal(&a.client("cybershop-k").await).await, None);
+    assert_eq!(begin_refusal(&shop).await, None);
+}
+
 /// The key's versions: (version, state).
 async fn versions(officer: &Client, alias: &str) -> Vec<(u32, i32)> {
     let key = officer

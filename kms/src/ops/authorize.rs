@@ -10,7 +10,7 @@ use crate::ops::{Caller, OpsError};
 use crate::store::distribution::{self as consent_rows, ConsentRecord};
 use crate::store::entities::EntityRecord;
 use crate::store::keys::{self as key_rows, KeyRecord, KeyVersionRecord};
-use crate::store::tieups::{self as tie_rows, TieUpRecord};
+use crate::store::tieups::TieUpRecord;
 use crate::store::{Conn, StoreError};
 
 /// Transport keys are named `transport.<entity>`.
@@ -24,7 +24,7 @@ pub fn transport_alias(entity_id: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Grounds {
     /// The caller's tie-ups.
-    pub tie_ups: Vec<brandkms_policy::TieUp>,
+    pub tie_ups: std::sync::Arc<[brandkms_policy::TieUp]>,
     /// For [`Action::Receive`]: the caller's active transport key version.
     pub transport: Option<KeyVersionRecord>,
 }
@@ -41,7 +41,12 @@ pub async fn authorize(
     action: Action,
     now: i64,
 ) -> Result<Grounds, OpsError> {
-    let (tie_ups, consents) = policy_facts(conn, &caller.entity.id, action).await?;
+    let tie_ups = caller.view.tie_ups(conn, &caller.entity.id).await?;
+    let consents = if action == Action::Receive {
+        standing_consents(conn, &caller.entity.id).await?
+    } else {
+        Vec::new()
+    };
     let transport = if action == Action::Receive {
         key_rows::versions(conn, &transport_alias(&caller.entity.id))
             .await?
@@ -95,23 +100,13 @@ pub fn policy_tie_up(t: &TieUpRecord) -> brandkms_policy::TieUp {
     }
 }
 
-/// The facts a decision about `entity_id` doing `action` needs: its tie-ups and,
-/// for a delivery (the only action rule 4 concerns), the standing consents
-/// concerning it.
-async fn policy_facts(
+/// The standing consents concerning `entity_id`, which only a delivery (rule 4)
+/// needs.
+async fn standing_consents(
     conn: &mut Conn,
     entity_id: &str,
-    action: Action,
-) -> Result<(Vec<brandkms_policy::TieUp>, Vec<brandkms_policy::Consent>), StoreError> {
-    let tie_ups = tie_rows::list(conn, Some(entity_id))
-        .await?
-        .iter()
-        .map(policy_tie_up)
-        .collect();
-    if action != Action::Receive {
-        return Ok((tie_ups, Vec::new()));
-    }
-    let consents = consent_rows::consents(conn, Some(entity_id))
+) -> Result<Vec<brandkms_policy::Consent>, StoreError> {
+    Ok(consent_rows::consents(conn, Some(entity_id))
         .await?
         .into_iter()
         .filter(ConsentRecord::standing)
@@ -120,6 +115,5 @@ async fn policy_facts(
             third_party: c.third_party,
             alias: c.alias,
         })
-        .collect();
-    Ok((tie_ups, consents))
+        .collect())
 }

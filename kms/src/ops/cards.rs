@@ -11,7 +11,6 @@ use crate::ops::authorize::{authorize, policy_entity};
 use crate::ops::card_protocol::{
     self as card, CardKey, FROM_CARD, Op, PAYLOAD_LEN, Receipt, TO_CARD,
 };
-use crate::ops::versions::key_version;
 use crate::ops::{AppState, Caller, OpsError};
 use crate::store::cards::{
     self as rows, ChallengeRecord, CommandRecord, ProxyLoadRecord, SessionRecord,
@@ -97,7 +96,7 @@ async fn allowed_version(
     action: Action,
     now: i64,
 ) -> Result<(KeyRecord, KeyVersionRecord), OpsError> {
-    let (key, v) = key_version(conn, alias, version).await?;
+    let (key, v) = caller.view.key_version(conn, alias, version).await?;
     if key.class != KeyClass::CardAccess {
         return Err(OpsError::FailedPrecondition(format!(
             "{alias:?} is a {} key, not a card-access key",

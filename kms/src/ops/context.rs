@@ -10,6 +10,7 @@ use crate::audit::{ApprovalClosing, AuditError, AuditEvent, Auditor, Outcome};
 use crate::clock::Clock;
 use crate::config::ServiceSettings;
 use crate::hsm::{Hsm, HsmError, OaepHash, ObjectId};
+use crate::ops::facts::{FactCache, FactView};
 use crate::ops::versions::KeyError;
 use crate::store::entities::EntityRecord;
 use crate::store::{Conn, Store, StoreError};
@@ -33,6 +34,8 @@ pub struct AppState {
     pub clock: Clock,
     /// Timings.
     pub settings: ServiceSettings,
+    /// Entities, tie-ups and key versions, per admin generation.
+    pub facts: Arc<FactCache>,
 }
 
 impl AppState {
@@ -74,6 +77,9 @@ pub struct Caller {
     /// Set while this officer carries out an approved proposal: the operation's
     /// audit record closes the approval.
     pub approving: Option<ApprovalClosing>,
+    /// The facts this request's decisions read: the admin generation read when
+    /// the caller was identified, and the cache of facts under it.
+    pub view: FactView,
 }
 
 impl Caller {

@@ -11,7 +11,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::hsm::{Exportability, KeyRole, KeySpec, SecretAlgorithm};
 use crate::ops::authorize::{authorize, policy_entity, policy_tie_up, transport_alias};
-use crate::ops::versions::{AuditKey, NewVersion, create_version_with, key_version};
+use crate::ops::versions::{AuditKey, NewVersion, create_version_with};
 use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::distribution::{self as rows, ConsentRecord, DistributionRecord};
 use crate::store::keys::{self as key_rows, KeyRecord, KeyVersionRecord};
@@ -164,7 +164,7 @@ pub async fn request_key(
     version: Option<u32>,
 ) -> Result<Delivery, OpsError> {
     let mut conn = state.store.conn().await?;
-    let (key, v) = key_version(&mut conn, alias, version).await?;
+    let (key, v) = caller.view.key_version(&mut conn, alias, version).await?;
     if !matches!(key.class, KeyClass::CardAccess | KeyClass::Authenticator) {
         return Err(OpsError::FailedPrecondition(format!(
             "{} keys are not distributed",

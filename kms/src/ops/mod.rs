@@ -11,6 +11,7 @@ pub mod cards;
 pub mod context;
 pub mod distribution;
 pub mod entities;
+pub mod facts;
 pub mod generate;
 pub mod keys;
 pub mod rsa_public;

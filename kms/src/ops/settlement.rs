@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use crate::hsm::OaepHash;
 use crate::ops::authorize::authorize;
+use crate::ops::facts::FactView;
 use crate::ops::generate::generator;
 use crate::ops::keys::{KeyView, get};
 use crate::ops::rsa_public::{self, PublicKeyInfo};
@@ -343,7 +344,8 @@ impl StreamDecryptor {
         {
             return Ok(d.prepared);
         }
-        let prepared = self.decide(&mut conn, alias, version, now).await;
+        let view = self.state.facts.view(generation);
+        let prepared = self.decide(&mut conn, view, alias, version, now).await;
         let mut decided = self
             .decided
             .lock()
@@ -370,17 +372,20 @@ impl StreamDecryptor {
     async fn decide(
         &self,
         conn: &mut Conn,
+        view: FactView,
         alias: &str,
         version: u32,
         now: i64,
     ) -> Result<Prepared, OpsError> {
-        let entity = entities::get(conn, &self.caller.entity.id)
+        let entity = view
+            .entity(conn, &self.caller.entity.id)
             .await?
             .ok_or(OpsError::Denied(
                 brandkms_policy::DenyReason::EntitySuspended,
             ))?;
         let caller = Caller {
             entity,
+            view,
             ..self.caller.clone()
         };
         let (key, v, hash) = self.version(conn, alias, version).await?;
@@ -464,7 +469,7 @@ pub async fn generate_mac(
 ) -> Result<(u32, Vec<u8>), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, v) = key_version(&mut conn, alias, None).await?;
+    let (key, v) = caller.view.key_version(&mut conn, alias, None).await?;
     authorize(&mut conn, caller, &key, &v, Action::GenerateMac, now).await?;
     drop(conn);
     let id = v.cka_id;
@@ -484,7 +489,7 @@ pub async fn verify_mac(
 ) -> Result<(u32, bool), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, v) = key_version(&mut conn, alias, version).await?;
+    let (key, v) = caller.view.key_version(&mut conn, alias, version).await?;
     authorize(&mut conn, caller, &key, &v, Action::VerifyMac, now).await?;
     drop(conn);
     if mac.len() != 32 {

@@ -17,7 +17,6 @@ use super::identity::{self, IdentityError};
 use crate::audit::{AuditEvent, Outcome};
 use crate::ops::{Caller, OpsError, Shared};
 use crate::service::to_status;
-use crate::store::entities;
 
 /// Paths that need a brand certificate but no registered entity, and whose
 /// successful calls are not audited (they touch no key and no state).
@@ -153,7 +152,13 @@ async fn identify(
         .conn()
         .await
         .map_err(|e| to_status(&OpsError::from(e)))?;
-    let entity = entities::get(&mut conn, &peer.entity_id)
+    let view = state
+        .facts
+        .current(&mut conn)
+        .await
+        .map_err(|e| to_status(&OpsError::from(e)))?;
+    let entity = view
+        .entity(&mut conn, &peer.entity_id)
         .await
         .map_err(|e| to_status(&OpsError::from(e)))?;
     drop(conn);
@@ -180,6 +185,7 @@ async fn identify(
         entity,
         fingerprint: peer.fingerprint,
         approving: None,
+        view,
     }))
 }
 

@@ -144,6 +144,7 @@ impl Server {
                 oaep_hash,
                 clock,
                 settings: settings.service.clone(),
+                facts: Default::default(),
             }),
             tls,
             // The process and its audit chain: the chain id tells apart two
