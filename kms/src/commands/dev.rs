@@ -182,6 +182,7 @@ pub fn client_certificate(
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(id);
     params.subject_alt_names = vec![SanType::URI(format!("{ENTITY_URI_PREFIX}{id}").try_into()?)];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem()))

@@ -22,6 +22,15 @@ pub enum IdentityError {
     /// The certificate has no (or several) `urn:brandkms:entity:` SAN URIs.
     #[error("client certificate must carry exactly one SAN URI {ENTITY_URI_PREFIX}<id>")]
     NoEntity,
+    /// A CA certificate presented as a caller's.
+    #[error("a CA certificate (basic constraints CA:TRUE) cannot identify a caller")]
+    CaCertificate,
+    /// No key usage extension, or one without `digitalSignature`.
+    #[error("client certificate must have key usage digitalSignature")]
+    KeyUsage,
+    /// An extended key usage extension without `clientAuth`.
+    #[error("client certificate's extended key usage must include clientAuth")]
+    ExtendedKeyUsage,
 }
 
 /// What the certificate says about the caller.
@@ -46,6 +55,32 @@ pub fn identify(chain: &[CertificateDer<'static>]) -> Result<PeerIdentity, Ident
         entity_id: entity_id(leaf)?,
         fingerprint: fingerprint(leaf),
     })
+}
+
+/// What a caller's certificate must be, beyond its signature chaining to the
+/// brand CA: an end entity (not a CA, whatever path length its issuer allows),
+/// with key usage `digitalSignature` (it signs the TLS handshake), and with
+/// `clientAuth` when it restricts its extended key usage.
+pub fn caller_constraints(cert: &CertificateDer<'_>) -> Result<(), IdentityError> {
+    let (_, x509) =
+        X509Certificate::from_der(cert.as_ref()).map_err(|_| IdentityError::Malformed)?;
+    let basic = x509
+        .basic_constraints()
+        .map_err(|_| IdentityError::Malformed)?;
+    if basic.is_some_and(|b| b.value.ca) {
+        return Err(IdentityError::CaCertificate);
+    }
+    let usage = x509.key_usage().map_err(|_| IdentityError::Malformed)?;
+    if !usage.is_some_and(|u| u.value.digital_signature()) {
+        return Err(IdentityError::KeyUsage);
+    }
+    let extended = x509
+        .extended_key_usage()
+        .map_err(|_| IdentityError::Malformed)?;
+    if extended.is_some_and(|e| !(e.value.client_auth || e.value.any)) {
+        return Err(IdentityError::ExtendedKeyUsage);
+    }
+    Ok(())
 }
 
 /// The entity id in the certificate's one `urn:brandkms:entity:<id>` SAN URI.

@@ -17,6 +17,7 @@ use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
 
+use super::identity;
 use super::refusals::HandshakeRefusals;
 use crate::config::TlsSettings;
 
@@ -162,14 +163,25 @@ impl ClientCertVerifier for BrandCaRequired {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.brand_ca
-            .verify_client_cert(end_entity, intermediates, now)
-            .inspect_err(|e| {
-                self.refusals.refused(
-                    end_entity,
-                    &format!("certificate not issued by the brand CA ({e})"),
-                )
-            })
+        // Participants' certificates are issued by the brand CA itself (a
+        // deployment whose CA issues through an intermediate lists that issuing
+        // CA in `tls.ca`): whatever the client sends besides its certificate is
+        // ignored, so no certificate a participant signed can act for anyone,
+        // whatever the basic constraints or path length it claims.
+        let _ = intermediates;
+        let verified = self
+            .brand_ca
+            .verify_client_cert(end_entity, &[], now)
+            .map_err(|e| format!("certificate not issued by the brand CA ({e})"))
+            .and_then(|v| {
+                identity::caller_constraints(end_entity)
+                    .map(|()| v)
+                    .map_err(|e| e.to_string())
+            });
+        verified.map_err(|reason| {
+            self.refusals.refused(end_entity, &reason);
+            rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
+        })
     }
 
     fn verify_tls12_signature(

@@ -1,0 +1,180 @@
+//! Who may be a caller: certificates the brand CA signed but that must not
+//! identify anyone (issue 12, item 1). Each is refused at the TLS handshake,
+//! changes nothing and is counted with the other refused handshakes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+
+use brandkms::server::identity::ENTITY_URI_PREFIX;
+use brandkms_clients::Client;
+use brandkms_proto::v1 as pb;
+use brandkms_tests::{TestServer, on_each_database};
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// The brand CA of the test server's PKI, as an issuer.
+fn brand_ca(pki: &Path) -> Issuer<'static, KeyPair> {
+    let key = KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca-key.pem")).unwrap()).unwrap();
+    Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.join("ca.pem")).unwrap(), key).unwrap()
+}
+
+/// Parameters naming entity `id`, as a caller's certificate would.
+fn naming(id: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, id.to_string());
+    p.subject_alt_names = vec![SanType::URI(
+        format!("{ENTITY_URI_PREFIX}{id}").try_into().unwrap(),
+    )];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p
+}
+
+/// Writes `<name>.pem` (the chain, leaf first) and `<name>-key.pem`.
+fn write(pki: &Path, name: &str, chain: &[String], key: &KeyPair) {
+    std::fs::write(pki.join(format!("{name}.pem")), chain.concat()).unwrap();
+    std::fs::write(pki.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+}
+
+/// The certificates of the red-team pass, each signed (directly or through a
+/// participant) by the brand CA, each claiming to be officer-1.
+fn write_rogues(pki: &Path) -> Vec<&'static str> {
+    let brand = brand_ca(pki);
+
+    // A participant given a CA:TRUE certificate signs a leaf naming officer-1
+    // and presents leaf + its own certificate.
+    let mut participant = naming("cybershop-r");
+    participant.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    participant.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    let participant_key = KeyPair::generate().unwrap();
+    let participant_cert = participant.clone().signed_by(&participant_key, &brand).unwrap();
+    let sub = Issuer::new(participant, participant_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = naming("officer-1").signed_by(&leaf_key, &sub).unwrap();
+    write(
+        pki,
+        "rogue-through-participant",
+        &[leaf.pem(), participant_cert.pem()],
+        &leaf_key,
+    );
+
+    // A CA certificate naming officer-1 itself.
+    let mut ca = naming("officer-1");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+    ];
+    let key = KeyPair::generate().unwrap();
+    write(pki, "rogue-ca", &[ca.signed_by(&key, &brand).unwrap().pem()], &key);
+
+    // Key usage keyCertSign only; no key usage at all.
+    let mut cert_sign = naming("officer-1");
+    cert_sign.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let key = KeyPair::generate().unwrap();
+    write(
+        pki,
+        "rogue-keycertsign",
+        &[cert_sign.signed_by(&key, &brand).unwrap().pem()],
+        &key,
+    );
+    let mut no_usage = naming("officer-1");
+    no_usage.key_usages = Vec::new();
+    let key = KeyPair::generate().unwrap();
+    write(
+        pki,
+        "rogue-no-key-usage",
+        &[no_usage.signed_by(&key, &brand).unwrap().pem()],
+        &key,
+    );
+
+    // Extended key usage serverAuth only.
+    let mut server_only = naming("officer-1");
+    server_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    write(
+        pki,
+        "rogue-server-auth",
+        &[server_only.signed_by(&key, &brand).unwrap().pem()],
+        &key,
+    );
+
+    // The control: made the same way, but as a caller's certificate should be.
+    let key = KeyPair::generate().unwrap();
+    write(
+        pki,
+        "officer-1-reissued",
+        &[naming("officer-1").signed_by(&key, &brand).unwrap().pem()],
+        &key,
+    );
+    vec![
+        "rogue-through-participant",
+        "rogue-ca",
+        "rogue-keycertsign",
+        "rogue-no-key-usage",
+        "rogue-server-auth",
+    ]
+}
+
+async fn create_key(client: &Client, alias: &str) -> Result<pb::Key, brandkms_clients::ClientError> {
+    client
+        .admin()
+        .create_key(pb::CreateKeyRequest {
+            alias: alias.to_string(),
+            key_class: pb::KeyClass::CardAccess as i32,
+            service_code: 0x0A01,
+            purpose: pb::Purpose::Purchase as i32,
+            ..Default::default()
+        })
+        .await
+}
+
+#[tokio::test]
+async fn only_end_entity_signing_certificates_issued_by_the_brand_ca_identify_callers() {
+    on_each_database(|s| async move {
+        let rogues = write_rogues(&s.pki);
+        for name in &rogues {
+            let r = match Client::connect(&s.options(name)).await {
+                Ok(c) => create_key(&c, &format!("key-{name}")).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            // Refused at the handshake: no status from the service's identity
+            // layer, which would mean the certificate got that far.
+            match r {
+                Ok(()) => panic!("{name}: served as officer-1"),
+                Err(e) => assert!(
+                    !matches!(
+                        e.code(),
+                        Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+                    ),
+                    "{name}: {e}"
+                ),
+            }
+        }
+        // The control is served: the refusals are about the certificates.
+        let control = s.client("officer-1-reissued").await;
+        create_key(&control, "key-control").await.unwrap();
+
+        let officer = s.client("officer-1").await;
+        let keys = officer
+            .admin()
+            .list_keys(pb::ListKeysRequest::default())
+            .await
+            .unwrap();
+        let aliases: Vec<_> = keys.keys.iter().map(|k| k.alias.as_str()).collect();
+        assert_eq!(aliases, ["key-control"], "nothing made by a rogue");
+        s
+    })
+    .await;
+}
