@@ -99,11 +99,13 @@ pub enum Action {
     Receive,
     /// Have the service authenticate a card with the key.
     Authenticate,
-    /// Have the service seal a command (DEBIT, READ_BALANCE) with a session of the key.
+    /// Have the service seal a DEBIT with a session of the key.
     Seal {
         /// The amount, in minor units.
         amount: u64,
     },
+    /// Have the service seal a READ_BALANCE (no amount) with a session of the key.
+    ReadBalance,
     /// Have the service seal a LOAD for an offline issuer (proxy loading).
     ProxyLoad {
         /// The amount, in minor units.
@@ -157,9 +159,10 @@ fn state_allows(state: KeyState, action: Action) -> bool {
     use KeyState as S;
     match action {
         Action::Receive => state == S::Active,
-        Action::Authenticate | Action::Seal { .. } | Action::ProxyLoad { .. } => {
-            matches!(state, S::Active | S::AuthOnly)
-        }
+        Action::Authenticate
+        | Action::Seal { .. }
+        | Action::ReadBalance
+        | Action::ProxyLoad { .. } => matches!(state, S::Active | S::AuthOnly),
         Action::Decrypt => matches!(state, S::Active | S::DecryptOnly),
         Action::Sign => state == S::Active,
         Action::GenerateMac => state == S::Active,
@@ -258,15 +261,21 @@ fn check_tie_up(r: &Request<'_>, t: &TieUp) -> Result<(), DenyReason> {
             }
             Ok(())
         }
-        Action::Authenticate | Action::Seal { .. } | Action::ProxyLoad { .. } => {
+        Action::Authenticate
+        | Action::Seal { .. }
+        | Action::ReadBalance
+        | Action::ProxyLoad { .. } => {
             // Rule 5: the brand uses the key on the entity's behalf under `hold`
-            // (authentication and sealing only) or `proxy_load` (the loading portal).
+            // (authentication, DEBIT and READ_BALANCE) or `proxy_load` (the
+            // loading portal: authentication, LOAD and READ_BALANCE, never a
+            // DEBIT).
             if r.key.class != KeyClass::CardAccess {
                 return Err(DenyReason::ModeDoesNotAllow(mode));
             }
             match (mode, r.action) {
                 (TieUpMode::Supply, _) => return Err(DenyReason::ModeDoesNotAllow(mode)),
-                (TieUpMode::Hold, Action::ProxyLoad { .. }) => {
+                (TieUpMode::Hold, Action::ProxyLoad { .. })
+                | (TieUpMode::ProxyLoad, Action::Seal { .. }) => {
                     return Err(DenyReason::ModeDoesNotAllow(mode));
                 }
                 (TieUpMode::ProxyLoad, _) if r.caller.kind != EntityKind::LoadingPortal => {

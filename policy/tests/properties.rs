@@ -94,6 +94,7 @@ fn action() -> impl Strategy<Value = Action> {
         Just(Action::Receive),
         Just(Action::Authenticate),
         (0u64..20_000).prop_map(|amount| Action::Seal { amount }),
+        Just(Action::ReadBalance),
         (0u64..20_000).prop_map(|amount| Action::ProxyLoad { amount }),
         Just(Action::Decrypt),
         Just(Action::Sign),
@@ -257,6 +258,25 @@ proptest! {
                     && t.per_transaction_limit.is_none_or(|l| amount <= l)
             });
             prop_assert!(allowing);
+        }
+    }
+
+    #[test]
+    fn a_debit_is_sealed_only_under_hold_and_a_load_only_under_proxy_load(
+        mut c in case(),
+        debit in any::<bool>(),
+        amount in 0u64..20_000,
+    ) {
+        c.key.owner = None;
+        c.action = if debit { Action::Seal { amount } } else { Action::ProxyLoad { amount } };
+        let mode = if debit { TieUpMode::Hold } else { TieUpMode::ProxyLoad };
+        if c.decide().is_allowed() {
+            let allowing = c.tie_ups.iter().any(|t| {
+                t.entity_id == c.caller.id
+                    && in_force(t, c.now)
+                    && t.keys.iter().any(|(a, m)| *a == c.key.alias && *m == mode)
+            });
+            prop_assert!(allowing, "{:?} allowed without a {mode} tie-up", c.action);
         }
     }
 

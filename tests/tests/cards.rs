@@ -503,6 +503,29 @@ async fn purchases_proxy_loads_and_refusals() {
         assert_eq!(sealed.proxy_load_issuer, "issuer-2-1");
         assert!(v.genuine);
         assert_eq!(card_e.balance, 6000);
+        // Under proxy_load the portal reads the balance but never debits
+        // (issue 12, item 7): a DEBIT is refused, naming rule 5.
+        let (_, balance) = transact(
+            &portal,
+            &mut card_e,
+            &session_e.session_id,
+            pb::CardOp::ReadBalance,
+            0,
+        )
+        .await;
+        assert!(balance.genuine);
+        assert_eq!(balance.balance, 6000);
+        let debit = refusal_of(
+            portal
+                .cards()
+                .seal_command(seal_request(&session_e.session_id, pb::CardOp::Debit, 7000))
+                .await,
+        );
+        assert_eq!(
+            debit,
+            (Code::PermissionDenied, "mode_does_not_allow".into())
+        );
+        assert_eq!(card_e.balance, 6000);
         let issuer = s.client("issuer-2-1").await;
         let loads = issuer
             .proxy_loads()

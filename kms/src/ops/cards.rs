@@ -335,8 +335,8 @@ async fn proxy_load_issuer(conn: &mut Conn, alias: &str) -> Result<String, OpsEr
 }
 
 /// Seals a command with the session's next counter. A LOAD needs `proxy_load`
-/// (it is recorded for the offline issuer); DEBIT and READ_BALANCE need `hold`
-/// or `proxy_load`. The tie-up's per-transaction limit applies.
+/// (it is recorded for the offline issuer); a DEBIT needs `hold`; READ_BALANCE
+/// either. The tie-up's per-transaction limit applies.
 pub async fn seal(
     state: &AppState,
     caller: &Caller,
@@ -350,7 +350,8 @@ pub async fn seal(
     let (session, sealed) = open_session(&mut conn, caller, session_id, now).await?;
     let action = match op {
         Op::Load => Action::ProxyLoad { amount },
-        Op::Debit | Op::ReadBalance => Action::Seal { amount },
+        Op::Debit => Action::Seal { amount },
+        Op::ReadBalance => Action::ReadBalance,
     };
     let (key, v) = allowed_version(
         &mut conn,

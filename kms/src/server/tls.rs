@@ -180,7 +180,9 @@ impl ClientCertVerifier for BrandCaRequired {
             });
         verified.map_err(|reason| {
             self.refusals.refused(end_entity, &reason);
-            rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )
         })
     }
 
