@@ -275,6 +275,15 @@ calls! { Admin {
     resume_entity(pb::EntityRef) -> pb::Entity;
     /// Every participant.
     list_entities(pb::ListEntitiesRequest) -> pb::ListEntitiesResponse;
+    /// Registers an officer (under dual control, proposes it).
+    register_officer(pb::RegisterEntityRequest) -> pb::EntityChange;
+    /// Resumes a suspended officer (under dual control, proposes it).
+    resume_officer(pb::EntityRef) -> pb::EntityChange;
+    /// The operations held for a second officer.
+    get_dual_control(pb::GetDualControlRequest) -> pb::DualControl;
+    /// Changes the operations held for a second officer (under dual control,
+    /// proposes it).
+    set_dual_control(pb::SetDualControlRequest) -> pb::DualControlChange;
     /// Records a tie-up (one with supply keys, under dual control, is proposed).
     create_tie_up(pb::CreateTieUpRequest) -> pb::TieUpChange;
     /// Changes a tie-up (a widening of its supply, under dual control, is proposed).

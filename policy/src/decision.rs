@@ -65,6 +65,8 @@ pub enum DenyReason {
     SecondOfficerRequired,
     /// Rule 7: an officer cannot approve their own proposal.
     SelfApproval,
+    /// Rule 7: the second officer must have been registered before the proposal.
+    ApproverNewerThanProposal,
     /// Consent: only an issuer consents, and only for a key its own tie-up covers.
     NotIssuersKey,
     /// Key states (DESIGN.md §2): this version's state does not allow this use.
@@ -101,7 +103,10 @@ impl DenyReason {
             | R::ClassDoesNotSign
             | R::NotAuthenticatorKey
             | R::MacByClearingHouseOnly => 6,
-            R::OfficerRoleRequired | R::SecondOfficerRequired | R::SelfApproval => 7,
+            R::OfficerRoleRequired
+            | R::SecondOfficerRequired
+            | R::SelfApproval
+            | R::ApproverNewerThanProposal => 7,
             R::NotIssuersKey | R::KeyState(_) | R::OthersProxyLoads | R::ProxyLoadsNotListed(_) => {
                 0
             }
@@ -137,6 +142,7 @@ impl DenyReason {
             R::OfficerRoleRequired => "officer_role_required",
             R::SecondOfficerRequired => "second_officer_required",
             R::SelfApproval => "self_approval",
+            R::ApproverNewerThanProposal => "approver_newer_than_proposal",
             R::NotIssuersKey => "not_issuers_key",
             R::KeyState(_) => "key_state",
             R::OthersProxyLoads => "others_proxy_loads",
@@ -197,6 +203,9 @@ impl DenyReason {
                 "this operation needs a second, different officer's approval".into()
             }
             R::SelfApproval => "an officer cannot approve their own proposal".into(),
+            R::ApproverNewerThanProposal => {
+                "the approving officer was registered after the proposal was made; a second officer must predate it".into()
+            }
             R::NotIssuersKey => {
                 "only an issuer consents, and only for a key its own tie-up covers".into()
             }

@@ -12,7 +12,9 @@ pub use names::{
     Algorithm, EntityKind, EntityStatus, KeyClass, KeyState, ParseNameError, Purpose,
     SensitiveOperation, TieUpMode, TieUpState,
 };
-pub use officers::{Proposal, can_administer, can_approve, needs_second_officer, widens_supply};
+pub use officers::{
+    Approver, Proposal, can_administer, can_approve, needs_second_officer, widens_supply,
+};
 pub use rules::{
     Action, Consent, Entity, Key, ProxyLoadScope, Request, TieUp, can_consent, decide,
     may_hold_keys, proxy_load_scope,

@@ -211,5 +211,11 @@ named_enum!(
         CreateSupplyTieUp => "create_supply_tie_up",
         /// Updating a tie-up so that it supplies more than it did.
         WidenSupplyTieUp => "widen_supply_tie_up",
+        /// Registering an entity of kind officer.
+        RegisterOfficer => "register_officer",
+        /// Resuming a suspended officer.
+        ResumeOfficer => "resume_officer",
+        /// Changing which operations need a second officer.
+        SetDualControl => "set_dual_control",
     }
 );

@@ -21,6 +21,9 @@ impl SensitiveOperation {
         SensitiveOperation::DestroyKeyVersion,
         SensitiveOperation::CreateSupplyTieUp,
         SensitiveOperation::WidenSupplyTieUp,
+        SensitiveOperation::RegisterOfficer,
+        SensitiveOperation::ResumeOfficer,
+        SensitiveOperation::SetDualControl,
     ];
 }
 
@@ -32,7 +35,11 @@ impl SensitiveOperation {
             SensitiveOperation::RotateKey | SensitiveOperation::DestroyKeyVersion => {
                 matches!(class, KeyClass::CardAccess | KeyClass::Settlement)
             }
-            SensitiveOperation::CreateSupplyTieUp | SensitiveOperation::WidenSupplyTieUp => true,
+            SensitiveOperation::CreateSupplyTieUp
+            | SensitiveOperation::WidenSupplyTieUp
+            | SensitiveOperation::RegisterOfficer
+            | SensitiveOperation::ResumeOfficer
+            | SensitiveOperation::SetDualControl => true,
         }
     }
 }
@@ -74,24 +81,38 @@ pub fn needs_second_officer(op: SensitiveOperation, configured: &[SensitiveOpera
 pub struct Proposal {
     /// The officer who proposed it.
     pub proposer: String,
+    /// When it was proposed (Unix ms).
+    pub created_at: i64,
     /// When it expires (Unix ms).
     pub expires_at: i64,
 }
 
+/// Who approves, as the policy sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Approver<'a> {
+    /// Its entity id.
+    pub id: &'a str,
+    /// Its kind.
+    pub kind: EntityKind,
+    /// When it was registered (Unix ms).
+    pub registered_at: i64,
+}
+
 /// Whether `approver` may approve `proposal` at `now`: an officer, not the
-/// proposer, before expiry (an expired proposal is refused as a precondition by
-/// the caller; here it is rule 7's second officer that is missing).
-pub fn can_approve(
-    approver_id: &str,
-    approver_kind: EntityKind,
-    proposal: &Proposal,
-    now: i64,
-) -> Decision {
-    if let Decision::Deny(r) = can_administer(approver_kind) {
+/// proposer, registered before the proposal was made (so that an officer
+/// registered while the proposal waited — by its proposer, say — cannot be
+/// the second officer), before expiry (an expired proposal is refused as a
+/// precondition by the caller; here it is rule 7's second officer that is
+/// missing).
+pub fn can_approve(approver: Approver<'_>, proposal: &Proposal, now: i64) -> Decision {
+    if let Decision::Deny(r) = can_administer(approver.kind) {
         return Decision::Deny(r);
     }
-    if approver_id == proposal.proposer {
+    if approver.id == proposal.proposer {
         return Decision::Deny(DenyReason::SelfApproval);
+    }
+    if approver.registered_at >= proposal.created_at {
+        return Decision::Deny(DenyReason::ApproverNewerThanProposal);
     }
     if now >= proposal.expires_at {
         return Decision::Deny(DenyReason::SecondOfficerRequired);
@@ -118,16 +139,34 @@ mod tests {
     fn approval_needs_a_different_officer_before_expiry() {
         let p = Proposal {
             proposer: "officer-1".into(),
+            created_at: 5,
             expires_at: 1_000,
         };
+        let officer = |id| Approver {
+            id,
+            kind: EntityKind::Officer,
+            registered_at: 0,
+        };
         assert_eq!(
-            can_approve("officer-1", EntityKind::Officer, &p, 10),
+            can_approve(officer("officer-1"), &p, 10),
             Decision::Deny(DenyReason::SelfApproval)
         );
-        assert!(can_approve("officer-2", EntityKind::Officer, &p, 10).is_allowed());
-        assert!(!can_approve("officer-2", EntityKind::Officer, &p, 1_000).is_allowed());
+        assert!(can_approve(officer("officer-2"), &p, 10).is_allowed());
+        assert!(!can_approve(officer("officer-2"), &p, 1_000).is_allowed());
+        let newer = Approver {
+            registered_at: 5,
+            ..officer("officer-9")
+        };
         assert_eq!(
-            can_approve("issuer-2-3", EntityKind::Issuer, &p, 10),
+            can_approve(newer, &p, 10),
+            Decision::Deny(DenyReason::ApproverNewerThanProposal)
+        );
+        let issuer = Approver {
+            kind: EntityKind::Issuer,
+            ..officer("issuer-2-3")
+        };
+        assert_eq!(
+            can_approve(issuer, &p, 10),
             Decision::Deny(DenyReason::OfficerRoleRequired)
         );
         assert!(needs_second_officer(

@@ -7,9 +7,9 @@
 )]
 
 use brandkms_policy::{
-    Action, Consent, Decision, DenyReason, Entity, EntityKind, EntityStatus, Key, KeyClass,
-    KeyState, Proposal, ProxyLoadScope, Request, TieUp, TieUpMode, TieUpState, can_approve, decide,
-    proxy_load_scope, widens_supply,
+    Action, Approver, Consent, Decision, DenyReason, Entity, EntityKind, EntityStatus, Key,
+    KeyClass, KeyState, Proposal, ProxyLoadScope, Request, TieUp, TieUpMode, TieUpState,
+    can_approve, decide, proxy_load_scope, widens_supply,
 };
 use proptest::prelude::*;
 
@@ -281,18 +281,24 @@ proptest! {
     }
 
     #[test]
-    fn no_officer_approves_their_own_or_an_expired_proposal(
+    fn no_officer_approves_their_own_an_expired_or_an_older_proposal(
         approver in pick(IDS),
         proposer in pick(IDS),
         kind in entity_kind(),
+        registered_at in -5i64..5,
+        created_at in -5i64..5,
         expires_at in -5i64..5,
         now in -5i64..5,
     ) {
-        let p = Proposal { proposer: proposer.to_string(), expires_at };
-        let allowed = can_approve(approver, kind, &p, now).is_allowed();
+        let p = Proposal { proposer: proposer.to_string(), created_at, expires_at };
+        let who = Approver { id: approver, kind, registered_at };
+        let allowed = can_approve(who, &p, now).is_allowed();
         prop_assert_eq!(
             allowed,
-            kind == EntityKind::Officer && approver != proposer && now < expires_at
+            kind == EntityKind::Officer
+                && approver != proposer
+                && registered_at < created_at
+                && now < expires_at
         );
     }
 

@@ -93,10 +93,23 @@ impl TestServer {
                 name: format!("officer {id}"),
             })
             .collect();
-        init::run(&hsm, &store, "local:test", &seeds).await.unwrap();
+        init::run(
+            &hsm,
+            &store,
+            "local:test",
+            &seeds,
+            &settings.service.dual_control,
+        )
+        .await
+        .unwrap();
         store.close().await;
+        Self::serve(db, dir, pki, settings).await
+    }
+
+    /// Starts serving an initialised deployment.
+    async fn serve(db: TestDb, dir: tempfile::TempDir, pki: PathBuf, settings: Settings) -> Self {
         let backend = db.backend;
-        let server = Server::build_with_hsm(&settings, hsm, Clock::default())
+        let server = Server::build_with_hsm(&settings, testing::hsm(), Clock::default())
             .await
             .unwrap();
         let state = server.state().clone();
@@ -124,6 +137,24 @@ impl TestServer {
         };
         s.wait_healthy().await;
         s
+    }
+
+    /// Stops this server and starts another on the same database, token and
+    /// PKI (not initialised again) with the service settings `service`, as an
+    /// instance started with another configuration would be.
+    pub async fn restart_with(mut self, service: ServiceSettings) -> TestServer {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        let settings = Settings {
+            service,
+            ..self.settings.clone()
+        };
+        let (db, dir, pki) = (self._db, self._dir, self.pki);
+        Self::serve(db, dir, pki, settings).await
     }
 
     async fn wait_healthy(&self) {

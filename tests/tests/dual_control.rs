@@ -386,3 +386,186 @@ async fn supply_tie_ups_and_destruction_are_held_too() {
         s.stop().await;
     }
 }
+
+/// A brand certificate for `id` in the server's PKI directory (as the brand CA
+/// would issue it once the officer is registered).
+fn issue_certificate(s: &TestServer, id: &str) {
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(s.pki.join("ca-key.pem")).unwrap())
+        .unwrap();
+    let ca = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(s.pki.join("ca.pem")).unwrap(),
+        key,
+    )
+    .unwrap();
+    let (cert, key) = brandkms::commands::dev::client_certificate(id, &ca).unwrap();
+    std::fs::write(s.pki.join(format!("{id}.pem")), cert).unwrap();
+    std::fs::write(s.pki.join(format!("{id}-key.pem")), key).unwrap();
+}
+
+fn officer_request(id: &str) -> pb::RegisterEntityRequest {
+    pb::RegisterEntityRequest {
+        id: id.into(),
+        kind: pb::EntityKind::Officer as i32,
+        name: format!("officer {id}"),
+        ..Default::default()
+    }
+}
+
+async fn dual_control_set(officer: &Client) -> Vec<String> {
+    officer
+        .admin()
+        .get_dual_control(pb::GetDualControlRequest {})
+        .await
+        .unwrap()
+        .operations
+}
+
+/// Issue 12, item 3: officer-1 registered officer-9, obtained a certificate
+/// for it, proposed a rotation and approved it as officer-9. Registering an
+/// officer, resuming one and changing the dual-control set are now held, and
+/// the second officer must predate the proposal.
+#[tokio::test]
+async fn one_officer_cannot_make_a_second_officer_or_turn_dual_control_off() {
+    for db in brandkms::testing::databases().await {
+        let s = TestServer::start_with(db, ServiceSettings::default()).await;
+        let officer_1 = s.client("officer-1").await;
+        let officer_2 = s.client("officer-2").await;
+        setup(&officer_1).await;
+        let all: Vec<String> = brandkms_policy::SensitiveOperation::ALL
+            .iter()
+            .map(|o| o.as_str().to_string())
+            .collect();
+        assert_eq!(dual_control_set(&officer_1).await, all);
+
+        // RegisterEntity does not register officers; RegisterOfficer is held.
+        let (code, message) = status_of(
+            officer_1
+                .admin()
+                .register_entity(officer_request("officer-9"))
+                .await,
+        );
+        assert_eq!(code, Code::FailedPrecondition, "{message}");
+        assert!(message.contains("RegisterOfficer"), "{message}");
+        let registration = officer_1
+            .admin()
+            .register_officer(officer_request("officer-9"))
+            .await
+            .unwrap()
+            .pending()
+            .expect("registering an officer is held");
+        assert_eq!(registration.rule, "register_officer");
+        issue_certificate(&s, "officer-9");
+        let officer_9 = s.client("officer-9").await;
+        let (code, _) = status_of(officer_9.admin().list_keys(Default::default()).await);
+        assert_eq!(code, Code::Unauthenticated, "not registered yet");
+
+        // Meanwhile officer-1 proposes a rotation.
+        let rotation = officer_1
+            .admin()
+            .rotate_key(rotate("key-a"))
+            .await
+            .unwrap()
+            .pending()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A genuine second officer approves the registration...
+        let approved = officer_2
+            .admin()
+            .approve(approve(&registration.id))
+            .await
+            .unwrap();
+        assert!(matches!(
+            approved.result,
+            Some(pb::approve_response::Result::Entity(ref e)) if e.id == "officer-9"
+        ));
+        // ...but officer-9, registered after the rotation was proposed, cannot be
+        // its second officer.
+        let refused =
+            brandkms_tests::refusal_of(officer_9.admin().approve(approve(&rotation.id)).await);
+        assert_eq!(
+            refused,
+            (
+                Code::PermissionDenied,
+                "approver_newer_than_proposal".into()
+            )
+        );
+        assert_eq!(versions(&officer_1, "key-a").await.len(), 1);
+
+        // Turning dual control off is itself held.
+        let off = officer_1
+            .admin()
+            .set_dual_control(pb::SetDualControlRequest { operations: vec![] })
+            .await
+            .unwrap()
+            .pending()
+            .expect("changing dual control is held");
+        assert_eq!(off.rule, "set_dual_control");
+        assert_eq!(dual_control_set(&officer_2).await, all);
+        let (code, message) = status_of(
+            officer_1
+                .admin()
+                .set_dual_control(pb::SetDualControlRequest {
+                    operations: vec!["rotate".into()],
+                })
+                .await,
+        );
+        assert_eq!(code, Code::InvalidArgument, "{message}");
+
+        // Resuming a suspended officer is held; ResumeEntity refuses officers.
+        officer_1
+            .admin()
+            .suspend_entity(pb::EntityRef {
+                id: "officer-2".into(),
+            })
+            .await
+            .unwrap();
+        let (code, message) = status_of(
+            officer_1
+                .admin()
+                .resume_entity(pb::EntityRef {
+                    id: "officer-2".into(),
+                })
+                .await,
+        );
+        assert_eq!(code, Code::FailedPrecondition, "{message}");
+        let resume = officer_1
+            .admin()
+            .resume_officer(pb::EntityRef {
+                id: "officer-2".into(),
+            })
+            .await
+            .unwrap()
+            .pending()
+            .expect("resuming an officer is held");
+        assert_eq!(resume.rule, "resume_officer");
+        s.stop().await;
+    }
+}
+
+/// The dual-control set lives in the database: an instance started with a
+/// configuration that turns dual control off still holds what the database says.
+#[tokio::test]
+async fn an_instance_configured_without_dual_control_applies_the_databases_set() {
+    for db in brandkms::testing::databases().await {
+        let s = TestServer::start_with(db, ServiceSettings::default()).await;
+        setup(&s.client("officer-1").await).await;
+        let s = s.restart_with(TestServer::single_officer()).await;
+        let officer_1 = s.client("officer-1").await;
+        let held = officer_1
+            .admin()
+            .rotate_key(rotate("key-a"))
+            .await
+            .unwrap()
+            .pending();
+        assert!(
+            held.is_some(),
+            "{}: rotation ran without a second officer",
+            s.backend
+        );
+        assert_eq!(
+            dual_control_set(&officer_1).await.len(),
+            brandkms_policy::SensitiveOperation::ALL.len()
+        );
+        s.stop().await;
+    }
+}

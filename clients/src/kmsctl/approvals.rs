@@ -106,3 +106,44 @@ pub(super) async fn reject(
         .await?]);
     Ok(())
 }
+
+/// `kmsctl dual-control ...`: which operations are held for a second officer.
+#[derive(Debug, Subcommand)]
+pub(super) enum DualControlCommand {
+    /// Show the operations held for a second officer.
+    Show,
+    /// Replace the set (itself held for a second officer while set_dual_control
+    /// is in it).
+    Set {
+        /// Operations: rotate_key, destroy_key_version, create_supply_tie_up,
+        /// widen_supply_tie_up, register_officer, resume_officer,
+        /// set_dual_control.
+        #[arg(required_unless_present = "none", conflicts_with = "none")]
+        operations: Vec<String>,
+        /// Hold nothing: turn dual control off.
+        #[arg(long)]
+        none: bool,
+    },
+}
+
+/// Runs a `dual-control` subcommand.
+pub(super) async fn dual_control(
+    command: DualControlCommand,
+    client: &Client,
+    out: &Output,
+) -> Result<(), ClientError> {
+    let mut admin = client.admin();
+    match command {
+        DualControlCommand::Show => {
+            out.dual_control(&admin.get_dual_control(pb::GetDualControlRequest {}).await?);
+        }
+        DualControlCommand::Set { operations, .. } => {
+            out.dual_control_change(
+                admin
+                    .set_dual_control(pb::SetDualControlRequest { operations })
+                    .await?,
+            );
+        }
+    }
+    Ok(())
+}

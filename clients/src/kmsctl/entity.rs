@@ -40,7 +40,8 @@ impl From<KindArg> for pb::EntityKind {
 /// `kmsctl entity ...`.
 #[derive(Debug, Subcommand)]
 pub(super) enum EntityCommand {
-    /// Register a participant.
+    /// Register a participant (an officer: held for a second officer under
+    /// dual control).
     Register {
         /// Id: [a-z0-9._-]; its certificate's SAN URI is urn:brandkms:entity:<id>.
         id: String,
@@ -63,7 +64,8 @@ pub(super) enum EntityCommand {
         /// Id.
         id: String,
     },
-    /// Resume a participant.
+    /// Resume a participant (an officer: held for a second officer under dual
+    /// control).
     Resume {
         /// Id.
         id: String,
@@ -90,20 +92,36 @@ pub(super) async fn run(
             name,
             online,
             tamper_resistant,
-        } => out.entities(&[admin
-            .register_entity(pb::RegisterEntityRequest {
+        } => {
+            let request = pb::RegisterEntityRequest {
                 id,
                 kind: pb::EntityKind::from(kind) as i32,
                 name,
                 online,
                 tamper_resistant,
-            })
-            .await?]),
+            };
+            // Officers have a call of their own, which dual control may hold.
+            if kind == KindArg::Officer {
+                out.entity_change(admin.register_officer(request).await?);
+            } else {
+                out.entities(&[admin.register_entity(request).await?]);
+            }
+        }
         EntityCommand::Suspend { id } => {
             out.entities(&[admin.suspend_entity(pb::EntityRef { id }).await?])
         }
         EntityCommand::Resume { id } => {
-            out.entities(&[admin.resume_entity(pb::EntityRef { id }).await?])
+            let officers = admin
+                .list_entities_all(pb::ListEntitiesRequest {
+                    kind: pb::EntityKind::Officer as i32,
+                    ..Default::default()
+                })
+                .await?;
+            if officers.iter().any(|o| o.id == id) {
+                out.entity_change(admin.resume_officer(pb::EntityRef { id }).await?);
+            } else {
+                out.entities(&[admin.resume_entity(pb::EntityRef { id }).await?]);
+            }
         }
         EntityCommand::List { kind } => {
             let kind = kind.map_or(0, |k| pb::EntityKind::from(k) as i32);

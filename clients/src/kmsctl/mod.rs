@@ -64,6 +64,9 @@ enum Command {
     Approve(approvals::ApproveArgs),
     /// Reject a proposal (the proposer may withdraw their own).
     Reject(approvals::RejectArgs),
+    /// Which operations are held for a second officer (kept in the database).
+    #[command(subcommand)]
+    DualControl(approvals::DualControlCommand),
     /// The audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -107,6 +110,7 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
         Command::Approvals(c) => approvals::run(c, &client, out).await,
         Command::Approve(a) => approvals::approve(a, &client, out).await,
         Command::Reject(a) => approvals::reject(a, &client, out).await,
+        Command::DualControl(c) => approvals::dual_control(c, &client, out).await,
         Command::Audit(c) => audit::run(c, &client, out).await,
     }
 }

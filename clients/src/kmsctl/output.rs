@@ -369,6 +369,38 @@ impl Output {
         }
     }
 
+    /// An officer change's answer: the entity, or the proposal awaiting approval.
+    pub fn entity_change(&self, c: pb::EntityChange) {
+        match c.result {
+            Some(pb::entity_change::Result::Entity(e)) => self.entities(&[e]),
+            Some(pb::entity_change::Result::Pending(a)) => self.pending(&a),
+            None => self.print_json(&Value::Null),
+        }
+    }
+
+    /// The operations held for a second officer.
+    pub fn dual_control(&self, d: &pb::DualControl) {
+        if self.json {
+            return self.print_json(&json!({
+                "operations": d.operations, "updated_at": d.updated_at,
+            }));
+        }
+        if d.operations.is_empty() {
+            println!("dual control is off: no operation is held for a second officer");
+        } else {
+            println!("held for a second officer: {}", d.operations.join(", "));
+        }
+    }
+
+    /// A dual-control change's answer: the new set, or the proposal.
+    pub fn dual_control_change(&self, c: pb::DualControlChange) {
+        match c.result {
+            Some(pb::dual_control_change::Result::DualControl(d)) => self.dual_control(&d),
+            Some(pb::dual_control_change::Result::Pending(a)) => self.pending(&a),
+            None => self.print_json(&Value::Null),
+        }
+    }
+
     fn pending(&self, a: &pb::Approval) {
         if self.json {
             return self.print_json(&json!({ "pending": approval_json(a) }));
@@ -389,6 +421,12 @@ impl Output {
             let result = match &r.result {
                 Some(pb::approve_response::Result::Key(k)) => json!({ "key": key_json(k) }),
                 Some(pb::approve_response::Result::TieUp(t)) => json!({ "tie_up": tie_up_json(t) }),
+                Some(pb::approve_response::Result::Entity(e)) => {
+                    json!({ "entity": entity_json(e) })
+                }
+                Some(pb::approve_response::Result::DualControl(d)) => {
+                    json!({ "dual_control": { "operations": d.operations, "updated_at": d.updated_at } })
+                }
                 None => Value::Null,
             };
             return self.print_json(&json!({
@@ -402,6 +440,8 @@ impl Output {
         match r.result {
             Some(pb::approve_response::Result::Key(k)) => self.key(&k),
             Some(pb::approve_response::Result::TieUp(t)) => self.tie_ups(&[t]),
+            Some(pb::approve_response::Result::Entity(e)) => self.entities(&[e]),
+            Some(pb::approve_response::Result::DualControl(d)) => self.dual_control(&d),
             None => {}
         }
     }

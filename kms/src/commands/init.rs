@@ -1,13 +1,16 @@
 //! `kms init`: migrations (run by `Store::connect`), the service's internal keys in
 //! the token, and the first officers. Idempotent: a second run changes nothing.
 
-use brandkms_policy::{Algorithm, EntityKind, EntityStatus, KeyClass, KeyState};
+use brandkms_policy::{
+    Algorithm, EntityKind, EntityStatus, KeyClass, KeyState, SensitiveOperation,
+};
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::hsm::{Exportability, Hsm, KeyRole, KeySpec, ObjectId, SecretAlgorithm};
 use crate::ops::versions::{AuditKey, KeyError, NewVersion, create_version};
 use crate::store::entities::{self, EntityRecord};
 use crate::store::keys::{self as key_rows, KeyRecord};
+use crate::store::settings;
 use crate::store::{Store, StoreError, now_ms};
 
 /// Alias of the audit trail's MAC key.
@@ -30,12 +33,14 @@ pub struct InitReport {
     pub present: Vec<String>,
     /// Officers registered.
     pub officers_added: Vec<String>,
+    /// The dual-control set, when this run wrote it (the first run).
+    pub dual_control: Option<Vec<SensitiveOperation>>,
 }
 
 impl InitReport {
     /// True when the run changed nothing.
     pub fn nothing_to_do(&self) -> bool {
-        self.created.is_empty() && self.officers_added.is_empty()
+        self.created.is_empty() && self.officers_added.is_empty() && self.dual_control.is_none()
     }
 }
 
@@ -54,6 +59,7 @@ pub async fn run(
     store: &Store,
     actor: &str,
     officers: &[OfficerSeed],
+    dual_control: &[SensitiveOperation],
 ) -> Result<InitReport, KeyError> {
     let mut report = InitReport::default();
     // Started the first time something is recorded, so that a run with nothing
@@ -148,7 +154,58 @@ pub async fn run(
             .await?;
         report.officers_added.push(officer.id.clone());
     }
+    let mut conn = store.conn().await?;
+    let unset = settings::dual_control(&mut conn).await?.is_none();
+    drop(conn);
+    if unset {
+        let auditor = match auditor {
+            Some(a) => a,
+            None => self::auditor(hsm, store).await?,
+        };
+        if initialise_dual_control(&auditor, actor, dual_control).await? {
+            report.dual_control = Some(dual_control.to_vec());
+        }
+    }
     Ok(report)
+}
+
+/// Writes the dual-control set from the configuration if the database has none
+/// yet (the first `kms init`, or the first `kms serve` of a deployment
+/// initialised before the set moved into the database), with its audit record.
+/// Whether it wrote; afterwards only `Admin/SetDualControl` changes the set.
+pub async fn initialise_dual_control(
+    auditor: &Auditor,
+    actor: &str,
+    ops: &[SensitiveOperation],
+) -> Result<bool, KeyError> {
+    let ops = ops.to_vec();
+    let event = AuditEvent::allowed(actor, "init.set_dual_control").outcome(
+        crate::audit::Outcome::Allowed,
+        Some(format!(
+            "operations held for a second officer, from the configuration: {}",
+            describe_dual_control(&ops)
+        )),
+    );
+    auditor
+        .commit(event, true, move |tx| {
+            Box::pin(async move {
+                let now = now_ms();
+                Ok::<bool, KeyError>(settings::init_dual_control(tx, &ops, now).await?)
+            })
+        })
+        .await
+}
+
+/// `rotate_key, destroy_key_version` or `none (dual control off)`.
+pub fn describe_dual_control(ops: &[SensitiveOperation]) -> String {
+    if ops.is_empty() {
+        "none (dual control off)".to_string()
+    } else {
+        ops.iter()
+            .map(|o| o.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The `CKA_ID` of an internal key's active version.

@@ -274,7 +274,8 @@ async fn cmd_init(settings: Settings, officers: Vec<String>) -> Result<ExitCode,
             id,
         })
         .collect();
-    let report = init::run(&hsm, &store, &local_actor("init"), &seeds)
+    let dual_control = settings.service.dual_control.clone();
+    let report = init::run(&hsm, &store, &local_actor("init"), &seeds, &dual_control)
         .await
         .map_err(Failure::runtime)?;
     for (alias, kcv) in &report.created {
@@ -285,6 +286,12 @@ async fn cmd_init(settings: Settings, officers: Vec<String>) -> Result<ExitCode,
     }
     for id in &report.officers_added {
         println!("registered officer {id}");
+    }
+    if let Some(ops) = &report.dual_control {
+        println!(
+            "dual control: {} (kept in the database; change it with `kmsctl dual-control set`)",
+            init::describe_dual_control(ops)
+        );
     }
     if report.nothing_to_do() {
         println!(

@@ -5,7 +5,9 @@
 //! (see `AuditEvent::closes_approval`). Nothing is written when a proposal
 //! expires: it is pending past `expires_at`, reported as expired, and refused.
 
-use brandkms_policy::{KeyClass, Proposal, SensitiveOperation, can_approve, needs_second_officer};
+use brandkms_policy::{
+    Approver, KeyClass, Proposal, SensitiveOperation, can_approve, needs_second_officer,
+};
 
 use crate::audit::Outcome;
 use crate::ops::{AppState, Caller, OpsError};
@@ -44,18 +46,22 @@ pub fn state_at(r: &ApprovalRecord, now: i64) -> ApprovalState {
     }
 }
 
-/// Whether the service is configured to hold `op` (on a key of `class`, for the
-/// operations that concern keys) for a second officer. Never while `caller`
+/// Whether the deployment holds `op` (on a key of `class`, for the operations
+/// that concern keys) for a second officer: the dual-control set in the
+/// database, whatever this instance's configuration says. Never while `caller`
 /// is carrying out an approval.
-pub fn holds(
+pub async fn holds(
     state: &AppState,
     caller: &Caller,
     op: SensitiveOperation,
     class: Option<KeyClass>,
-) -> bool {
-    caller.approving.is_none()
-        && needs_second_officer(op, &state.settings.dual_control)
-        && class.is_none_or(|c| op.concerns(c))
+) -> Result<bool, OpsError> {
+    if caller.approving.is_some() || class.is_some_and(|c| !op.concerns(c)) {
+        return Ok(false);
+    }
+    let mut conn = state.store.conn().await?;
+    let set = caller.view.dual_control(&mut conn).await?;
+    Ok(needs_second_officer(op, &set))
 }
 
 /// Records a proposal for `operation` (with the request, encoded, to run later) and
@@ -141,13 +147,20 @@ pub async fn pending(conn: &mut Conn, id: &str, now: i64) -> Result<ApprovalReco
     }
 }
 
-/// Rule 7: `caller` may approve `r` at `now` (an officer, not the proposer).
+/// Rule 7: `caller` may approve `r` at `now` (an officer, not the proposer,
+/// registered before the proposal).
 pub fn check_approver(caller: &Caller, r: &ApprovalRecord, now: i64) -> Result<(), OpsError> {
     let proposal = Proposal {
         proposer: r.proposer.clone(),
+        created_at: r.created_at,
         expires_at: r.expires_at,
     };
-    can_approve(&caller.entity.id, caller.entity.kind, &proposal, now)
+    let approver = Approver {
+        id: &caller.entity.id,
+        kind: caller.entity.kind,
+        registered_at: caller.entity.created_at,
+    };
+    can_approve(approver, &proposal, now)
         .into_result()
         .map_err(OpsError::Denied)
 }
@@ -197,4 +210,58 @@ pub async fn get(state: &AppState, id: &str) -> Result<ApprovalRecord, OpsError>
     rows::get(&mut conn, id)
         .await?
         .ok_or_else(|| OpsError::NotFound(format!("no approval {id:?}")))
+}
+
+/// The dual-control set and when it last changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DualControl {
+    /// The operations held for a second officer.
+    pub operations: Vec<SensitiveOperation>,
+    /// Unix ms of the last change.
+    pub updated_at: i64,
+}
+
+/// The database's dual-control set (every operation while it was never written).
+pub async fn dual_control(state: &AppState) -> Result<DualControl, OpsError> {
+    let mut conn = state.store.conn().await?;
+    let operations = crate::store::settings::dual_control(&mut conn)
+        .await?
+        .unwrap_or_else(|| SensitiveOperation::ALL.to_vec());
+    let updated_at = crate::store::settings::dual_control_updated_at(&mut conn).await?;
+    Ok(DualControl {
+        operations,
+        updated_at,
+    })
+}
+
+/// Replaces the dual-control set, with its audit record (the caller decided
+/// whether the change itself is held).
+pub async fn set_dual_control(
+    state: &AppState,
+    caller: &Caller,
+    operations: Vec<SensitiveOperation>,
+) -> Result<DualControl, OpsError> {
+    let now = state.clock.now_ms();
+    let before = dual_control(state).await?;
+    let event = caller.event("Admin/SetDualControl").outcome(
+        Outcome::Allowed,
+        Some(format!(
+            "dual control: {} (was {})",
+            crate::commands::init::describe_dual_control(&operations),
+            crate::commands::init::describe_dual_control(&before.operations)
+        )),
+    );
+    let ops = operations.clone();
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                crate::store::settings::set_dual_control(tx, &ops, now).await?;
+                Ok(())
+            })
+        })
+        .await?;
+    Ok(DualControl {
+        operations,
+        updated_at: now,
+    })
 }

@@ -26,7 +26,12 @@ pub async fn register(
     caller: &Caller,
     input: RegisterEntity,
 ) -> Result<EntityRecord, OpsError> {
-    let event = caller.event("Admin/RegisterEntity").outcome(
+    let operation = if input.kind == EntityKind::Officer {
+        "Admin/RegisterOfficer"
+    } else {
+        "Admin/RegisterEntity"
+    };
+    let event = caller.event(operation).outcome(
         crate::audit::Outcome::Allowed,
         Some(format!("entity {} ({})", input.id, input.kind)),
     );
@@ -57,17 +62,85 @@ pub async fn register(
         .await
 }
 
+/// Which call changes an entity's status: resuming an officer is a call of its
+/// own (sensitive, under dual control), and `ResumeEntity` refuses officers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusCall {
+    /// `Admin/SuspendEntity` (any entity but the caller).
+    Suspend,
+    /// `Admin/ResumeEntity` (any entity but an officer).
+    ResumeEntity,
+    /// `Admin/ResumeOfficer` (officers only).
+    ResumeOfficer,
+}
+
+impl StatusCall {
+    /// The Admin operation.
+    pub fn operation(self) -> &'static str {
+        match self {
+            StatusCall::Suspend => "Admin/SuspendEntity",
+            StatusCall::ResumeEntity => "Admin/ResumeEntity",
+            StatusCall::ResumeOfficer => "Admin/ResumeOfficer",
+        }
+    }
+
+    fn status(self) -> EntityStatus {
+        match self {
+            StatusCall::Suspend => EntityStatus::Suspended,
+            StatusCall::ResumeEntity | StatusCall::ResumeOfficer => EntityStatus::Active,
+        }
+    }
+}
+
+/// Whether `call` may change `entity` (read in the same transaction or just
+/// before a proposal): the status changes, officers are resumed only by
+/// `ResumeOfficer` and nothing else by it, and no officer suspends themself.
+pub fn check_status_change(
+    entity: &EntityRecord,
+    call: StatusCall,
+    caller_id: &str,
+) -> Result<(), OpsError> {
+    let (id, status) = (&entity.id, call.status());
+    if entity.status == status {
+        return Err(OpsError::FailedPrecondition(format!(
+            "entity {id:?} is already {status}"
+        )));
+    }
+    let officer = entity.kind == EntityKind::Officer;
+    if call == StatusCall::ResumeEntity && officer {
+        return Err(OpsError::FailedPrecondition(format!(
+            "{id:?} is an officer: resume it with Admin/ResumeOfficer (kmsctl officer resume), which dual control may hold"
+        )));
+    }
+    if call == StatusCall::ResumeOfficer && !officer {
+        return Err(OpsError::FailedPrecondition(format!(
+            "{id:?} is not an officer: resume it with Admin/ResumeEntity"
+        )));
+    }
+    if entity.id == caller_id && status == EntityStatus::Suspended {
+        return Err(OpsError::FailedPrecondition(
+            "an officer cannot suspend themself".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The entity `id`: `NotFound` when there is none.
+pub async fn get(state: &AppState, id: &str) -> Result<EntityRecord, OpsError> {
+    let mut conn = state.store.conn().await?;
+    rows::get(&mut conn, id)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no entity {id:?}")))
+}
+
 /// Suspends or resumes an entity.
 pub async fn set_status(
     state: &AppState,
     caller: &Caller,
     id: &str,
-    status: EntityStatus,
+    call: StatusCall,
 ) -> Result<EntityRecord, OpsError> {
-    let operation = match status {
-        EntityStatus::Suspended => "Admin/SuspendEntity",
-        EntityStatus::Active => "Admin/ResumeEntity",
-    };
+    let (operation, status) = (call.operation(), call.status());
     let event = caller
         .event(operation)
         .outcome(crate::audit::Outcome::Allowed, Some(format!("entity {id}")));
@@ -82,16 +155,7 @@ pub async fn set_status(
                 let entity = rows::get(tx, &id)
                     .await?
                     .ok_or_else(|| OpsError::NotFound(format!("no entity {id:?}")))?;
-                if entity.status == status {
-                    return Err(OpsError::FailedPrecondition(format!(
-                        "entity {id:?} is already {status}"
-                    )));
-                }
-                if entity.id == me && status == EntityStatus::Suspended {
-                    return Err(OpsError::FailedPrecondition(
-                        "an officer cannot suspend themself".to_string(),
-                    ));
-                }
+                check_status_change(&entity, call, &me)?;
                 rows::set_status(tx, &id, status, now).await?;
                 rows::get(tx, &id)
                     .await?

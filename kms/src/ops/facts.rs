@@ -1,5 +1,6 @@
 //! The facts authorisation decisions read on every request — the caller's entity,
-//! its tie-ups, a key and its version — kept in memory per admin generation.
+//! its tie-ups, a key and its version, the dual-control set — kept in memory per
+//! admin generation.
 //!
 //! Every change to entities, tie-ups, consents, keys and their versions takes the
 //! `admin` write lock, which counts up (`store::audit::admin_generation`), on
@@ -23,8 +24,10 @@ use crate::ops::authorize::policy_tie_up;
 use crate::ops::versions::key_version;
 use crate::store::entities::{self as entity_rows, EntityRecord};
 use crate::store::keys::{KeyRecord, KeyVersionRecord};
+use crate::store::settings;
 use crate::store::tieups as tie_rows;
 use crate::store::{Conn, StoreError};
+use brandkms_policy::SensitiveOperation;
 
 /// Entries per map before the cache starts afresh (bounded memory whatever the
 /// number of participants calling).
@@ -36,6 +39,7 @@ struct Cached {
     entities: HashMap<String, EntityRecord>,
     tie_ups: HashMap<String, Arc<[brandkms_policy::TieUp]>>,
     versions: HashMap<(String, Option<u32>), (KeyRecord, KeyVersionRecord)>,
+    dual_control: Option<Arc<[SensitiveOperation]>>,
 }
 
 /// The cache one process's requests share.
@@ -146,6 +150,28 @@ impl FactView {
             c.tie_ups.insert(entity_id.to_string(), Arc::clone(&found));
         });
         Ok(found)
+    }
+
+    /// The operations held for a second officer (the database's set; every
+    /// sensitive operation while the set was never written, which `kms init` and
+    /// `kms serve` do before any request).
+    pub async fn dual_control(
+        &self,
+        conn: &mut Conn,
+    ) -> Result<Arc<[SensitiveOperation]>, StoreError> {
+        if let Some(ops) = self
+            .cache
+            .lookup(self.generation, |c| c.dual_control.clone())
+        {
+            return Ok(ops);
+        }
+        let ops: Arc<[SensitiveOperation]> = settings::dual_control(conn)
+            .await?
+            .map_or_else(|| SensitiveOperation::ALL.into(), Into::into);
+        self.cache.keep(self.generation, |c| {
+            c.dual_control = Some(Arc::clone(&ops));
+        });
+        Ok(ops)
     }
 
     /// As [`key_version`]: key `alias` and its version `version`, or its active

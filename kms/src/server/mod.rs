@@ -113,6 +113,28 @@ impl Server {
         let auditor = init::auditor(&hsm, &store)
             .await
             .map_err(|e| StartError::NotInitialised(e.to_string()))?;
+        if init::initialise_dual_control(&auditor, "local:serve", &settings.service.dual_control)
+            .await
+            .map_err(|e| StartError::Serve(format!("dual control: {e}")))?
+        {
+            tracing::warn!(
+                dual_control = %init::describe_dual_control(&settings.service.dual_control),
+                "dual control was not in the database yet (initialised before it moved there): written from this configuration, once"
+            );
+        }
+        let stored = {
+            let mut conn = store.conn().await?;
+            crate::store::settings::dual_control(&mut conn).await?
+        };
+        if let Some(stored) = stored
+            && stored != settings.service.dual_control
+        {
+            tracing::warn!(
+                database = %init::describe_dual_control(&stored),
+                configuration = %init::describe_dual_control(&settings.service.dual_control),
+                "service.dual_control in the configuration is not what the database holds; the database's set applies (change it with `kmsctl dual-control set`)"
+            );
+        }
         let seal_key = init::internal_key(&store, init::SEAL_KEY)
             .await
             .map_err(|e| StartError::NotInitialised(e.to_string()))?

@@ -9,6 +9,7 @@ pub mod distribution;
 pub mod entities;
 pub mod keys;
 pub mod leases;
+pub mod settings;
 pub mod tieups;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -6,7 +6,6 @@
 
 mod sensitive;
 
-use brandkms_policy::EntityStatus;
 use brandkms_proto::v1 as pb;
 use brandkms_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
@@ -17,6 +16,7 @@ use super::paging::{PageRequest, numeric_key};
 use super::{audited, audited_read, officer};
 use crate::audit::ApprovalClosing;
 use crate::ops::approvals;
+use crate::ops::entities::StatusCall;
 use crate::ops::keys::CreateKey;
 use crate::ops::settlement::{self, CreateSettlementKey};
 use crate::ops::{AppState, Caller, OpsError, Shared, entities, invalid, keys, tieups};
@@ -214,7 +214,12 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::Entity>, Status> {
         let op = "Admin/RegisterEntity";
         self.officer_call(request, op, Audit::Change, None, async |caller, r| {
-            let input = r.try_into()?;
+            let input: entities::RegisterEntity = r.try_into()?;
+            if input.kind == brandkms_policy::EntityKind::Officer {
+                return Err(OpsError::FailedPrecondition(
+                    "officers are registered with Admin/RegisterOfficer (kmsctl officer register), which dual control may hold".to_string(),
+                ));
+            }
             Ok(entities::register(self.state(), caller, input)
                 .await?
                 .into())
@@ -226,16 +231,66 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::EntityRef>,
     ) -> Result<Response<pb::Entity>, Status> {
-        self.entity_status(request, "Admin/SuspendEntity", EntityStatus::Suspended)
-            .await
+        self.entity_status(request, StatusCall::Suspend).await
     }
 
     async fn resume_entity(
         &self,
         request: Request<pb::EntityRef>,
     ) -> Result<Response<pb::Entity>, Status> {
-        self.entity_status(request, "Admin/ResumeEntity", EntityStatus::Active)
-            .await
+        self.entity_status(request, StatusCall::ResumeEntity).await
+    }
+
+    async fn register_officer(
+        &self,
+        request: Request<pb::RegisterEntityRequest>,
+    ) -> Result<Response<pb::EntityChange>, Status> {
+        let op = sensitive::REGISTER_OFFICER;
+        self.officer_call(request, op, Audit::Change, None, async |caller, r| {
+            Ok(sensitive::entity_change(
+                self.register_officer_change(caller, &r).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn resume_officer(
+        &self,
+        request: Request<pb::EntityRef>,
+    ) -> Result<Response<pb::EntityChange>, Status> {
+        let op = sensitive::RESUME_OFFICER;
+        self.officer_call(request, op, Audit::Change, None, async |caller, r| {
+            Ok(sensitive::entity_change(
+                self.resume_officer_change(caller, &r).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn get_dual_control(
+        &self,
+        request: Request<pb::GetDualControlRequest>,
+    ) -> Result<Response<pb::DualControl>, Status> {
+        let op = "Admin/GetDualControl";
+        self.officer_call(request, op, Audit::Read, None, async |_, _| {
+            Ok(sensitive::dual_control_message(
+                approvals::dual_control(self.state()).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn set_dual_control(
+        &self,
+        request: Request<pb::SetDualControlRequest>,
+    ) -> Result<Response<pb::DualControlChange>, Status> {
+        let op = sensitive::SET_DUAL_CONTROL;
+        self.officer_call(request, op, Audit::Change, None, async |caller, r| {
+            Ok(sensitive::dual_control_change(
+                self.set_dual_control_change(caller, &r).await?,
+            ))
+        })
+        .await
     }
 
     async fn list_entities(
@@ -537,17 +592,16 @@ impl AdminService {
     async fn entity_status(
         &self,
         request: Request<pb::EntityRef>,
-        operation: &str,
-        status: EntityStatus,
+        call: StatusCall,
     ) -> Result<Response<pb::Entity>, Status> {
         self.officer_call(
             request,
-            operation,
+            call.operation(),
             Audit::Change,
             None,
             async |caller, r| {
                 let id = name("entity id", &r.id)?;
-                Ok(entities::set_status(self.state(), caller, &id, status)
+                Ok(entities::set_status(self.state(), caller, &id, call)
                     .await?
                     .into())
             },

@@ -2,24 +2,88 @@
 //! is checked as far as it can be now and becomes a proposal for a second
 //! officer; `carry_out` runs an approved proposal's request.
 
-use brandkms_policy::{SensitiveOperation, TieUpMode, widens_supply};
+use brandkms_policy::{EntityKind, SensitiveOperation, TieUpMode, widens_supply};
 use brandkms_proto::v1 as pb;
 use prost::Message;
 
 use super::AdminService;
-use crate::ops::approvals::{self, Change};
+use crate::commands::init::describe_dual_control;
+use crate::ops::approvals::{self, Change, DualControl};
 use crate::ops::authorize::policy_tie_up;
+use crate::ops::entities::{self, RegisterEntity, StatusCall};
 use crate::ops::keys::{self, DEFAULT_WAITING_DAYS, KeyView};
 use crate::ops::tieups::{self, CreateTieUp, UpdateTieUp};
 use crate::ops::{Caller, OpsError, invalid};
 use crate::service::convert::{self, name, version};
 use crate::store::approvals::ApprovalRecord;
+use crate::store::entities::EntityRecord;
 use crate::store::tieups::TieUpRecord;
 
 pub(super) const ROTATE: &str = "Admin/RotateKey";
 pub(super) const DESTROY: &str = "Admin/ScheduleKeyVersionDestruction";
 pub(super) const CREATE_TIE_UP: &str = "Admin/CreateTieUp";
 pub(super) const UPDATE_TIE_UP: &str = "Admin/UpdateTieUp";
+pub(super) const REGISTER_OFFICER: &str = "Admin/RegisterOfficer";
+pub(super) const RESUME_OFFICER: &str = "Admin/ResumeOfficer";
+pub(super) const SET_DUAL_CONTROL: &str = "Admin/SetDualControl";
+
+pub(super) fn entity_change(change: Change<EntityRecord>) -> pb::EntityChange {
+    pb::EntityChange {
+        result: Some(match change {
+            Change::Done(e) => pb::entity_change::Result::Entity(e.into()),
+            Change::Held(a) => {
+                pb::entity_change::Result::Pending(convert::approval(&a, a.created_at))
+            }
+        }),
+    }
+}
+
+pub(super) fn dual_control_message(d: DualControl) -> pb::DualControl {
+    pb::DualControl {
+        operations: d
+            .operations
+            .iter()
+            .map(|o| o.as_str().to_string())
+            .collect(),
+        updated_at: d.updated_at,
+    }
+}
+
+pub(super) fn dual_control_change(change: Change<DualControl>) -> pb::DualControlChange {
+    pb::DualControlChange {
+        result: Some(match change {
+            Change::Done(d) => {
+                pb::dual_control_change::Result::DualControl(dual_control_message(d))
+            }
+            Change::Held(a) => {
+                pb::dual_control_change::Result::Pending(convert::approval(&a, a.created_at))
+            }
+        }),
+    }
+}
+
+/// The operations named in a SetDualControl request.
+fn sensitive_operations(names: &[String]) -> Result<Vec<SensitiveOperation>, OpsError> {
+    let mut ops = Vec::new();
+    for n in names {
+        let op = n.parse::<SensitiveOperation>().map_err(|_| {
+            let shown: String = n.chars().take(32).collect();
+            let cut = if shown.len() < n.len() { "..." } else { "" };
+            invalid(format!(
+                "operations: {shown:?}{cut} is not a sensitive operation (one of {})",
+                SensitiveOperation::ALL
+                    .iter()
+                    .map(|o| o.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        if !ops.contains(&op) {
+            ops.push(op);
+        }
+    }
+    Ok(ops)
+}
 
 pub(super) fn key_change(change: Change<KeyView>) -> pb::KeyChange {
     pb::KeyChange {
@@ -72,7 +136,7 @@ impl AdminService {
         let alias = name("alias", &r.alias)?;
         let view = keys::get(self.state(), &alias).await?;
         let rule = SensitiveOperation::RotateKey;
-        if approvals::holds(self.state(), caller, rule, Some(view.key.class)) {
+        if approvals::holds(self.state(), caller, rule, Some(view.key.class)).await? {
             let next = view.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
             let summary = format!(
                 "rotate {} key {alias}: version {next} becomes active",
@@ -111,7 +175,7 @@ impl AdminService {
         };
         let v = record.version;
         let rule = SensitiveOperation::DestroyKeyVersion;
-        if approvals::holds(self.state(), caller, rule, Some(view.key.class)) {
+        if approvals::holds(self.state(), caller, rule, Some(view.key.class)).await? {
             keys::check_schedulable(&view.key, record)?;
             let summary = format!(
                 "destroy version {v} of {} key {alias} after a waiting period of {days} days",
@@ -141,7 +205,7 @@ impl AdminService {
         let input = CreateTieUp::try_from(r.clone())?;
         let rule = SensitiveOperation::CreateSupplyTieUp;
         let supplies = input.keys.iter().any(|(_, m)| *m == TieUpMode::Supply);
-        if supplies && approvals::holds(self.state(), caller, rule, None) {
+        if supplies && approvals::holds(self.state(), caller, rule, None).await? {
             let now = self.state().clock.now_ms();
             let mut conn = self.state().store.conn().await?;
             tieups::check_create(&mut conn, &input, now).await?;
@@ -172,7 +236,7 @@ impl AdminService {
     ) -> Result<Change<TieUpRecord>, OpsError> {
         let input = UpdateTieUp::try_from(r.clone())?;
         let rule = SensitiveOperation::WidenSupplyTieUp;
-        if approvals::holds(self.state(), caller, rule, None) {
+        if approvals::holds(self.state(), caller, rule, None).await? {
             let now = self.state().clock.now_ms();
             let mut conn = self.state().store.conn().await?;
             let (before, after) = tieups::updated(&mut conn, &input, now).await?;
@@ -195,6 +259,89 @@ impl AdminService {
             }
         }
         tieups::update(self.state(), caller, input)
+            .await
+            .map(Change::Done)
+    }
+
+    pub(super) async fn register_officer_change(
+        &self,
+        caller: &Caller,
+        r: &pb::RegisterEntityRequest,
+    ) -> Result<Change<EntityRecord>, OpsError> {
+        let mut input = RegisterEntity::try_from(r.clone())?;
+        input.kind = EntityKind::Officer;
+        let rule = SensitiveOperation::RegisterOfficer;
+        if approvals::holds(self.state(), caller, rule, None).await? {
+            if entities::get(self.state(), &input.id).await.is_ok() {
+                return Err(OpsError::AlreadyExists(format!(
+                    "entity {:?} is registered",
+                    input.id
+                )));
+            }
+            let summary = format!("register officer {} ({})", input.id, input.name);
+            let held = approvals::propose(
+                self.state(),
+                caller,
+                REGISTER_OFFICER,
+                rule,
+                summary,
+                None,
+                r,
+            );
+            return held.await.map(Change::Held);
+        }
+        entities::register(self.state(), caller, input)
+            .await
+            .map(Change::Done)
+    }
+
+    pub(super) async fn resume_officer_change(
+        &self,
+        caller: &Caller,
+        r: &pb::EntityRef,
+    ) -> Result<Change<EntityRecord>, OpsError> {
+        let id = name("entity id", &r.id)?;
+        let call = StatusCall::ResumeOfficer;
+        let rule = SensitiveOperation::ResumeOfficer;
+        if approvals::holds(self.state(), caller, rule, None).await? {
+            let entity = entities::get(self.state(), &id).await?;
+            entities::check_status_change(&entity, call, &caller.entity.id)?;
+            let summary = format!("resume suspended officer {id}");
+            let held =
+                approvals::propose(self.state(), caller, RESUME_OFFICER, rule, summary, None, r);
+            return held.await.map(Change::Held);
+        }
+        entities::set_status(self.state(), caller, &id, call)
+            .await
+            .map(Change::Done)
+    }
+
+    pub(super) async fn set_dual_control_change(
+        &self,
+        caller: &Caller,
+        r: &pb::SetDualControlRequest,
+    ) -> Result<Change<DualControl>, OpsError> {
+        let operations = sensitive_operations(&r.operations)?;
+        let rule = SensitiveOperation::SetDualControl;
+        if approvals::holds(self.state(), caller, rule, None).await? {
+            let before = approvals::dual_control(self.state()).await?;
+            let summary = format!(
+                "dual control: {} (now {})",
+                describe_dual_control(&operations),
+                describe_dual_control(&before.operations)
+            );
+            let held = approvals::propose(
+                self.state(),
+                caller,
+                SET_DUAL_CONTROL,
+                rule,
+                summary,
+                None,
+                r,
+            );
+            return held.await.map(Change::Held);
+        }
+        approvals::set_dual_control(self.state(), caller, operations)
             .await
             .map(Change::Done)
     }
@@ -231,6 +378,21 @@ impl AdminService {
                 let r = pb::UpdateTieUpRequest::decode(payload.as_slice()).map_err(bad)?;
                 let t = done(self.update_tie_up_change(acting, &r).await?)?;
                 Ok(Produced::TieUp(t.into()))
+            }
+            REGISTER_OFFICER => {
+                let r = pb::RegisterEntityRequest::decode(payload.as_slice()).map_err(bad)?;
+                let e = done(self.register_officer_change(acting, &r).await?)?;
+                Ok(Produced::Entity(e.into()))
+            }
+            RESUME_OFFICER => {
+                let r = pb::EntityRef::decode(payload.as_slice()).map_err(bad)?;
+                let e = done(self.resume_officer_change(acting, &r).await?)?;
+                Ok(Produced::Entity(e.into()))
+            }
+            SET_DUAL_CONTROL => {
+                let r = pb::SetDualControlRequest::decode(payload.as_slice()).map_err(bad)?;
+                let d = done(self.set_dual_control_change(acting, &r).await?)?;
+                Ok(Produced::DualControl(dual_control_message(d)))
             }
             other => Err(OpsError::Internal(format!(
                 "approval {} holds an unknown operation {other:?}",
