@@ -80,6 +80,8 @@ struct RawHsm {
     token_label: Option<String>,
     pin_env: Option<String>,
     pin_file: Option<PathBuf>,
+    /// The name of a systemd credential (`LoadCredential=NAME:...`) holding the PIN.
+    pin_credential: Option<String>,
     /// Present only to reject it with a precise message.
     pin: Option<toml::Value>,
     sessions: Option<usize>,
@@ -268,9 +270,13 @@ impl Settings {
             .map(PathBuf::from)
             .or(raw.hsm.pin_file)
             .map(resolve);
-        let pin = match pin_file {
-            Some(path) => read_pin_file(&path)?,
-            None => {
+        let credential = env
+            .var("BRANDKMS_PIN_CREDENTIAL")
+            .or(raw.hsm.pin_credential);
+        let pin = match (credential, pin_file) {
+            (Some(name), _) => read_pin_credential(env, &name)?,
+            (None, Some(path)) => read_pin_file(&path)?,
+            (None, None) => {
                 let name = raw
                     .hsm
                     .pin_env
@@ -430,7 +436,45 @@ fn benchmark_token_delay(ms: Option<u64>) -> Result<Duration, ConfigError> {
     }
 }
 
+/// The PIN from the systemd credential `name` (`$CREDENTIALS_DIRECTORY/name`,
+/// which systemd makes readable by the service alone).
+fn read_pin_credential(env: &dyn Env, name: &str) -> Result<Zeroizing<String>, ConfigError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(field(
+            "hsm.pin_credential",
+            "must be a credential name (LoadCredential=NAME:...), not a path",
+        ));
+    }
+    let dir = env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+        field(
+            "hsm.pin_credential",
+            format!(
+                "$CREDENTIALS_DIRECTORY is not set: run kms under systemd with LoadCredential={name}:/path/to/pin, or use hsm.pin_file"
+            ),
+        )
+    })?;
+    read_pin_file(&Path::new(&dir).join(name)).map_err(|e| match e {
+        ConfigError::Field { reason, .. } => field("hsm.pin_credential", reason),
+        other => other,
+    })
+}
+
 fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.is_file()
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        return Err(field(
+            "hsm.pin_file",
+            format!(
+                "PIN file {} is open to group or others (mode {:o}): chmod 600 {} (or use a systemd credential)",
+                path.display(),
+                meta.permissions().mode() & 0o777,
+                path.display()
+            ),
+        ));
+    }
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
         field(
             "hsm.pin_file",
@@ -562,6 +606,52 @@ mod tests {
         assert_eq!(s.hsm.token_label, "other");
         assert_eq!(s.database.url, "postgres://u:secret@h/db");
         assert_eq!(s.listen.port(), 9000);
+    }
+
+    #[test]
+    fn a_pin_file_open_to_others_is_refused_and_a_systemd_credential_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, "4321\n").unwrap();
+        let with_file = base().replace(
+            "token_label",
+            &format!("pin_file = \"{}\"\ntoken_label", pin.display()),
+        );
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = load(&with_file, &env(&[])).unwrap_err().to_string();
+        assert!(
+            refused.contains("hsm.pin_file") && refused.contains("chmod 600"),
+            "{refused}"
+        );
+        assert!(
+            !refused.contains("4321"),
+            "the PIN is never printed: {refused}"
+        );
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            load(&with_file, &env(&[])).unwrap().hsm.pin.as_str(),
+            "4321"
+        );
+
+        // A systemd credential (LoadCredential=kms-pin:...) wins over the file.
+        std::fs::write(dir.path().join("kms-pin"), "5678").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("kms-pin"),
+            std::fs::Permissions::from_mode(0o400),
+        )
+        .unwrap();
+        let with_credential =
+            with_file.replace("token_label", "pin_credential = \"kms-pin\"\ntoken_label");
+        let credentials = dir.path().display().to_string();
+        let e = env(&[("CREDENTIALS_DIRECTORY", &credentials)]);
+        assert_eq!(load(&with_credential, &e).unwrap().hsm.pin.as_str(), "5678");
+        assert_eq!(
+            field_of(load(&with_credential, &env(&[]))),
+            "hsm.pin_credential"
+        );
+        let path = with_credential.replace("\"kms-pin\"", "\"../pin\"");
+        assert_eq!(field_of(load(&path, &e)), "hsm.pin_credential");
     }
 
     #[test]

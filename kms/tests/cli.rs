@@ -271,6 +271,34 @@ fn an_unreadable_pin_file_is_named() {
 }
 
 #[test]
+fn a_pin_file_open_to_others_is_refused_and_the_database_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Deployment::with(|c| c.replace("pin_env = \"TEST_KMS_PIN\"", "pin_file = \"pin\""));
+    let pin = d.dir.path().join("pin");
+    std::fs::write(&pin, TEST_PIN).unwrap();
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = d.run(&["init", "--officer", "officer-1"]);
+    assert_fails_naming(&out, "chmod 600");
+    assert!(
+        !text(&out.stderr).contains(TEST_PIN),
+        "the PIN is never printed"
+    );
+    assert!(!d.dir.path().join("kms.db").exists(), "nothing was created");
+
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = d.run(&["init", "--officer", "officer-1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for file in ["kms.db", "kms.db-wal", "kms.db-shm"] {
+        let path = d.dir.path().join(file);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        } else {
+            assert_ne!(file, "kms.db", "kms.db exists");
+        }
+    }
+}
+
+#[test]
 fn a_bad_database_url_is_named() {
     let d = Deployment::with(|c| c.replace("sqlite://kms.db", "mysql://db/kms"));
     assert_fails_naming(&d.run(&["doctor"]), "database.url");

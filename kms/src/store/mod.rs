@@ -84,6 +84,53 @@ pub type Tx = Transaction<'static, Any>;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The database file of a `sqlite://PATH[?...]` URL, if it names one.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path.contains(":memory:") || query.contains("mode=memory") {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
+}
+
+/// Creates a SQLite database file readable by its owner alone (0600) before
+/// SQLite opens it (SQLite gives the `-wal` and `-shm` files the database file's
+/// mode), and narrows an existing one, and its `-wal` and `-shm`, that is open
+/// to group or others.
+fn private_sqlite_file(url: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let Some(path) = sqlite_path(url) else {
+        return Ok(());
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!(
+                file = %file.display(),
+                "the database file was open to group or others: narrowed to 0600"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Connects and runs the migrations.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Store, StoreError> {
@@ -97,6 +144,12 @@ impl Store {
             url: redact_url(&settings.url),
             source,
         };
+        if backend == Backend::Sqlite {
+            private_sqlite_file(&settings.url).map_err(|e| StoreError::Connect {
+                url: redact_url(&settings.url),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
         let options: AnyConnectOptions = settings.url.parse().map_err(connect_error)?;
         let options = options.disable_statement_logging();
         let pool = AnyPoolOptions::new()
