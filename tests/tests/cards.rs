@@ -792,7 +792,7 @@ async fn the_purger_deletes_expired_challenges_and_sessions_and_keeps_proxy_load
         assert!(v.genuine);
         portal
             .cards()
-            .seal_command(seal_request(&old.session_id, pb::CardOp::Debit, 100))
+            .seal_command(seal_request(&old.session_id, pb::CardOp::ReadBalance, 0))
             .await
             .unwrap();
         let shop = s.client("cybershop-k").await;

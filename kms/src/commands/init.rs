@@ -158,11 +158,12 @@ pub async fn run(
     let unset = settings::dual_control(&mut conn).await?.is_none();
     drop(conn);
     if unset {
+        // (Checked here too, so that a run with nothing to do opens no chain.)
         let auditor = match auditor {
             Some(a) => a,
             None => self::auditor(hsm, store).await?,
         };
-        if initialise_dual_control(&auditor, actor, dual_control).await? {
+        if initialise_dual_control(store, &auditor, actor, dual_control).await? {
             report.dual_control = Some(dual_control.to_vec());
         }
     }
@@ -174,10 +175,17 @@ pub async fn run(
 /// initialised before the set moved into the database), with its audit record.
 /// Whether it wrote; afterwards only `Admin/SetDualControl` changes the set.
 pub async fn initialise_dual_control(
+    store: &Store,
     auditor: &Auditor,
     actor: &str,
     ops: &[SensitiveOperation],
 ) -> Result<bool, KeyError> {
+    let mut conn = store.conn().await?;
+    let unset = settings::dual_control(&mut conn).await?.is_none();
+    drop(conn);
+    if !unset {
+        return Ok(false);
+    }
     let ops = ops.to_vec();
     let event = AuditEvent::allowed(actor, "init.set_dual_control").outcome(
         crate::audit::Outcome::Allowed,
@@ -186,14 +194,37 @@ pub async fn initialise_dual_control(
             describe_dual_control(&ops)
         )),
     );
-    auditor
+    // Another instance starting at the same time may write it first: then this
+    // change is rolled back and records nothing.
+    let written = auditor
         .commit(event, true, move |tx| {
             Box::pin(async move {
                 let now = now_ms();
-                Ok::<bool, KeyError>(settings::init_dual_control(tx, &ops, now).await?)
+                match settings::init_dual_control(tx, &ops, now).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(SetOnce::AlreadySet),
+                    Err(e) => Err(SetOnce::Failed(e.into())),
+                }
             })
         })
-        .await
+        .await;
+    match written {
+        Ok(()) => Ok(true),
+        Err(SetOnce::AlreadySet) => Ok(false),
+        Err(SetOnce::Failed(e)) => Err(e),
+    }
+}
+
+/// Writing the dual-control set once: written by another process first, or failed.
+enum SetOnce {
+    AlreadySet,
+    Failed(KeyError),
+}
+
+impl From<crate::audit::AuditError> for SetOnce {
+    fn from(e: crate::audit::AuditError) -> Self {
+        SetOnce::Failed(e.into())
+    }
 }
 
 /// `rotate_key, destroy_key_version` or `none (dual control off)`.

@@ -113,9 +113,14 @@ impl Server {
         let auditor = init::auditor(&hsm, &store)
             .await
             .map_err(|e| StartError::NotInitialised(e.to_string()))?;
-        if init::initialise_dual_control(&auditor, "local:serve", &settings.service.dual_control)
-            .await
-            .map_err(|e| StartError::Serve(format!("dual control: {e}")))?
+        if init::initialise_dual_control(
+            &store,
+            &auditor,
+            "local:serve",
+            &settings.service.dual_control,
+        )
+        .await
+        .map_err(|e| StartError::Serve(format!("dual control: {e}")))?
         {
             tracing::warn!(
                 dual_control = %init::describe_dual_control(&settings.service.dual_control),
