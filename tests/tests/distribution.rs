@@ -387,3 +387,64 @@ async fn bad_distribution_inputs_get_precise_statuses() {
     })
     .await;
 }
+
+/// Issue 12, item 6 and item 4's first point: each EstablishTransportKey used to
+/// leave a token object behind for good, extractable. Now the newest version
+/// alone keeps an object, and it is no longer extractable once delivered.
+#[tokio::test]
+async fn a_transport_key_is_delivered_once_and_superseded_ones_are_destroyed() {
+    on_each_database(|s| async move {
+        let officer = s.client("officer-1").await;
+        seed(&officer).await;
+        let issuer = s.client("issuer-2-3").await;
+        for _ in 0..3 {
+            establish(&s, &issuer).await;
+        }
+        let key = officer
+            .admin()
+            .get_key(pb::GetKeyRequest {
+                alias: "transport.issuer-2-3".into(),
+            })
+            .await
+            .unwrap();
+        let states: Vec<(u32, i32)> = key.versions.iter().map(|v| (v.version, v.state)).collect();
+        assert_eq!(
+            states,
+            [
+                (1, pb::KeyState::Destroyed as i32),
+                (2, pb::KeyState::Destroyed as i32),
+                (3, pb::KeyState::Active as i32),
+            ]
+        );
+        let mut conn = s.state.store.conn().await.unwrap();
+        let versions = brandkms::store::keys::versions(&mut conn, "transport.issuer-2-3")
+            .await
+            .unwrap();
+        drop(conn);
+        for v in versions {
+            let id = v.cka_id;
+            let present = s.state.hsm.run(move |h| h.exists(&id)).await.unwrap();
+            assert_eq!(present, v.version == 3, "object of version {}", v.version);
+            if v.version == 3 {
+                let extractable = s
+                    .state
+                    .hsm
+                    .run(move |h| h.is_extractable(&id))
+                    .await
+                    .unwrap();
+                assert!(
+                    !extractable,
+                    "the delivered transport key stays extractable"
+                );
+            }
+        }
+        // The active version still wraps keys for delivery.
+        issuer
+            .distribution()
+            .request_key(request("key-a"))
+            .await
+            .unwrap();
+        s
+    })
+    .await;
+}

@@ -9,6 +9,9 @@ use super::session::{GeneratedKey, HsmSession};
 use super::spec::{KeySpec, ObjectId, token_key_template};
 use super::{HsmError, lock};
 
+/// How many times a generation that fails with `CKR_GENERAL_ERROR` is tried.
+const GENERATE_ATTEMPTS: u64 = 3;
+
 impl HsmSession<'_> {
     /// Generates a persistent secret key with a random `CKA_ID` and records nothing:
     /// the caller writes the row, and destroys the object if that fails.
@@ -16,10 +19,31 @@ impl HsmSession<'_> {
         spec.validate()?;
         let id = self.new_object_id()?;
         let template = token_key_template(spec, &id, label);
-        let handle = self
-            .session
-            .generate_key(&spec.algorithm.keygen(), &template)
-            .map_err(|e| mechanism_hint(e.into(), spec))?;
+        // SoftHSM2 has been seen to fail concurrent generations with
+        // CKR_GENERAL_ERROR under load: tried again, a few times, before a
+        // caller sees it.
+        let mut attempt = 0;
+        let handle = loop {
+            attempt += 1;
+            match self
+                .session
+                .generate_key(&spec.algorithm.keygen(), &template)
+            {
+                Ok(h) => break h,
+                Err(e) => {
+                    let e: HsmError = e.into();
+                    if e.rv() == Some(RvError::GeneralError) && attempt < GENERATE_ATTEMPTS {
+                        tracing::warn!(
+                            attempt,
+                            "key generation failed with CKR_GENERAL_ERROR; trying again"
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(5 * attempt));
+                        continue;
+                    }
+                    return Err(mechanism_hint(e, spec));
+                }
+            }
+        };
         lock(&self.inner.handles).insert(id, handle);
         let kcv = match self.check_value(handle) {
             Ok(kcv) => kcv,

@@ -167,6 +167,27 @@ impl<'a> HsmSession<'a> {
         Ok(())
     }
 
+    /// Makes the key `id` non-extractable for good (`CKA_EXTRACTABLE` may only
+    /// go from true to false): after a transport key's single delivery, nothing
+    /// wraps it out of the token again.
+    pub fn seal_extraction(&self, id: &ObjectId) -> Result<(), HsmError> {
+        let handle = self.find(id)?;
+        self.session
+            .update_attributes(handle, &[Attribute::Extractable(false)])?;
+        Ok(())
+    }
+
+    /// Whether the key `id` may still be wrapped out of the token.
+    pub fn is_extractable(&self, id: &ObjectId) -> Result<bool, HsmError> {
+        let handle = self.find(id)?;
+        let found = self
+            .session
+            .get_attributes(handle, &[AttributeType::Extractable])?;
+        Ok(found
+            .iter()
+            .any(|a| matches!(a, Attribute::Extractable(true))))
+    }
+
     /// True when an object with this `CKA_ID` exists (and only one).
     pub fn exists(&self, id: &ObjectId) -> Result<bool, HsmError> {
         lock(&self.inner.handles).remove(id);

@@ -9,8 +9,10 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+use crate::audit::{AuditEvent, Outcome};
 use crate::hsm::{Exportability, KeyRole, KeySpec, SecretAlgorithm};
 use crate::ops::authorize::{authorize, policy_entity, policy_tie_up, transport_alias};
+use crate::ops::keys::destroy_version;
 use crate::ops::versions::{AuditKey, NewVersion, create_version_with};
 use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::distribution::{self as rows, ConsentRecord, DistributionRecord};
@@ -102,9 +104,11 @@ pub async fn establish_transport_key(
         AuditKey::Existing(&state.auditor),
         move |s, label| {
             let key = s.generate(&spec, label)?;
+            // Delivered once, then never extractable again.
             let wrapped = s
                 .import_rsa_public(&modulus, &exponent)
-                .and_then(|public| s.wrap_rsa_oaep(&public, &key.id));
+                .and_then(|public| s.wrap_rsa_oaep(&public, &key.id))
+                .and_then(|w| s.seal_extraction(&key.id).map(|()| w));
             match wrapped {
                 Ok(w) => Ok((key, w)),
                 Err(e) => {
@@ -137,7 +141,36 @@ pub async fn establish_transport_key(
         ),
     )
     .await?;
+    destroy_superseded(state, &alias, version.version).await?;
     Ok(Established { version, wrapped })
+}
+
+/// Destroys the objects of the caller's transport-key versions that `newest`
+/// superseded (retired in its transaction): they wrap nothing any more, and an
+/// entity that establishes keys again and again leaves one object, not one per
+/// call. Their rows stay (state destroyed), so deliveries under them still name
+/// them.
+async fn destroy_superseded(state: &AppState, alias: &str, newest: u32) -> Result<(), OpsError> {
+    let superseded: Vec<u32> = {
+        let mut conn = state.store.conn().await?;
+        key_rows::versions(&mut conn, alias)
+            .await?
+            .into_iter()
+            .filter(|v| v.version < newest && v.state == KeyState::Retired)
+            .map(|v| v.version)
+            .collect()
+    };
+    for version in superseded {
+        let event = AuditEvent::allowed("local:transport", "transport.destroy_superseded")
+            .outcome(
+                Outcome::Allowed,
+                Some(format!("superseded by version {newest}")),
+            )
+            .key(alias, Some(version));
+        let still = |v: &KeyVersionRecord| v.state == KeyState::Retired;
+        destroy_version(state, event, alias, version, still).await?;
+    }
+    Ok(())
 }
 
 /// A delivery.

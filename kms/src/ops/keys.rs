@@ -337,6 +337,56 @@ pub async fn cancel_destruction(
     get(state, alias).await
 }
 
+/// Destroys the token object of version `version` of `alias` and marks it
+/// destroyed, with `event`, in one transaction that holds the `admin` row —
+/// if, read in that transaction, the version still satisfies `still`. Whether
+/// it did (a version that vanished or no longer satisfies `still` is left
+/// alone and nothing is recorded).
+pub async fn destroy_version(
+    state: &AppState,
+    event: AuditEvent,
+    alias: &str,
+    version: u32,
+    still: impl FnOnce(&KeyVersionRecord) -> bool + Send + 'static,
+) -> Result<bool, OpsError> {
+    let now = state.clock.now_ms();
+    let (hsm, alias) = (state.hsm.clone(), alias.to_string());
+    let destroyed = state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                let Some(current) = rows::version(tx, &alias, version).await? else {
+                    return Err(OpsError::NotFound("version vanished".into()));
+                };
+                if !still(&current) {
+                    return Err(OpsError::Aborted("changed meanwhile".into()));
+                }
+                let id = current.cka_id;
+                hsm.run(move |s| match s.destroy(&id) {
+                    Ok(()) | Err(crate::hsm::HsmError::ObjectNotFound(_)) => Ok(()),
+                    Err(e) => Err(e),
+                })
+                .await?;
+                rows::set_state(
+                    tx,
+                    &alias,
+                    version,
+                    KeyState::Destroyed,
+                    now,
+                    current.destroy_after,
+                    Some(now),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await;
+    match destroyed {
+        Ok(()) => Ok(true),
+        Err(OpsError::NotFound(_) | OpsError::Aborted(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Destroys the token objects of versions whose waiting period is over and marks
 /// them destroyed, each in a transaction that holds the chain head, so that a
 /// cancellation cannot interleave. Returns the versions destroyed.
@@ -350,46 +400,15 @@ pub async fn run_due_destructions(state: &AppState) -> Result<Vec<(String, u32)>
     for v in due {
         let event = AuditEvent::allowed("local:scheduler", "scheduler.destroy_key_version")
             .key(&v.alias, Some(v.version));
-        let (hsm, alias, version) = (state.hsm.clone(), v.alias.clone(), v.version);
-        let destroyed = state
-            .write_serial(event, move |tx| {
-                Box::pin(async move {
-                    let Some(current) = rows::version(tx, &alias, version).await? else {
-                        return Err(OpsError::NotFound("version vanished".into()));
-                    };
-                    if current.state != KeyState::PendingDestruction
-                        || current.destroy_after.is_none_or(|d| d > now)
-                    {
-                        // Cancelled meanwhile: roll back, record nothing.
-                        return Err(OpsError::Aborted("cancelled meanwhile".into()));
-                    }
-                    let id = current.cka_id;
-                    hsm.run(move |s| match s.destroy(&id) {
-                        Ok(()) | Err(crate::hsm::HsmError::ObjectNotFound(_)) => Ok(()),
-                        Err(e) => Err(e),
-                    })
-                    .await?;
-                    rows::set_state(
-                        tx,
-                        &alias,
-                        version,
-                        KeyState::Destroyed,
-                        now,
-                        current.destroy_after,
-                        Some(now),
-                    )
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await;
-        match destroyed {
-            Ok(()) => {}
-            Err(OpsError::NotFound(_) | OpsError::Aborted(_)) => continue,
-            Err(e) => return Err(e),
+        // Cancelled meanwhile: rolled back, nothing recorded.
+        let still_due = move |current: &KeyVersionRecord| {
+            current.state == KeyState::PendingDestruction
+                && current.destroy_after.is_some_and(|d| d <= now)
+        };
+        if destroy_version(state, event, &v.alias, v.version, still_due).await? {
+            tracing::info!(alias = %v.alias, version = v.version, "destroyed key version");
+            done.push((v.alias, v.version));
         }
-        tracing::info!(alias = %v.alias, version = v.version, "destroyed key version");
-        done.push((v.alias, v.version));
     }
     Ok(done)
 }
