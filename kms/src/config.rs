@@ -104,6 +104,7 @@ struct RawTls {
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +164,9 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     /// The server private key.
     pub key: PathBuf,
+    /// The brand CA's certificate revocation list (PEM or DER), if any: checked
+    /// at every handshake, read again when the file changes and on SIGHUP.
+    pub crl: Option<PathBuf>,
 }
 
 /// Service timings and dual control.
@@ -327,6 +331,7 @@ impl Settings {
                     ca: need("ca", t.ca)?,
                     cert: need("cert", t.cert)?,
                     key: need("key", t.key)?,
+                    crl: t.crl.map(resolve),
                 })
             })
             .transpose()?;

@@ -63,6 +63,16 @@ impl TestServer {
 
     /// As [`TestServer::start`], with other timings.
     pub async fn start_with(db: TestDb, service: ServiceSettings) -> TestServer {
+        Self::start_configured(db, service, |_, _| {}).await
+    }
+
+    /// As [`TestServer::start_with`]; `tls` may change the TLS settings once the
+    /// PKI directory (its first argument) is written.
+    pub async fn start_configured(
+        db: TestDb,
+        service: ServiceSettings,
+        tls: impl FnOnce(&Path, &mut TlsSettings),
+    ) -> TestServer {
         if std::env::var_os("BRANDKMS_TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         }
@@ -72,16 +82,19 @@ impl TestServer {
         brandkms::commands::dev::write_pki(&pki).unwrap();
         write_foreign_pki(&pki);
         let token = testing::token();
+        let mut tls_settings = TlsSettings {
+            ca: pki.join("ca.pem"),
+            cert: pki.join("server.pem"),
+            key: pki.join("server-key.pem"),
+            crl: None,
+        };
+        tls(&pki, &mut tls_settings);
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             hsm: token.params(),
             module_env: Vec::new(),
             database: db.settings.clone(),
-            tls: Some(TlsSettings {
-                ca: pki.join("ca.pem"),
-                cert: pki.join("server.pem"),
-                key: pki.join("server-key.pem"),
-            }),
+            tls: Some(tls_settings),
             service,
         };
         let hsm = testing::hsm();

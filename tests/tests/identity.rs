@@ -13,7 +13,7 @@ use std::path::Path;
 use brandkms::server::identity::ENTITY_URI_PREFIX;
 use brandkms_clients::Client;
 use brandkms_proto::v1 as pb;
-use brandkms_tests::on_each_database;
+use brandkms_tests::{TestServer, on_each_database};
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -193,4 +193,80 @@ async fn only_end_entity_signing_certificates_issued_by_the_brand_ca_identify_ca
         s
     })
     .await;
+}
+
+/// A CRL from the brand CA revoking the certificates with the serial numbers
+/// `revoked`, written to `crl.pem`.
+fn write_crl(pki: &Path, number: u64, revoked: &[u64]) {
+    let brand = brand_ca(pki);
+    let revoked_certs = revoked
+        .iter()
+        .map(|serial| rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from(*serial),
+            revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        })
+        .collect();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2026, 1, 1),
+        next_update: rcgen::date_time_ymd(2036, 1, 1),
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&brand)
+    .unwrap();
+    // Written aside and renamed, as an operator's tooling would.
+    std::fs::write(pki.join("crl.pem.new"), crl.pem().unwrap()).unwrap();
+    std::fs::rename(pki.join("crl.pem.new"), pki.join("crl.pem")).unwrap();
+}
+
+async fn served(s: &TestServer, name: &str) -> bool {
+    match Client::connect(&s.options(name)).await {
+        Ok(c) => c
+            .admin()
+            .list_keys(pb::ListKeysRequest::default())
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Issue 12, item 2: one of an entity's certificates is revoked through the brand
+/// CA's CRL (`tls.crl`), without suspending the entity: that certificate is
+/// refused at the handshake once the service has read the new list, the
+/// entity's other certificate keeps working.
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_while_the_entitys_other_one_works() {
+    for db in brandkms::testing::databases().await {
+        let s = TestServer::start_configured(db, TestServer::single_officer(), |pki, tls| {
+            write_crl(pki, 1, &[]);
+            tls.crl = Some(pki.join("crl.pem"));
+        })
+        .await;
+        // A second certificate of officer-1's, the one to be revoked.
+        const SERIAL: u64 = 0x5eed_0001;
+        let mut second = naming("officer-1");
+        second.serial_number = Some(rcgen::SerialNumber::from(SERIAL));
+        let key = KeyPair::generate().unwrap();
+        let cert = second.signed_by(&key, &brand_ca(&s.pki)).unwrap();
+        write(&s.pki, "officer-1-second", &[cert.pem()], &key);
+        assert!(served(&s, "officer-1").await);
+        assert!(served(&s, "officer-1-second").await);
+
+        write_crl(&s.pki, 2, &[SERIAL]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while served(&s, "officer-1-second").await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the revoked certificate is still served after 20 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert!(served(&s, "officer-1").await, "{}", s.backend);
+        assert!(served(&s, "officer-2").await);
+        s.stop().await;
+    }
 }

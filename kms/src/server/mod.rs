@@ -213,6 +213,7 @@ impl Server {
             Arc::clone(&self.tls.refusals),
             stop_rx.clone(),
         ));
+        let revocations = tokio::spawn(crl_reloads(self.tls.revocation.clone(), stop_rx.clone()));
         let incoming = accept_tls(
             listener,
             TlsAcceptor::from(Arc::clone(&self.tls.config)),
@@ -259,6 +260,7 @@ impl Server {
         let _ = purger.await;
         let _ = checkpoints.await;
         let _ = summaries.await;
+        let _ = revocations.await;
         self.state.store.close().await;
         result.map_err(|e| StartError::Serve(e.to_string()))
     }
@@ -428,6 +430,42 @@ impl From<crate::audit::AuditError> for PurgeError {
 
 /// SQLite: a passive WAL checkpoint every second, off the audit writer's path
 /// (its connection does not checkpoint on commit).
+/// Reads the revocation list again when its file changes (looked at every 2 s)
+/// and on SIGHUP.
+async fn crl_reloads(
+    revocation: Option<Arc<tls::Revocation>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(revocation) = revocation else {
+        return;
+    };
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = hangup => tracing::info!("SIGHUP: reading the revocation list again"),
+            _ = stop.changed() => return,
+        }
+        let r = Arc::clone(&revocation);
+        match tokio::task::spawn_blocking(move || r.reload()).await {
+            Ok(Ok(true)) => tracing::info!("took a new certificate revocation list"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the revocation list; the previous one stays in force");
+            }
+            Err(e) => tracing::error!(error = %e, "revocation list reload failed"),
+        }
+    }
+}
+
 async fn wal_checkpoints(state: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
     if state.store.backend() != crate::store::Backend::Sqlite {
         return;

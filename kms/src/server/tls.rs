@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
@@ -57,6 +57,90 @@ pub struct ServerTls {
     pub config: Arc<ServerConfig>,
     /// Certificates the handshake refused since the last summary.
     pub refusals: Arc<HandshakeRefusals>,
+    /// The brand CA's revocation list, when `tls.crl` names one.
+    pub revocation: Option<Arc<Revocation>>,
+}
+
+/// The brand CA's certificate revocation list (`tls.crl`, PEM or DER): checked
+/// at every handshake, read again when the file changes ([`Revocation::reload`],
+/// which `kms serve` calls every few seconds and on SIGHUP). A list that cannot
+/// be read or parsed leaves the previous one in force (and is logged).
+#[derive(Debug)]
+pub struct Revocation {
+    path: std::path::PathBuf,
+    roots: Arc<RootCertStore>,
+    verifier: Arc<std::sync::RwLock<Arc<dyn ClientCertVerifier>>>,
+    seen: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
+}
+
+impl Revocation {
+    /// Reads the list again if the file changed since the last read; whether it
+    /// took a new list.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let meta = std::fs::metadata(&self.path).map_err(|source| TlsError::Read {
+            field: "crl",
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+        if *lock(&self.seen) == Some(stamp) {
+            return Ok(false);
+        }
+        let verifier = brand_ca_verifier(&self.roots, Some(&self.path))?;
+        *self
+            .verifier
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = verifier;
+        *lock(&self.seen) = Some(stamp);
+        Ok(true)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The CRLs in `path` (PEM blocks, or one DER list).
+fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = read("crl", path)?;
+    let content = |problem: String| TlsError::Content {
+        field: "crl",
+        path: path.display().to_string(),
+        problem,
+    };
+    let lists: Vec<CertificateRevocationListDer<'static>> = if bytes.starts_with(b"-----") {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| content(format!("is not PEM: {e}")))?
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    if lists.is_empty() {
+        return Err(content("holds no revocation list".to_string()));
+    }
+    Ok(lists)
+}
+
+/// The verifier for chains to `roots`, with the revocation lists in `crl`.
+fn brand_ca_verifier(
+    roots: &Arc<RootCertStore>,
+    crl: Option<&Path>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), provider());
+    if let Some(path) = crl {
+        // Only the caller's certificate has a status to check (the handshake
+        // accepts no intermediate); a CA in `tls.ca` without a list of its own
+        // in the file has none to give.
+        builder = builder
+            .with_crls(crls(path)?)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    builder.build().map_err(|e| TlsError::Content {
+        field: if crl.is_some() { "crl" } else { "ca" },
+        path: crl.unwrap_or(Path::new("")).display().to_string(),
+        problem: e.to_string(),
+    })
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -104,13 +188,24 @@ pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
             problem: format!("holds an unusable CA certificate: {e}"),
         })?;
     }
-    let brand_ca = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| TlsError::Content {
-            field: "ca",
-            path: settings.ca.display().to_string(),
-            problem: e.to_string(),
-        })?;
+    let roots = Arc::new(roots);
+    let brand_ca = Arc::new(std::sync::RwLock::new(brand_ca_verifier(
+        &roots,
+        settings.crl.as_deref(),
+    )?));
+    let revocation = match &settings.crl {
+        Some(path) => {
+            let r = Revocation {
+                path: path.clone(),
+                roots: Arc::clone(&roots),
+                verifier: Arc::clone(&brand_ca),
+                seen: std::sync::Mutex::new(None),
+            };
+            r.reload()?;
+            Some(Arc::new(r))
+        }
+        None => None,
+    };
     let refusals = Arc::new(HandshakeRefusals::default());
     let chain = certificates("cert", &settings.cert)?;
     let key_pem = read("key", &settings.key)?;
@@ -122,9 +217,15 @@ pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
                 path: settings.key.display().to_string(),
                 problem: "holds no private key".to_string(),
             })?;
+    let hints = brand_ca
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .root_hint_subjects()
+        .to_vec();
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(BrandCaRequired {
+            hints,
             brand_ca,
             refusals: Arc::clone(&refusals),
         }))
@@ -133,6 +234,7 @@ pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
     Ok(ServerTls {
         config: Arc::new(config),
         refusals,
+        revocation,
     })
 }
 
@@ -140,8 +242,22 @@ pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
 /// handshake signature with its key; counts the certificates it refuses.
 #[derive(Debug)]
 struct BrandCaRequired {
-    brand_ca: Arc<dyn ClientCertVerifier>,
+    brand_ca: Arc<std::sync::RwLock<Arc<dyn ClientCertVerifier>>>,
+    /// The brand CA's names, offered to clients (the same whatever the list).
+    hints: Vec<DistinguishedName>,
     refusals: Arc<HandshakeRefusals>,
+}
+
+impl BrandCaRequired {
+    /// The verifier in force (the revocation list read last).
+    fn brand_ca(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(
+            &self
+                .brand_ca
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 impl ClientCertVerifier for BrandCaRequired {
@@ -154,7 +270,7 @@ impl ClientCertVerifier for BrandCaRequired {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.brand_ca.root_hint_subjects()
+        &self.hints
     }
 
     fn verify_client_cert(
@@ -170,7 +286,7 @@ impl ClientCertVerifier for BrandCaRequired {
         // whatever the basic constraints or path length it claims.
         let _ = intermediates;
         let verified = self
-            .brand_ca
+            .brand_ca()
             .verify_client_cert(end_entity, &[], now)
             .map_err(|e| format!("certificate not issued by the brand CA ({e})"))
             .and_then(|v| {
@@ -192,7 +308,7 @@ impl ClientCertVerifier for BrandCaRequired {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.brand_ca.verify_tls12_signature(message, cert, dss)
+        self.brand_ca().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -201,10 +317,10 @@ impl ClientCertVerifier for BrandCaRequired {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.brand_ca.verify_tls13_signature(message, cert, dss)
+        self.brand_ca().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.brand_ca.supported_verify_schemes()
+        self.brand_ca().supported_verify_schemes()
     }
 }
