@@ -166,11 +166,11 @@ async fn proxy_load_totals_never_saturate() {
         };
         let mut conn = s.state.store.conn().await.unwrap();
         for i in 1..=3 {
-            insert_proxy_load(&mut *conn, &load(i, i64::MAX as u64, "JPY"))
+            insert_proxy_load(&mut conn, &load(i, i64::MAX as u64, "JPY"))
                 .await
                 .unwrap();
         }
-        insert_proxy_load(&mut *conn, &load(4, 5, "EUR"))
+        insert_proxy_load(&mut conn, &load(4, 5, "EUR"))
             .await
             .unwrap();
         drop(conn);

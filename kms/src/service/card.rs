@@ -207,6 +207,9 @@ fn proxy_load(p: ProxyLoadRecord) -> pb::ProxyLoad {
     }
 }
 
+/// Count and total per (issuer, currency, status).
+type Totals = std::collections::BTreeMap<(String, String, String), (u64, u64)>;
+
 /// Count and total per (issuer, currency, status). A total is exact or refused:
 /// settlement reconciles these figures against the issuers' own, so a sum that
 /// does not fit the 64-bit amount every other field of the API (and a
@@ -214,11 +217,8 @@ fn proxy_load(p: ProxyLoadRecord) -> pb::ProxyLoad {
 /// `FailedPrecondition` naming the group and telling the caller to summarise a
 /// shorter period, never a rounded or saturated figure. (Each load is at most
 /// `MAX_AMOUNT`, 2^63-1, so a period of one load always sums.)
-fn summarize(
-    list: Vec<ProxyLoadRecord>,
-) -> Result<std::collections::BTreeMap<(String, String, String), (u64, u64)>, OpsError> {
-    let mut totals: std::collections::BTreeMap<(String, String, String), (u64, u64)> =
-        std::collections::BTreeMap::new();
+fn summarize(list: Vec<ProxyLoadRecord>) -> Result<Totals, OpsError> {
+    let mut totals = Totals::new();
     for p in list {
         let group = (p.issuer, p.currency, p.status);
         let t = totals.entry(group.clone()).or_default();

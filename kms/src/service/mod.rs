@@ -88,7 +88,7 @@ pub async fn audited<T>(
 
 /// The key an audit record names: only a well-formed alias (a malformed one,
 /// refused, is quoted, shortened, in the record's reason instead).
-fn recordable<'a>(key: Option<(&'a str, Option<u32>)>) -> Option<(&'a str, Option<u32>)> {
+fn recordable(key: Option<(&str, Option<u32>)>) -> Option<(&str, Option<u32>)> {
     key.filter(|(alias, _)| crate::ops::valid_name(alias))
 }
 
