@@ -53,6 +53,22 @@ pub const MAX_SETTLEMENT_REQUEST: usize = DATA + 16 * 1024;
 /// [`TIE_UP_KEYS`] keys is about 20 KiB).
 pub const MAX_OTHER_REQUEST: usize = 64 * 1024;
 
+/// Response metadata the codec puts on a request it refused (over a bound, or
+/// not valid protobuf), so that the server's identity layer, which sees only the
+/// response, can audit the refusal; that layer removes it before the response
+/// leaves.
+pub const REFUSED_INPUT_MARKER: &str = "brandkms-refused-input";
+
+/// A request refused by the codec: `InvalidArgument`, marked for the audit.
+fn refused(message: String) -> Status {
+    let mut status = Status::invalid_argument(message);
+    status.metadata_mut().insert(
+        REFUSED_INPUT_MARKER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
 /// A field over its bound.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitError {
@@ -309,7 +325,7 @@ where
             Ok(item) => item,
             // prost's DecodeError names the message and field, never the content.
             Err(status) if U::REQUEST && status.code() == Code::Internal => {
-                return Err(Status::invalid_argument(format!(
+                return Err(refused(format!(
                     "the request is not valid protobuf: {}",
                     status.message()
                 )));
@@ -319,7 +335,7 @@ where
         if let Some(message) = &item {
             message.check_limits().map_err(|e| {
                 if U::REQUEST {
-                    Status::invalid_argument(e.to_string())
+                    refused(e.to_string())
                 } else {
                     Status::internal(format!("response out of bounds: {e}"))
                 }

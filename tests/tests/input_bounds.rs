@@ -104,6 +104,17 @@ async fn long_input_is_refused_first_and_quoted_short() {
         assert_eq!(last.outcome, pb::AuditOutcome::Failed as i32);
         assert_eq!(last.key_alias, "");
         assert!(last.reason.contains("K\\n"), "{}", last.reason);
+        // The codec's refusal is audited too (by the identity layer), with the
+        // same short reason.
+        assert!(
+            records
+                .iter()
+                .any(|r| r.outcome == pb::AuditOutcome::Failed as i32
+                    && r.reason
+                        == "GetPublicKeyRequest.alias is 102400 bytes; at most 64 are accepted"
+                    && r.caller == "officer-1"),
+            "{records:?}"
+        );
         assert_audit_small(&officer, "Settlement/GetPublicKey").await;
         // The audit trail still lists in one piece.
         assert!(!audit_records(&officer, "").await.is_empty());
@@ -270,6 +281,13 @@ async fn malformed_protobuf_is_invalid_argument() {
             truncated.message().contains("not valid protobuf"),
             "{truncated:?}"
         );
+        // The codec's mark for the audit does not leave the server.
+        assert!(
+            !truncated
+                .metadata()
+                .contains_key(brandkms_proto::limits::REFUSED_INPUT_MARKER),
+            "{truncated:?}"
+        );
         // Invalid UTF-8 in the alias.
         let utf8 = raw_call(&s, PATH, frame(0, &[0x0a, 0x02, 0xff, 0xfe])).await;
         assert_eq!(utf8.code(), Code::InvalidArgument, "{utf8:?}");
@@ -287,9 +305,22 @@ async fn malformed_protobuf_is_invalid_argument() {
         cut.truncate(6);
         let cut = raw_call(&s, PATH, cut).await;
         assert_eq!(cut.code(), Code::Internal, "{cut:?}");
-        // The server still answers well-formed calls.
+        // The three the codec refused are audited as failed, and nothing
+        // else is (the transport's refusals never reach the identity layer's
+        // view of a response as the codec's).
         let officer = s.client("officer-1").await;
-        assert!(assert_audit_small(&officer, "Settlement/GetPublicKey").await < 10);
+        let records = audit_records(&officer, "Settlement/GetPublicKey").await;
+        let refused: Vec<_> = records
+            .iter()
+            .filter(|r| r.reason.starts_with("the request is not valid protobuf"))
+            .collect();
+        assert_eq!(refused.len(), 3, "{records:?}");
+        assert!(
+            refused
+                .iter()
+                .all(|r| r.outcome == pb::AuditOutcome::Failed as i32)
+        );
+        assert_audit_small(&officer, "Settlement/GetPublicKey").await;
         s
     })
     .await;
