@@ -157,6 +157,64 @@ async fn long_input_is_refused_first_and_quoted_short() {
 }
 
 #[tokio::test]
+async fn a_decrypt_stream_item_over_its_bound_stops_the_stream_and_is_audited() {
+    on_each_database(|s: TestServer| async move {
+        let officer = s.client("officer-1").await;
+        let mut settlement = pb::settlement_client::SettlementClient::new(officer.channel());
+        let items = vec![
+            pb::DecryptItem {
+                index: 1,
+                blob: b"not a blob".to_vec(),
+            },
+            pb::DecryptItem {
+                index: 2,
+                blob: vec![0x42; 5000],
+            },
+        ];
+        let mut results = settlement
+            .decrypt_stream(tokio_stream::iter(items))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = results.message().await.unwrap().unwrap();
+        assert_eq!(first.index, 1);
+        assert!(matches!(
+            first.result,
+            Some(pb::decrypt_result::Result::Error(_))
+        ));
+        let stopped = results.message().await.unwrap_err();
+        assert_eq!(
+            (stopped.code(), stopped.message()),
+            (
+                Code::InvalidArgument,
+                "DecryptItem.blob is 5000 bytes; at most 1100 are accepted"
+            )
+        );
+        // The stream's record (written when it ends) says why it stopped.
+        let mut reason = String::new();
+        for _ in 0..100 {
+            if let Some(r) = audit_records(&officer, "Settlement/DecryptStream")
+                .await
+                .pop()
+            {
+                reason = r.reason;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            reason.starts_with("0 decrypted, 1 failed")
+                && reason.ends_with(
+                    "; stopped: InvalidArgument: DecryptItem.blob is 5000 bytes; at most 1100 are accepted"
+                ),
+            "{reason}"
+        );
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn proxy_load_totals_never_saturate() {
     on_each_database(|s: TestServer| async move {
         let officer = s.client("officer-1").await;
