@@ -10,6 +10,7 @@
 )]
 
 pub mod blob;
+pub mod limits;
 
 /// Package `brandkms.v1`.
 pub mod v1 {

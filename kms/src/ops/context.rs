@@ -192,9 +192,38 @@ pub fn valid_name(s: &str) -> bool {
         })
 }
 
+/// Characters of caller input an error message or audit reason quotes, at most.
+pub const QUOTE_CHARS: usize = 64;
+
+/// Caller input as an error message or audit reason may show it: escaped as
+/// `{:?}` does, at most [`QUOTE_CHARS`] characters of it, and for longer input
+/// an ellipsis and the input's full length, so that a message never grows with
+/// what a caller sends.
+pub fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => {
+            let head = s.get(..cut).unwrap_or_default();
+            format!("{head:?}\u{2026} ({} bytes)", s.len())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotes_are_short_and_escaped() {
+        assert_eq!(quote("key-a"), "\"key-a\"");
+        assert_eq!(quote("a\nb\u{0}"), "\"a\\nb\\0\"");
+        let long = "\u{e9}".repeat(3 << 20);
+        assert_eq!(
+            quote(&long),
+            format!("{:?}\u{2026} (6291456 bytes)", "\u{e9}".repeat(64))
+        );
+        assert_eq!(quote(&"x".repeat(64)), format!("{:?}", "x".repeat(64)));
+    }
 
     #[test]
     fn names_are_lowercase_and_bounded() {

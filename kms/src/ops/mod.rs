@@ -20,4 +20,4 @@ pub mod tieups;
 pub mod versions;
 
 pub use authorize::authorize;
-pub use context::{AppState, Caller, OpsError, Shared, invalid, valid_name};
+pub use context::{AppState, Caller, OpsError, Shared, invalid, quote, valid_name};

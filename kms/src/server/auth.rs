@@ -2,7 +2,9 @@
 //! chain to the brand CA (else `Unauthenticated`), name a registered entity (else
 //! `Unauthenticated`) that is not suspended (else `PermissionDenied`, rule 2).
 //! Each refusal is recorded in the audit trail. The caller is then handed to the
-//! handlers in the request's extensions.
+//! handlers in the request's extensions. A request the codec refuses before its
+//! handler runs (a field over its bound, or not valid protobuf) is audited here,
+//! from the response.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use brandkms_policy::{DenyReason, EntityStatus};
+use brandkms_proto::limits::REFUSED_INPUT_MARKER;
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -103,8 +106,26 @@ where
             let chain: &[_] = chain.as_deref().map(Vec::as_slice).unwrap_or_default();
             match identify(&state, chain, &path).await {
                 Ok(Some(caller)) => {
-                    req.extensions_mut().insert(caller);
-                    inner.call(req).await
+                    req.extensions_mut().insert(caller.clone());
+                    let mut response = inner.call(req).await?;
+                    // A request the codec refused (over a bound, or not valid
+                    // protobuf) never reached its handler: audited here.
+                    if response
+                        .headers_mut()
+                        .remove(REFUSED_INPUT_MARKER)
+                        .is_some()
+                    {
+                        let reason = Status::from_header_map(response.headers())
+                            .map(|s| s.message().to_string())
+                            .unwrap_or_default();
+                        let event = caller
+                            .event(&operation_name(&path))
+                            .outcome(Outcome::Failed, Some(reason));
+                        if let Err(status) = record(&state, &event).await {
+                            return Ok(status.into_http());
+                        }
+                    }
+                    Ok(response)
                 }
                 Ok(None) => inner.call(req).await,
                 Err(status) => Ok(status.into_http()),

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use brandkms_proto::limits;
 use brandkms_proto::v1::admin_server::AdminServer;
 use brandkms_proto::v1::card_authentication_server::CardAuthenticationServer;
 use brandkms_proto::v1::key_distribution_server::KeyDistributionServer;
@@ -240,19 +241,32 @@ impl Server {
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(AdminServer::new(AdminService::new(Arc::clone(&self.state))))
-            .add_service(KeyDistributionServer::new(DistributionService::new(
-                Arc::clone(&self.state),
-            )))
-            .add_service(CardAuthenticationServer::new(CardService::new(Arc::clone(
-                &self.state,
-            ))))
-            .add_service(ProxyLoadingServer::new(CardService::new(Arc::clone(
-                &self.state,
-            ))))
-            .add_service(SettlementServer::new(SettlementService::new(Arc::clone(
-                &self.state,
-            ))))
+            // No request is larger than its service's largest legitimate one
+            // (tonic's default is 4 MiB for every service): `limits` then
+            // bounds every field of what is decoded.
+            .add_service(
+                AdminServer::new(AdminService::new(Arc::clone(&self.state)))
+                    .max_decoding_message_size(limits::MAX_OTHER_REQUEST),
+            )
+            .add_service(
+                KeyDistributionServer::new(DistributionService::new(Arc::clone(&self.state)))
+                    .max_decoding_message_size(limits::MAX_OTHER_REQUEST),
+            )
+            .add_service(
+                CardAuthenticationServer::new(CardService::new(Arc::clone(&self.state)))
+                    .max_decoding_message_size(limits::MAX_OTHER_REQUEST),
+            )
+            .add_service(
+                ProxyLoadingServer::new(CardService::new(Arc::clone(&self.state)))
+                    .max_decoding_message_size(limits::MAX_OTHER_REQUEST),
+            )
+            // Sign, Verify and the MAC calls carry up to 1 MiB of data; a
+            // DecryptStream item is one blob (each stream message is bounded
+            // on its own).
+            .add_service(
+                SettlementServer::new(SettlementService::new(Arc::clone(&self.state)))
+                    .max_decoding_message_size(limits::MAX_SETTLEMENT_REQUEST),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         let _ = stop_tx.send(true);

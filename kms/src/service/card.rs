@@ -13,7 +13,7 @@ use super::{audited, audited_read, caller};
 use crate::hsm::CMAC_LEN;
 use crate::ops::card_protocol::{Op, PAYLOAD_LEN};
 use crate::ops::cards::{self as ops, Completed, MAX_AMOUNT, Verified};
-use crate::ops::{AppState, OpsError, Shared, invalid};
+use crate::ops::{AppState, OpsError, Shared, invalid, quote};
 use crate::store::cards::ProxyLoadRecord;
 
 /// The `CardAuthentication` and `ProxyLoading` services.
@@ -63,7 +63,8 @@ fn currency(c: &str) -> Result<[u8; 3], OpsError> {
     match <[u8; 3]>::try_from(c.as_bytes()) {
         Ok(b) if b.iter().all(u8::is_ascii_uppercase) => Ok(b),
         _ => Err(invalid(format!(
-            "currency {c:?} must be three ISO 4217 capital letters (e.g. JPY)"
+            "currency {} must be three ISO 4217 capital letters (e.g. JPY)",
+            quote(c)
         ))),
     }
 }
@@ -206,6 +207,35 @@ fn proxy_load(p: ProxyLoadRecord) -> pb::ProxyLoad {
     }
 }
 
+/// Count and total per (issuer, currency, status).
+type Totals = std::collections::BTreeMap<(String, String, String), (u64, u64)>;
+
+/// Count and total per (issuer, currency, status). A total is exact or refused:
+/// settlement reconciles these figures against the issuers' own, so a sum that
+/// does not fit the 64-bit amount every other field of the API (and a
+/// settlement system's ledger) carries is an anomaly to investigate, answered
+/// `FailedPrecondition` naming the group and telling the caller to summarise a
+/// shorter period, never a rounded or saturated figure. (Each load is at most
+/// `MAX_AMOUNT`, 2^63-1, so a period of one load always sums.)
+fn summarize(list: Vec<ProxyLoadRecord>) -> Result<Totals, OpsError> {
+    let mut totals = Totals::new();
+    for p in list {
+        let group = (p.issuer, p.currency, p.status);
+        let t = totals.entry(group.clone()).or_default();
+        match (t.0.checked_add(1), t.1.checked_add(p.amount)) {
+            (Some(count), Some(total)) => *t = (count, total),
+            _ => {
+                let (issuer, currency, status) = group;
+                return Err(OpsError::FailedPrecondition(format!(
+                    "the total of issuer {issuer}'s {status} {currency} proxy loads in this period exceeds {} minor units: summarise shorter periods (start_time, end_time) and add their totals",
+                    u64::MAX
+                )));
+            }
+        }
+    }
+    Ok(totals)
+}
+
 /// The proxy loads `caller` may see that match the filters.
 async fn loads(
     state: &AppState,
@@ -255,15 +285,12 @@ impl ProxyLoading for CardService {
         const OP: &str = "ProxyLoading/SummarizeProxyLoads";
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let result = loads(self.state(), &caller, &r.issuer, r.start_time, r.end_time).await;
-        let list = audited_read(self.state(), &caller, OP, None, result).await?;
-        let mut totals: std::collections::BTreeMap<(String, String, String), (u64, u64)> =
-            std::collections::BTreeMap::new();
-        for p in list {
-            let t = totals.entry((p.issuer, p.currency, p.status)).or_default();
-            t.0 += 1;
-            t.1 = t.1.saturating_add(p.amount);
+        let result = async {
+            let list = loads(self.state(), &caller, &r.issuer, r.start_time, r.end_time).await?;
+            summarize(list)
         }
+        .await;
+        let totals = audited_read(self.state(), &caller, OP, None, result).await?;
         Ok(Response::new(pb::ProxyLoadSummary {
             start_time: r.start_time,
             end_time: r.end_time,

@@ -12,7 +12,7 @@ use crate::ops::entities::RegisterEntity;
 use crate::ops::keys::{CreateKey, KeyView};
 use crate::ops::settlement::CreateSettlementKey;
 use crate::ops::tieups::{CreateTieUp, UpdateTieUp};
-use crate::ops::{OpsError, invalid, valid_name};
+use crate::ops::{OpsError, invalid, quote, valid_name};
 use crate::store::approvals::ApprovalRecord;
 use crate::store::audit::AuditRow;
 use crate::store::distribution::DistributionRecord;
@@ -78,7 +78,8 @@ pub fn name(what: &str, s: &str) -> Result<String, OpsError> {
     }
     if !valid_name(s) {
         return Err(invalid(format!(
-            "{what} {s:?} must be 1 to 64 characters of [a-z0-9._-]"
+            "{what} {} must be 1 to 64 characters of [a-z0-9._-]",
+            quote(s)
         )));
     }
     Ok(s.to_string())

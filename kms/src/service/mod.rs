@@ -75,7 +75,7 @@ pub async fn audited<T>(
                     closing.id
                 ));
             }
-            if let Some((alias, version)) = key {
+            if let Some((alias, version)) = recordable(key) {
                 event = event.key(alias, version);
             }
             if let Err(audit_error) = state.auditor.record(&event).await {
@@ -84,6 +84,12 @@ pub async fn audited<T>(
             Err(to_status(&e))
         }
     }
+}
+
+/// The key an audit record names: only a well-formed alias (a malformed one,
+/// refused, is quoted, shortened, in the record's reason instead).
+fn recordable(key: Option<(&str, Option<u32>)>) -> Option<(&str, Option<u32>)> {
+    key.filter(|(alias, _)| crate::ops::valid_name(alias))
 }
 
 /// For reads: records the request (allowed, or failed with its reason) in a
@@ -97,7 +103,7 @@ pub async fn audited_read<T>(
 ) -> Result<T, Status> {
     let value = audited(state, caller, operation, key, result).await?;
     let mut event = caller.event(operation);
-    if let Some((alias, version)) = key {
+    if let Some((alias, version)) = recordable(key) {
         event = event.key(alias, version);
     }
     state

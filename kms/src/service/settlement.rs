@@ -77,6 +77,9 @@ impl Settlement for SettlementService {
                 .buffered(STREAM_CONCURRENCY);
             futures_util::pin_mut!(results);
             let (mut decrypted, mut failed, mut first_error) = (0u64, 0u64, None::<String>);
+            // Why the stream stopped early (an item over its bound, not valid
+            // protobuf, or the transport), in the caller's own words never.
+            let mut stopped = None::<String>;
             while let Some(r) = results.next().await {
                 match &r {
                     Ok(pb::DecryptResult {
@@ -92,15 +95,21 @@ impl Settlement for SettlementService {
                     }
                     _ => {}
                 }
+                if let Err(status) = &r {
+                    stopped = Some(format!("{:?}: {}", status.code(), status.message()));
+                }
                 let stop = r.is_err();
                 if tx.send(r).await.is_err() || stop {
                     break;
                 }
             }
             let reason = format!(
-                "{decrypted} decrypted, {failed} failed{}",
+                "{decrypted} decrypted, {failed} failed{}{}",
                 first_error
                     .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default(),
+                stopped
+                    .map(|e| format!("; stopped: {e}"))
                     .unwrap_or_default()
             );
             let event = caller.event_about(OP, reason);
