@@ -44,6 +44,8 @@ pub const SPKI_DER: usize = 4096;
 pub const DATA: usize = 1 << 20;
 /// Keys of one tie-up.
 pub const TIE_UP_KEYS: usize = 256;
+/// Sensitive operation names in a dual-control set (each at most [`NAME`]).
+pub const DUAL_CONTROL_OPERATIONS: usize = 32;
 
 /// The largest request message any service accepts, encoded: the settlement
 /// service's (data, signature and alias with their tags and lengths), with room
@@ -138,6 +140,16 @@ impl Bounded for Vec<TieUpKey> {
     }
 }
 
+impl Bounded for Vec<String> {
+    fn check(&self, message: &'static str, field: &str, max: usize) -> Result<(), LimitError> {
+        within(message, field, self.len(), max, "items")?;
+        for (i, item) in self.iter().enumerate() {
+            within(message, &format!("{field}[{i}]"), item.len(), NAME, "bytes")?;
+        }
+        Ok(())
+    }
+}
+
 fn within(
     message: &'static str,
     field: &str,
@@ -220,6 +232,8 @@ requests! {
     ListApprovalsRequest { page_token: PAGE_TOKEN },
     ApprovalRef { id: NAME },
     RejectRequest { id: NAME, reason: REJECT_REASON },
+    GetDualControlRequest {},
+    SetDualControlRequest { operations: DUAL_CONTROL_OPERATIONS },
     ListAuditRequest { caller: NAME, operation: OPERATION, page_token: PAGE_TOKEN },
     VerifyAuditRequest {},
     // KeyDistribution.
@@ -248,7 +262,8 @@ requests! {
 responses! {
     Key, KeyChange, ListKeysResponse, Entity, ListEntitiesResponse, TieUpChange, TieUp,
     ListTieUpsResponse, ListDistributionsResponse, ListApprovalsResponse, ApproveResponse,
-    Approval, ListAuditResponse, VerifyAuditResponse,
+    Approval, ListAuditResponse, VerifyAuditResponse, EntityChange, DualControl,
+    DualControlChange,
     TransportKey, WrappedKey, ListEntitledKeysResponse, Consent, ListConsentsResponse,
     Challenge, AuthenticationResult, SealedCommand, ReceiptVerification,
     ListProxyLoadsResponse, ProxyLoadSummary,
