@@ -611,8 +611,8 @@ async fn purchases_proxy_loads_and_refusals() {
                 })
                 .await,
         );
-        assert_eq!(c, Code::FailedPrecondition);
-        assert!(m.contains("retired"), "{m}");
+        assert_eq!(c, Code::PermissionDenied, "{m}");
+        assert!(m.contains("retired") && m.contains("key_state"), "{m}");
         s
     })
     .await;
@@ -1011,4 +1011,60 @@ async fn a_session_begun_in_one_process_continues_in_another_kms_process() {
     assert!(v.genuine);
     assert_eq!(card.balance, 4000);
     first.stop().await;
+}
+
+/// Issue 12, item 8: every card-call record names the key, refused ones
+/// included; a participant gets the same answer for an alias that does not
+/// exist as for one it has no tie-up on.
+#[tokio::test]
+async fn refusals_name_the_key_and_do_not_tell_which_aliases_exist() {
+    on_each_database(|s| async move {
+        let officer = seed(&s).await;
+        let shop = s.client("cybershop-k").await;
+        let begin = |alias: &str| pb::BeginAuthenticationRequest {
+            alias: alias.into(),
+            key_version: 0,
+            card_id: h::<8>(CID).to_vec(),
+        };
+        let missing = refusal_of(
+            shop.cards()
+                .begin_authentication(begin("no-such-key"))
+                .await,
+        );
+        let not_mine = refusal_of(shop.cards().begin_authentication(begin("key-e")).await);
+        assert_eq!(missing, (Code::PermissionDenied, "no_tie_up".into()));
+        assert_eq!(missing, not_mine);
+        // An officer is told the truth.
+        let km = hex::decode(KM).unwrap();
+        let (c, _) = status_of(
+            officer
+                .admin()
+                .get_key(pb::GetKeyRequest {
+                    alias: "no-such-key".into(),
+                })
+                .await,
+        );
+        assert_eq!(c, Code::NotFound);
+
+        // A DEBIT above the tie-up's limit is refused; its record names key-k v1.
+        let mut card = card_with(&km, SERVICE_K, h::<8>(CID), 100_000);
+        let session = authenticate(&shop, &mut card, "key-k", SERVICE_K).await;
+        let refused = refusal_of(
+            shop.cards()
+                .seal_command(seal_request(&session.session_id, pb::CardOp::Debit, 10_001))
+                .await,
+        );
+        assert_eq!(refused, (Code::PermissionDenied, "limit_exceeded".into()));
+        let records = audit_records(&officer, "CardAuthentication/SealCommand").await;
+        let denied = records
+            .iter()
+            .find(|r| r.outcome == pb::AuditOutcome::Denied as i32)
+            .expect("the refused seal is audited");
+        assert_eq!(
+            (denied.key_alias.as_str(), denied.key_version),
+            ("key-k", Some(1))
+        );
+        s
+    })
+    .await;
 }

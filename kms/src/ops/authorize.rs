@@ -4,7 +4,7 @@
 //! `brandkms_policy::decide`, and turns a denial into [`OpsError::Denied`], which
 //! names the rule.
 
-use brandkms_policy::{Action, Decision, KeyState, Request, decide};
+use brandkms_policy::{Action, Decision, DenyReason, EntityKind, KeyState, Request, decide};
 
 use crate::ops::{Caller, OpsError};
 use crate::store::distribution::{self as consent_rows, ConsentRecord};
@@ -73,6 +73,35 @@ pub async fn authorize(
     match decision {
         Decision::Allow => Ok(Grounds { tie_ups, transport }),
         Decision::Deny(reason) => Err(OpsError::Denied(reason)),
+    }
+}
+
+/// The key and version a participant asks to use, read through its view. To a
+/// participant (not an officer), a key that does not exist, a version it lacks
+/// and a key with no active version answer like a key it has no tie-up on
+/// (rule 1), unless one of its tie-ups names the alias: so a participant cannot
+/// learn which aliases exist from the difference.
+pub async fn participant_key_version(
+    conn: &mut Conn,
+    caller: &Caller,
+    alias: &str,
+    version: Option<u32>,
+) -> Result<(KeyRecord, KeyVersionRecord), OpsError> {
+    match caller.view.key_version(conn, alias, version).await {
+        Err(e @ (OpsError::NotFound(_) | OpsError::FailedPrecondition(_)))
+            if caller.entity.kind != EntityKind::Officer =>
+        {
+            let tie_ups = caller.view.tie_ups(conn, &caller.entity.id).await?;
+            let named = tie_ups
+                .iter()
+                .any(|t| t.entity_id == caller.entity.id && t.keys.iter().any(|(a, _)| a == alias));
+            Err(if named {
+                e
+            } else {
+                OpsError::Denied(DenyReason::NoTieUp)
+            })
+        }
+        other => other,
     }
 }
 

@@ -3,11 +3,11 @@
 //! challenges and sessions live in the database so that any replica sharing the
 //! database and token continues a session; RA || RB are kept sealed by the token.
 
-use brandkms_policy::{Action, Algorithm, KeyClass, KeyState, ProxyLoadScope};
+use brandkms_policy::{Action, Algorithm, DenyReason, KeyClass, KeyState, ProxyLoadScope};
 
 use crate::audit::Outcome;
 use crate::hsm::{CMAC_LEN, EcbDerive};
-use crate::ops::authorize::{authorize, policy_entity};
+use crate::ops::authorize::{authorize, participant_key_version, policy_entity};
 use crate::ops::card_protocol::{
     self as card, CardKey, FROM_CARD, Op, PAYLOAD_LEN, Receipt, TO_CARD,
 };
@@ -96,7 +96,7 @@ async fn allowed_version(
     action: Action,
     now: i64,
 ) -> Result<(KeyRecord, KeyVersionRecord), OpsError> {
-    let (key, v) = caller.view.key_version(conn, alias, version).await?;
+    let (key, v) = participant_key_version(conn, caller, alias, version).await?;
     if key.class != KeyClass::CardAccess {
         return Err(OpsError::FailedPrecondition(format!(
             "{alias:?} is a {} key, not a card-access key",
@@ -104,10 +104,8 @@ async fn allowed_version(
         )));
     }
     if !matches!(v.state, KeyState::Active | KeyState::AuthOnly) {
-        return Err(OpsError::FailedPrecondition(format!(
-            "version {} of key {alias:?} is {}: it no longer authenticates cards",
-            v.version, v.state
-        )));
+        // A denial like any other, naming its rule (the key-state rule).
+        return Err(OpsError::Denied(DenyReason::KeyState(v.state)));
     }
     authorize(conn, caller, &key, &v, action, now).await?;
     Ok((key, v))
@@ -194,6 +192,7 @@ pub async fn complete(
     caller: &Caller,
     challenge_id: &str,
     c1: [u8; 16],
+    seen: &mut Option<(String, u32)>,
 ) -> Result<Completed, OpsError> {
     let now = state.clock.now_ms();
     let not_open = || {
@@ -205,6 +204,7 @@ pub async fn complete(
     let ch = rows::open_challenge(&mut conn, challenge_id, &caller.entity.id)
         .await?
         .ok_or_else(not_open)?;
+    *seen = Some((ch.alias.clone(), ch.version));
     if now >= ch.expires_at {
         return Err(OpsError::FailedPrecondition(format!(
             "challenge {challenge_id} expired at {}: begin again",
@@ -298,6 +298,7 @@ async fn open_session(
     caller: &Caller,
     session_id: &str,
     now: i64,
+    seen: &mut Option<(String, u32)>,
 ) -> Result<(SessionRecord, Vec<u8>), OpsError> {
     let session = rows::session(conn, session_id)
         .await?
@@ -307,6 +308,7 @@ async fn open_session(
                 "no session {session_id:?} of yours (unknown, or another caller's): authenticate the card again"
             ))
         })?;
+    *seen = Some((session.alias.clone(), session.version));
     if now >= session.expires_at {
         return Err(OpsError::FailedPrecondition(format!(
             "session {session_id} expired at {}: authenticate the card again",
@@ -344,10 +346,11 @@ pub async fn seal(
     op: Op,
     amount: u64,
     currency: [u8; 3],
+    seen: &mut Option<(String, u32)>,
 ) -> Result<Sealed, OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (session, sealed) = open_session(&mut conn, caller, session_id, now).await?;
+    let (session, sealed) = open_session(&mut conn, caller, session_id, now, seen).await?;
     let action = match op {
         Op::Load => Action::ProxyLoad { amount },
         Op::Debit => Action::Seal { amount },
@@ -458,10 +461,11 @@ pub async fn verify_receipt(
     counter: u32,
     payload: [u8; PAYLOAD_LEN],
     mac: [u8; CMAC_LEN],
+    seen: &mut Option<(String, u32)>,
 ) -> Result<Verified, OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (session, sealed) = open_session(&mut conn, caller, session_id, now).await?;
+    let (session, sealed) = open_session(&mut conn, caller, session_id, now, seen).await?;
     let (key, v) = allowed_version(
         &mut conn,
         caller,

@@ -11,7 +11,9 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::audit::{AuditEvent, Outcome};
 use crate::hsm::{Exportability, KeyRole, KeySpec, SecretAlgorithm};
-use crate::ops::authorize::{authorize, policy_entity, policy_tie_up, transport_alias};
+use crate::ops::authorize::{
+    authorize, participant_key_version, policy_entity, policy_tie_up, transport_alias,
+};
 use crate::ops::keys::destroy_version;
 use crate::ops::versions::{AuditKey, NewVersion, create_version_with};
 use crate::ops::{AppState, Caller, OpsError, invalid};
@@ -197,7 +199,7 @@ pub async fn request_key(
     version: Option<u32>,
 ) -> Result<Delivery, OpsError> {
     let mut conn = state.store.conn().await?;
-    let (key, v) = caller.view.key_version(&mut conn, alias, version).await?;
+    let (key, v) = participant_key_version(&mut conn, caller, alias, version).await?;
     if !matches!(key.class, KeyClass::CardAccess | KeyClass::Authenticator) {
         return Err(OpsError::FailedPrecondition(format!(
             "{} keys are not distributed",

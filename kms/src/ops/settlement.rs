@@ -7,7 +7,7 @@ use brandkms_policy::{Action, Algorithm, KeyClass, KeyState};
 use zeroize::Zeroizing;
 
 use crate::hsm::OaepHash;
-use crate::ops::authorize::authorize;
+use crate::ops::authorize::{authorize, participant_key_version};
 use crate::ops::facts::FactView;
 use crate::ops::generate::generator;
 use crate::ops::keys::{KeyView, get};
@@ -126,9 +126,9 @@ async fn may_decrypt(
     now: i64,
 ) -> Result<(), OpsError> {
     if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
-        return Err(OpsError::FailedPrecondition(format!(
-            "version {} of key {:?} is {}: its ciphertexts are no longer decrypted",
-            v.version, key.alias, v.state
+        // A denial like any other, naming its rule (the key-state rule).
+        return Err(OpsError::Denied(brandkms_policy::DenyReason::KeyState(
+            v.state,
         )));
     }
     authorize(conn, caller, key, v, Action::Decrypt, now).await?;
@@ -469,7 +469,7 @@ pub async fn generate_mac(
 ) -> Result<(u32, Vec<u8>), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, v) = caller.view.key_version(&mut conn, alias, None).await?;
+    let (key, v) = participant_key_version(&mut conn, caller, alias, None).await?;
     authorize(&mut conn, caller, &key, &v, Action::GenerateMac, now).await?;
     drop(conn);
     let id = v.cka_id;
@@ -489,7 +489,7 @@ pub async fn verify_mac(
 ) -> Result<(u32, bool), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, v) = caller.view.key_version(&mut conn, alias, version).await?;
+    let (key, v) = participant_key_version(&mut conn, caller, alias, version).await?;
     authorize(&mut conn, caller, &key, &v, Action::VerifyMac, now).await?;
     drop(conn);
     if mac.len() != 32 {

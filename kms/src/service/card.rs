@@ -102,13 +102,14 @@ impl CardAuthentication for CardService {
         const OP: &str = "CardAuthentication/CompleteAuthentication";
         let caller = caller(&request)?;
         let r = request.into_inner();
+        let mut seen: Option<(String, u32)> = None;
         let result = async {
             let id = name("challenge_id", &r.challenge_id)?;
             let c1 = exactly::<16>("c1", &r.c1)?;
-            ops::complete(self.state(), &caller, &id, c1).await
+            ops::complete(self.state(), &caller, &id, c1, &mut seen).await
         }
         .await;
-        let completed = audited(self.state(), &caller, OP, None, result).await?;
+        let completed = audited(self.state(), &caller, OP, seen_key(&seen), result).await?;
         Ok(Response::new(match completed {
             Completed::Authenticated { c2, session } => pb::AuthenticationResult {
                 authenticated: true,
@@ -127,15 +128,25 @@ impl CardAuthentication for CardService {
         const OP: &str = "CardAuthentication/SealCommand";
         let caller = caller(&request)?;
         let r = request.into_inner();
+        let mut seen: Option<(String, u32)> = None;
         let result = async {
             let session = name("session_id", &r.session_id)?;
             let op = op(r.op)?;
             let amount = amount(op, r.amount)?;
             let currency = currency(&r.currency)?;
-            ops::seal(self.state(), &caller, &session, op, amount, currency).await
+            ops::seal(
+                self.state(),
+                &caller,
+                &session,
+                op,
+                amount,
+                currency,
+                &mut seen,
+            )
+            .await
         }
         .await;
-        let sealed = audited(self.state(), &caller, OP, None, result).await?;
+        let sealed = audited(self.state(), &caller, OP, seen_key(&seen), result).await?;
         Ok(Response::new(pb::SealedCommand {
             payload: sealed.payload.to_vec(),
             counter: sealed.counter,
@@ -152,14 +163,24 @@ impl CardAuthentication for CardService {
         const OP: &str = "CardAuthentication/VerifyReceipt";
         let caller = caller(&request)?;
         let r = request.into_inner();
+        let mut seen: Option<(String, u32)> = None;
         let result = async {
             let session = name("session_id", &r.session_id)?;
             let payload = exactly::<PAYLOAD_LEN>("payload", &r.payload)?;
             let mac = exactly::<CMAC_LEN>("mac", &r.mac)?;
-            ops::verify_receipt(self.state(), &caller, &session, r.counter, payload, mac).await
+            ops::verify_receipt(
+                self.state(),
+                &caller,
+                &session,
+                r.counter,
+                payload,
+                mac,
+                &mut seen,
+            )
+            .await
         }
         .await;
-        let verified = audited(self.state(), &caller, OP, None, result).await?;
+        let verified = audited(self.state(), &caller, OP, seen_key(&seen), result).await?;
         Ok(Response::new(match verified {
             Verified::Genuine(receipt) => pb::ReceiptVerification {
                 genuine: true,
@@ -308,4 +329,10 @@ impl ProxyLoading for CardService {
                 .collect(),
         }))
     }
+}
+
+/// The key a card call's record names: the challenge's or session's, once read.
+fn seen_key(seen: &Option<(String, u32)>) -> Option<(&str, Option<u32>)> {
+    seen.as_ref()
+        .map(|(alias, version)| (alias.as_str(), Some(*version)))
 }
