@@ -117,6 +117,7 @@ struct RawService {
     refused_handshake_summary_secs: Option<u64>,
     dual_control: Option<Vec<String>>,
     approval_ttl_secs: Option<u64>,
+    transport_keys_per_hour: Option<usize>,
 }
 
 /// Validated settings, built once at start.
@@ -186,6 +187,8 @@ pub struct ServiceSettings {
     pub dual_control: Vec<SensitiveOperation>,
     /// How long a proposal may wait for its approval.
     pub approval_ttl_secs: u64,
+    /// `EstablishTransportKey` calls accepted per entity per hour (per instance).
+    pub transport_keys_per_hour: usize,
 }
 
 impl Default for ServiceSettings {
@@ -198,6 +201,7 @@ impl Default for ServiceSettings {
             refused_handshake_summary_secs: 60,
             dual_control: SensitiveOperation::DEFAULT.to_vec(),
             approval_ttl_secs: 86_400,
+            transport_keys_per_hour: 12,
         }
     }
 }
@@ -372,6 +376,10 @@ impl Settings {
                 .service
                 .approval_ttl_secs
                 .unwrap_or(defaults.approval_ttl_secs),
+            transport_keys_per_hour: raw
+                .service
+                .transport_keys_per_hour
+                .unwrap_or(defaults.transport_keys_per_hour),
         };
         for (name, v) in [
             ("service.challenge_ttl_secs", service.challenge_ttl_secs),
@@ -386,6 +394,10 @@ impl Settings {
                 service.refused_handshake_summary_secs,
             ),
             ("service.approval_ttl_secs", service.approval_ttl_secs),
+            (
+                "service.transport_keys_per_hour",
+                u64::try_from(service.transport_keys_per_hour).unwrap_or(u64::MAX),
+            ),
         ] {
             if v == 0 {
                 return Err(field(name, "must be at least 1"));

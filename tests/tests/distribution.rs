@@ -307,8 +307,10 @@ async fn bad_distribution_inputs_get_precise_statuses() {
         assert_eq!(c, Code::InvalidArgument);
 
         establish(&s, &issuer).await;
-        let (c, _) = status_of(dist.request_key(request("key-zz")).await);
-        assert_eq!(c, Code::NotFound);
+        // An alias that does not exist answers like one without a tie-up (rule
+        // 1); a missing version of a key the caller's tie-up names is NotFound.
+        let refused = brandkms_tests::refusal_of(dist.request_key(request("key-zz")).await);
+        assert_eq!(refused, (Code::PermissionDenied, "no_tie_up".into()));
         let (c, _) = status_of(
             dist.request_key(pb::RequestKeyRequest {
                 alias: "key-a".into(),
@@ -447,4 +449,35 @@ async fn a_transport_key_is_delivered_once_and_superseded_ones_are_destroyed() {
         s
     })
     .await;
+}
+
+/// Issue 12, item 6: EstablishTransportKey is limited per entity, answered
+/// ResourceExhausted with the time to wait; other entities are not affected.
+#[tokio::test]
+async fn establishing_transport_keys_is_limited_per_entity() {
+    for db in brandkms::testing::databases().await {
+        let service = brandkms::config::ServiceSettings {
+            transport_keys_per_hour: 2,
+            ..TestServer::single_officer()
+        };
+        let s = TestServer::start_with(db, service).await;
+        let officer = s.client("officer-1").await;
+        seed(&officer).await;
+        let issuer = s.client("issuer-2-3").await;
+        establish(&s, &issuer).await;
+        establish(&s, &issuer).await;
+        let (_, spki) = participant_rsa(&s, 2048).await;
+        let (code, message) = status_of(
+            issuer
+                .distribution()
+                .establish_transport_key(pb::EstablishTransportKeyRequest {
+                    rsa_public_key_spki_der: spki,
+                })
+                .await,
+        );
+        assert_eq!(code, Code::ResourceExhausted, "{message}");
+        assert!(message.contains("retry in"), "{message}");
+        establish(&s, &s.client("issuer-2-4").await).await;
+        s.stop().await;
+    }
 }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub settings: ServiceSettings,
     /// Entities, tie-ups and key versions, per admin generation.
     pub facts: Arc<FactCache>,
+    /// `EstablishTransportKey` calls per entity (each generates a token key).
+    pub transport_keys: Arc<crate::ops::limits::PerEntity>,
 }
 
 impl AppState {
@@ -116,6 +118,14 @@ pub enum OpsError {
     /// A concurrent change won; retry.
     #[error("{0}")]
     Aborted(String),
+    /// Too many calls of this kind by this caller; retry after the delay.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// What was limited, and how.
+        message: String,
+        /// How long to wait before the next call is accepted.
+        retry_after_ms: i64,
+    },
     /// Policy refused it, naming the rule.
     #[error("{0}")]
     Denied(DenyReason),

@@ -83,6 +83,17 @@ pub async fn establish_transport_key(
     let (modulus, exponent, bits) = parse_rsa_spki(spki_der)?;
     let entity = policy_entity(&caller.entity);
     may_hold_keys(&entity).map_err(OpsError::Denied)?;
+    state
+        .transport_keys
+        .take(&caller.entity.id, state.clock.now_ms())
+        .map_err(|retry_after_ms| OpsError::ResourceExhausted {
+            message: format!(
+                "at most {} transport keys per hour per entity (service.transport_keys_per_hour); retry in {} s",
+                state.settings.transport_keys_per_hour,
+                (retry_after_ms + 999) / 1000
+            ),
+            retry_after_ms,
+        })?;
     let alias = transport_alias(&caller.entity.id);
     let mut conn = state.store.conn().await?;
     let existing = key_rows::key(&mut conn, &alias).await?;

@@ -14,6 +14,7 @@ pub mod entities;
 pub mod facts;
 pub mod generate;
 pub mod keys;
+pub mod limits;
 pub mod rsa_public;
 pub mod settlement;
 pub mod tieups;

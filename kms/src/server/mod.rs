@@ -173,6 +173,10 @@ impl Server {
                 clock,
                 settings: settings.service.clone(),
                 facts: Default::default(),
+                transport_keys: Arc::new(crate::ops::limits::PerEntity::new(
+                    settings.service.transport_keys_per_hour,
+                    3_600_000,
+                )),
             }),
             tls,
             // The process and its audit chain: the chain id tells apart two

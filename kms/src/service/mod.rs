@@ -31,6 +31,18 @@ pub fn to_status(e: &OpsError) -> Status {
         OpsError::AlreadyExists(m) => Status::already_exists(m),
         OpsError::FailedPrecondition(m) => Status::failed_precondition(m),
         OpsError::Aborted(m) => Status::aborted(m),
+        OpsError::ResourceExhausted {
+            message,
+            retry_after_ms,
+        } => {
+            let wait =
+                std::time::Duration::from_millis(u64::try_from(*retry_after_ms).unwrap_or(0));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                message.clone(),
+                ErrorDetails::with_retry_info(Some(wait)),
+            )
+        }
         OpsError::Denied(r) => {
             // The rule's number, for the seven rules of DESIGN.md §3; the key-state
             // and consent reasons belong to no numbered rule.
