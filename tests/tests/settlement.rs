@@ -414,7 +414,9 @@ async fn clearing_house_decrypts_what_terminals_sealed() {
                 .decrypt(decrypt("settle", 1, ct))
                 .await,
         );
-        assert_eq!(c, Code::FailedPrecondition, "{m}");
+        // A key-state refusal is a denial naming its rule (issue 12, item 8).
+        assert_eq!(c, Code::PermissionDenied, "{m}");
+        assert!(m.contains("key_state") && m.contains("retired"), "{m}");
         s
     })
     .await;
