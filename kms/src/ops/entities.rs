@@ -109,7 +109,7 @@ pub fn check_status_change(
     let officer = entity.kind == EntityKind::Officer;
     if call == StatusCall::ResumeEntity && officer {
         return Err(OpsError::FailedPrecondition(format!(
-            "{id:?} is an officer: resume it with Admin/ResumeOfficer (kmsctl officer resume), which dual control may hold"
+            "{id:?} is an officer: resume it with Admin/ResumeOfficer (kmsctl entity resume ID), which dual control may hold"
         )));
     }
     if call == StatusCall::ResumeOfficer && !officer {

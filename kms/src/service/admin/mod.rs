@@ -217,7 +217,7 @@ impl Admin for AdminService {
             let input: entities::RegisterEntity = r.try_into()?;
             if input.kind == brandkms_policy::EntityKind::Officer {
                 return Err(OpsError::FailedPrecondition(
-                    "officers are registered with Admin/RegisterOfficer (kmsctl officer register), which dual control may hold".to_string(),
+                    "officers are registered with Admin/RegisterOfficer (kmsctl entity register ID --kind officer), which dual control may hold".to_string(),
                 ));
             }
             Ok(entities::register(self.state(), caller, input)
