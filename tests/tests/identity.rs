@@ -44,6 +44,18 @@ fn write(pki: &Path, name: &str, chain: &[String], key: &KeyPair) {
     std::fs::write(pki.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
 }
 
+/// A certificate made from `params`, signed by `issuer`, with a fresh key,
+/// written as `<name>.pem` and `<name>-key.pem`.
+fn issue(pki: &Path, name: &str, params: CertificateParams, issuer: &Issuer<'_, KeyPair>) {
+    let key = KeyPair::generate().unwrap();
+    write(
+        pki,
+        name,
+        &[params.signed_by(&key, issuer).unwrap().pem()],
+        &key,
+    );
+}
+
 /// The certificates of the red-team pass, each signed (directly or through a
 /// participant) by the brand CA, each claiming to be officer-1.
 fn write_rogues(pki: &Path) -> Vec<&'static str> {
@@ -79,53 +91,23 @@ fn write_rogues(pki: &Path) -> Vec<&'static str> {
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyCertSign,
     ];
-    let key = KeyPair::generate().unwrap();
-    write(
-        pki,
-        "rogue-ca",
-        &[ca.signed_by(&key, &brand).unwrap().pem()],
-        &key,
-    );
+    issue(pki, "rogue-ca", ca, &brand);
 
     // Key usage keyCertSign only; no key usage at all.
     let mut cert_sign = naming("officer-1");
     cert_sign.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let key = KeyPair::generate().unwrap();
-    write(
-        pki,
-        "rogue-keycertsign",
-        &[cert_sign.signed_by(&key, &brand).unwrap().pem()],
-        &key,
-    );
+    issue(pki, "rogue-keycertsign", cert_sign, &brand);
     let mut no_usage = naming("officer-1");
     no_usage.key_usages = Vec::new();
-    let key = KeyPair::generate().unwrap();
-    write(
-        pki,
-        "rogue-no-key-usage",
-        &[no_usage.signed_by(&key, &brand).unwrap().pem()],
-        &key,
-    );
+    issue(pki, "rogue-no-key-usage", no_usage, &brand);
 
     // Extended key usage serverAuth only.
     let mut server_only = naming("officer-1");
     server_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate().unwrap();
-    write(
-        pki,
-        "rogue-server-auth",
-        &[server_only.signed_by(&key, &brand).unwrap().pem()],
-        &key,
-    );
+    issue(pki, "rogue-server-auth", server_only, &brand);
 
     // The control: made the same way, but as a caller's certificate should be.
-    let key = KeyPair::generate().unwrap();
-    write(
-        pki,
-        "officer-1-reissued",
-        &[naming("officer-1").signed_by(&key, &brand).unwrap().pem()],
-        &key,
-    );
+    issue(pki, "officer-1-reissued", naming("officer-1"), &brand);
     vec![
         "rogue-through-participant",
         "rogue-ca",
@@ -250,9 +232,7 @@ async fn a_revoked_certificate_is_refused_while_the_entitys_other_one_works() {
         const SERIAL: u64 = 0x5eed_0001;
         let mut second = naming("officer-1");
         second.serial_number = Some(rcgen::SerialNumber::from(SERIAL));
-        let key = KeyPair::generate().unwrap();
-        let cert = second.signed_by(&key, &brand_ca(&s.pki)).unwrap();
-        write(&s.pki, "officer-1-second", &[cert.pem()], &key);
+        issue(&s.pki, "officer-1-second", second, &brand_ca(&s.pki));
         assert!(served(&s, "officer-1").await);
         assert!(served(&s, "officer-1-second").await);
 

@@ -7,6 +7,7 @@ use brandkms_policy::{
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::hsm::{Exportability, Hsm, KeyRole, KeySpec, ObjectId, SecretAlgorithm};
+use crate::ops::approvals::describe_dual_control;
 use crate::ops::versions::{AuditKey, KeyError, NewVersion, create_version};
 use crate::store::entities::{self, EntityRecord};
 use crate::store::keys::{self as key_rows, KeyRecord};
@@ -158,34 +159,28 @@ pub async fn run(
     let unset = settings::dual_control(&mut conn).await?.is_none();
     drop(conn);
     if unset {
-        // (Checked here too, so that a run with nothing to do opens no chain.)
         let auditor = match auditor {
             Some(a) => a,
             None => self::auditor(hsm, store).await?,
         };
-        if initialise_dual_control(store, &auditor, actor, dual_control).await? {
+        if initialise_dual_control(&auditor, actor, dual_control).await? {
             report.dual_control = Some(dual_control.to_vec());
         }
     }
     Ok(report)
 }
 
-/// Writes the dual-control set from the configuration if the database has none
-/// yet (the first `kms init`, or the first `kms serve` of a deployment
-/// initialised before the set moved into the database), with its audit record.
-/// Whether it wrote; afterwards only `Admin/SetDualControl` changes the set.
+/// Writes the dual-control set from the configuration, with its audit record,
+/// for a database that has none yet (the first `kms init`, or the first `kms
+/// serve` of a deployment initialised before the set moved into the database:
+/// the caller read that it has none, so that a start with the set in place
+/// writes nothing). Whether it wrote; afterwards only `Admin/SetDualControl`
+/// changes the set.
 pub async fn initialise_dual_control(
-    store: &Store,
     auditor: &Auditor,
     actor: &str,
     ops: &[SensitiveOperation],
 ) -> Result<bool, KeyError> {
-    let mut conn = store.conn().await?;
-    let unset = settings::dual_control(&mut conn).await?.is_none();
-    drop(conn);
-    if !unset {
-        return Ok(false);
-    }
     let ops = ops.to_vec();
     let event = AuditEvent::allowed(actor, "init.set_dual_control").outcome(
         crate::audit::Outcome::Allowed,
@@ -224,18 +219,6 @@ enum SetOnce {
 impl From<crate::audit::AuditError> for SetOnce {
     fn from(e: crate::audit::AuditError) -> Self {
         SetOnce::Failed(e.into())
-    }
-}
-
-/// `rotate_key, destroy_key_version` or `none (dual control off)`.
-pub fn describe_dual_control(ops: &[SensitiveOperation]) -> String {
-    if ops.is_empty() {
-        "none (dual control off)".to_string()
-    } else {
-        ops.iter()
-            .map(|o| o.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 

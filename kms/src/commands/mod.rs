@@ -290,7 +290,7 @@ async fn cmd_init(settings: Settings, officers: Vec<String>) -> Result<ExitCode,
     if let Some(ops) = &report.dual_control {
         println!(
             "dual control: {} (kept in the database; change it with `kmsctl dual-control set`)",
-            init::describe_dual_control(ops)
+            crate::ops::approvals::describe_dual_control(ops)
         );
     }
     if report.nothing_to_do() {

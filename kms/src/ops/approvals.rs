@@ -11,8 +11,8 @@ use brandkms_policy::{
 
 use crate::audit::Outcome;
 use crate::ops::{AppState, Caller, OpsError};
-use crate::store::Conn;
 use crate::store::approvals::{self as rows, ApprovalRecord, StoredState};
+use crate::store::{Conn, settings};
 
 /// What a sensitive operation did.
 #[derive(Clone, Debug)]
@@ -224,14 +224,25 @@ pub struct DualControl {
 /// The database's dual-control set (every operation while it was never written).
 pub async fn dual_control(state: &AppState) -> Result<DualControl, OpsError> {
     let mut conn = state.store.conn().await?;
-    let operations = crate::store::settings::dual_control(&mut conn)
+    let (operations, updated_at) = settings::dual_control_changed(&mut conn)
         .await?
-        .unwrap_or_else(|| SensitiveOperation::ALL.to_vec());
-    let updated_at = crate::store::settings::dual_control_updated_at(&mut conn).await?;
+        .unwrap_or_else(|| (SensitiveOperation::ALL.to_vec(), 0));
     Ok(DualControl {
         operations,
         updated_at,
     })
+}
+
+/// `rotate_key, destroy_key_version` or `none (dual control off)`.
+pub fn describe_dual_control(ops: &[SensitiveOperation]) -> String {
+    if ops.is_empty() {
+        "none (dual control off)".to_string()
+    } else {
+        ops.iter()
+            .map(|o| o.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Replaces the dual-control set, with its audit record (the caller decided
@@ -247,15 +258,15 @@ pub async fn set_dual_control(
         Outcome::Allowed,
         Some(format!(
             "dual control: {} (was {})",
-            crate::commands::init::describe_dual_control(&operations),
-            crate::commands::init::describe_dual_control(&before.operations)
+            describe_dual_control(&operations),
+            describe_dual_control(&before.operations)
         )),
     );
     let ops = operations.clone();
     state
         .write_serial(event, move |tx| {
             Box::pin(async move {
-                crate::store::settings::set_dual_control(tx, &ops, now).await?;
+                settings::set_dual_control(tx, &ops, now).await?;
                 Ok(())
             })
         })

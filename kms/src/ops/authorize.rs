@@ -92,9 +92,7 @@ pub async fn participant_key_version(
             if caller.entity.kind != EntityKind::Officer =>
         {
             let tie_ups = caller.view.tie_ups(conn, &caller.entity.id).await?;
-            let named = tie_ups
-                .iter()
-                .any(|t| t.entity_id == caller.entity.id && t.keys.iter().any(|(a, _)| a == alias));
+            let named = tie_ups.iter().any(|t| t.mode_for(alias).is_some());
             Err(if named {
                 e
             } else {

@@ -3,7 +3,7 @@
 //! challenges and sessions live in the database so that any replica sharing the
 //! database and token continues a session; RA || RB are kept sealed by the token.
 
-use brandkms_policy::{Action, Algorithm, DenyReason, KeyClass, KeyState, ProxyLoadScope};
+use brandkms_policy::{Action, Algorithm, KeyClass, ProxyLoadScope};
 
 use crate::audit::Outcome;
 use crate::hsm::{CMAC_LEN, EcbDerive};
@@ -103,10 +103,7 @@ async fn allowed_version(
             key.class
         )));
     }
-    if !matches!(v.state, KeyState::Active | KeyState::AuthOnly) {
-        // A denial like any other, naming its rule (the key-state rule).
-        return Err(OpsError::Denied(DenyReason::KeyState(v.state)));
-    }
+    // The policy decides the version's state too (the key-state rule).
     authorize(conn, caller, &key, &v, action, now).await?;
     Ok((key, v))
 }

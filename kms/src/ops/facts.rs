@@ -74,24 +74,19 @@ impl FactCache {
 
     fn keep(&self, generation: i64, put: impl FnOnce(&mut Cached)) {
         let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
-        if generation > cached.generation {
+        if generation < cached.generation {
+            return;
+        }
+        let full = cached.entities.len() >= CAPACITY
+            || cached.tie_ups.len() >= CAPACITY
+            || cached.versions.len() >= CAPACITY;
+        if generation > cached.generation || full {
             *cached = Cached {
                 generation,
                 ..Cached::default()
             };
         }
-        if generation == cached.generation {
-            let full = cached.entities.len() >= CAPACITY
-                || cached.tie_ups.len() >= CAPACITY
-                || cached.versions.len() >= CAPACITY;
-            if full {
-                *cached = Cached {
-                    generation,
-                    ..Cached::default()
-                };
-            }
-            put(&mut cached);
-        }
+        put(&mut cached);
     }
 }
 
@@ -103,11 +98,6 @@ pub struct FactView {
 }
 
 impl FactView {
-    /// The admin generation this view was read at.
-    pub fn generation(&self) -> i64 {
-        self.generation
-    }
-
     /// The entity `id`, if registered.
     pub async fn entity(
         &self,

@@ -116,8 +116,8 @@ async fn settlement_version(
 }
 
 /// Whether `caller` may have ciphertexts of this version decrypted now: the
-/// version is `active` or `decrypt_only` (else `FailedPrecondition`), and the
-/// policy allows it.
+/// policy decides, the version's state included (`active` or `decrypt_only`,
+/// else the key-state rule).
 async fn may_decrypt(
     conn: &mut Conn,
     caller: &Caller,
@@ -125,12 +125,6 @@ async fn may_decrypt(
     v: &KeyVersionRecord,
     now: i64,
 ) -> Result<(), OpsError> {
-    if !matches!(v.state, KeyState::Active | KeyState::DecryptOnly) {
-        // A denial like any other, naming its rule (the key-state rule).
-        return Err(OpsError::Denied(brandkms_policy::DenyReason::KeyState(
-            v.state,
-        )));
-    }
     authorize(conn, caller, key, v, Action::Decrypt, now).await?;
     Ok(())
 }

@@ -35,6 +35,7 @@ use crate::clock::Clock;
 use crate::commands::init;
 use crate::config::Settings;
 use crate::hsm::Hsm;
+use crate::ops::approvals::describe_dual_control;
 use crate::ops::keys::run_due_destructions;
 use crate::ops::{AppState, Shared};
 use crate::service::admin::AdminService;
@@ -114,32 +115,31 @@ impl Server {
         let auditor = init::auditor(&hsm, &store)
             .await
             .map_err(|e| StartError::NotInitialised(e.to_string()))?;
-        if init::initialise_dual_control(
-            &store,
-            &auditor,
-            "local:serve",
-            &settings.service.dual_control,
-        )
-        .await
-        .map_err(|e| StartError::Serve(format!("dual control: {e}")))?
-        {
-            tracing::warn!(
-                dual_control = %init::describe_dual_control(&settings.service.dual_control),
-                "dual control was not in the database yet (initialised before it moved there): written from this configuration, once"
-            );
-        }
+        let configured = &settings.service.dual_control;
         let stored = {
             let mut conn = store.conn().await?;
             crate::store::settings::dual_control(&mut conn).await?
         };
-        if let Some(stored) = stored
-            && stored != settings.service.dual_control
-        {
-            tracing::warn!(
-                database = %init::describe_dual_control(&stored),
-                configuration = %init::describe_dual_control(&settings.service.dual_control),
-                "service.dual_control in the configuration is not what the database holds; the database's set applies (change it with `kmsctl dual-control set`)"
-            );
+        match stored {
+            None => {
+                let written = init::initialise_dual_control(&auditor, "local:serve", configured)
+                    .await
+                    .map_err(|e| StartError::Serve(format!("dual control: {e}")))?;
+                if written {
+                    tracing::warn!(
+                        dual_control = %describe_dual_control(configured),
+                        "dual control was not in the database yet (initialised before it moved there): written from this configuration, once"
+                    );
+                }
+            }
+            Some(stored) if stored != *configured => {
+                tracing::warn!(
+                    database = %describe_dual_control(&stored),
+                    configuration = %describe_dual_control(configured),
+                    "service.dual_control in the configuration is not what the database holds; the database's set applies (change it with `kmsctl dual-control set`)"
+                );
+            }
+            Some(_) => {}
         }
         let seal_key = init::internal_key(&store, init::SEAL_KEY)
             .await
@@ -429,9 +429,6 @@ async fn destruction_scheduler(
     .await;
 }
 
-/// Deletes challenges and sessions (with their commands) that expired more than
-/// [`PURGE_GRACE`] ago, under the lease [`PURGER_LEASE`]; a purge that deleted
-/// something is summarised in one audit record.
 /// Why a purge chunk recorded nothing.
 enum PurgeError {
     /// Nothing had expired.
@@ -446,8 +443,6 @@ impl From<crate::audit::AuditError> for PurgeError {
     }
 }
 
-/// SQLite: a passive WAL checkpoint every second, off the audit writer's path
-/// (its connection does not checkpoint on commit).
 /// Reads the revocation list again when its file changes (looked at every 2 s)
 /// and on SIGHUP.
 async fn crl_reloads(
@@ -484,6 +479,8 @@ async fn crl_reloads(
     }
 }
 
+/// SQLite: a passive WAL checkpoint every second, off the audit writer's path
+/// (its connection does not checkpoint on commit).
 async fn wal_checkpoints(state: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
     if state.store.backend() != crate::store::Backend::Sqlite {
         return;
@@ -499,6 +496,9 @@ async fn wal_checkpoints(state: Shared, mut stop: tokio::sync::watch::Receiver<b
     }
 }
 
+/// Deletes challenges and sessions (with their commands) that expired more than
+/// [`PURGE_GRACE`] ago, under the lease [`PURGER_LEASE`]; a purge that deleted
+/// something is summarised in one audit record.
 async fn purger(state: Shared, instance: Arc<str>, stop: tokio::sync::watch::Receiver<bool>) {
     let period = Duration::from_secs(state.settings.purge_interval_secs);
     let grace_ms = i64::try_from(PURGE_GRACE.as_millis()).unwrap_or(i64::MAX);

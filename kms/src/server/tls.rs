@@ -68,6 +68,8 @@ pub struct ServerTls {
 #[derive(Debug)]
 pub struct Revocation {
     path: std::path::PathBuf,
+    /// `tls.ca`, which `roots` was read from.
+    ca: std::path::PathBuf,
     roots: Arc<RootCertStore>,
     verifier: Arc<std::sync::RwLock<Arc<dyn ClientCertVerifier>>>,
     seen: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
@@ -86,7 +88,7 @@ impl Revocation {
         if *lock(&self.seen) == Some(stamp) {
             return Ok(false);
         }
-        let verifier = brand_ca_verifier(&self.roots, Some(&self.path))?;
+        let verifier = brand_ca_verifier(&self.roots, &self.ca, Some(&self.path))?;
         *self
             .verifier
             .write()
@@ -121,9 +123,11 @@ fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsEr
     Ok(lists)
 }
 
-/// The verifier for chains to `roots`, with the revocation lists in `crl`.
+/// The verifier for chains to `roots` (read from `ca`), with the revocation
+/// lists in `crl`.
 fn brand_ca_verifier(
     roots: &Arc<RootCertStore>,
+    ca: &Path,
     crl: Option<&Path>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::clone(roots), provider());
@@ -136,9 +140,13 @@ fn brand_ca_verifier(
             .only_check_end_entity_revocation()
             .allow_unknown_revocation_status();
     }
+    let (field, path) = match crl {
+        Some(crl) => ("crl", crl),
+        None => ("ca", ca),
+    };
     builder.build().map_err(|e| TlsError::Content {
-        field: if crl.is_some() { "crl" } else { "ca" },
-        path: crl.unwrap_or(Path::new("")).display().to_string(),
+        field,
+        path: path.display().to_string(),
         problem: e.to_string(),
     })
 }
@@ -189,14 +197,18 @@ pub fn load(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
         })?;
     }
     let roots = Arc::new(roots);
+    // Without a list first; with `tls.crl`, the first reload reads it (and a
+    // list that cannot be read stops the start).
     let brand_ca = Arc::new(std::sync::RwLock::new(brand_ca_verifier(
         &roots,
-        settings.crl.as_deref(),
+        &settings.ca,
+        None,
     )?));
     let revocation = match &settings.crl {
         Some(path) => {
             let r = Revocation {
                 path: path.clone(),
+                ca: settings.ca.clone(),
                 roots: Arc::clone(&roots),
                 verifier: Arc::clone(&brand_ca),
                 seen: std::sync::Mutex::new(None),

@@ -10,12 +10,21 @@ const DUAL_CONTROL: &str = "dual_control";
 /// The sensitive operations held for a second officer; `None` until written
 /// the first time.
 pub async fn dual_control(conn: &mut Conn) -> Result<Option<Vec<SensitiveOperation>>, StoreError> {
-    let value: Option<Option<String>> =
-        sqlx::query_scalar("SELECT value FROM service_settings WHERE name = $1")
+    Ok(dual_control_changed(conn).await?.map(|(ops, _)| ops))
+}
+
+/// As [`dual_control`], with when the set last changed (Unix ms).
+pub async fn dual_control_changed(
+    conn: &mut Conn,
+) -> Result<Option<(Vec<SensitiveOperation>, i64)>, StoreError> {
+    let row: Option<(Option<String>, i64)> =
+        sqlx::query_as("SELECT value, updated_at FROM service_settings WHERE name = $1")
             .bind(DUAL_CONTROL)
             .fetch_optional(conn)
             .await?;
-    value.flatten().map(|v| parse(&v)).transpose()
+    row.and_then(|(value, at)| value.map(|v| (v, at)))
+        .map(|(v, at)| parse(&v).map(|ops| (ops, at)))
+        .transpose()
 }
 
 fn parse(value: &str) -> Result<Vec<SensitiveOperation>, StoreError> {
@@ -37,16 +46,6 @@ fn format(ops: &[SensitiveOperation]) -> String {
         .map(|op| op.as_str())
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// When the dual-control set last changed (Unix ms; 0 when never written).
-pub async fn dual_control_updated_at(conn: &mut Conn) -> Result<i64, StoreError> {
-    let at: Option<i64> =
-        sqlx::query_scalar("SELECT updated_at FROM service_settings WHERE name = $1")
-            .bind(DUAL_CONTROL)
-            .fetch_optional(conn)
-            .await?;
-    Ok(at.unwrap_or(0))
 }
 
 /// Writes the set (replacing any).

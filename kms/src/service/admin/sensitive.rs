@@ -7,13 +7,12 @@ use brandkms_proto::v1 as pb;
 use prost::Message;
 
 use super::AdminService;
-use crate::commands::init::describe_dual_control;
-use crate::ops::approvals::{self, Change, DualControl};
+use crate::ops::approvals::{self, Change, DualControl, describe_dual_control};
 use crate::ops::authorize::policy_tie_up;
 use crate::ops::entities::{self, RegisterEntity, StatusCall};
 use crate::ops::keys::{self, DEFAULT_WAITING_DAYS, KeyView};
 use crate::ops::tieups::{self, CreateTieUp, UpdateTieUp};
-use crate::ops::{Caller, OpsError, invalid};
+use crate::ops::{Caller, OpsError, invalid, quote};
 use crate::service::convert::{self, name, version};
 use crate::store::approvals::ApprovalRecord;
 use crate::store::entities::EntityRecord;
@@ -67,10 +66,9 @@ fn sensitive_operations(names: &[String]) -> Result<Vec<SensitiveOperation>, Ops
     let mut ops = Vec::new();
     for n in names {
         let op = n.parse::<SensitiveOperation>().map_err(|_| {
-            let shown: String = n.chars().take(32).collect();
-            let cut = if shown.len() < n.len() { "..." } else { "" };
             invalid(format!(
-                "operations: {shown:?}{cut} is not a sensitive operation (one of {})",
+                "operations: {} is not a sensitive operation (one of {})",
+                quote(n),
                 SensitiveOperation::ALL
                     .iter()
                     .map(|o| o.as_str())
