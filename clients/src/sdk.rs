@@ -53,6 +53,9 @@ pub enum ClientError {
         /// A policy refusal's rule code (`google.rpc.ErrorInfo` reason, e.g.
         /// `limit_exceeded`).
         reason: Option<String>,
+        /// How long to wait before retrying (`google.rpc.RetryInfo`), when the
+        /// server said (`ResourceExhausted` over a limit).
+        retry_after: Option<Duration>,
     },
 }
 
@@ -73,12 +76,21 @@ impl ClientError {
         }
     }
 
+    /// How long the server asked the caller to wait before retrying.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// An error of the caller's own making (no server answer behind it).
     pub fn local(code: tonic::Code, message: impl Into<String>) -> ClientError {
         ClientError::Status {
             code,
             message: message.into(),
             reason: None,
+            retry_after: None,
         }
     }
 }
@@ -92,10 +104,12 @@ impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
         use tonic_types::StatusExt;
         let reason = s.get_details_error_info().map(|info| info.reason);
+        let retry_after = s.get_details_retry_info().and_then(|info| info.retry_delay);
         ClientError::Status {
             code: s.code(),
             message: s.message().to_string(),
             reason,
+            retry_after,
         }
     }
 }

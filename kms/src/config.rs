@@ -118,6 +118,8 @@ struct RawService {
     dual_control: Option<Vec<String>>,
     approval_ttl_secs: Option<u64>,
     transport_keys_per_hour: Option<usize>,
+    #[serde(default)]
+    limits: LimitSettings,
 }
 
 /// Validated settings, built once at start.
@@ -189,6 +191,73 @@ pub struct ServiceSettings {
     pub approval_ttl_secs: u64,
     /// `EstablishTransportKey` calls accepted per entity per hour (per instance).
     pub transport_keys_per_hour: usize,
+    /// Per-identity connection and call limits (`[service.limits]`).
+    pub limits: LimitSettings,
+}
+
+/// `[service.limits]`: what one identity (the entity a client certificate
+/// names) may hold and start on one instance, and how long a connection may
+/// wait. Every figure is at least 1.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// After the TLS handshake, the client's HTTP/2 preface must arrive within
+    /// this many seconds, or the connection is closed.
+    pub preface_timeout_secs: u64,
+    /// A connection on which the client sends nothing for this many seconds is
+    /// closed.
+    pub idle_timeout_secs: u64,
+    /// Connections one identity may hold at once; the next is answered with an
+    /// HTTP/2 GOAWAY (ENHANCE_YOUR_CALM) and closed.
+    pub connections_per_identity: usize,
+    /// Calls one identity may have in flight at once.
+    pub concurrent_calls: usize,
+    /// Calls one identity may start per second, sustained.
+    pub calls_per_second: u32,
+    /// Calls one identity may start at once after a quiet spell.
+    pub call_burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            preface_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            connections_per_identity: 64,
+            concurrent_calls: 64,
+            calls_per_second: 1000,
+            call_burst: 2000,
+        }
+    }
+}
+
+impl LimitSettings {
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        let figures = [
+            (
+                "service.limits.preface_timeout_secs",
+                self.preface_timeout_secs,
+            ),
+            ("service.limits.idle_timeout_secs", self.idle_timeout_secs),
+            (
+                "service.limits.connections_per_identity",
+                u64::try_from(self.connections_per_identity).unwrap_or(u64::MAX),
+            ),
+            (
+                "service.limits.concurrent_calls",
+                u64::try_from(self.concurrent_calls).unwrap_or(u64::MAX),
+            ),
+            (
+                "service.limits.calls_per_second",
+                u64::from(self.calls_per_second),
+            ),
+            ("service.limits.call_burst", u64::from(self.call_burst)),
+        ];
+        match figures.into_iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err((name, "must be at least 1")),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Default for ServiceSettings {
@@ -202,6 +271,7 @@ impl Default for ServiceSettings {
             dual_control: SensitiveOperation::DEFAULT.to_vec(),
             approval_ttl_secs: 86_400,
             transport_keys_per_hour: 12,
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -380,7 +450,12 @@ impl Settings {
                 .service
                 .transport_keys_per_hour
                 .unwrap_or(defaults.transport_keys_per_hour),
+            limits: raw.service.limits,
         };
+        service
+            .limits
+            .check()
+            .map_err(|(name, message)| field(name, message))?;
         for (name, v) in [
             ("service.challenge_ttl_secs", service.challenge_ttl_secs),
             ("service.session_ttl_secs", service.session_ttl_secs),

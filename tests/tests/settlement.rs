@@ -11,7 +11,7 @@
 
 use brandkms_clients::Client;
 use brandkms_proto::v1 as pb;
-use brandkms_tests::{TestServer, on_each_database, register, status_of, tie_up};
+use brandkms_tests::{TestServer, on_each_database, refusal_of, register, status_of, tie_up};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::{Oaep, RsaPublicKey};
 use tonic::Code;
@@ -559,6 +559,66 @@ async fn a_suspension_or_a_terminated_tie_up_cuts_an_open_decrypt_stream_at_the_
             (Code::PermissionDenied as i32, "tie_up_terminated".into())
         );
         drop(tx);
+        s
+    })
+    .await;
+}
+
+/// Issue 12, item 8: a clearing house asking to decrypt, sign or stream-decrypt
+/// under an alias that does not exist gets the same answer as under a settlement
+/// key it has no tie-up on (rule 1), so it cannot learn which aliases exist.
+#[tokio::test]
+async fn settlement_refusals_do_not_tell_which_aliases_exist() {
+    on_each_database(|s: TestServer| async move {
+        let (officer, clearing, p) = clearing_house_with_key(&s).await;
+        settlement_key(&officer, "settle-other", "").await;
+        let ciphertext = seal(&p, b"4111111111111111");
+        for alias in ["no-such-key", "settle-other"] {
+            let refused = refusal_of(
+                clearing
+                    .settlement()
+                    .decrypt(decrypt(alias, 0, ciphertext.clone()))
+                    .await,
+            );
+            assert_eq!(refused, (Code::PermissionDenied, "no_tie_up".into()), "{alias}");
+            let refused = refusal_of(
+                clearing
+                    .settlement()
+                    .sign(pb::SignRequest {
+                        alias: alias.into(),
+                        data: b"settlement file".to_vec(),
+                    })
+                    .await,
+            );
+            assert_eq!(refused, (Code::PermissionDenied, "no_tie_up".into()), "{alias}");
+
+            let blob = brandkms_proto::blob::SealedBlob {
+                alias: alias.into(),
+                version: 1,
+                oaep_hash: 2,
+                ciphertext: ciphertext.clone(),
+            }
+            .encode()
+            .unwrap();
+            let mut results = clearing
+                .settlement()
+                .decrypt_stream(tokio_stream::iter([pb::DecryptItem { index: 0, blob }]))
+                .await
+                .unwrap();
+            assert_eq!(
+                outcome(&mut results).await,
+                (Code::PermissionDenied as i32, "no_tie_up".into()),
+                "{alias}"
+            );
+        }
+        // The officer is told the truth.
+        let (code, _) = status_of(
+            officer
+                .settlement()
+                .decrypt(decrypt("no-such-key", 0, ciphertext))
+                .await,
+        );
+        assert_eq!(code, Code::NotFound);
         s
     })
     .await;

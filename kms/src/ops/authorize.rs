@@ -87,7 +87,21 @@ pub async fn participant_key_version(
     alias: &str,
     version: Option<u32>,
 ) -> Result<(KeyRecord, KeyVersionRecord), OpsError> {
-    match caller.view.key_version(conn, alias, version).await {
+    let found = caller.view.key_version(conn, alias, version).await;
+    uniform_to_participant(conn, caller, alias, found).await
+}
+
+/// What a participant is told when looking up `alias` failed: a missing key or
+/// version, or one unfit for the call (`NotFound`, `FailedPrecondition`), reads
+/// as rule 1 (no tie-up) unless one of its tie-ups names the alias. Officers
+/// and every other outcome pass through unchanged.
+pub async fn uniform_to_participant<T>(
+    conn: &mut Conn,
+    caller: &Caller,
+    alias: &str,
+    found: Result<T, OpsError>,
+) -> Result<T, OpsError> {
+    match found {
         Err(e @ (OpsError::NotFound(_) | OpsError::FailedPrecondition(_)))
             if caller.entity.kind != EntityKind::Officer =>
         {

@@ -7,7 +7,7 @@ use brandkms_policy::{Action, Algorithm, KeyClass, KeyState};
 use zeroize::Zeroizing;
 
 use crate::hsm::OaepHash;
-use crate::ops::authorize::{authorize, participant_key_version};
+use crate::ops::authorize::{authorize, participant_key_version, uniform_to_participant};
 use crate::ops::facts::FactView;
 use crate::ops::generate::generator;
 use crate::ops::keys::{KeyView, get};
@@ -181,7 +181,8 @@ pub async fn decrypt(
 ) -> Result<(u32, Zeroizing<Vec<u8>>), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, v, hash) = settlement_version(&mut conn, alias, version).await?;
+    let found = settlement_version(&mut conn, alias, version).await;
+    let (key, v, hash) = uniform_to_participant(&mut conn, caller, alias, found).await?;
     may_decrypt(&mut conn, caller, &key, &v, now).await?;
     drop(conn);
     let id = v.cka_id;
@@ -202,13 +203,16 @@ pub async fn sign(
 ) -> Result<(u32, Vec<u8>), OpsError> {
     let now = state.clock.now_ms();
     let mut conn = state.store.conn().await?;
-    let (key, v, _) = settlement_version(&mut conn, alias, None).await?;
+    let found = settlement_version(&mut conn, alias, None).await;
+    let (key, v, _) = uniform_to_participant(&mut conn, caller, alias, found).await?;
+    // The policy first, so that a caller with no standing on the key learns
+    // nothing of what it is.
+    authorize(&mut conn, caller, &key, &v, Action::Sign, now).await?;
     if key.owner_entity.is_some() {
         return Err(OpsError::FailedPrecondition(format!(
             "{alias:?} is an entity-owned identifier key: it decrypts, it does not sign"
         )));
     }
-    authorize(&mut conn, caller, &key, &v, Action::Sign, now).await?;
     drop(conn);
     let id = v.cka_id;
     let signature = state
@@ -382,7 +386,8 @@ impl StreamDecryptor {
             view,
             ..self.caller.clone()
         };
-        let (key, v, hash) = self.version(conn, alias, version).await?;
+        let found = self.version(conn, alias, version).await;
+        let (key, v, hash) = uniform_to_participant(conn, &caller, alias, found).await?;
         may_decrypt(conn, &caller, &key, &v, now).await?;
         Ok(Prepared { id: v.cka_id, hash })
     }

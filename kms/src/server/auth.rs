@@ -1,8 +1,10 @@
 //! The identity layer: before any handler runs, the caller's certificate must
 //! chain to the brand CA (else `Unauthenticated`), name a registered entity (else
 //! `Unauthenticated`) that is not suspended (else `PermissionDenied`, rule 2).
-//! Each refusal is recorded in the audit trail. The caller is then handed to the
-//! handlers in the request's extensions. A request the codec refuses before its
+//! Each refusal is recorded in the audit trail. The caller's call is then
+//! admitted under its per-identity limits (`limits`: else `ResourceExhausted`,
+//! summarised in the audit trail, not recorded one by one) and the caller
+//! handed to the handlers in the request's extensions. A request the codec refuses before its
 //! handler runs (a field over its bound, or not valid protobuf) is audited here,
 //! from the response.
 
@@ -17,6 +19,7 @@ use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::identity::{self, IdentityError};
+use super::limits::Limits;
 use crate::audit::{AuditEvent, Outcome};
 use crate::ops::{Caller, OpsError, Shared};
 use crate::service::to_status;
@@ -33,6 +36,7 @@ const INFRASTRUCTURE: &[&str] = &[
 #[derive(Clone)]
 pub struct AuthLayer {
     state: Shared,
+    limits: Arc<Limits>,
 }
 
 impl std::fmt::Debug for AuthLayer {
@@ -42,10 +46,11 @@ impl std::fmt::Debug for AuthLayer {
 }
 
 impl AuthLayer {
-    /// A layer that reads the caller from the verified certificate and checks
-    /// its entity in `state`'s store on every request.
-    pub fn new(state: Shared) -> Self {
-        AuthLayer { state }
+    /// A layer that reads the caller from the verified certificate, checks
+    /// its entity in `state`'s store on every request and admits the call
+    /// under `limits`.
+    pub fn new(state: Shared, limits: Arc<Limits>) -> Self {
+        AuthLayer { state, limits }
     }
 }
 
@@ -56,6 +61,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Auth {
             inner,
             state: Arc::clone(&self.state),
+            limits: Arc::clone(&self.limits),
         }
     }
 }
@@ -65,6 +71,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     state: Shared,
+    limits: Arc<Limits>,
 }
 
 impl<S> std::fmt::Debug for Auth<S> {
@@ -97,6 +104,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = Arc::clone(&self.state);
+        let limits = Arc::clone(&self.limits);
         Box::pin(async move {
             let path = req.uri().path().to_string();
             let chain = req
@@ -106,6 +114,10 @@ where
             let chain: &[_] = chain.as_deref().map(Vec::as_slice).unwrap_or_default();
             match identify(&state, chain, &path).await {
                 Ok(Some(caller)) => {
+                    let _in_flight = match limits.call(&caller.entity.id) {
+                        Ok(slot) => slot,
+                        Err(e) => return Ok(to_status(&e).into_http()),
+                    };
                     req.extensions_mut().insert(caller.clone());
                     let mut response = inner.call(req).await?;
                     // A request the codec refused (over a bound, or not valid

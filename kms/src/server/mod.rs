@@ -7,7 +7,9 @@
 //! each under a database lease, so that one instance at a time does it.
 
 pub mod auth;
+pub mod connections;
 pub mod identity;
+pub mod limits;
 pub mod refusals;
 pub mod tls;
 
@@ -16,19 +18,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brandkms_proto::limits;
+use brandkms_proto::limits as input;
 use brandkms_proto::v1::admin_server::AdminServer;
 use brandkms_proto::v1::card_authentication_server::CardAuthenticationServer;
 use brandkms_proto::v1::key_distribution_server::KeyDistributionServer;
 use brandkms_proto::v1::proxy_loading_server::ProxyLoadingServer;
 use brandkms_proto::v1::settlement_server::SettlementServer;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use self::auth::AuthLayer;
+use self::connections::Connection;
+use self::limits::Limits;
 use self::tls::ServerTls;
 use crate::audit::AuditEvent;
 use crate::clock::Clock;
@@ -213,15 +216,18 @@ impl Server {
             stop_rx.clone(),
         ));
         let checkpoints = tokio::spawn(wal_checkpoints(Arc::clone(&self.state), stop_rx.clone()));
+        let limits = Arc::new(Limits::new(self.state.settings.limits.clone()));
         let summaries = tokio::spawn(refusal_summaries(
             Arc::clone(&self.state),
             Arc::clone(&self.tls.refusals),
+            Arc::clone(&limits),
             stop_rx.clone(),
         ));
         let revocations = tokio::spawn(crl_reloads(self.tls.revocation.clone(), stop_rx.clone()));
         let incoming = accept_tls(
             listener,
             TlsAcceptor::from(Arc::clone(&self.tls.config)),
+            Arc::clone(&limits),
             stop_rx,
         );
 
@@ -241,35 +247,35 @@ impl Server {
             .map_err(|e| StartError::Serve(e.to_string()))?;
 
         let result = tonic::transport::Server::builder()
-            .layer(AuthLayer::new(Arc::clone(&self.state)))
+            .layer(AuthLayer::new(Arc::clone(&self.state), limits))
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
             // No request is larger than its service's largest legitimate one
-            // (tonic's default is 4 MiB for every service): `limits` then
+            // (tonic's default is 4 MiB for every service): `input` then
             // bounds every field of what is decoded.
             .add_service(
                 AdminServer::new(AdminService::new(Arc::clone(&self.state)))
-                    .max_decoding_message_size(limits::MAX_OTHER_REQUEST),
+                    .max_decoding_message_size(input::MAX_OTHER_REQUEST),
             )
             .add_service(
                 KeyDistributionServer::new(DistributionService::new(Arc::clone(&self.state)))
-                    .max_decoding_message_size(limits::MAX_OTHER_REQUEST),
+                    .max_decoding_message_size(input::MAX_OTHER_REQUEST),
             )
             .add_service(
                 CardAuthenticationServer::new(CardService::new(Arc::clone(&self.state)))
-                    .max_decoding_message_size(limits::MAX_OTHER_REQUEST),
+                    .max_decoding_message_size(input::MAX_OTHER_REQUEST),
             )
             .add_service(
                 ProxyLoadingServer::new(CardService::new(Arc::clone(&self.state)))
-                    .max_decoding_message_size(limits::MAX_OTHER_REQUEST),
+                    .max_decoding_message_size(input::MAX_OTHER_REQUEST),
             )
             // Sign, Verify and the MAC calls carry up to 1 MiB of data; a
             // DecryptStream item is one blob (each stream message is bounded
             // on its own).
             .add_service(
                 SettlementServer::new(SettlementService::new(Arc::clone(&self.state)))
-                    .max_decoding_message_size(limits::MAX_SETTLEMENT_REQUEST),
+                    .max_decoding_message_size(input::MAX_SETTLEMENT_REQUEST),
             )
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
@@ -285,12 +291,15 @@ impl Server {
 }
 
 /// Accepts TCP connections and completes TLS handshakes off the accept loop; a
-/// failed or slow handshake only costs its own task.
+/// failed or slow handshake only costs its own task. A connection is then
+/// admitted under its identity's limits and its HTTP/2 preface awaited
+/// (`connections`).
 fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    limits: Arc<Limits>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> ReceiverStream<Result<Connection, std::io::Error>> {
     let (tx, rx) = mpsc::channel(128);
     tokio::spawn(async move {
         loop {
@@ -307,12 +316,15 @@ fn accept_tls(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, limits) = (acceptor.clone(), tx.clone(), Arc::clone(&limits));
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
+                    Ok(Ok(tls)) => match connections::admit(tls, &limits).await {
+                        Ok(connection) => {
+                            let _ = tx.send(Ok(connection)).await;
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "connection closed before HTTP/2"),
+                    },
                     // Refused certificates are counted and logged at a bounded
                     // rate by `refusals`; other failures only at debug level.
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -326,10 +338,12 @@ fn accept_tls(
 
 /// Once per `service.refused_handshake_summary_secs`, and at shutdown: one audit
 /// record with the count and fingerprints of the handshakes refused since the
-/// last one (none when there were none).
+/// last one, and one with the calls and connections refused over per-identity
+/// limits (none when there were none).
 async fn refusal_summaries(
     state: Shared,
     refusals: Arc<refusals::HandshakeRefusals>,
+    limits: Arc<Limits>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let period = Duration::from_secs(state.settings.refused_handshake_summary_secs);
@@ -342,6 +356,11 @@ async fn refusal_summaries(
             && let Err(e) = state.auditor.record(&summary.event()).await
         {
             tracing::error!(error = %e, "could not audit the refused handshakes' summary");
+        }
+        if let Some(summary) = limits.take_summary()
+            && let Err(e) = state.auditor.record(&summary).await
+        {
+            tracing::error!(error = %e, "could not audit the summary of calls refused over limits");
         }
         if stopping {
             return;
