@@ -231,6 +231,26 @@ fn a_missing_module_is_named() {
     assert_fails_naming(&d.run(&["doctor"]), "hsm.module");
 }
 
+/// Issue 12, item 4: the hardening report, probed on SoftHSM2 2.6.1 with
+/// throwaway objects: wrap-with-trusted enforced and trusted keys out of a
+/// PIN holder's reach; non-sensitive derivation accepted and no derive
+/// templates (what docs/threat-model.md says stays open on this module).
+#[test]
+fn doctor_reports_what_a_pin_holder_could_do() {
+    let d = Deployment::new();
+    let out = d.run(&["doctor"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    for line in [
+        "closed       an untrusted key cannot wrap a key marked CKA_WRAP_WITH_TRUSTED: enforced (CKR_KEY_NOT_WRAPPABLE)",
+        "closed       a PIN holder cannot mark its own key CKA_TRUSTED: refused (CKR_ATTRIBUTE_READ_ONLY)",
+        "OPEN         a key derived from a card master cannot be made readable (non-sensitive): ACCEPTED",
+        "OPEN         the module knows CKA_DERIVE_TEMPLATE (derived keys' attributes pinned by the master): no (CKR_ATTRIBUTE_TYPE_INVALID)",
+    ] {
+        assert!(report.contains(line), "{line:?} not in:\n{report}");
+    }
+}
+
 #[test]
 fn a_wrong_token_label_is_named() {
     let d = Deployment::with(|c| c.replace(TEST_TOKEN_LABEL, "no-such-token"));

@@ -1,6 +1,7 @@
 //! `kms doctor`: what the configured token can do, probed with session objects
 //! that vanish afterwards. Tells an operator, before the first key is made,
-//! whether legacy single DES, TDES derivation and CMAC are available.
+//! whether legacy single DES, TDES derivation and CMAC are available; then the
+//! hardening report (`HsmSession::hardening`): what a PIN holder could do.
 
 use crate::hsm::{EcbDerive, Exportability, Hsm, HsmError, KeyRole, KeySpec, SecretAlgorithm};
 

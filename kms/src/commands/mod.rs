@@ -388,6 +388,21 @@ async fn cmd_doctor(settings: Settings) -> Result<ExitCode, Failure> {
             Err(e) => println!("unavailable  {}: {e}", p.capability),
         }
     }
+    println!(
+        "hardening: what a holder of this PIN could do with any PKCS#11 client (docs/threat-model.md)"
+    );
+    let findings = hsm
+        .run(|s| Ok(s.hardening()))
+        .await
+        .map_err(Failure::runtime)?;
+    for f in &findings {
+        let verdict = match f.closed {
+            Some(true) => "closed",
+            Some(false) => "OPEN",
+            None => "unknown",
+        };
+        println!("{verdict:<12} {}: {}", f.check, f.meaning);
+    }
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 mod cipher;
 mod data;
 mod error;
+mod hardening;
 mod keygen;
 mod mac;
 mod raw;
@@ -30,6 +31,7 @@ use zeroize::Zeroizing;
 
 pub use data::DataObject;
 pub use error::HsmError;
+pub use hardening::Finding;
 pub use keygen::GeneratedRsa;
 pub use raw::{CMAC_LEN, EcbDerive};
 pub use rsa::OaepHash;

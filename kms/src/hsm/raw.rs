@@ -63,6 +63,7 @@ impl RawFunctions {
             ("C_Sign", lib.C_Sign.is_err()),
             ("C_VerifyInit", lib.C_VerifyInit.is_err()),
             ("C_Verify", lib.C_Verify.is_err()),
+            ("C_GetAttributeValue", lib.C_GetAttributeValue.is_err()),
         ];
         if let Some((name, _)) = missing.iter().find(|(_, absent)| *absent) {
             return Err(HsmError::Cryptoki(cryptoki::error::Error::MissingSymbol(
@@ -122,6 +123,36 @@ impl RawFunctions {
         Rv::from(rv).into_result(Function::DeriveKey)?;
         // SAFETY: the module has just created this object and returned its handle.
         Ok(unsafe { ObjectHandle::new_from_raw(derived) })
+    }
+
+    /// Whether the module knows the attribute `kind` of this object (for
+    /// attributes `cryptoki` cannot name, such as `CKA_DERIVE_TEMPLATE`): asks for
+    /// its length only, so no value is read. `CKR_ATTRIBUTE_TYPE_INVALID` is no.
+    pub(crate) fn knows_attribute(
+        &self,
+        session: &Session,
+        object: ObjectHandle,
+        kind: cryptoki_sys::CK_ATTRIBUTE_TYPE,
+    ) -> Result<bool, HsmError> {
+        let mut query = CK_ATTRIBUTE {
+            type_: kind,
+            pValue: ptr::null_mut(),
+            ulValueLen: 0,
+        };
+        // SAFETY: the handles come from live `cryptoki` objects of this module;
+        // `query` asks for the length only (a null value pointer) and lives on
+        // this stack frame until the call returns.
+        let rv = unsafe {
+            self.lib
+                .C_GetAttributeValue(session.handle(), object.handle(), &mut query, 1)
+        };
+        match Rv::from(rv) {
+            Rv::Error(cryptoki::error::RvError::AttributeTypeInvalid) => Ok(false),
+            other => {
+                other.into_result(Function::GetAttributeValue)?;
+                Ok(true)
+            }
+        }
     }
 
     /// `C_Sign` with `CKM_DES3_CMAC`: the full 8-byte TDES-CMAC of `data`.

@@ -40,10 +40,7 @@ pub enum Refused {
 
 /// Admits a TLS connection: takes a connection slot of its identity, then waits
 /// for the HTTP/2 preface, which it hands on with the stream.
-pub async fn admit(
-    mut tls: TlsStream<TcpStream>,
-    limits: &Limits,
-) -> Result<Connection, Refused> {
+pub async fn admit(mut tls: TlsStream<TcpStream>, limits: &Limits) -> Result<Connection, Refused> {
     let settings = limits.settings();
     // The handshake verified the chain; a certificate naming no entity is
     // counted under its fingerprint and refused per call by the auth layer.
@@ -174,10 +171,7 @@ impl AsyncWrite for Connection {
         Pin::new(&mut self.tls).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }
@@ -202,7 +196,11 @@ mod tests {
         // GOAWAY: length 10, type 7, stream 0, last stream 0, code 0xb, "no".
         assert_eq!(
             f.get(9..),
-            Some(&[0, 0, 10, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb, b'n', b'o'][..])
+            Some(
+                &[
+                    0, 0, 10, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb, b'n', b'o'
+                ][..]
+            )
         );
     }
 }

@@ -323,7 +323,9 @@ fn accept_tls(
                         Ok(connection) => {
                             let _ = tx.send(Ok(connection)).await;
                         }
-                        Err(e) => tracing::debug!(%peer, error = %e, "connection closed before HTTP/2"),
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "connection closed before HTTP/2")
+                        }
                     },
                     // Refused certificates are counted and logged at a bounded
                     // rate by `refusals`; other failures only at debug level.
