@@ -236,7 +236,11 @@ async fn flood(
         tokio::spawn(async move {
             let outcome = match c.settlement().sign(sign()).await {
                 Ok(_) => 0,
-                Err(e) if e.code() == Some(Code::ResourceExhausted) && e.retry_after().is_some() => 1,
+                Err(e)
+                    if e.code() == Some(Code::ResourceExhausted) && e.retry_after().is_some() =>
+                {
+                    1
+                }
                 Err(_) => 2,
             };
             let _ = tx.send(outcome);
@@ -289,8 +293,14 @@ async fn a_flooding_participant_is_limited_and_another_keeps_its_latency() {
     eprintln!(
         "victim p99 unloaded {unloaded:?}, under the flood {loaded:?}; flooder: {allowed} allowed, {refused} refused, {other} other"
     );
-    assert_eq!(other, 0, "every flood call is answered or refused with a RetryInfo");
-    assert!(refused > allowed, "the flooder is limited: {allowed} allowed, {refused} refused");
+    assert_eq!(
+        other, 0,
+        "every flood call is answered or refused with a RetryInfo"
+    );
+    assert!(
+        refused > allowed,
+        "the flooder is limited: {allowed} allowed, {refused} refused"
+    );
     assert!(
         loaded <= unloaded * 2,
         "victim p99 {loaded:?} under the flood, {unloaded:?} unloaded"

@@ -580,7 +580,11 @@ async fn settlement_refusals_do_not_tell_which_aliases_exist() {
                     .decrypt(decrypt(alias, 0, ciphertext.clone()))
                     .await,
             );
-            assert_eq!(refused, (Code::PermissionDenied, "no_tie_up".into()), "{alias}");
+            assert_eq!(
+                refused,
+                (Code::PermissionDenied, "no_tie_up".into()),
+                "{alias}"
+            );
             let refused = refusal_of(
                 clearing
                     .settlement()
@@ -590,7 +594,11 @@ async fn settlement_refusals_do_not_tell_which_aliases_exist() {
                     })
                     .await,
             );
-            assert_eq!(refused, (Code::PermissionDenied, "no_tie_up".into()), "{alias}");
+            assert_eq!(
+                refused,
+                (Code::PermissionDenied, "no_tie_up".into()),
+                "{alias}"
+            );
 
             let blob = brandkms_proto::blob::SealedBlob {
                 alias: alias.into(),
