@@ -38,6 +38,17 @@ enum Command {
     /// Personalise a (simulated) card: its card key is derived in this token from
     /// a delivered master and written, with a balance, into a card file.
     Personalise(PersonaliseArgs),
+    /// Write this participant's RSA public key (SPKI DER; the key pair is made
+    /// in the token on first use) and print its SHA-256 fingerprint, which the
+    /// brand's officers check with you out of band before they mark the key
+    /// trusted (`kmsctl entity trust-key`). Connects to nothing.
+    PublicKey {
+        #[command(flatten)]
+        token: TokenArgs,
+        /// Where to write the SPKI DER.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,11 +166,20 @@ pub async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
+    if let Command::PublicKey { token, out } = &cli.command {
+        let spki = token.open()?.rsa_public_key()?;
+        std::fs::write(out, &spki)
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", out.display())))?;
+        let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spki));
+        println!("{}: RSA public key, SHA-256 {fingerprint}", out.display());
+        return Ok(());
+    }
     let client = Client::connect(&cli.connection.resolve()?).await?;
     match cli.command {
         Command::Sync(args) => sync(&client, args).await,
         Command::Consent(c) => consent(&client, c).await,
         Command::Personalise(p) => personalise(&client, p).await,
+        Command::PublicKey { .. } => Ok(()),
     }
 }
 
@@ -243,7 +263,13 @@ async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
             _ => KeyType::DES2,
         };
         let label = format!("brandkms/{}/v{}", w.alias, w.version);
-        let kcv = token.store_delivered_key(TRANSPORT_LABEL, &w.wrapped_key, key_type, &label)?;
+        // Under this participant's trusted RSA key, or under its transport key.
+        let under = if w.wrapping.starts_with("RSA-OAEP") {
+            crate::token::Unwrapping::RsaOaep
+        } else {
+            crate::token::Unwrapping::AesKwp(TRANSPORT_LABEL)
+        };
+        let kcv = token.store_delivered_key(under, &w.wrapped_key, key_type, &label)?;
         if kcv != hex::encode_upper(&w.kcv) {
             return Err(Error::KcvMismatch {
                 alias: w.alias,
@@ -253,8 +279,8 @@ async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
             });
         }
         println!(
-            "{} v{} stored in token as {label}, KCV {kcv} matches",
-            w.alias, w.version
+            "{} v{} ({}) stored in token as {label}, KCV {kcv} matches",
+            w.alias, w.version, w.wrapping
         );
     }
     Ok(())

@@ -289,6 +289,9 @@ calls! { Admin {
     resume_entity(pb::EntityRef) -> pb::Entity;
     /// Every participant.
     list_entities(pb::ListEntitiesRequest) -> pb::ListEntitiesResponse;
+    /// The key ceremony: a participant's RSA public key marked trusted by the
+    /// token's security officer.
+    trust_participant_key(pb::TrustParticipantKeyRequest) -> pb::Key;
     /// Registers an officer (under dual control, proposes it).
     register_officer(pb::RegisterEntityRequest) -> pb::EntityChange;
     /// Resumes a suspended officer (under dual control, proposes it).

@@ -50,6 +50,15 @@ fn oaep() -> PkcsOaepParams<'static> {
     )
 }
 
+/// What a delivered key is wrapped under.
+#[derive(Debug, Clone, Copy)]
+pub enum Unwrapping<'a> {
+    /// AES key wrap with padding under the transport key with this label.
+    AesKwp(&'a str),
+    /// RSA-OAEP under this participant's RSA key (marked trusted by the brand).
+    RsaOaep,
+}
+
 impl Token {
     /// Opens the module, finds the token by label and logs in.
     pub fn open(module: &Path, label: &str, pin: &str) -> Result<Token, TokenError> {
@@ -174,26 +183,37 @@ impl Token {
         Ok(self.find(label, ObjectClass::SECRET_KEY)?.is_some())
     }
 
-    /// Unwraps a delivered key (AES-KWP under the transport key `transport_label`)
-    /// into the token as `label` and returns its KCV (E_K(0^8)[0..3], hex).
+    /// Unwraps a delivered key into the token as `label` and returns its KCV
+    /// (E_K(0^8)[0..3], hex).
     pub fn store_delivered_key(
         &self,
-        transport_label: &str,
+        under: Unwrapping<'_>,
         wrapped: &[u8],
         key_type: KeyType,
         label: &str,
     ) -> Result<String, TokenError> {
-        let transport = self
-            .find(transport_label, ObjectClass::SECRET_KEY)?
-            .ok_or_else(|| {
-                TokenError::Invalid(format!("no transport key {transport_label:?} in the token"))
-            })?;
+        let (mechanism, unwrapping) = match under {
+            Unwrapping::AesKwp(transport_label) => (
+                Mechanism::AesKeyWrapPad,
+                self.find(transport_label, ObjectClass::SECRET_KEY)?
+                    .ok_or_else(|| {
+                        TokenError::Invalid(format!(
+                            "no transport key {transport_label:?} in the token"
+                        ))
+                    })?,
+            ),
+            Unwrapping::RsaOaep => (
+                Mechanism::RsaPkcsOaep(oaep()),
+                self.find(RSA_LABEL, ObjectClass::PRIVATE_KEY)?
+                    .ok_or_else(|| TokenError::Invalid("the RSA key pair is missing".into()))?,
+            ),
+        };
         if let Some(old) = self.find(label, ObjectClass::SECRET_KEY)? {
             self.session.destroy_object(old)?;
         }
         let handle = self.session.unwrap_key(
-            &Mechanism::AesKeyWrapPad,
-            transport,
+            &mechanism,
+            unwrapping,
             wrapped,
             &[
                 Attribute::Class(ObjectClass::SECRET_KEY),

@@ -221,6 +221,7 @@ requests! {
     GetKeyRequest { alias: NAME },
     ListKeysRequest { page_token: PAGE_TOKEN },
     RegisterEntityRequest { id: NAME, name: ENTITY_NAME },
+    TrustParticipantKeyRequest { entity_id: NAME, spki_der: SPKI_DER, fingerprint_sha256: NAME, so_pin: NAME },
     EntityRef { id: NAME },
     ListEntitiesRequest { page_token: PAGE_TOKEN },
     TieUpKey { alias: NAME },

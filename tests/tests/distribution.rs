@@ -60,13 +60,38 @@ async fn establish(s: &TestServer, client: &Client) -> ObjectId {
     id
 }
 
-/// Unwraps a delivered key under the transport key and returns its KCV.
-async fn unwrap_kcv(s: &TestServer, transport: ObjectId, wrapped: &pb::WrappedKey) -> Vec<u8> {
+/// The key ceremony for `entity`: a participant RSA key pair (in the test
+/// token), its public half marked trusted by the security officer through
+/// `officer`; returns the private half's id.
+async fn trust(s: &TestServer, officer: &Client, entity: &str) -> ObjectId {
+    let (private, spki) = participant_rsa(s, 2048).await;
+    let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spki));
+    let key = officer
+        .admin()
+        .trust_participant_key(pb::TrustParticipantKeyRequest {
+            entity_id: entity.into(),
+            spki_der: spki,
+            fingerprint_sha256: fingerprint.clone(),
+            so_pin: brandkms::testing::TEST_SO_PIN.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(key.alias, format!("trusted.{entity}"));
+    let active = key.versions.iter().find(|v| v.state == pb::KeyState::Active as i32).unwrap();
+    assert_eq!(hex::encode(&active.kcv), fingerprint);
+    private
+}
+
+/// Unwraps a delivered key under what it names (the transport key, or the
+/// participant's RSA key for a delivery under its trusted key) and returns
+/// its KCV.
+async fn unwrap_kcv(s: &TestServer, under: ObjectId, wrapped: &pb::WrappedKey) -> Vec<u8> {
     let blob = wrapped.wrapped_key.clone();
+    let rsa = wrapped.wrapping.starts_with("RSA-OAEP");
     let (_, kcv) = s
         .state
         .hsm
-        .run(move |h| h.unwrap_for_tests(&transport, &blob, false, KeyType::DES2))
+        .run(move |h| h.unwrap_for_tests(&under, &blob, rsa, KeyType::DES2))
         .await
         .unwrap();
     kcv.to_vec()
@@ -152,14 +177,24 @@ async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
                 .clone()
         };
 
-        // The issuer receives key A and finds the brand's KCV after unwrapping.
+        // An exportable master can be wrapped only under a trusted key: a
+        // transport key is not enough, and the refusal says what to do.
         let issuer = s.client("issuer-2-3").await;
-        let transport = establish(&s, &issuer).await;
+        establish(&s, &issuer).await;
+        let (c, m) = status_of(issuer.distribution().request_key(request("key-a")).await);
+        assert_eq!(c, Code::FailedPrecondition, "{m}");
+        assert!(m.contains("kmsctl entity trust-key"), "{m}");
+
+        // The issuer receives key A under its trusted key and finds the brand's
+        // KCV after unwrapping.
+        let transport = trust(&s, &officer, "issuer-2-3").await;
         let delivered = issuer
             .distribution()
             .request_key(request("key-a"))
             .await
             .unwrap();
+        assert_eq!(delivered.wrapping, "RSA-OAEP-SHA1-MGF1-SHA1");
+        assert_eq!(delivered.transport_alias, "trusted.issuer-2-3");
         let key_a = officer
             .admin()
             .get_key(pb::GetKeyRequest {
@@ -193,7 +228,7 @@ async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
 
         // The bank centre needs issuer 2-3's consent; revoking it denies again.
         let bank = s.client("bank-center-b").await;
-        let bank_transport = establish(&s, &bank).await;
+        let bank_transport = trust(&s, &officer, "bank-center-b").await;
         let (c, m) = status_of(bank.distribution().request_key(request("key-a")).await);
         assert_eq!(c, Code::PermissionDenied);
         assert!(m.starts_with("rule 4 (consent_missing)"), "{m}");
@@ -274,7 +309,7 @@ async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
         assert!(
             deliveries
                 .iter()
-                .all(|d| d.transport_alias == "transport.issuer-2-3")
+                .all(|d| d.transport_alias == "trusted.issuer-2-3")
         );
         s
     })
@@ -440,12 +475,10 @@ async fn a_transport_key_is_delivered_once_and_superseded_ones_are_destroyed() {
                 );
             }
         }
-        // The active version still wraps keys for delivery.
-        issuer
-            .distribution()
-            .request_key(request("key-a"))
-            .await
-            .unwrap();
+        // An exportable master is wrapped only under a trusted key, never under
+        // a transport key.
+        let (c, m) = status_of(issuer.distribution().request_key(request("key-a")).await);
+        assert_eq!(c, Code::FailedPrecondition, "{m}");
         s
     })
     .await;
@@ -480,4 +513,110 @@ async fn establishing_transport_keys_is_limited_per_entity() {
         establish(&s, &s.client("issuer-2-4").await).await;
         s.stop().await;
     }
+}
+
+/// Issue 12, item 4: the key ceremony refuses a fingerprint other than the
+/// key's, an SO PIN the token refuses and a caller who is not an officer, each
+/// changing nothing; after it, the participant's key is a trusted, public,
+/// unmodifiable token object, and a second ceremony supersedes the first.
+#[tokio::test]
+async fn the_trust_ceremony_checks_fingerprint_so_pin_and_caller() {
+    let s = TestServer::start(brandkms::testing::sqlite_db()).await;
+    let officer = s.client("officer-1").await;
+    seed(&officer).await;
+    let (_, spki) = participant_rsa(&s, 2048).await;
+    let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spki));
+    let ask = |fingerprint: &str, so_pin: &str| pb::TrustParticipantKeyRequest {
+        entity_id: "issuer-2-3".into(),
+        spki_der: spki.clone(),
+        fingerprint_sha256: fingerprint.into(),
+        so_pin: so_pin.into(),
+    };
+    let (c, m) = status_of(
+        officer
+            .admin()
+            .trust_participant_key(ask(&"0".repeat(64), brandkms::testing::TEST_SO_PIN))
+            .await,
+    );
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains(&fingerprint), "{m}");
+    let (c, m) = status_of(
+        officer
+            .admin()
+            .trust_participant_key(ask(&fingerprint, "not-the-so-pin"))
+            .await,
+    );
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains("refused the security officer's PIN"), "{m}");
+    assert!(!m.contains("not-the-so-pin"), "the PIN is never echoed");
+    let issuer = s.client("issuer-2-3").await;
+    let (c, m) = status_of(
+        issuer
+            .admin()
+            .trust_participant_key(ask(&fingerprint, brandkms::testing::TEST_SO_PIN))
+            .await,
+    );
+    assert_eq!(c, Code::PermissionDenied, "{m}");
+    let (c, _) = status_of(
+        officer
+            .admin()
+            .get_key(pb::GetKeyRequest {
+                alias: "trusted.issuer-2-3".into(),
+            })
+            .await,
+    );
+    assert_eq!(c, Code::NotFound, "nothing was recorded");
+    // The service still works after the refused SO login.
+    assert!(issuer.healthy().await.unwrap());
+
+    trust(&s, &officer, "issuer-2-3").await;
+    trust(&s, &officer, "issuer-2-3").await;
+    let key = officer
+        .admin()
+        .get_key(pb::GetKeyRequest {
+            alias: "trusted.issuer-2-3".into(),
+        })
+        .await
+        .unwrap();
+    let states: Vec<(u32, i32)> = key.versions.iter().map(|v| (v.version, v.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (1, pb::KeyState::Destroyed as i32),
+            (2, pb::KeyState::Active as i32)
+        ]
+    );
+    // The trusted object: public, trusted, wraps only, cannot be changed or copied.
+    let mut conn = s.state.store.conn().await.unwrap();
+    let v2 = brandkms::store::keys::versions(&mut conn, "trusted.issuer-2-3")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.version == 2)
+        .unwrap();
+    let attributes = s
+        .state
+        .hsm
+        .run(move |h| h.attributes_for_tests(&v2.cka_id))
+        .await
+        .unwrap();
+    for expected in [
+        "Trusted(true)",
+        "Private(false)",
+        "Modifiable(false)",
+        "Copyable(false)",
+        "Wrap(true)",
+        "Encrypt(false)",
+    ] {
+        assert!(
+            attributes.iter().any(|a| a == expected),
+            "{expected} not in {attributes:?}"
+        );
+    }
+    // Every audit record of the ceremony, refusals included, is free of the PIN.
+    let records = brandkms_tests::audit_records(&officer, "Admin/TrustParticipantKey").await;
+    assert_eq!(records.len(), 5, "{records:#?}");
+    assert!(records.iter().all(|r| !r.reason.contains(brandkms::testing::TEST_SO_PIN)
+        && !r.reason.contains("not-the-so-pin")));
+    s.stop().await;
 }

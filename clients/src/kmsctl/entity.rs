@@ -70,6 +70,24 @@ pub(super) enum EntityCommand {
         /// Id.
         id: String,
     },
+    /// The key ceremony: make a participant's RSA public key the trusted key
+    /// its deliveries are wrapped under. The token's security officer marks it
+    /// CKA_TRUSTED with the SO PIN (read from --so-pin-file, else from the
+    /// first line of standard input; used for this call only, never kept).
+    TrustKey {
+        /// The participant.
+        id: String,
+        /// Its RSA public key, SPKI DER, as `issuer public-key` writes it.
+        #[arg(long)]
+        spki: std::path::PathBuf,
+        /// The SHA-256 fingerprint of the SPKI (hex) you checked with the
+        /// participant out of band.
+        #[arg(long)]
+        fingerprint: String,
+        /// A file holding the token's security-officer PIN.
+        #[arg(long)]
+        so_pin_file: Option<std::path::PathBuf>,
+    },
     /// List participants.
     List {
         /// Only this kind.
@@ -123,6 +141,36 @@ pub(super) async fn run(
                 out.entities(&[admin.resume_entity(pb::EntityRef { id }).await?]);
             }
         }
+        EntityCommand::TrustKey {
+            id,
+            spki,
+            fingerprint,
+            so_pin_file,
+        } => {
+            let spki_der = read_spki(&spki)?;
+            let so_pin = match so_pin_file {
+                Some(path) => std::fs::read_to_string(&path).map_err(|e| {
+                    ClientError::Config(format!("cannot read {}: {e}", path.display()))
+                })?,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| ClientError::Config(format!("cannot read the SO PIN: {e}")))?;
+                    line
+                }
+            };
+            let so_pin = zeroize::Zeroizing::new(so_pin.trim_end_matches(['\r', '\n']).to_string());
+            let key = admin
+                .trust_participant_key(pb::TrustParticipantKeyRequest {
+                    entity_id: id,
+                    spki_der,
+                    fingerprint_sha256: fingerprint,
+                    so_pin: so_pin.to_string(),
+                })
+                .await?;
+            out.key(&key);
+        }
         EntityCommand::List { kind } => {
             let kind = kind.map_or(0, |k| pb::EntityKind::from(k) as i32);
             out.entities(
@@ -136,4 +184,17 @@ pub(super) async fn run(
         }
     }
     Ok(())
+}
+
+/// An SPKI DER file (the exact bytes the fingerprint was taken of).
+fn read_spki(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ClientError::Config(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        return Err(ClientError::Config(format!(
+            "{}: PEM; give the DER file whose SHA-256 was checked (issuer public-key writes it)",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }

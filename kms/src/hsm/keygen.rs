@@ -164,9 +164,11 @@ impl HsmSession<'_> {
         &self,
         bits: u64,
     ) -> Result<(ObjectId, Vec<u8>, Vec<u8>), HsmError> {
+        // A token object: a security-officer call (which logs the user out and
+        // so destroys private session objects) must not take it away.
         let (id, pub_handle, priv_handle) = self.rsa_pair(
             bits,
-            false,
+            true,
             &[Attribute::Wrap(true)],
             vec![Attribute::Unwrap(true), Attribute::Decrypt(false)],
         )?;

@@ -80,6 +80,10 @@ struct Inner {
     handles: Mutex<HashMap<ObjectId, ObjectHandle>>,
     data_handles: Mutex<HashMap<String, ObjectHandle>>,
     permits: Arc<Semaphore>,
+    /// How many permits `permits` has: all of them stop every other call.
+    sessions: usize,
+    /// The user PIN, to log in again after a security-officer call.
+    pin: Zeroizing<String>,
     raw: raw::RawFunctions,
     slot: Slot,
     pkcs11: Pkcs11,
@@ -136,6 +140,8 @@ impl Hsm {
                 handles: Mutex::new(HashMap::new()),
                 data_handles: Mutex::new(HashMap::new()),
                 permits: Arc::new(Semaphore::new(sessions)),
+                sessions,
+                pin: Zeroizing::new(params.pin.as_str().to_string()),
                 raw,
                 slot,
                 pkcs11,
@@ -200,6 +206,72 @@ impl Hsm {
             result
         })
         .in_current_span()
+        .await
+        .map_err(|e| HsmError::Worker(e.to_string()))?
+    }
+}
+
+impl Hsm {
+    /// Runs `f` in a session logged in as the token's security officer, for a
+    /// ceremony step only the SO may take (marking a key `CKA_TRUSTED`). PKCS#11
+    /// logs a whole application in or out, so every other token call of this
+    /// process is held back meanwhile: the user is logged out, the SO logged in
+    /// with `so_pin` (used for this call only, never kept), then out, and the
+    /// user logged in again. Cached object handles are dropped (a logout
+    /// invalidates those of private objects) and found again when next used.
+    pub async fn as_security_officer<T, F>(
+        &self,
+        so_pin: Zeroizing<String>,
+        f: F,
+    ) -> Result<T, HsmError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&HsmSession<'_>) -> Result<T, HsmError> + Send + 'static,
+    {
+        let all = u32::try_from(self.inner.sessions).unwrap_or(u32::MAX);
+        let permits = Arc::clone(&self.inner.permits)
+            .acquire_many_owned(all)
+            .await
+            .map_err(|e| HsmError::Worker(e.to_string()))?;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let login = lock(&inner._login);
+            let result = (|| {
+                match login.logout() {
+                    Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserNotLoggedIn, _)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                match login.login(UserType::So, Some(&AuthPin::from(so_pin.as_str()))) {
+                    Ok(()) => {}
+                    Err(cryptoki::error::Error::Pkcs11(
+                        rv @ (RvError::PinIncorrect
+                        | RvError::PinInvalid
+                        | RvError::PinLenRange
+                        | RvError::PinLocked),
+                        _,
+                    )) => return Err(HsmError::PinRefused(rv)),
+                    Err(e) => return Err(e.into()),
+                }
+                let done = f(&HsmSession::new(&login, &inner));
+                let _ = login.logout();
+                done
+            })();
+            lock(&inner.handles).clear();
+            lock(&inner.data_handles).clear();
+            let relogin = match login.login(UserType::User, Some(&AuthPin::from(inner.pin.as_str()))) {
+                Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+                Err(e) => Err(HsmError::from(e)),
+            };
+            drop(login);
+            drop(permits);
+            match relogin {
+                Ok(()) => result,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not log the user in again after a security-officer call");
+                    Err(e)
+                }
+            }
+        })
         .await
         .map_err(|e| HsmError::Worker(e.to_string()))?
     }

@@ -236,6 +236,31 @@ impl<'a> HsmSession<'a> {
         Ok(out)
     }
 
+    /// The protection and usage attributes of the object with this `CKA_ID`,
+    /// as `Debug` strings (`Trusted(true)`, ...), those it has. Tests only.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn attributes_for_tests(&self, id: &ObjectId) -> Result<Vec<String>, HsmError> {
+        let handle = self.find(id)?;
+        let kinds = [
+            AttributeType::Trusted,
+            AttributeType::Private,
+            AttributeType::Modifiable,
+            AttributeType::Copyable,
+            AttributeType::Wrap,
+            AttributeType::Encrypt,
+            AttributeType::WrapWithTrusted,
+            AttributeType::Extractable,
+            AttributeType::Sensitive,
+        ];
+        let mut out = Vec::new();
+        for kind in kinds {
+            if let Ok(attrs) = self.session.get_attributes(handle, &[kind]) {
+                out.extend(attrs.iter().map(|a| format!("{a:?}")));
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads `CKA_VALUE`. Exists only so that tests can show the token refuses it
     /// for every brandkms key; nothing else in brandkms reads key values.
     #[cfg(any(test, feature = "testing"))]

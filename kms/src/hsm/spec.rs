@@ -248,6 +248,12 @@ pub(crate) fn token_key_template(spec: &KeySpec, id: &ObjectId, label: &str) -> 
     if let Some(len) = spec.algorithm.value_len() {
         template.push(Attribute::ValueLen(len.into()));
     }
+    // An exportable card-access master can be wrapped only under a key the
+    // security officer marked trusted (a participant's RSA public key): never
+    // under a key a PIN holder made (docs/threat-model.md).
+    if spec.role == KeyRole::CardMaster && spec.export == Exportability::WrappedOnly {
+        template.push(Attribute::WrapWithTrusted(true));
+    }
     template.extend(Usage::of(spec.role).attributes());
     template
 }

@@ -3,14 +3,13 @@
 
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-#[cfg(any(test, feature = "testing"))]
 use cryptoki::object::Attribute;
 
-use super::HsmError;
-use super::session::{HsmSession, SessionKey};
-use super::spec::ObjectId;
+use super::session::{GeneratedKey, HsmSession, SessionKey};
 #[cfg(any(test, feature = "testing"))]
-use super::{lock, session::Kcv};
+use super::session::Kcv;
+use super::spec::ObjectId;
+use super::{HsmError, lock};
 
 impl<'a> HsmSession<'a> {
     /// Wraps `key` under the AES key `wrapping` with `CKM_AES_KEY_WRAP_PAD` (RFC 5649).
@@ -53,6 +52,60 @@ impl<'a> HsmSession<'a> {
             Ok(self
                 .session
                 .wrap_key(&Mechanism::RsaPkcsOaep(params), public.handle(), k)?)
+        })
+    }
+
+    /// Imports a participant's RSA public key as a token object the security
+    /// officer marks `CKA_TRUSTED` (call it in [`super::Hsm::as_security_officer`]):
+    /// the one kind of key that may wrap keys marked `CKA_WRAP_WITH_TRUSTED`.
+    /// A public object (the SO can make no other; a public key hides nothing),
+    /// that wraps only, and that no one may change or copy. Its fingerprint is
+    /// `fingerprint` (SHA-256 of the SPKI the officer checked).
+    pub fn import_trusted_rsa_public(
+        &self,
+        modulus: &[u8],
+        exponent: &[u8],
+        fingerprint: [u8; 32],
+        label: &str,
+    ) -> Result<GeneratedKey, HsmError> {
+        let id = self.new_object_id()?;
+        let mut template = super::spec::rsa_public_wrap_template(modulus, exponent)
+            .into_iter()
+            .map(|a| match a {
+                Attribute::Token(_) => Attribute::Token(true),
+                other => other,
+            })
+            .collect::<Vec<_>>();
+        template.extend([
+            Attribute::Private(false),
+            Attribute::Trusted(true),
+            Attribute::Modifiable(false),
+            Attribute::Copyable(false),
+            Attribute::Id(id.0.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]);
+        let handle = self.session.create_object(&template)?;
+        lock(&self.inner.handles).insert(id, handle);
+        Ok(GeneratedKey {
+            id,
+            kcv: [0; 3],
+            fingerprint: Some(fingerprint),
+        })
+    }
+
+    /// Wraps `key` with RSA-OAEP (SHA-1, MGF1-SHA-1, no label) under the token
+    /// RSA public key `wrapping` (a participant's trusted key).
+    pub fn wrap_rsa_oaep_under(
+        &self,
+        wrapping: &ObjectId,
+        key: &ObjectId,
+    ) -> Result<Vec<u8>, HsmError> {
+        let key_handle = self.find(key)?;
+        let params = Self::oaep_sha1();
+        self.with_key(wrapping, |w| {
+            Ok(self
+                .session
+                .wrap_key(&Mechanism::RsaPkcsOaep(params), w, key_handle)?)
         })
     }
 

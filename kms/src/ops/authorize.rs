@@ -18,6 +18,15 @@ pub fn transport_alias(entity_id: &str) -> String {
     format!("transport.{entity_id}")
 }
 
+/// What a trusted participant key's alias starts with.
+pub const TRUSTED_PREFIX: &str = "trusted.";
+
+/// A participant's RSA public key, marked trusted in a ceremony, is named
+/// `trusted.<entity>`.
+pub fn trusted_alias(entity_id: &str) -> String {
+    format!("{TRUSTED_PREFIX}{entity_id}")
+}
+
 /// What an allowed decision was based on, for an operation that needs it too
 /// (a delivery wraps under the transport key and reports the tie-up's end), so
 /// that nothing is read twice.
@@ -25,7 +34,8 @@ pub fn transport_alias(entity_id: &str) -> String {
 pub struct Grounds {
     /// The caller's tie-ups.
     pub tie_ups: std::sync::Arc<[brandkms_policy::TieUp]>,
-    /// For [`Action::Receive`]: the caller's active transport key version.
+    /// For [`Action::Receive`]: the caller's active trusted key version, else
+    /// its active transport key version.
     pub transport: Option<KeyVersionRecord>,
 }
 
@@ -47,11 +57,23 @@ pub async fn authorize(
     } else {
         Vec::new()
     };
+    // A delivery goes under the caller's trusted key when it has one, else
+    // under its transport key.
     let transport = if action == Action::Receive {
-        key_rows::versions(conn, &transport_alias(&caller.entity.id))
-            .await?
-            .into_iter()
-            .find(|t| t.state == KeyState::Active)
+        let mut found = None;
+        for alias in [
+            trusted_alias(&caller.entity.id),
+            transport_alias(&caller.entity.id),
+        ] {
+            found = key_rows::versions(conn, &alias)
+                .await?
+                .into_iter()
+                .find(|t| t.state == KeyState::Active);
+            if found.is_some() {
+                break;
+            }
+        }
+        found
     } else {
         None
     };

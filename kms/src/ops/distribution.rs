@@ -12,10 +12,13 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 use crate::audit::{AuditEvent, Outcome};
 use crate::hsm::{Exportability, KeyRole, KeySpec, SecretAlgorithm};
 use crate::ops::authorize::{
-    authorize, participant_key_version, policy_entity, policy_tie_up, transport_alias,
+    TRUSTED_PREFIX, authorize, participant_key_version, policy_entity, policy_tie_up,
+    transport_alias, trusted_alias,
 };
 use crate::ops::keys::destroy_version;
-use crate::ops::versions::{AuditKey, NewVersion, create_version_with};
+use crate::ops::versions::{
+    AuditKey, NewVersion, create_version_with, object_label, record_version,
+};
 use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::distribution::{self as rows, ConsentRecord, DistributionRecord};
 use crate::store::keys::{self as key_rows, KeyRecord, KeyVersionRecord};
@@ -158,6 +161,127 @@ pub async fn establish_transport_key(
     Ok(Established { version, wrapped })
 }
 
+/// What an officer brings to the ceremony that makes a participant's RSA public
+/// key the trusted key its deliveries are wrapped under.
+pub struct TrustKey {
+    /// The participant.
+    pub entity_id: String,
+    /// Its RSA public key, SPKI DER.
+    pub spki_der: Vec<u8>,
+    /// The SHA-256 of `spki_der` (hex) the officer checked with the participant
+    /// out of band.
+    pub fingerprint: String,
+    /// The token's security-officer PIN, for this call only.
+    pub so_pin: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TrustKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustKey")
+            .field("entity_id", &self.entity_id)
+            .field("fingerprint", &self.fingerprint)
+            .field("so_pin", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The ceremony: the participant's RSA public key becomes a token object the
+/// security officer marks `CKA_TRUSTED` (with `so_pin`, used for this call and
+/// not kept), version N of `trusted.<entity>`; from then on its deliveries are
+/// wrapped under it with RSA-OAEP, and only such a key can wrap an exportable
+/// card-access master (`CKA_WRAP_WITH_TRUSTED`). A newer version supersedes
+/// the older, whose object is destroyed.
+pub async fn trust_participant_key(
+    state: &AppState,
+    caller: &Caller,
+    request: TrustKey,
+) -> Result<KeyVersionRecord, OpsError> {
+    use subtle::ConstantTimeEq;
+    let (modulus, exponent, bits) = parse_rsa_spki(&request.spki_der)?;
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&request.spki_der).into();
+    let actual = hex::encode(digest);
+    let given = request.fingerprint.to_ascii_lowercase();
+    if !bool::from(actual.as_bytes().ct_eq(given.as_bytes())) {
+        return Err(invalid(format!(
+            "the public key's SHA-256 fingerprint is {actual}, not the one given: check it with the participant again, out of band"
+        )));
+    }
+    let algorithm = match bits {
+        2048 => Algorithm::Rsa2048,
+        3072 => Algorithm::Rsa3072,
+        4096 => Algorithm::Rsa4096,
+        other => {
+            return Err(invalid(format!(
+                "a trusted participant key is RSA 2048, 3072 or 4096 bits, not {other}"
+            )));
+        }
+    };
+    let alias = trusted_alias(&request.entity_id);
+    let mut conn = state.store.conn().await?;
+    let entity = entities::get(&mut conn, &request.entity_id)
+        .await?
+        .ok_or_else(|| {
+            OpsError::NotFound(format!("entity {:?} is not registered", request.entity_id))
+        })?;
+    may_hold_keys(&policy_entity(&entity)).map_err(OpsError::Denied)?;
+    let existing = key_rows::key(&mut conn, &alias).await?;
+    let next = key_rows::versions(&mut conn, &alias)
+        .await?
+        .iter()
+        .map(|v| v.version)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    drop(conn);
+    let label = object_label(&alias, next);
+    let generated = state
+        .hsm
+        .as_security_officer(request.so_pin, move |s| {
+            s.import_trusted_rsa_public(&modulus, &exponent, digest, &label)
+        })
+        .await
+        .map_err(|e| match e {
+            crate::hsm::HsmError::PinRefused(rv) => invalid(format!(
+                "the token refused the security officer's PIN ({rv}); nothing was changed"
+            )),
+            other => other.into(),
+        })?;
+    let version = record_version(
+        &state.hsm,
+        &state.store,
+        AuditKey::Existing(&state.auditor),
+        generated,
+        NewVersion {
+            key: existing.is_none().then(|| KeyRecord {
+                alias: alias.clone(),
+                class: KeyClass::Transport,
+                algorithm,
+                purpose: None,
+                service_code: None,
+                exportable: false,
+                owner_entity: Some(entity.id.clone()),
+                created_at: state.clock.now_ms(),
+            }),
+            alias: alias.clone(),
+            version: next,
+            state: KeyState::Active,
+            weak: false,
+            demote_active_to: Some(KeyState::Retired),
+            oaep_hash: None,
+        },
+        caller.event_about(
+            "Admin/TrustParticipantKey",
+            format!(
+                "RSA-{bits} public key of {} sha256 {actual}, marked trusted by the security officer",
+                entity.id
+            ),
+        ),
+    )
+    .await?;
+    destroy_superseded(state, &alias, version.version).await?;
+    Ok(version)
+}
+
 /// Destroys the objects of the caller's transport-key versions that `newest`
 /// superseded (retired in its transaction): they wrap nothing any more, and an
 /// entity that establishes keys again and again leaves one object, not one per
@@ -186,6 +310,11 @@ async fn destroy_superseded(state: &AppState, alias: &str, newest: u32) -> Resul
     Ok(())
 }
 
+/// A delivery under a transport key: AES key wrap with padding.
+pub const WRAPPING_AES_KWP: &str = "AES-KWP-RFC5649";
+/// A delivery under a trusted participant key, and a transport key's: RSA-OAEP.
+pub const WRAPPING_RSA_OAEP: &str = "RSA-OAEP-SHA1-MGF1-SHA1";
+
 /// A delivery.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -193,8 +322,10 @@ pub struct Delivery {
     pub key: KeyRecord,
     /// The version delivered.
     pub version: KeyVersionRecord,
-    /// Wrapped under the transport key (RFC 5649).
+    /// Wrapped under the transport key (RFC 5649) or the trusted key (RSA-OAEP).
     pub wrapped: Vec<u8>,
+    /// How: [`WRAPPING_AES_KWP`] or [`WRAPPING_RSA_OAEP`].
+    pub wrapping: &'static str,
     /// The transport key version used.
     pub transport: KeyVersionRecord,
     /// End of the tie-up's validity.
@@ -230,10 +361,26 @@ pub async fn request_key(
         .transport
         .ok_or_else(|| OpsError::Internal("transport key vanished".into()))?;
     let (wrapping, target) = (transport.cka_id, v.cka_id);
+    let trusted = transport.alias.starts_with(TRUSTED_PREFIX);
     let wrapped = state
         .hsm
-        .run(move |s| s.wrap_aes_kwp(&wrapping, &target))
-        .await?;
+        .run(move |s| {
+            if trusted {
+                s.wrap_rsa_oaep_under(&wrapping, &target)
+            } else {
+                s.wrap_aes_kwp(&wrapping, &target)
+            }
+        })
+        .await
+        .map_err(|e| {
+            if e.rv() == Some(cryptoki::error::RvError::KeyNotWrappable) {
+                OpsError::FailedPrecondition(format!(
+                    "key {alias:?} is delivered only under a trusted key of yours, which you do not have: an officer marks your RSA public key trusted with the security officer's PIN (kmsctl entity trust-key); a transport key cannot wrap it"
+                ))
+            } else {
+                e.into()
+            }
+        })?;
     let event = caller
         .event_about(
             "KeyDistribution/RequestKey",
@@ -265,6 +412,11 @@ pub async fn request_key(
         key,
         version: v,
         wrapped,
+        wrapping: if trusted {
+            WRAPPING_RSA_OAEP
+        } else {
+            WRAPPING_AES_KWP
+        },
         transport,
         valid_until,
     })

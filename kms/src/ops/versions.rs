@@ -123,6 +123,21 @@ where
 {
     let label = object_label(&new.alias, new.version);
     let (generated, extra) = hsm.run_long(move |s| generate(s, &label)).await?;
+    let v = record_version(hsm, store, audit_key, generated, new, event).await?;
+    Ok((v, extra))
+}
+
+/// Records a key version whose token object `generated` was just made (the
+/// label [`object_label`] gives), with its audit record; the object is
+/// destroyed when that fails.
+pub async fn record_version(
+    hsm: &Hsm,
+    store: &Store,
+    audit_key: AuditKey<'_>,
+    generated: GeneratedKey,
+    new: NewVersion,
+    event: AuditEvent,
+) -> Result<KeyVersionRecord, KeyError> {
     failpoint::hit("key-object-created");
     let auditor = match audit_key {
         AuditKey::Existing(a) => Ok(a.clone()),
@@ -133,7 +148,7 @@ where
         Err(e) => Err(e.into()),
     };
     match written {
-        Ok(v) => Ok((v, extra)),
+        Ok(v) => Ok(v),
         Err(e) => {
             destroy_quietly(hsm, generated.id).await;
             Err(e)

@@ -91,7 +91,7 @@ impl KeyDistribution for DistributionService {
             version: e.version.version,
             kcv: hex_bytes(&e.version.kcv),
             wrapped_key: e.wrapped,
-            wrapping: "RSA-OAEP-SHA1-MGF1-SHA1".to_string(),
+            wrapping: ops::WRAPPING_RSA_OAEP.to_string(),
         }))
     }
 
@@ -123,7 +123,7 @@ impl KeyDistribution for DistributionService {
             purpose: d.key.purpose.map_or(0, convert::purpose_wire),
             kcv: hex_bytes(&d.version.kcv),
             wrapped_key: d.wrapped,
-            wrapping: "AES-KWP-RFC5649".to_string(),
+            wrapping: d.wrapping.to_string(),
             transport_alias: d.transport.alias,
             transport_version: d.transport.version,
             valid_until: d.valid_until.unwrap_or_default(),

@@ -19,7 +19,9 @@ use crate::ops::approvals;
 use crate::ops::entities::StatusCall;
 use crate::ops::keys::CreateKey;
 use crate::ops::settlement::{self, CreateSettlementKey};
-use crate::ops::{AppState, Caller, OpsError, Shared, entities, invalid, keys, tieups};
+use crate::ops::{
+    AppState, Caller, OpsError, Shared, distribution, entities, invalid, keys, tieups,
+};
 use crate::store::audit::{self as audit_rows, AuditCursor, AuditFilter};
 
 /// The `Admin` service.
@@ -239,6 +241,30 @@ impl Admin for AdminService {
         request: Request<pb::EntityRef>,
     ) -> Result<Response<pb::Entity>, Status> {
         self.entity_status(request, StatusCall::ResumeEntity).await
+    }
+
+    async fn trust_participant_key(
+        &self,
+        request: Request<pb::TrustParticipantKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        let entity = name("entity id", &request.get_ref().entity_id).ok();
+        let key = entity.as_deref().map(crate::ops::authorize::trusted_alias);
+        let key = key.and_then(|alias| audit_key(&alias, None));
+        let op = "Admin/TrustParticipantKey";
+        self.officer_call(request, op, Audit::Change, key, async |caller, r| {
+            let trust = distribution::TrustKey {
+                entity_id: name("entity id", &r.entity_id)?,
+                spki_der: r.spki_der,
+                fingerprint: r.fingerprint_sha256,
+                so_pin: zeroize::Zeroizing::new(r.so_pin),
+            };
+            if trust.so_pin.is_empty() {
+                return Err(invalid("so_pin is required: the token's security-officer PIN"));
+            }
+            let v = distribution::trust_participant_key(self.state(), caller, trust).await?;
+            Ok(keys::get(self.state(), &v.alias).await?.into())
+        })
+        .await
     }
 
     async fn register_officer(
