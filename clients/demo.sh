@@ -123,11 +123,29 @@ as_issuer() {
   KMSCTL_CERT="$DEV/pki/$id.pem" KMSCTL_KEY="$DEV/pki/$id-key.pem" "$ISSUER" "$@"
 }
 
+# The key ceremony: the participant writes its RSA public key and reads its
+# fingerprint to the officers (out of band); officer 1 has the token's security
+# officer mark it trusted, with the SO PIN (here the dev deployment's so-pin
+# file; in production typed by its custodian). Exportable masters are wrapped
+# only under such a key.
+trust_key() {
+  local id="$1" der="$DEV/participants/$1/rsa-public.der" out fp
+  echo "\$ issuer public-key --out $der   (as $id)"
+  out="$(participant "$id" public-key --out "$der")"
+  echo "$out"
+  fp="${out##*SHA-256 }"
+  step entity trust-key "$id" --spki "$der" --fingerprint "$fp" --so-pin-file "$DEV/so-pin"
+}
+
 echo; echo "== distribution: issuer 2-3 receives its keys into a token of its own"
+echo "\$ issuer sync   (as issuer-2-3, with a transport key only: exportable masters are refused)"
+participant issuer-2-3 sync || true
+trust_key issuer-2-3
 echo "\$ issuer sync   (as issuer-2-3)"
 participant issuer-2-3 sync
 
 echo; echo "== bank centre B, brought in by issuer 2-3, is refused until issuer 2-3 consents (rule 4)"
+trust_key bank-center-b
 echo "\$ issuer sync   (as bank-center-b)"
 participant bank-center-b sync || true
 for k in key-a key-b; do
@@ -155,6 +173,7 @@ tieup cybershop-k --cover key-k:hold --limit 10000
 tieup issuer-2-1 --cover key-e:proxy_load
 tieup loading-portal --cover key-e:proxy_load
 approve_pending
+trust_key issuer-2-2
 echo "\$ issuer sync   (as issuer-2-2)"
 participant issuer-2-2 sync
 mkdir -p "$DEV/cards"

@@ -6,7 +6,7 @@
 # databases (.ci/run sets it). When it is unset, this script starts a throwaway
 # PostgreSQL cluster of its own and stops it afterwards. Missing Debian packages
 # (softhsm2, opensc, postgresql, python3-cryptography for the interoperability
-# test) are installed first.
+# test, python3-pykcs11 for the foreign PKCS#11 client test) are installed first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/pg.sh
@@ -15,6 +15,8 @@ need=()
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 python3 -c "import cryptography" >/dev/null 2>&1 || need+=(python3-cryptography)
+# The foreign PKCS#11 client test runs Debian's python3 with PyKCS11.
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c "import PyKCS11" >/dev/null 2>&1 || need+=(python3-pykcs11)
 if [ -z "${BRANDKMS_TEST_DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi
