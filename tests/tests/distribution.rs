@@ -77,7 +77,11 @@ async fn trust(s: &TestServer, officer: &Client, entity: &str) -> ObjectId {
         .await
         .unwrap();
     assert_eq!(key.alias, format!("trusted.{entity}"));
-    let active = key.versions.iter().find(|v| v.state == pb::KeyState::Active as i32).unwrap();
+    let active = key
+        .versions
+        .iter()
+        .find(|v| v.state == pb::KeyState::Active as i32)
+        .unwrap();
     assert_eq!(hex::encode(&active.kcv), fingerprint);
     private
 }
@@ -616,7 +620,11 @@ async fn the_trust_ceremony_checks_fingerprint_so_pin_and_caller() {
     // Every audit record of the ceremony, refusals included, is free of the PIN.
     let records = brandkms_tests::audit_records(&officer, "Admin/TrustParticipantKey").await;
     assert_eq!(records.len(), 5, "{records:#?}");
-    assert!(records.iter().all(|r| !r.reason.contains(brandkms::testing::TEST_SO_PIN)
-        && !r.reason.contains("not-the-so-pin")));
+    assert!(
+        records
+            .iter()
+            .all(|r| !r.reason.contains(brandkms::testing::TEST_SO_PIN)
+                && !r.reason.contains("not-the-so-pin"))
+    );
     s.stop().await;
 }

@@ -105,9 +105,7 @@ async fn a_foreign_pkcs11_client_with_the_pin_cannot_wrap_any_brand_key() {
     let (_, kcv) = s
         .state
         .hsm
-        .run(move |h| {
-            h.unwrap_for_tests(&private, &blob, true, cryptoki::object::KeyType::DES2)
-        })
+        .run(move |h| h.unwrap_for_tests(&private, &blob, true, cryptoki::object::KeyType::DES2))
         .await
         .unwrap();
     assert_eq!(kcv.to_vec(), delivered.kcv);
@@ -140,7 +138,10 @@ async fn a_foreign_pkcs11_client_with_the_pin_cannot_wrap_any_brand_key() {
     }
     for (label, outcomes) in &tried {
         for (how, outcome) in outcomes {
-            assert_ne!(outcome, "wrapped", "{label} wrapped under the client's own {how} key");
+            assert_ne!(
+                outcome, "wrapped",
+                "{label} wrapped under the client's own {how} key"
+            );
         }
     }
     // Exportable masters: only a trusted key may wrap them.

@@ -5,9 +5,9 @@ use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::Attribute;
 
-use super::session::{GeneratedKey, HsmSession, SessionKey};
 #[cfg(any(test, feature = "testing"))]
 use super::session::Kcv;
+use super::session::{GeneratedKey, HsmSession, SessionKey};
 use super::spec::ObjectId;
 use super::{HsmError, lock};
 

@@ -259,7 +259,9 @@ impl Admin for AdminService {
                 so_pin: zeroize::Zeroizing::new(r.so_pin),
             };
             if trust.so_pin.is_empty() {
-                return Err(invalid("so_pin is required: the token's security-officer PIN"));
+                return Err(invalid(
+                    "so_pin is required: the token's security-officer PIN",
+                ));
             }
             let v = distribution::trust_participant_key(self.state(), caller, trust).await?;
             Ok(keys::get(self.state(), &v.alias).await?.into())
