@@ -328,3 +328,24 @@ pub async fn tie_up(
         .done()
         .unwrap();
 }
+
+/// A participant's RSA key pair in the test token (standing for the
+/// participant's own): the private half's id and the SPKI DER.
+pub async fn participant_rsa(s: &TestServer, bits: u64) -> (brandkms::hsm::ObjectId, Vec<u8>) {
+    use rsa::pkcs8::EncodePublicKey;
+    let (private, n, e) = s
+        .state
+        .hsm
+        .run(move |h| h.generate_rsa_for_tests(bits))
+        .await
+        .unwrap();
+    let public = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(&n),
+        rsa::BigUint::from_bytes_be(&e),
+    )
+    .unwrap();
+    (
+        private,
+        public.to_public_key_der().unwrap().as_bytes().to_vec(),
+    )
+}

@@ -15,29 +15,9 @@ use std::time::Duration;
 use brandkms::hsm::ObjectId;
 use brandkms_clients::Client;
 use brandkms_proto::v1 as pb;
-use brandkms_tests::{TestServer, on_each_database, status_of};
+use brandkms_tests::{TestServer, on_each_database, participant_rsa, status_of};
 use cryptoki::object::KeyType;
-use rsa::pkcs8::EncodePublicKey;
 use tonic::Code;
-
-/// A participant's RSA key pair (in the test token) and its SPKI DER.
-async fn participant_rsa(s: &TestServer, bits: u64) -> (ObjectId, Vec<u8>) {
-    let (private, n, e) = s
-        .state
-        .hsm
-        .run(move |h| h.generate_rsa_for_tests(bits))
-        .await
-        .unwrap();
-    let public = rsa::RsaPublicKey::new(
-        rsa::BigUint::from_bytes_be(&n),
-        rsa::BigUint::from_bytes_be(&e),
-    )
-    .unwrap();
-    (
-        private,
-        public.to_public_key_der().unwrap().as_bytes().to_vec(),
-    )
-}
 
 /// Establishes the caller's transport key and unwraps it; returns its id in the token.
 async fn establish(s: &TestServer, client: &Client) -> ObjectId {

@@ -13,8 +13,7 @@ use std::path::Path;
 use brandkms::testing::{TEST_PIN, TEST_TOKEN_LABEL, token};
 use brandkms_clients::Client;
 use brandkms_proto::v1 as pb;
-use brandkms_tests::{TestServer, register, tie_up};
-use rsa::pkcs8::EncodePublicKey;
+use brandkms_tests::{TestServer, participant_rsa, register, tie_up};
 
 /// The Python that has PyKCS11: Debian's (python3-pykcs11), else `python3`.
 fn python() -> &'static str {
@@ -40,25 +39,6 @@ async fn card_key(officer: &Client, alias: &str, algorithm: pb::KeyAlgorithm, ex
         .unwrap();
 }
 
-/// The issuer's RSA key pair in the test token: (private id, SPKI DER).
-async fn participant_rsa(s: &TestServer) -> (brandkms::hsm::ObjectId, Vec<u8>) {
-    let (private, n, e) = s
-        .state
-        .hsm
-        .run(move |h| h.generate_rsa_for_tests(2048))
-        .await
-        .unwrap();
-    let public = rsa::RsaPublicKey::new(
-        rsa::BigUint::from_bytes_be(&n),
-        rsa::BigUint::from_bytes_be(&e),
-    )
-    .unwrap();
-    (
-        private,
-        public.to_public_key_der().unwrap().as_bytes().to_vec(),
-    )
-}
-
 #[tokio::test]
 async fn a_foreign_pkcs11_client_with_the_pin_cannot_wrap_any_brand_key() {
     let s = TestServer::start(brandkms::testing::sqlite_db()).await;
@@ -73,7 +53,7 @@ async fn a_foreign_pkcs11_client_with_the_pin_cannot_wrap_any_brand_key() {
 
     // The issuer's transport key (delivered once), and its trusted key.
     let issuer = s.client("issuer-2-3").await;
-    let (_, spki) = participant_rsa(&s).await;
+    let (_, spki) = participant_rsa(&s, 2048).await;
     issuer
         .distribution()
         .establish_transport_key(pb::EstablishTransportKeyRequest {
@@ -81,7 +61,7 @@ async fn a_foreign_pkcs11_client_with_the_pin_cannot_wrap_any_brand_key() {
         })
         .await
         .unwrap();
-    let (private, spki) = participant_rsa(&s).await;
+    let (private, spki) = participant_rsa(&s, 2048).await;
     officer
         .admin()
         .trust_participant_key(pb::TrustParticipantKeyRequest {

@@ -97,17 +97,15 @@ pub async fn establish_transport_key(
             ),
             retry_after_ms,
         })?;
-    let alias = transport_alias(&caller.entity.id);
-    let mut conn = state.store.conn().await?;
-    let existing = key_rows::key(&mut conn, &alias).await?;
-    let next = key_rows::versions(&mut conn, &alias)
-        .await?
-        .iter()
-        .map(|v| v.version)
-        .max()
-        .unwrap_or(0)
-        + 1;
-    drop(conn);
+    let new = next_own_version(
+        state,
+        &transport_alias(&caller.entity.id),
+        &caller.entity.id,
+        Algorithm::Aes256,
+        true,
+    )
+    .await?;
+    let alias = new.alias.clone();
     let spec = KeySpec {
         algorithm: SecretAlgorithm::Aes256,
         role: KeyRole::Transport,
@@ -133,24 +131,7 @@ pub async fn establish_transport_key(
                 }
             }
         },
-        NewVersion {
-            key: existing.is_none().then(|| KeyRecord {
-                alias: alias.clone(),
-                class: KeyClass::Transport,
-                algorithm: Algorithm::Aes256,
-                purpose: None,
-                service_code: None,
-                exportable: true,
-                owner_entity: Some(caller.entity.id.clone()),
-                created_at: state.clock.now_ms(),
-            }),
-            alias: alias.clone(),
-            version: next,
-            state: KeyState::Active,
-            weak: false,
-            demote_active_to: Some(KeyState::Retired),
-            oaep_hash: None,
-        },
+        new,
         caller.event_about(
             "KeyDistribution/EstablishTransportKey",
             format!("RSA-{bits} public key sha256 {fingerprint}"),
@@ -159,6 +140,45 @@ pub async fn establish_transport_key(
     .await?;
     destroy_superseded(state, &alias, version.version).await?;
     Ok(Established { version, wrapped })
+}
+
+/// The next version of a participant's own wrapping key (`transport.<entity>`
+/// or `trusted.<entity>`): active, retiring the active one; the key record
+/// comes with the first.
+async fn next_own_version(
+    state: &AppState,
+    alias: &str,
+    owner: &str,
+    algorithm: Algorithm,
+    exportable: bool,
+) -> Result<NewVersion, OpsError> {
+    let mut conn = state.store.conn().await?;
+    let existing = key_rows::key(&mut conn, alias).await?;
+    let next = key_rows::versions(&mut conn, alias)
+        .await?
+        .iter()
+        .map(|v| v.version)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    Ok(NewVersion {
+        key: existing.is_none().then(|| KeyRecord {
+            alias: alias.to_string(),
+            class: KeyClass::Transport,
+            algorithm,
+            purpose: None,
+            service_code: None,
+            exportable,
+            owner_entity: Some(owner.to_string()),
+            created_at: state.clock.now_ms(),
+        }),
+        alias: alias.to_string(),
+        version: next,
+        state: KeyState::Active,
+        weak: false,
+        demote_active_to: Some(KeyState::Retired),
+        oaep_hash: None,
+    })
 }
 
 /// What an officer brings to the ceremony that makes a participant's RSA public
@@ -216,24 +236,23 @@ pub async fn trust_participant_key(
             )));
         }
     };
-    let alias = trusted_alias(&request.entity_id);
     let mut conn = state.store.conn().await?;
     let entity = entities::get(&mut conn, &request.entity_id)
         .await?
         .ok_or_else(|| {
             OpsError::NotFound(format!("entity {:?} is not registered", request.entity_id))
         })?;
-    may_hold_keys(&policy_entity(&entity)).map_err(OpsError::Denied)?;
-    let existing = key_rows::key(&mut conn, &alias).await?;
-    let next = key_rows::versions(&mut conn, &alias)
-        .await?
-        .iter()
-        .map(|v| v.version)
-        .max()
-        .unwrap_or(0)
-        + 1;
     drop(conn);
-    let label = object_label(&alias, next);
+    may_hold_keys(&policy_entity(&entity)).map_err(OpsError::Denied)?;
+    let new = next_own_version(
+        state,
+        &trusted_alias(&entity.id),
+        &entity.id,
+        algorithm,
+        false,
+    )
+    .await?;
+    let (alias, label) = (new.alias.clone(), object_label(&new.alias, new.version));
     let generated = state
         .hsm
         .as_security_officer(request.so_pin, move |s| {
@@ -251,24 +270,7 @@ pub async fn trust_participant_key(
         &state.store,
         AuditKey::Existing(&state.auditor),
         generated,
-        NewVersion {
-            key: existing.is_none().then(|| KeyRecord {
-                alias: alias.clone(),
-                class: KeyClass::Transport,
-                algorithm,
-                purpose: None,
-                service_code: None,
-                exportable: false,
-                owner_entity: Some(entity.id.clone()),
-                created_at: state.clock.now_ms(),
-            }),
-            alias: alias.clone(),
-            version: next,
-            state: KeyState::Active,
-            weak: false,
-            demote_active_to: Some(KeyState::Retired),
-            oaep_hash: None,
-        },
+        new,
         caller.event_about(
             "Admin/TrustParticipantKey",
             format!(
