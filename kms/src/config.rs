@@ -253,10 +253,21 @@ impl LimitSettings {
             ),
             ("service.limits.call_burst", u64::from(self.call_burst)),
         ];
-        match figures.into_iter().find(|(_, v)| *v == 0) {
-            Some((name, _)) => Err((name, "must be at least 1")),
-            None => Ok(()),
+        if let Some((name, _)) = figures.iter().find(|(_, v)| *v == 0) {
+            return Err((name, "must be at least 1"));
         }
+        for (name, secs) in [
+            (
+                "service.limits.preface_timeout_secs",
+                self.preface_timeout_secs,
+            ),
+            ("service.limits.idle_timeout_secs", self.idle_timeout_secs),
+        ] {
+            if secs > 86_400 {
+                return Err((name, "must be at most 86400 (a day)"));
+            }
+        }
+        Ok(())
     }
 }
 

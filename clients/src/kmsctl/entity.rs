@@ -148,19 +148,23 @@ pub(super) async fn run(
             so_pin_file,
         } => {
             let spki_der = read_spki(&spki)?;
-            let so_pin = match so_pin_file {
-                Some(path) => std::fs::read_to_string(&path).map_err(|e| {
-                    ClientError::Config(format!("cannot read {}: {e}", path.display()))
-                })?,
-                None => {
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .read_line(&mut line)
-                        .map_err(|e| ClientError::Config(format!("cannot read the SO PIN: {e}")))?;
-                    line
+            let mut so_pin = zeroize::Zeroizing::new(String::new());
+            match so_pin_file {
+                Some(path) => {
+                    *so_pin = std::fs::read_to_string(&path).map_err(|e| {
+                        ClientError::Config(format!("cannot read {}: {e}", path.display()))
+                    })?;
                 }
-            };
-            let so_pin = zeroize::Zeroizing::new(so_pin.trim_end_matches(['\r', '\n']).to_string());
+                None => {
+                    std::io::stdin()
+                        .read_line(&mut so_pin)
+                        .map_err(|e| ClientError::Config(format!("cannot read the SO PIN: {e}")))?;
+                }
+            }
+            let kept = so_pin.trim_end_matches(['\r', '\n']).len();
+            so_pin.truncate(kept);
+            // The request's copy goes to the encoder (and is freed there); the
+            // one read is wiped when `so_pin` drops.
             let key = admin
                 .trust_participant_key(pb::TrustParticipantKeyRequest {
                     entity_id: id,

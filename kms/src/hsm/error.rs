@@ -38,6 +38,9 @@ pub enum HsmError {
     /// The token refused the user PIN.
     #[error("the token refused the PIN ({0})")]
     PinRefused(RvError),
+    /// The token refused the security officer's PIN (nothing was done).
+    #[error("the token refused the security officer's PIN ({0})")]
+    SoPinRefused(RvError),
     /// A PKCS#11 function returned an error code.
     #[error("PKCS#11 {function} failed: {rv}")]
     Pkcs11 {
@@ -97,7 +100,9 @@ impl HsmError {
     /// The PKCS#11 return code, when the token returned one.
     pub fn rv(&self) -> Option<RvError> {
         match self {
-            HsmError::Pkcs11 { rv, .. } | HsmError::PinRefused(rv) => Some(*rv),
+            HsmError::Pkcs11 { rv, .. } | HsmError::PinRefused(rv) | HsmError::SoPinRefused(rv) => {
+                Some(*rv)
+            }
             _ => None,
         }
     }

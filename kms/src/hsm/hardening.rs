@@ -172,14 +172,22 @@ impl HsmSession<'_> {
                         closed: Some(false),
                         meaning: "ACCEPTED: CKM_DES3_ECB_ENCRYPT_DATA with CKA_SENSITIVE=false gives a PIN holder a card key it can read (close it with a derive template on the masters, where the module has one)".into(),
                     },
-                    _ => Finding {
+                    Some(true) => Finding {
                         check,
                         closed: Some(true),
                         meaning: "the module made the derived key sensitive whatever the template asked".into(),
                     },
+                    None => unknown(check, "could not read the derived key's CKA_SENSITIVE".into()),
                 }
             }
-            Err(HsmError::Cryptoki(Error::Pkcs11(rv, _))) => Finding {
+            Err(HsmError::Pkcs11 {
+                rv:
+                    rv @ (RvError::TemplateInconsistent
+                    | RvError::AttributeValueInvalid
+                    | RvError::AttributeReadOnly
+                    | RvError::KeyFunctionNotPermitted),
+                ..
+            }) => Finding {
                 check,
                 closed: Some(true),
                 meaning: format!("refused ({rv})"),

@@ -236,44 +236,79 @@ impl Hsm {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let login = lock(&inner._login);
-            let result = (|| {
-                match login.logout() {
-                    Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserNotLoggedIn, _)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                match login.login(UserType::So, Some(&AuthPin::from(so_pin.as_str()))) {
-                    Ok(()) => {}
-                    Err(cryptoki::error::Error::Pkcs11(
-                        rv @ (RvError::PinIncorrect
-                        | RvError::PinInvalid
-                        | RvError::PinLenRange
-                        | RvError::PinLocked),
-                        _,
-                    )) => return Err(HsmError::PinRefused(rv)),
-                    Err(e) => return Err(e.into()),
-                }
-                let done = f(&HsmSession::new(&login, &inner));
-                let _ = login.logout();
-                done
-            })();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                as_so(&login, &inner, &so_pin, f)
+            }));
+            // Whatever happened, the user is logged in again before any other
+            // call runs; handles of private objects went stale with the logout.
+            let relogin = relogin_user(&login, &inner.pin);
             lock(&inner.handles).clear();
             lock(&inner.data_handles).clear();
-            let relogin = match login.login(UserType::User, Some(&AuthPin::from(inner.pin.as_str()))) {
-                Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-                Err(e) => Err(HsmError::from(e)),
-            };
             drop(login);
             drop(permits);
-            match relogin {
-                Ok(()) => result,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not log the user in again after a security-officer call");
+            match (relogin, result) {
+                (Err(e), _) => {
+                    tracing::error!(error = %e, "could not log the user in again after a security-officer call: token calls will fail until the service restarts");
                     Err(e)
                 }
+                (Ok(()), Ok(done)) => done,
+                (Ok(()), Err(_)) => Err(HsmError::Worker(
+                    "a security-officer call panicked; the user is logged in again".into(),
+                )),
             }
         })
         .await
         .map_err(|e| HsmError::Worker(e.to_string()))?
+    }
+}
+
+/// The security officer's step on the login session: the user out, the SO in
+/// (a refused PIN is [`HsmError::SoPinRefused`], nothing done), `f`, the SO out.
+fn as_so<T>(
+    login: &Session,
+    inner: &Inner,
+    so_pin: &str,
+    f: impl FnOnce(&HsmSession<'_>) -> Result<T, HsmError>,
+) -> Result<T, HsmError> {
+    match login.logout() {
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserNotLoggedIn, _)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match login.login(UserType::So, Some(&AuthPin::from(so_pin))) {
+        Ok(()) => {}
+        Err(cryptoki::error::Error::Pkcs11(
+            rv @ (RvError::PinIncorrect
+            | RvError::PinInvalid
+            | RvError::PinLenRange
+            | RvError::PinLocked),
+            _,
+        )) => return Err(HsmError::SoPinRefused(rv)),
+        Err(e) => return Err(e.into()),
+    }
+    let done = f(&HsmSession::new(login, inner));
+    let out = login.logout();
+    match (done, out) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Logs whoever is in out and the user in, trying three times.
+fn relogin_user(login: &Session, pin: &str) -> Result<(), HsmError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match login.login(UserType::User, Some(&AuthPin::from(pin))) {
+            Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                return Ok(());
+            }
+            Err(e) if attempt >= 3 => return Err(e.into()),
+            Err(_) => {
+                let _ = login.logout();
+                std::thread::sleep(Duration::from_millis(10 * attempt));
+            }
+        }
     }
 }
 

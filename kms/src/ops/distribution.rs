@@ -138,7 +138,7 @@ pub async fn establish_transport_key(
         ),
     )
     .await?;
-    destroy_superseded(state, &alias, version.version).await?;
+    retire_superseded(state, &alias, version.version).await;
     Ok(Established { version, wrapped })
 }
 
@@ -260,7 +260,12 @@ pub async fn trust_participant_key(
         })
         .await
         .map_err(|e| match e {
-            crate::hsm::HsmError::PinRefused(rv) => invalid(format!(
+            crate::hsm::HsmError::SoPinRefused(rv @ cryptoki::error::RvError::PinLocked) => {
+                OpsError::FailedPrecondition(format!(
+                    "the token's security-officer PIN is locked ({rv}); nothing was changed"
+                ))
+            }
+            crate::hsm::HsmError::SoPinRefused(rv) => invalid(format!(
                 "the token refused the security officer's PIN ({rv}); nothing was changed"
             )),
             other => other.into(),
@@ -280,8 +285,17 @@ pub async fn trust_participant_key(
         ),
     )
     .await?;
-    destroy_superseded(state, &alias, version.version).await?;
+    retire_superseded(state, &alias, version.version).await;
     Ok(version)
+}
+
+/// [`destroy_superseded`] once the new version is recorded and in force: a
+/// failure is logged (the objects stay for the destruction scheduler and
+/// `kms reconcile`), not reported as the call's, which succeeded.
+async fn retire_superseded(state: &AppState, alias: &str, newest: u32) {
+    if let Err(e) = destroy_superseded(state, alias, newest).await {
+        tracing::warn!(%alias, newest, error = %e, "could not destroy the superseded versions' objects");
+    }
 }
 
 /// Destroys the objects of the caller's transport-key versions that `newest`

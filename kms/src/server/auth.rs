@@ -19,7 +19,7 @@ use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::identity::{self, IdentityError};
-use super::limits::Limits;
+use super::limits::{Limits, Slot};
 use crate::audit::{AuditEvent, Outcome};
 use crate::ops::{Caller, OpsError, Shared};
 use crate::service::to_status;
@@ -112,12 +112,20 @@ where
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|info| info.peer_certs());
             let chain: &[_] = chain.as_deref().map(Vec::as_slice).unwrap_or_default();
-            match identify(&state, chain, &path).await {
+            // The identity the certificate names (no database read) is admitted
+            // under its limits first, so that a flood over them costs nothing
+            // more; the slot is held until the response's body ends (a stream's
+            // last item).
+            let peer = identity::identify(chain);
+            let in_flight = match &peer {
+                Ok(p) => match limits.call(&p.entity_id) {
+                    Ok(slot) => Some(slot),
+                    Err(e) => return Ok(to_status(&e).into_http()),
+                },
+                Err(_) => None,
+            };
+            match identify(&state, chain, peer, &path).await {
                 Ok(Some(caller)) => {
-                    let _in_flight = match limits.call(&caller.entity.id) {
-                        Ok(slot) => slot,
-                        Err(e) => return Ok(to_status(&e).into_http()),
-                    };
                     req.extensions_mut().insert(caller.clone());
                     let mut response = inner.call(req).await?;
                     // A request the codec refused (over a bound, or not valid
@@ -137,9 +145,9 @@ where
                             return Ok(status.into_http());
                         }
                     }
-                    Ok(response)
+                    Ok(holding(response, in_flight))
                 }
-                Ok(None) => inner.call(req).await,
+                Ok(None) => Ok(holding(inner.call(req).await?, in_flight)),
                 Err(status) => Ok(status.into_http()),
             }
         })
@@ -153,9 +161,48 @@ pub fn operation_name(path: &str) -> String {
         .to_string()
 }
 
+/// The response, its body holding `slot` until it ends.
+fn holding(
+    response: http::Response<tonic::body::Body>,
+    slot: Option<Slot>,
+) -> http::Response<tonic::body::Body> {
+    match slot {
+        None => response,
+        Some(slot) => response.map(|body| tonic::body::Body::new(Held { body, _slot: slot })),
+    }
+}
+
+/// A response body and the caller's in-flight slot, given back when the body
+/// is dropped (sent in full, or abandoned).
+struct Held {
+    body: tonic::body::Body,
+    _slot: Slot,
+}
+
+impl http_body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 async fn identify(
     state: &Shared,
     chain: &[rustls::pki_types::CertificateDer<'static>],
+    peer: Result<identity::PeerIdentity, IdentityError>,
     path: &str,
 ) -> Result<Option<Caller>, Status> {
     let operation = operation_name(path);
@@ -166,7 +213,7 @@ async fn identify(
         event.cert_fingerprint = fingerprint.clone();
         (event, outcome_status)
     };
-    let peer = match identity::identify(chain) {
+    let peer = match peer {
         Ok(p) => p,
         Err(e) => {
             let (event, status) = refuse("unauthenticated", Status::unauthenticated(e.to_string()));

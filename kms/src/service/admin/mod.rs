@@ -252,18 +252,26 @@ impl Admin for AdminService {
         let key = key.and_then(|alias| audit_key(&alias, None));
         let op = "Admin/TrustParticipantKey";
         self.officer_call(request, op, Audit::Change, key, async |caller, r| {
+            let so_pin = zeroize::Zeroizing::new(r.so_pin);
             let trust = distribution::TrustKey {
                 entity_id: name("entity id", &r.entity_id)?,
                 spki_der: r.spki_der,
                 fingerprint: r.fingerprint_sha256,
-                so_pin: zeroize::Zeroizing::new(r.so_pin),
+                so_pin,
             };
             if trust.so_pin.is_empty() {
                 return Err(invalid(
                     "so_pin is required: the token's security-officer PIN",
                 ));
             }
-            let v = distribution::trust_participant_key(self.state(), caller, trust).await?;
+            // Run to its end even if the caller goes away: the token step and
+            // its record belong together.
+            let (state, caller) = (std::sync::Arc::clone(&self.state), caller.clone());
+            let v = tokio::spawn(async move {
+                distribution::trust_participant_key(&state, &caller, trust).await
+            })
+            .await
+            .map_err(|e| OpsError::Internal(format!("the ceremony's task failed: {e}")))??;
             Ok(keys::get(self.state(), &v.alias).await?.into())
         })
         .await
