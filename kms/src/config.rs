@@ -225,8 +225,8 @@ impl Default for LimitSettings {
             idle_timeout_secs: 300,
             connections_per_identity: 64,
             concurrent_calls: 64,
-            calls_per_second: 2000,
-            call_burst: 4000,
+            calls_per_second: 5000,
+            call_burst: 10_000,
         }
     }
 }
