@@ -17,13 +17,44 @@ use brandkms_tests::TestServer;
 const ISSUER: &str = env!("CARGO_BIN_EXE_issuer");
 
 fn sync(server: &TestServer, token: &brandkms::commands::softhsm::TokenDir) -> Output {
+    issuer(server, token, &["sync"])
+}
+
+/// The key ceremony for issuer 2-3: `issuer public-key` writes its RSA public
+/// key (made in its token) and prints the fingerprint, which must match; an
+/// officer has it marked trusted.
+async fn trust(server: &TestServer, token: &brandkms::commands::softhsm::TokenDir) {
+    let der = server.pki.join("issuer-2-3-rsa.der");
+    let out = issuer(
+        server,
+        token,
+        &["public-key", "--out", &der.display().to_string()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spki = std::fs::read(&der).unwrap();
+    let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spki));
+    assert!(stdout.contains(&fingerprint), "{stdout}");
+    let officer = server.client("officer-1").await;
+    brandkms_tests::trust_key(&officer, "issuer-2-3", spki).await;
+}
+
+fn issuer(
+    server: &TestServer,
+    token: &brandkms::commands::softhsm::TokenDir,
+    command: &[&str],
+) -> Output {
     let pki = &server.pki;
     Command::new(ISSUER)
         .env("SOFTHSM2_CONF", &token.softhsm2_conf)
         .env("OPENSSL_CONF", &token.openssl_conf)
         .env("ISSUER_PIN", "issuer-pin")
         .env("HOME", pki)
-        .arg("sync")
+        .args(command)
         .args([
             "--module",
             &token.module.display().to_string(),
@@ -93,6 +124,7 @@ async fn an_issuer_receives_its_keys_into_its_own_token() {
         "issuer-pin",
     )
     .unwrap();
+    trust(&server, &token).await;
     let out = sync(&server, &token);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -112,7 +144,7 @@ async fn an_issuer_receives_its_keys_into_its_own_token() {
             .await
             .unwrap();
         let line = format!(
-            "{alias} v1 stored in token as brandkms/{alias}/v1, KCV {} matches",
+            "{alias} v1 (RSA-OAEP-SHA1-MGF1-SHA1) stored in token as brandkms/{alias}/v1, KCV {} matches",
             hex::encode_upper(&k.versions[0].kcv)
         );
         assert!(stdout.contains(&line), "{line} in {stdout}");
@@ -136,7 +168,7 @@ async fn an_issuer_receives_its_keys_into_its_own_token() {
     );
     assert!(!stdout.contains("transport key"), "{stdout}");
     let line = format!(
-        "key-a v2 stored in token as brandkms/key-a/v2, KCV {} matches",
+        "key-a v2 (RSA-OAEP-SHA1-MGF1-SHA1) stored in token as brandkms/key-a/v2, KCV {} matches",
         hex::encode_upper(&rotated.versions[1].kcv)
     );
     assert!(stdout.contains(&line), "{line} in {stdout}");

@@ -118,6 +118,17 @@ async fn purchase_and_proxy_load_with_personalised_cards() {
     )
     .unwrap();
     let issuer = env!("CARGO_BIN_EXE_issuer");
+    // The key ceremony: the issuer's RSA public key, marked trusted.
+    let der = dir.path().join("issuer-2-2-rsa.der");
+    let der_arg = der.display().to_string();
+    ok(run(
+        issuer,
+        &server,
+        "issuer-2-2",
+        Some(&token),
+        &["public-key", "--out", &der_arg],
+    ));
+    brandkms_tests::trust_key(&officer, "issuer-2-2", std::fs::read(&der).unwrap()).await;
     ok(run(issuer, &server, "issuer-2-2", Some(&token), &["sync"]));
     let card_k = dir.path().join("card-k.json");
     let card_e = dir.path().join("card-e.json");

@@ -12,6 +12,7 @@ use brandkms::hsm::{EcbDerive, Exportability, HsmError, KeyRole, KeySpec, Secret
 use brandkms::testing;
 use cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
 use cryptoki::error::RvError;
+use zeroize::Zeroizing;
 
 fn spec(algorithm: SecretAlgorithm, role: KeyRole, export: Exportability) -> KeySpec {
     KeySpec {
@@ -167,9 +168,9 @@ async fn sensitive_values_cannot_be_read() {
 }
 
 #[tokio::test]
-async fn only_exportable_keys_can_be_wrapped() {
+async fn only_exportable_keys_wrap_and_exportable_masters_only_under_a_trusted_key() {
     let hsm = testing::hsm();
-    let (wrapped, refused) = hsm
+    let wrapped = hsm
         .run(|s| {
             let transport = s.generate(
                 &spec(
@@ -188,17 +189,52 @@ async fn only_exportable_keys_can_be_wrapped() {
                 "brandkms-test/exportable",
             )?;
             let kept = s.generate(&master(SecretAlgorithm::Tdes2), "brandkms-test/kept")?;
+            let participant = s.generate_rsa_for_tests(2048)?;
             Ok((
                 s.wrap_aes_kwp(&transport.id, &exportable.id),
                 s.wrap_aes_kwp(&transport.id, &kept.id),
+                exportable.id,
+                kept.id,
+                participant,
             ))
         })
         .await
         .unwrap();
-    // RFC 5649 of a 16-byte key: 24 bytes.
-    assert_eq!(wrapped.unwrap().len(), 24);
+    let (untrusted, refused, exportable, kept, (private, modulus, exponent)) =
+        (wrapped.0, wrapped.1, wrapped.2, wrapped.3, wrapped.4);
+    // An exportable master: never under an untrusted key (even a transport key).
+    let err = untrusted.expect_err("an untrusted key must not wrap an exportable master");
+    assert_eq!(err.rv(), Some(RvError::KeyNotWrappable), "{err}");
     let err = refused.expect_err("a non-exportable key must not wrap");
     assert_eq!(err.rv(), Some(RvError::KeyUnextractable), "{err}");
+    // Under a key the security officer marked trusted, it wraps; a
+    // non-exportable key still does not.
+    let trusted = hsm
+        .as_security_officer(Zeroizing::new(testing::TEST_SO_PIN.to_string()), move |s| {
+            s.import_trusted_rsa_public(&modulus, &exponent, [0; 32], "brandkms-test/trusted")
+        })
+        .await
+        .unwrap();
+    let (wrapped, refused) = hsm
+        .run(move |s| {
+            Ok((
+                s.wrap_rsa_oaep_under(&trusted.id, &exportable),
+                s.wrap_rsa_oaep_under(&trusted.id, &kept),
+            ))
+        })
+        .await
+        .unwrap();
+    let blob = wrapped.unwrap();
+    assert_eq!(blob.len(), 256, "RSA-2048 OAEP");
+    let err = refused.expect_err("a non-exportable key must not wrap");
+    assert_eq!(err.rv(), Some(RvError::KeyUnextractable), "{err}");
+    // The participant unwraps it, and the KCV is the brand's.
+    let (_, kcv) = hsm
+        .run(move |s| s.unwrap_for_tests(&private, &blob, true, cryptoki::object::KeyType::DES2))
+        .await
+        .unwrap();
+    let brand = hsm.run(move |s| s.kcv(&exportable)).await.unwrap();
+    assert_eq!(kcv, brand);
 }
 
 #[tokio::test]

@@ -349,3 +349,19 @@ pub async fn participant_rsa(s: &TestServer, bits: u64) -> (brandkms::hsm::Objec
         public.to_public_key_der().unwrap().as_bytes().to_vec(),
     )
 }
+
+/// The key ceremony through `officer`: `entity`'s RSA public key `spki` (DER)
+/// marked trusted with the test token's SO PIN; the `trusted.<entity>` key.
+pub async fn trust_key(officer: &Client, entity: &str, spki: Vec<u8>) -> brandkms_proto::v1::Key {
+    use sha2::Digest;
+    officer
+        .admin()
+        .trust_participant_key(brandkms_proto::v1::TrustParticipantKeyRequest {
+            entity_id: entity.into(),
+            fingerprint_sha256: hex::encode(sha2::Sha256::digest(&spki)),
+            spki_der: spki,
+            so_pin: brandkms::testing::TEST_SO_PIN.into(),
+        })
+        .await
+        .unwrap()
+}

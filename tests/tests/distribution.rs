@@ -46,16 +46,7 @@ async fn establish(s: &TestServer, client: &Client) -> ObjectId {
 async fn trust(s: &TestServer, officer: &Client, entity: &str) -> ObjectId {
     let (private, spki) = participant_rsa(s, 2048).await;
     let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spki));
-    let key = officer
-        .admin()
-        .trust_participant_key(pb::TrustParticipantKeyRequest {
-            entity_id: entity.into(),
-            spki_der: spki,
-            fingerprint_sha256: fingerprint.clone(),
-            so_pin: brandkms::testing::TEST_SO_PIN.into(),
-        })
-        .await
-        .unwrap();
+    let key = brandkms_tests::trust_key(officer, entity, spki).await;
     assert_eq!(key.alias, format!("trusted.{entity}"));
     let active = key
         .versions

@@ -62,16 +62,7 @@ async fn a_foreign_pkcs11_client_with_the_pin_cannot_wrap_any_brand_key() {
         .await
         .unwrap();
     let (private, spki) = participant_rsa(&s, 2048).await;
-    officer
-        .admin()
-        .trust_participant_key(pb::TrustParticipantKeyRequest {
-            entity_id: "issuer-2-3".into(),
-            fingerprint_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spki)),
-            spki_der: spki,
-            so_pin: brandkms::testing::TEST_SO_PIN.into(),
-        })
-        .await
-        .unwrap();
+    brandkms_tests::trust_key(&officer, "issuer-2-3", spki).await;
     // The service delivers an exportable master under the trusted key.
     let delivered = issuer
         .distribution()
