@@ -18,7 +18,9 @@ triple="$(rustc -vV | sed -n 's/^host: //p')"
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
-# --target keeps the flags off build scripts and procedural macros.
+# Its own target directory: the instrumented build must not mix with the
+# workspace's. --target keeps the flags off build scripts and procedural macros.
+export CARGO_TARGET_DIR="$PWD/target"
 cargo build --release --locked --target "$triple" --bins >&2
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t" "seeds/$t"
