@@ -251,6 +251,29 @@ fn doctor_reports_what_a_pin_holder_could_do() {
     }
 }
 
+/// Issue 13, item 7: what SoftHSM2 2.6.1 offers for bringing existing keys in:
+/// RSA-OAEP and AES key wrap with padding unwrap; no CBC unwrap (so no TR-31 /
+/// X9.143 key blocks) and no XOR or concatenation derivation (so no import by
+/// clear components) without the key passing through the service's memory.
+#[test]
+fn doctor_reports_what_the_module_offers_for_key_import() {
+    let d = Deployment::new();
+    let out = d.run(&["doctor"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    for line in [
+        "ok           RSA-OAEP unwrap (import under an import key)",
+        "ok           AES key wrap with padding unwrap (bulk import under a KEK)",
+        "unavailable  TDES-CBC unwrap (TR-31 / X9.143 key blocks): the token refuses the mechanism for C_UnwrapKey",
+        "unavailable  AES-CBC unwrap (TR-31 / X9.143 key blocks): the token refuses the mechanism for C_UnwrapKey",
+        "unavailable  CKM_XOR_BASE_AND_DATA (import by clear components): not in the token's mechanism list",
+        "unavailable  CKM_CONCATENATE_BASE_AND_KEY (components, key blocks): not in the token's mechanism list",
+        "unavailable  CKM_CONCATENATE_BASE_AND_DATA (components, key blocks): not in the token's mechanism list",
+    ] {
+        assert!(report.contains(line), "{line:?} not in:\n{report}");
+    }
+}
+
 #[test]
 fn a_wrong_token_label_is_named() {
     let d = Deployment::with(|c| c.replace(TEST_TOKEN_LABEL, "no-such-token"));

@@ -1,7 +1,9 @@
 //! `kms doctor`: what the configured token can do, probed with session objects
 //! that vanish afterwards. Tells an operator, before the first key is made,
-//! whether legacy single DES, TDES derivation and CMAC are available; then the
-//! hardening report (`HsmSession::hardening`): what a PIN holder could do.
+//! whether legacy single DES, TDES derivation and CMAC are available, and what
+//! the module offers for importing existing keys (unwrap mechanisms; CBC for
+//! key blocks; XOR and concatenation for clear components); then the hardening
+//! report (`HsmSession::hardening`): what a PIN holder could do.
 
 use crate::hsm::{EcbDerive, Exportability, Hsm, HsmError, KeyRole, KeySpec, SecretAlgorithm};
 
@@ -16,54 +18,109 @@ pub struct Probe {
 
 /// Probes the token.
 pub async fn run(hsm: &Hsm) -> Result<Vec<Probe>, HsmError> {
-    hsm.run(|s| {
-        let spec = |algorithm, role| KeySpec {
-            algorithm,
-            role,
-            export: Exportability::Never,
-        };
-        let mut probes = Vec::new();
-        let mut probe = |capability, result: Result<(), HsmError>| {
-            probes.push(Probe {
-                capability,
-                result: result.map_err(|e| e.to_string()),
-            });
-        };
-        for (name, algorithm, role) in [
-            (
-                "two-key TDES keys",
-                SecretAlgorithm::Tdes2,
-                KeyRole::CardMaster,
-            ),
-            (
-                "three-key TDES keys",
-                SecretAlgorithm::Tdes3,
-                KeyRole::CardMaster,
-            ),
-            ("AES-256 keys", SecretAlgorithm::Aes256, KeyRole::Transport),
-            (
-                "HMAC-SHA-256 keys",
-                SecretAlgorithm::HmacSha256,
-                KeyRole::AuditMac,
-            ),
-        ] {
+    let mut probes = hsm
+        .run(|s| {
+            let spec = |algorithm, role| KeySpec {
+                algorithm,
+                role,
+                export: Exportability::Never,
+            };
+            let mut probes = Vec::new();
+            let mut probe = |capability, result: Result<(), HsmError>| {
+                probes.push(Probe {
+                    capability,
+                    result: result.map_err(|e| e.to_string()),
+                });
+            };
+            for (name, algorithm, role) in [
+                (
+                    "two-key TDES keys",
+                    SecretAlgorithm::Tdes2,
+                    KeyRole::CardMaster,
+                ),
+                (
+                    "three-key TDES keys",
+                    SecretAlgorithm::Tdes3,
+                    KeyRole::CardMaster,
+                ),
+                ("AES-256 keys", SecretAlgorithm::Aes256, KeyRole::Transport),
+                (
+                    "HMAC-SHA-256 keys",
+                    SecretAlgorithm::HmacSha256,
+                    KeyRole::AuditMac,
+                ),
+            ] {
+                probe(
+                    name,
+                    s.generate_ephemeral(&spec(algorithm, role))
+                        .and_then(|id| s.destroy(&id)),
+                );
+            }
             probe(
-                name,
-                s.generate_ephemeral(&spec(algorithm, role))
-                    .and_then(|id| s.destroy(&id)),
+                "TDES card-key derivation and CMAC",
+                probe_derivation(s, SecretAlgorithm::Tdes2),
             );
-        }
-        probe(
-            "TDES card-key derivation and CMAC",
-            probe_derivation(s, SecretAlgorithm::Tdes2),
-        );
-        probe(
-            "single DES card-key derivation (legacy)",
-            probe_derivation(s, SecretAlgorithm::Des),
-        );
-        Ok(probes)
-    })
-    .await
+            probe(
+                "single DES card-key derivation (legacy)",
+                probe_derivation(s, SecretAlgorithm::Des),
+            );
+            for (capability, tdes) in [
+                ("TDES-CBC unwrap (TR-31 / X9.143 key blocks)", true),
+                ("AES-CBC unwrap (TR-31 / X9.143 key blocks)", false),
+            ] {
+                probes.push(Probe {
+                    capability,
+                    result: match s.unwraps_with_cbc(tdes) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err("the token refuses the mechanism for C_UnwrapKey".into()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                });
+            }
+            Ok(probes)
+        })
+        .await?;
+    // Importing keys without their passing through the service's memory
+    // (issue 13): what the module lists.
+    use cryptoki::mechanism::MechanismType as M;
+    for (capability, mechanism, need_unwrap) in [
+        (
+            "RSA-OAEP unwrap (import under an import key)",
+            M::RSA_PKCS_OAEP,
+            true,
+        ),
+        (
+            "AES key wrap with padding unwrap (bulk import under a KEK)",
+            M::AES_KEY_WRAP_PAD,
+            true,
+        ),
+        (
+            "CKM_XOR_BASE_AND_DATA (import by clear components)",
+            M::XOR_BASE_AND_DATA,
+            false,
+        ),
+        (
+            "CKM_CONCATENATE_BASE_AND_KEY (components, key blocks)",
+            M::CONCATENATE_BASE_AND_KEY,
+            false,
+        ),
+        (
+            "CKM_CONCATENATE_BASE_AND_DATA (components, key blocks)",
+            M::CONCATENATE_BASE_AND_DATA,
+            false,
+        ),
+    ] {
+        let support = hsm.mechanism_support(mechanism)?;
+        probes.push(Probe {
+            capability,
+            result: match (support.listed, support.unwraps || !need_unwrap) {
+                (true, true) => Ok(()),
+                (true, false) => Err("listed, but not for C_UnwrapKey".into()),
+                (false, _) => Err("not in the token's mechanism list".into()),
+            },
+        });
+    }
+    Ok(probes)
 }
 
 fn probe_derivation(

@@ -236,3 +236,71 @@ fn unknown(check: &'static str, error: String) -> Finding {
         meaning: format!("could not tell: {error}"),
     }
 }
+
+/// What the module offers for bringing existing keys in (issue 13): which
+/// mechanisms it lists, with the unwrap flag where that matters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MechanismSupport {
+    /// Listed by `C_GetMechanismList`.
+    pub listed: bool,
+    /// `CKF_UNWRAP` in its `C_GetMechanismInfo`.
+    pub unwraps: bool,
+}
+
+impl super::Hsm {
+    /// Whether the token offers `mechanism` (`C_GetMechanismInfo`; the list is
+    /// not read, since `cryptoki` logs an error for every type it cannot name),
+    /// and whether it unwraps with it.
+    pub fn mechanism_support(
+        &self,
+        mechanism: cryptoki::mechanism::MechanismType,
+    ) -> Result<MechanismSupport, HsmError> {
+        match self
+            .inner
+            .pkcs11
+            .get_mechanism_info(self.inner.slot, mechanism)
+        {
+            Ok(info) => Ok(MechanismSupport {
+                listed: true,
+                unwraps: info.unwrap(),
+            }),
+            Err(Error::Pkcs11(RvError::MechanismInvalid, _)) => Ok(MechanismSupport {
+                listed: false,
+                unwraps: false,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl HsmSession<'_> {
+    /// Tries `C_UnwrapKey` with CBC (TDES when `tdes`, else AES) under a
+    /// throwaway key, on 32 bytes of zeros: `Ok(true)` when the token takes the
+    /// mechanism for unwrapping (whatever it then says of the bytes),
+    /// `Ok(false)` when it refuses the mechanism itself.
+    pub fn unwraps_with_cbc(&self, tdes: bool) -> Result<bool, HsmError> {
+        let (algorithm, mechanism) = if tdes {
+            (SecretAlgorithm::Tdes3, Mechanism::Des3Cbc([0; 8]))
+        } else {
+            (SecretAlgorithm::Aes256, Mechanism::AesCbc([0; 16]))
+        };
+        let key = self.session_key(algorithm, &[Attribute::Unwrap(true)])?;
+        let template = derived_des2_template(Usage::CARD_KEY);
+        let unwrapped = self
+            .session
+            .unwrap_key(&mechanism, key, &[0u8; 32], &template);
+        let answer = match unwrapped {
+            Ok(h) => {
+                self.discard(&[h]);
+                Ok(true)
+            }
+            Err(Error::Pkcs11(RvError::MechanismInvalid | RvError::FunctionNotSupported, _)) => {
+                Ok(false)
+            }
+            Err(Error::Pkcs11(_, _)) => Ok(true),
+            Err(e) => Err(e.into()),
+        };
+        self.discard(&[key]);
+        answer
+    }
+}
