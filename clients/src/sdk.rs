@@ -287,6 +287,13 @@ calls! { Admin {
     suspend_entity(pb::EntityRef) -> pb::Entity;
     /// Resumes a participant.
     resume_entity(pb::EntityRef) -> pb::Entity;
+    /// Makes a new import key version (RSA-3072, unwrap only).
+    create_import_key(pb::CreateImportKeyRequest) -> pb::Key;
+    /// The active import key's public half, fingerprint, wrapping and expiry.
+    get_import_parameters(pb::GetImportParametersRequest) -> pb::ImportParameters;
+    /// Imports a card-access key wrapped under the import key (under dual
+    /// control, proposes it).
+    import_key(pb::ImportKeyRequest) -> pb::KeyChange;
     /// Every participant.
     list_entities(pb::ListEntitiesRequest) -> pb::ListEntitiesResponse;
     /// The key ceremony: a participant's RSA public key marked trusted by the

@@ -217,5 +217,7 @@ named_enum!(
         ResumeOfficer => "resume_officer",
         /// Changing which operations need a second officer.
         SetDualControl => "set_dual_control",
+        /// Importing a key wrapped under the service's import key.
+        ImportKey => "import_key",
     }
 );

@@ -24,6 +24,7 @@ impl SensitiveOperation {
         SensitiveOperation::RegisterOfficer,
         SensitiveOperation::ResumeOfficer,
         SensitiveOperation::SetDualControl,
+        SensitiveOperation::ImportKey,
     ];
 }
 
@@ -39,7 +40,8 @@ impl SensitiveOperation {
             | SensitiveOperation::WidenSupplyTieUp
             | SensitiveOperation::RegisterOfficer
             | SensitiveOperation::ResumeOfficer
-            | SensitiveOperation::SetDualControl => true,
+            | SensitiveOperation::SetDualControl
+            | SensitiveOperation::ImportKey => true,
         }
     }
 }

@@ -39,7 +39,8 @@ pub fn generator(key: &KeyRecord) -> Result<Generator, OpsError> {
     }
 }
 
-fn card_algorithm(a: Algorithm) -> Result<SecretAlgorithm, OpsError> {
+/// The token algorithm of a card-access key algorithm.
+pub fn card_algorithm(a: Algorithm) -> Result<SecretAlgorithm, OpsError> {
     match a {
         Algorithm::Des => Ok(SecretAlgorithm::Des),
         Algorithm::Tdes2 => Ok(SecretAlgorithm::Tdes2),

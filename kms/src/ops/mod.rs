@@ -13,6 +13,7 @@ pub mod distribution;
 pub mod entities;
 pub mod facts;
 pub mod generate;
+pub mod import;
 pub mod keys;
 pub mod limits;
 pub mod rsa_public;

@@ -445,3 +445,60 @@ pub fn authenticator_request(r: pb::CreateKeyRequest) -> Result<String, OpsError
     }
     Ok(alias)
 }
+
+impl TryFrom<&pb::ImportKeyRequest> for crate::ops::import::ImportKey {
+    type Error = OpsError;
+
+    fn try_from(r: &pb::ImportKeyRequest) -> Result<Self, Self::Error> {
+        let alias = name("alias", &r.alias)?;
+        match key_class(r.key_class)? {
+            None | Some(KeyClass::CardAccess) => {}
+            Some(other) => {
+                return Err(invalid(format!(
+                    "ImportKey brings in card-access keys; {other} keys are not imported"
+                )));
+            }
+        }
+        let algorithm = algorithm(r.algorithm)?.ok_or_else(|| {
+            invalid("algorithm is required: tdes2, tdes3 (or des with allow_legacy_des)")
+        })?;
+        match algorithm {
+            Algorithm::Tdes2 | Algorithm::Tdes3 => {}
+            Algorithm::Des if r.allow_legacy_des => {}
+            Algorithm::Des => {
+                return Err(invalid(
+                    "single DES is legacy: set allow_legacy_des to import it (it is always reported weak)",
+                ));
+            }
+            other => {
+                return Err(invalid(format!(
+                    "algorithm {other} is not a card-access algorithm"
+                )));
+            }
+        }
+        let service_code = u16::try_from(r.service_code).map_err(|_| {
+            invalid(format!(
+                "service code {} is out of range (0 to 65535)",
+                r.service_code
+            ))
+        })?;
+        let expected_kcv: [u8; 3] = r.expected_kcv.as_slice().try_into().map_err(|_| {
+            invalid(format!(
+                "expected_kcv is 3 bytes, not {}",
+                r.expected_kcv.len()
+            ))
+        })?;
+        if r.wrapped_key.is_empty() {
+            return Err(invalid("wrapped_key is required"));
+        }
+        Ok(crate::ops::import::ImportKey {
+            alias,
+            algorithm,
+            service_code,
+            purpose: purpose(r.purpose)?,
+            exportable: r.exportable,
+            wrapped: r.wrapped_key.clone(),
+            expected_kcv,
+        })
+    }
+}

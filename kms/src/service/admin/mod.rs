@@ -10,7 +10,9 @@ use brandkms_proto::v1 as pb;
 use brandkms_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
-use self::sensitive::{CREATE_TIE_UP, DESTROY, ROTATE, UPDATE_TIE_UP, key_change, tie_up_change};
+use self::sensitive::{
+    CREATE_TIE_UP, DESTROY, IMPORT, ROTATE, UPDATE_TIE_UP, key_change, tie_up_change,
+};
 use super::convert::{self, name, optional_name, version};
 use super::paging::{PageRequest, numeric_key};
 use super::{audited, audited_read, officer};
@@ -20,7 +22,7 @@ use crate::ops::entities::StatusCall;
 use crate::ops::keys::CreateKey;
 use crate::ops::settlement::{self, CreateSettlementKey};
 use crate::ops::{
-    AppState, Caller, OpsError, Shared, distribution, entities, invalid, keys, tieups,
+    AppState, Caller, OpsError, Shared, distribution, entities, import, invalid, keys, tieups,
 };
 use crate::store::audit::{self as audit_rows, AuditCursor, AuditFilter};
 
@@ -241,6 +243,50 @@ impl Admin for AdminService {
         request: Request<pb::EntityRef>,
     ) -> Result<Response<pb::Entity>, Status> {
         self.entity_status(request, StatusCall::ResumeEntity).await
+    }
+
+    async fn create_import_key(
+        &self,
+        request: Request<pb::CreateImportKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        let key = audit_key(import::IMPORT_ALIAS, None);
+        let op = "Admin/CreateImportKey";
+        self.officer_call(request, op, Audit::Change, key, async |caller, _| {
+            import::create_import_key(self.state(), caller).await?;
+            Ok(keys::get(self.state(), import::IMPORT_ALIAS).await?.into())
+        })
+        .await
+    }
+
+    async fn get_import_parameters(
+        &self,
+        request: Request<pb::GetImportParametersRequest>,
+    ) -> Result<Response<pb::ImportParameters>, Status> {
+        let key = audit_key(import::IMPORT_ALIAS, None);
+        let op = "Admin/GetImportParameters";
+        self.officer_call(request, op, Audit::Read, key, async |_, _| {
+            let p = import::import_parameters(self.state()).await?;
+            Ok(pb::ImportParameters {
+                version: p.version,
+                spki_der: p.public.der,
+                spki_pem: p.public.pem,
+                fingerprint_sha256: p.public.fingerprint.to_vec(),
+                wrapping: import::IMPORT_WRAPPING.to_string(),
+                expires_at: p.expires_at,
+            })
+        })
+        .await
+    }
+
+    async fn import_key(
+        &self,
+        request: Request<pb::ImportKeyRequest>,
+    ) -> Result<Response<pb::KeyChange>, Status> {
+        let key = audit_key(&request.get_ref().alias, None);
+        self.officer_call(request, IMPORT, Audit::Change, key, async |caller, r| {
+            Ok(key_change(self.import_change(caller, &r).await?))
+        })
+        .await
     }
 
     async fn trust_participant_key(

@@ -25,6 +25,7 @@ pub(super) const UPDATE_TIE_UP: &str = "Admin/UpdateTieUp";
 pub(super) const REGISTER_OFFICER: &str = "Admin/RegisterOfficer";
 pub(super) const RESUME_OFFICER: &str = "Admin/ResumeOfficer";
 pub(super) const SET_DUAL_CONTROL: &str = "Admin/SetDualControl";
+pub(super) const IMPORT: &str = "Admin/ImportKey";
 
 pub(super) fn entity_change(change: Change<EntityRecord>) -> pb::EntityChange {
     pb::EntityChange {
@@ -344,6 +345,32 @@ impl AdminService {
             .map(Change::Done)
     }
 
+    /// Imports a key, or under dual control proposes it (the request checked
+    /// first; the token's checks run when it is carried out).
+    pub(super) async fn import_change(
+        &self,
+        caller: &Caller,
+        r: &pb::ImportKeyRequest,
+    ) -> Result<Change<KeyView>, OpsError> {
+        let request = crate::ops::import::ImportKey::try_from(r)?;
+        let rule = SensitiveOperation::ImportKey;
+        let class = Some(brandkms_policy::KeyClass::CardAccess);
+        if approvals::holds(self.state(), caller, rule, class).await? {
+            let summary = format!(
+                "import {} card-access key {} with KCV {}",
+                request.algorithm,
+                request.alias,
+                hex::encode_upper(request.expected_kcv)
+            );
+            let key = Some((request.alias.as_str(), None));
+            let held = approvals::propose(self.state(), caller, IMPORT, rule, summary, key, r);
+            return held.await.map(Change::Held);
+        }
+        crate::ops::import::import_key(self.state(), caller, request)
+            .await
+            .map(Change::Done)
+    }
+
     /// Runs an approved proposal's request as `acting` (the approving officer).
     pub(super) async fn carry_out(
         &self,
@@ -391,6 +418,12 @@ impl AdminService {
                 let r = pb::SetDualControlRequest::decode(payload.as_slice()).map_err(bad)?;
                 let d = done(self.set_dual_control_change(acting, &r).await?)?;
                 Ok(Produced::DualControl(dual_control_message(d)))
+            }
+            IMPORT => {
+                let r = pb::ImportKeyRequest::decode(payload.as_slice()).map_err(bad)?;
+                Ok(Produced::Key(
+                    done(self.import_change(acting, &r).await?)?.into(),
+                ))
             }
             other => Err(OpsError::Internal(format!(
                 "approval {} holds an unknown operation {other:?}",

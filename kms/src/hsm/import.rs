@@ -1,0 +1,171 @@
+//! Keys brought in from another HSM (issue 13): the import key pair (RSA-3072,
+//! the private half sensitive, never extractable, unwrap only) and the unwrap
+//! of a key wrapped under it straight into a token object, whose check value
+//! the token computes; the object is destroyed when that value is not the one
+//! the exporting party stated. No key byte passes through the service.
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType};
+
+use super::keygen::GeneratedRsa;
+use super::session::{GeneratedKey, HsmSession, Kcv};
+use super::spec::{KeySpec, token_key_template};
+use super::{HsmError, lock};
+
+/// Size of the import key.
+pub const IMPORT_KEY_BITS: u64 = 3072;
+
+/// Why a wrapped key was not imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The token did not unwrap it (another key's ciphertext, cut short, not
+    /// the size of the stated algorithm): one answer for all.
+    #[error(
+        "the wrapped key does not unwrap under this import key into a key of the stated algorithm"
+    )]
+    DoesNotUnwrap,
+    /// It unwrapped, but its check value is not the one stated; the object
+    /// was destroyed.
+    #[error("the unwrapped key's check value is {computed}, not {expected}; nothing was kept")]
+    KcvMismatch {
+        /// What the token computed.
+        computed: String,
+        /// What the request stated.
+        expected: String,
+    },
+    /// Anything else the token said.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+}
+
+impl HsmSession<'_> {
+    /// Generates the import key pair: a token object, the private half able
+    /// to unwrap and nothing else; returns its id and public half.
+    pub fn generate_import_key(&self, label: &str) -> Result<GeneratedRsa, HsmError> {
+        let (id, pub_handle, priv_handle) = self.rsa_pair(
+            IMPORT_KEY_BITS,
+            true,
+            &[],
+            vec![
+                Attribute::Unwrap(true),
+                Attribute::Decrypt(false),
+                Attribute::Sign(false),
+                Attribute::Derive(false),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+        )?;
+        self.session.destroy_object(pub_handle)?;
+        lock(&self.inner.handles).insert(id, priv_handle);
+        let (modulus, exponent) = self.rsa_public(&id)?;
+        Ok(GeneratedRsa {
+            id,
+            modulus,
+            exponent,
+        })
+    }
+
+    /// Unwraps `wrapped` (RSA-OAEP, SHA-1, MGF1-SHA-1, no label) under the
+    /// import key `import` into a token object of `spec`'s template, labelled
+    /// `label`; computes its check value in the token (`E_K(0)`, first 3
+    /// bytes) and keeps it only when that is `expected`.
+    pub fn import_wrapped(
+        &self,
+        import: &super::ObjectId,
+        wrapped: &[u8],
+        spec: &KeySpec,
+        label: &str,
+        expected: Kcv,
+    ) -> Result<GeneratedKey, ImportError> {
+        spec.validate()?;
+        let id = self.new_object_id()?;
+        // The template the key keeps, but able to encrypt until its check
+        // value is computed (SoftHSM2 sets no CKA_CHECK_VALUE on unwrapped keys).
+        let template: Vec<Attribute> = token_key_template(spec, &id, label)
+            .into_iter()
+            .filter(|a| !matches!(a, Attribute::ValueLen(_)))
+            .map(|a| match a {
+                Attribute::Encrypt(_) => Attribute::Encrypt(true),
+                other => other,
+            })
+            .collect();
+        let mechanism = Mechanism::RsaPkcsOaep(Self::oaep_sha1());
+        let unwrapped = self.with_key(import, |k| {
+            Ok(self.session.unwrap_key(&mechanism, k, wrapped, &template)?)
+        });
+        let handle = match unwrapped {
+            Ok(h) => h,
+            Err(HsmError::Pkcs11 { rv, .. }) if unwrap_refusal(rv) => {
+                return Err(ImportError::DoesNotUnwrap);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let checked = (|| {
+            let (ecb, zero) = match spec.algorithm.key_type() {
+                KeyType::AES => (Mechanism::AesEcb, &[0u8; 16][..]),
+                KeyType::DES => (Mechanism::DesEcb, &[0u8; 8][..]),
+                _ => (Mechanism::Des3Ecb, &[0u8; 8][..]),
+            };
+            let block = self
+                .session
+                .encrypt(&ecb, handle, zero)
+                .map_err(HsmError::from)?;
+            let kcv = Kcv::try_from(block.get(..3).unwrap_or_default())
+                .map_err(|_| HsmError::InvalidInput("ECB returned a short block"))?;
+            if kcv != expected {
+                return Err(ImportError::KcvMismatch {
+                    computed: hex::encode_upper(kcv),
+                    expected: hex::encode_upper(expected),
+                });
+            }
+            if !spec_encrypts(spec) {
+                self.session
+                    .update_attributes(handle, &[Attribute::Encrypt(false)])
+                    .map_err(HsmError::from)?;
+            }
+            Ok(kcv)
+        })();
+        match checked {
+            Ok(kcv) => {
+                lock(&self.inner.handles).insert(id, handle);
+                Ok(GeneratedKey {
+                    id,
+                    kcv,
+                    fingerprint: None,
+                })
+            }
+            Err(e) => {
+                if let Err(d) = self.session.destroy_object(handle) {
+                    tracing::error!(error = %d, "could not destroy a refused imported key");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Whether the key's own usage includes encryption (then it keeps it).
+fn spec_encrypts(spec: &KeySpec) -> bool {
+    token_key_template(spec, &super::ObjectId([0; super::OBJECT_ID_LEN]), "")
+        .contains(&Attribute::Encrypt(true))
+}
+
+/// The token's answers that mean "this ciphertext is not a key of that kind
+/// under this key".
+fn unwrap_refusal(rv: cryptoki::error::RvError) -> bool {
+    use cryptoki::error::RvError as R;
+    matches!(
+        rv,
+        R::EncryptedDataInvalid
+            | R::EncryptedDataLenRange
+            | R::WrappedKeyInvalid
+            | R::WrappedKeyLenRange
+            | R::DataInvalid
+            | R::DataLenRange
+            | R::KeySizeRange
+            | R::TemplateInconsistent
+            | R::AttributeValueInvalid
+            // SoftHSM2 answers CKR_GENERAL_ERROR to an OAEP ciphertext that does
+            // not decode, whole or cut short (probed).
+            | R::GeneralError
+    )
+}
