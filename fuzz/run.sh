@@ -21,7 +21,10 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 # Its own target directory: the instrumented build must not mix with the
 # workspace's. --target keeps the flags off build scripts and procedural macros.
 export CARGO_TARGET_DIR="$PWD/target"
-cargo build --release --locked --target "$triple" --bins >&2
+# The workspace's lock file, so that every crate the targets share with the
+# service is the version the service is tested with; cargo adds libFuzzer's.
+cp ../Cargo.lock Cargo.lock
+cargo build --release --target "$triple" --bins >&2
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t" "seeds/$t"
   echo "fuzz/run.sh: $t for ${seconds}s" >&2
