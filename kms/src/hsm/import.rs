@@ -42,10 +42,8 @@ impl HsmSession<'_> {
     /// Generates the import key pair: a token object, the private half able
     /// to unwrap and nothing else; returns its id and public half.
     pub fn generate_import_key(&self, label: &str) -> Result<GeneratedRsa, HsmError> {
-        let (id, pub_handle, priv_handle) = self.rsa_pair(
+        self.rsa_token_key(
             IMPORT_KEY_BITS,
-            true,
-            &[],
             vec![
                 Attribute::Unwrap(true),
                 Attribute::Decrypt(false),
@@ -53,15 +51,7 @@ impl HsmSession<'_> {
                 Attribute::Derive(false),
                 Attribute::Label(label.as_bytes().to_vec()),
             ],
-        )?;
-        self.session.destroy_object(pub_handle)?;
-        lock(&self.inner.handles).insert(id, priv_handle);
-        let (modulus, exponent) = self.rsa_public(&id)?;
-        Ok(GeneratedRsa {
-            id,
-            modulus,
-            exponent,
-        })
+        )
     }
 
     /// Unwraps `wrapped` (RSA-OAEP, SHA-1, MGF1-SHA-1, no label) under the

@@ -134,10 +134,8 @@ impl HsmSession<'_> {
     /// the public half is read and dropped (the private object carries the
     /// modulus and exponent, so the public key is always read from the token).
     pub fn generate_rsa(&self, bits: u64, label: &str) -> Result<GeneratedRsa, HsmError> {
-        let (id, pub_handle, priv_handle) = self.rsa_pair(
+        self.rsa_token_key(
             bits,
-            true,
-            &[Attribute::Encrypt(true), Attribute::Verify(true)],
             vec![
                 Attribute::Decrypt(true),
                 Attribute::Sign(true),
@@ -145,7 +143,17 @@ impl HsmSession<'_> {
                 Attribute::Derive(false),
                 Attribute::Label(label.as_bytes().to_vec()),
             ],
-        )?;
+        )
+    }
+
+    /// An RSA private key as a token object with `usage` (the public half is
+    /// read from it and the public object dropped).
+    pub(super) fn rsa_token_key(
+        &self,
+        bits: u64,
+        usage: Vec<Attribute>,
+    ) -> Result<GeneratedRsa, HsmError> {
+        let (id, pub_handle, priv_handle) = self.rsa_pair(bits, true, &[], usage)?;
         self.session.destroy_object(pub_handle)?;
         lock(&self.inner.handles).insert(id, priv_handle);
         let (modulus, exponent) = self.rsa_public(&id)?;

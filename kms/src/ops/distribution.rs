@@ -17,7 +17,7 @@ use crate::ops::authorize::{
 };
 use crate::ops::keys::destroy_version;
 use crate::ops::versions::{
-    AuditKey, NewVersion, create_version_with, object_label, record_version,
+    AuditKey, NewVersion, create_version_with, next_version, object_label, record_version,
 };
 use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::distribution::{self as rows, ConsentRecord, DistributionRecord};
@@ -153,14 +153,7 @@ async fn next_own_version(
     exportable: bool,
 ) -> Result<NewVersion, OpsError> {
     let mut conn = state.store.conn().await?;
-    let existing = key_rows::key(&mut conn, alias).await?;
-    let next = key_rows::versions(&mut conn, alias)
-        .await?
-        .iter()
-        .map(|v| v.version)
-        .max()
-        .unwrap_or(0)
-        + 1;
+    let (existing, next) = next_version(&mut conn, alias).await?;
     Ok(NewVersion {
         key: existing.is_none().then(|| KeyRecord {
             alias: alias.to_string(),

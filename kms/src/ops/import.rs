@@ -11,7 +11,7 @@ use crate::ops::generate::card_algorithm;
 use crate::ops::keys::{self, KeyView};
 use crate::ops::rsa_public;
 use crate::ops::versions::{
-    AuditKey, NewVersion, create_version_with, object_label, record_version,
+    AuditKey, NewVersion, create_version_with, next_version, object_label, record_version,
 };
 use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
@@ -41,14 +41,7 @@ pub async fn create_import_key(
     caller: &Caller,
 ) -> Result<KeyVersionRecord, OpsError> {
     let mut conn = state.store.conn().await?;
-    let existing = rows::key(&mut conn, IMPORT_ALIAS).await?;
-    let next = rows::versions(&mut conn, IMPORT_ALIAS)
-        .await?
-        .iter()
-        .map(|v| v.version)
-        .max()
-        .unwrap_or(0)
-        + 1;
+    let (existing, next) = next_version(&mut conn, IMPORT_ALIAS).await?;
     drop(conn);
     let (version, ()) = create_version_with(
         &state.hsm,
@@ -164,14 +157,7 @@ pub async fn import_key(
 ) -> Result<KeyView, OpsError> {
     let import = usable_import_key(state).await?;
     let mut conn = state.store.conn().await?;
-    let existing = rows::key(&mut conn, &request.alias).await?;
-    let next = rows::versions(&mut conn, &request.alias)
-        .await?
-        .iter()
-        .map(|v| v.version)
-        .max()
-        .unwrap_or(0)
-        + 1;
+    let (existing, next) = next_version(&mut conn, &request.alias).await?;
     drop(conn);
     let (key, exportable) = match &existing {
         Some(k) => {

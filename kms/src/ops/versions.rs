@@ -20,6 +20,22 @@ pub fn object_label(alias: &str, version: u32) -> String {
     format!("{LABEL_PREFIX}{alias}/v{version}")
 }
 
+/// The key `alias` if it exists, and the number its next version takes.
+pub async fn next_version(
+    conn: &mut Conn,
+    alias: &str,
+) -> Result<(Option<KeyRecord>, u32), StoreError> {
+    let existing = rows::key(conn, alias).await?;
+    let next = rows::versions(conn, alias)
+        .await?
+        .iter()
+        .map(|v| v.version)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    Ok((existing, next))
+}
+
 /// The one key/version loader: key `alias` and its version `version`, or its
 /// active version when `version` is `None` (the wire's absent or 0). No key or
 /// no such version: `NotFound`; no active version: `FailedPrecondition`.
