@@ -328,3 +328,61 @@ async fn the_server_offers_reflection_v1_and_v1alpha() {
     assert!(v1alpha.contains(&"grpc.reflection.v1alpha.ServerReflection".to_string()));
     server.stop().await;
 }
+
+/// Issue 13: the import commands: make an import key, write its public key
+/// and read its fingerprint, have the old HSM (Python `cryptography`, the
+/// repository's `tests/old_hsm.py`) wrap PROTOCOL.md's `K_M` under it, and
+/// import it: the token's KCV is 08D7B4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmsctl_imports_a_key_from_the_old_hsm() {
+    let server = TestServer::start(brandkms::testing::sqlite_db()).await;
+    let ctl = Ctl {
+        server: &server,
+        entity: "officer-1",
+    };
+    let made = ctl.json(&["key", "create-import-key"]);
+    assert_eq!(made["alias"], "brandkms.import");
+    let dir = tempfile::tempdir().unwrap();
+    let spki = dir.path().join("import.der");
+    let p = ctl.json(&[
+        "key",
+        "import-parameters",
+        "--out",
+        &spki.display().to_string(),
+    ]);
+    assert_eq!(p["wrapping"], "RSA-OAEP-SHA1-MGF1-SHA1");
+    let der = std::fs::read(&spki).unwrap();
+    let fingerprint = p["fingerprint_sha256"].as_str().unwrap();
+    let old_hsm = Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/old_hsm.py"))
+        .arg(hex::encode(&der))
+        .arg(fingerprint)
+        .arg("0123456789ABCDEFFEDCBA9876543210")
+        .output()
+        .unwrap();
+    assert!(
+        old_hsm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&old_hsm.stderr)
+    );
+    let text = String::from_utf8(old_hsm.stdout).unwrap();
+    let (wrapped, kcv) = text.trim().split_once(' ').unwrap();
+    let blob = dir.path().join("key-m.wrapped");
+    std::fs::write(&blob, hex::decode(wrapped).unwrap()).unwrap();
+    let key = ctl.json(&[
+        "key",
+        "import",
+        "key-m",
+        "--wrapped",
+        &blob.display().to_string(),
+        "--kcv",
+        kcv,
+        "--service-code",
+        "0x0A01",
+        "--purpose",
+        "purchase",
+    ]);
+    assert_eq!(key["versions"][0]["kcv"], "08D7B4", "{key}");
+    assert_eq!(key["versions"][0]["state"], "active", "{key}");
+    server.stop().await;
+}

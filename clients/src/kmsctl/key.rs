@@ -131,6 +131,43 @@ pub(super) enum KeyCommand {
         #[arg(long)]
         exportable: bool,
     },
+    /// Make a new import key (RSA-3072 in the token, unwrap only; the
+    /// previous one is retired).
+    CreateImportKey,
+    /// The import key's parameters for the exporting HSM: fingerprint,
+    /// wrapping, expiry; with --out, its public key (SPKI DER) in a file.
+    ImportParameters {
+        /// Write the public key (SPKI DER) here.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Import a card-access key wrapped under the import key (held for a
+    /// second officer under dual control): a new key, or a new active version.
+    Import {
+        /// Alias: [a-z0-9._-], at most 64.
+        alias: String,
+        /// The wrapped key (binary, as the exporting HSM wrote it).
+        #[arg(long)]
+        wrapped: std::path::PathBuf,
+        /// The key check value the exporting HSM computed (6 hex digits).
+        #[arg(long)]
+        kcv: String,
+        /// For a new key: service code (0 to 65535; decimal or 0x hex).
+        #[arg(long, value_parser = parse_u32, default_value_t = 0)]
+        service_code: u32,
+        /// For a new key: load or purchase.
+        #[arg(long, value_enum, ignore_case = true)]
+        purpose: Option<PurposeArg>,
+        /// tdes2 (default), tdes3, or des with --allow-legacy-des.
+        #[arg(long, value_enum, ignore_case = true, default_value_t = CardAlgorithmArg::Tdes2)]
+        algorithm: CardAlgorithmArg,
+        /// Allow single DES (legacy; reported weak).
+        #[arg(long)]
+        allow_legacy_des: bool,
+        /// For a new key: a supply tie-up may deliver it, wrapped.
+        #[arg(long)]
+        exportable: bool,
+    },
     /// Create a settlement RSA key pair in the token (version 1, active).
     CreateSettlement {
         /// Alias: [a-z0-9._-], at most 64.
@@ -247,6 +284,53 @@ pub(super) async fn run(
                 })
                 .await?;
             out.key(&key);
+        }
+        KeyCommand::CreateImportKey => out.key(
+            &admin
+                .create_import_key(pb::CreateImportKeyRequest {})
+                .await?,
+        ),
+        KeyCommand::ImportParameters { out: file } => {
+            let p = admin
+                .get_import_parameters(pb::GetImportParametersRequest {})
+                .await?;
+            if let Some(path) = &file {
+                std::fs::write(path, &p.spki_der).map_err(|e| {
+                    ClientError::Config(format!("cannot write {}: {e}", path.display()))
+                })?;
+            }
+            out.import_parameters(&p);
+        }
+        KeyCommand::Import {
+            alias,
+            wrapped,
+            kcv,
+            service_code,
+            purpose,
+            algorithm,
+            allow_legacy_des,
+            exportable,
+        } => {
+            let wrapped_key = std::fs::read(&wrapped).map_err(|e| {
+                ClientError::Config(format!("cannot read {}: {e}", wrapped.display()))
+            })?;
+            let expected_kcv = hex::decode(&kcv)
+                .map_err(|e| ClientError::Config(format!("--kcv {kcv:?} is not hex: {e}")))?;
+            out.key_change(
+                admin
+                    .import_key(pb::ImportKeyRequest {
+                        alias,
+                        key_class: pb::KeyClass::CardAccess as i32,
+                        algorithm: pb::KeyAlgorithm::from(algorithm) as i32,
+                        service_code,
+                        purpose: purpose.map_or(0, |p| pb::Purpose::from(p) as i32),
+                        exportable,
+                        allow_legacy_des,
+                        wrapped_key,
+                        expected_kcv,
+                    })
+                    .await?,
+            )
         }
         KeyCommand::Rotate { alias } => {
             out.key_change(admin.rotate_key(pb::RotateKeyRequest { alias }).await?)

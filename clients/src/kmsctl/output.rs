@@ -234,6 +234,24 @@ impl Output {
     }
 
     /// Keys, one line each.
+    pub fn import_parameters(&self, p: &pb::ImportParameters) {
+        let fingerprint = hex::encode(&p.fingerprint_sha256);
+        if self.json {
+            return self.print_json(&json!({
+                "version": p.version,
+                "fingerprint_sha256": fingerprint,
+                "wrapping": p.wrapping,
+                "expires_at": time(p.expires_at),
+                "spki_pem": p.spki_pem,
+            }));
+        }
+        println!("import key v{}", p.version);
+        println!("fingerprint (SHA-256 of the SPKI): {fingerprint}");
+        println!("wrapping: {}", p.wrapping);
+        println!("expires: {}", time(p.expires_at));
+        print!("{}", p.spki_pem);
+    }
+
     pub fn keys(&self, keys: &[pb::Key]) {
         self.list(
             keys,
