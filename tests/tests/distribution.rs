@@ -286,6 +286,39 @@ async fn keys_reach_entitled_participants_wrapped_and_no_one_else() {
                 .iter()
                 .all(|d| d.transport_alias == "trusted.issuer-2-3")
         );
+        // Who received a given version (to tell them when it is compromised).
+        let receivers = |version: u32| {
+            let officer = officer.clone();
+            async move {
+                let mut who: Vec<String> = officer
+                    .admin()
+                    .list_distributions_all(pb::ListDistributionsRequest {
+                        alias: "key-a".into(),
+                        version,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|d| d.entity_id)
+                    .collect();
+                who.sort();
+                who.dedup();
+                who
+            }
+        };
+        assert_eq!(receivers(1).await, ["bank-center-b", "issuer-2-3"]);
+        assert_eq!(receivers(2).await, ["issuer-2-3"]);
+        let (c, m) = status_of(
+            officer
+                .admin()
+                .list_distributions(pb::ListDistributionsRequest {
+                    version: 1,
+                    ..Default::default()
+                })
+                .await,
+        );
+        assert_eq!(c, Code::InvalidArgument, "{m}");
         s
     })
     .await;

@@ -12,8 +12,11 @@ pub(super) enum DistributionCommand {
     /// Which key version went to whom, when, under which transport key.
     List {
         /// Only this key.
-        #[arg(long)]
+        #[arg(long, alias = "key")]
         alias: Option<String>,
+        /// Only this version of it (with --alias): who received it.
+        #[arg(long, requires = "alias")]
+        version: Option<u32>,
         /// Only deliveries to this entity.
         #[arg(long)]
         entity: Option<String>,
@@ -27,12 +30,17 @@ pub(super) async fn run(
     out: &Output,
 ) -> Result<(), ClientError> {
     match command {
-        DistributionCommand::List { alias, entity } => out.distributions(
+        DistributionCommand::List {
+            alias,
+            version,
+            entity,
+        } => out.distributions(
             &client
                 .admin()
                 .list_distributions_all(pb::ListDistributionsRequest {
                     alias: alias.unwrap_or_default(),
                     entity_id: entity.unwrap_or_default(),
+                    version: version.unwrap_or_default(),
                     ..Default::default()
                 })
                 .await?,

@@ -472,16 +472,24 @@ impl Admin for AdminService {
         self.officer_call(request, op, Audit::Read, None, async |_, r| {
             let alias = optional_name("alias", &r.alias)?;
             let entity = optional_name("entity id", &r.entity_id)?;
-            let filters = [r.alias.as_str(), r.entity_id.as_str()];
+            let wanted = version(r.version);
+            if wanted.is_some() && alias.is_none() {
+                return Err(invalid("version needs alias: the version of which key"));
+            }
+            let number = r.version.to_string();
+            let filters = [r.alias.as_str(), r.entity_id.as_str(), number.as_str()];
             let page = PageRequest::new("distributions", &filters, r.page_size, &r.page_token)?;
             let mut conn = self.state().store.conn().await?;
-            let list = crate::store::distribution::distributions(
+            let mut list = crate::store::distribution::distributions(
                 &mut conn,
                 alias.as_deref(),
                 entity.as_deref(),
             )
             .await?;
             drop(conn);
+            if let Some(v) = wanted {
+                list.retain(|d| d.version == v);
+            }
             let page = page.page(list, |d| format!("{}|{}", numeric_key(d.at), d.id));
             Ok(pb::ListDistributionsResponse {
                 distributions: page.items.into_iter().map(convert::distribution).collect(),
