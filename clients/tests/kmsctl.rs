@@ -377,6 +377,8 @@ async fn kmsctl_imports_a_key_from_the_old_hsm() {
         &blob.display().to_string(),
         "--kcv",
         kcv,
+        "--import-key-version",
+        "1",
         "--service-code",
         "0x0A01",
         "--purpose",

@@ -59,6 +59,7 @@ fn import(alias: &str, wrapped: Vec<u8>, kcv: &str) -> pb::ImportKeyRequest {
         allow_legacy_des: false,
         wrapped_key: wrapped,
         expected_kcv: hex::decode(kcv).unwrap(),
+        import_key_version: 1,
     }
 }
 
@@ -206,6 +207,24 @@ async fn refused_imports_leave_nothing_behind() {
         let (c, m) = status_of(officer.admin().import_key(r).await);
         assert_eq!(c, Code::InvalidArgument, "{m}");
     }
+    // No import key version, one that does not exist, a reserved alias.
+    let mut r = import("key-x", wrapped.clone(), &kcv);
+    r.import_key_version = 0;
+    let (c, m) = status_of(officer.admin().import_key(r).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains("import_key_version is required"), "{m}");
+    let mut r = import("key-x", wrapped.clone(), &kcv);
+    r.import_key_version = 7;
+    let (c, m) = status_of(officer.admin().import_key(r).await);
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    let (c, m) = status_of(
+        officer
+            .admin()
+            .import_key(import("brandkms.import", wrapped.clone(), &kcv))
+            .await,
+    );
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains("the service's own"), "{m}");
     // A KCV of the wrong length.
     let mut r = import("key-x", wrapped.clone(), &kcv);
     r.expected_kcv = vec![0; 4];
@@ -244,12 +263,41 @@ async fn refused_imports_leave_nothing_behind() {
         "{report:?}"
     );
 
-    // And the same import with the right KCV goes through.
-    let done = officer
+    // A newer import key retires the old one, whose object is destroyed:
+    // what was wrapped for it is refused, naming why.
+    let mut conn = s.state.store.conn().await.unwrap();
+    let v1 = brandkms::store::keys::versions(&mut conn, "brandkms.import")
+        .await
+        .unwrap()
+        .remove(0);
+    drop(conn);
+    officer
         .admin()
-        .import_key(import("key-x", wrapped, &kcv))
+        .create_import_key(pb::CreateImportKeyRequest {})
         .await
         .unwrap();
+    let id = v1.cka_id;
+    assert!(!s.state.hsm.run(move |h| h.exists(&id)).await.unwrap());
+    let (c, m) = status_of(
+        officer
+            .admin()
+            .import_key(import("key-x", wrapped.clone(), &kcv))
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    assert!(m.contains("import key version 1 is"), "{m}");
+
+    // And the same key wrapped for the current import key goes through.
+    let p2 = officer
+        .admin()
+        .get_import_parameters(pb::GetImportParametersRequest {})
+        .await
+        .unwrap();
+    assert_eq!(p2.version, 2);
+    let (wrapped, kcv) = old_hsm(&p2, KM);
+    let mut r = import("key-x", wrapped, &kcv);
+    r.import_key_version = 2;
+    let done = officer.admin().import_key(r).await.unwrap();
     let Some(pb::key_change::Result::Key(key)) = done.result else {
         panic!("{done:?}");
     };

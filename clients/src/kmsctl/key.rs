@@ -152,6 +152,9 @@ pub(super) enum KeyCommand {
         /// The key check value the exporting HSM computed (6 hex digits).
         #[arg(long)]
         kcv: String,
+        /// The import key version it was wrapped under (import-parameters).
+        #[arg(long)]
+        import_key_version: u32,
         /// For a new key: service code (0 to 65535; decimal or 0x hex).
         #[arg(long, value_parser = parse_u32, default_value_t = 0)]
         service_code: u32,
@@ -305,6 +308,7 @@ pub(super) async fn run(
             alias,
             wrapped,
             kcv,
+            import_key_version,
             service_code,
             purpose,
             algorithm,
@@ -328,6 +332,7 @@ pub(super) async fn run(
                         allow_legacy_des,
                         wrapped_key,
                         expected_kcv,
+                        import_key_version,
                     })
                     .await?,
             )

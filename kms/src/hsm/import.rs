@@ -49,6 +49,8 @@ impl HsmSession<'_> {
                 Attribute::Decrypt(false),
                 Attribute::Sign(false),
                 Attribute::Derive(false),
+                // Nobody turns decryption on later.
+                Attribute::Modifiable(false),
                 Attribute::Label(label.as_bytes().to_vec()),
             ],
         )

@@ -285,13 +285,14 @@ pub async fn trust_participant_key(
 /// [`destroy_superseded`] once the new version is recorded and in force: a
 /// failure is logged (the objects stay for the destruction scheduler and
 /// `kms reconcile`), not reported as the call's, which succeeded.
-async fn retire_superseded(state: &AppState, alias: &str, newest: u32) {
+pub(crate) async fn retire_superseded(state: &AppState, alias: &str, newest: u32) {
     if let Err(e) = destroy_superseded(state, alias, newest).await {
         tracing::warn!(%alias, newest, error = %e, "could not destroy the superseded versions' objects");
     }
 }
 
-/// Destroys the objects of the caller's transport-key versions that `newest`
+/// Destroys the objects of a wrapping key's versions (transport, trusted,
+/// import) that `newest`
 /// superseded (retired in its transaction): they wrap nothing any more, and an
 /// entity that establishes keys again and again leaves one object, not one per
 /// call. Their rows stay (state destroyed), so deliveries under them still name
@@ -307,7 +308,7 @@ async fn destroy_superseded(state: &AppState, alias: &str, newest: u32) -> Resul
             .collect()
     };
     for version in superseded {
-        let event = AuditEvent::allowed("local:transport", "transport.destroy_superseded")
+        let event = AuditEvent::allowed("local:keys", "keys.destroy_superseded")
             .outcome(
                 Outcome::Allowed,
                 Some(format!("superseded by version {newest}")),

@@ -18,6 +18,9 @@ use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
 
 /// The import key's alias (a version per `CreateImportKey`).
 pub const IMPORT_ALIAS: &str = "brandkms.import";
+/// Aliases of the service's own keys start so; officers create and import no
+/// key under them.
+pub const RESERVED_PREFIX: &str = "brandkms.";
 /// How long an import key version takes imports after it is made.
 pub const IMPORT_KEY_VALIDITY_MS: i64 = 7 * 86_400_000;
 /// The wrapping an exporting party must use.
@@ -43,6 +46,14 @@ pub async fn create_import_key(
     let mut conn = state.store.conn().await?;
     let (existing, next) = next_version(&mut conn, IMPORT_ALIAS).await?;
     drop(conn);
+    if let Some(k) = &existing
+        && (k.class != KeyClass::Internal || k.algorithm != Algorithm::Rsa3072)
+    {
+        return Err(OpsError::Internal(format!(
+            "{IMPORT_ALIAS} is a {} {} key, not the import key",
+            k.class, k.algorithm
+        )));
+    }
     let (version, ()) = create_version_with(
         &state.hsm,
         &state.store,
@@ -83,34 +94,51 @@ pub async fn create_import_key(
         caller.event("Admin/CreateImportKey"),
     )
     .await?;
+    // A retired import key unwraps nothing any more, in the token either.
+    crate::ops::distribution::retire_superseded(state, IMPORT_ALIAS, version.version).await;
     Ok(version)
 }
 
-/// The active import key version, refused when there is none or it expired.
-async fn usable_import_key(state: &AppState) -> Result<KeyVersionRecord, OpsError> {
+/// The import key version `wanted` (default: the active one), refused unless
+/// it is active and unexpired.
+pub async fn usable_import_key(
+    state: &AppState,
+    wanted: Option<u32>,
+) -> Result<KeyVersionRecord, OpsError> {
     let mut conn = state.store.conn().await?;
-    let active = rows::versions(&mut conn, IMPORT_ALIAS)
-        .await?
-        .into_iter()
-        .find(|v| v.state == KeyState::Active)
-        .ok_or_else(|| {
-            OpsError::FailedPrecondition(
-                "no import key: an officer makes one first (kmsctl key create-import-key)".into(),
-            )
-        })?;
-    let expires_at = active.created_at.saturating_add(IMPORT_KEY_VALIDITY_MS);
+    let versions = rows::versions(&mut conn, IMPORT_ALIAS).await?;
+    drop(conn);
+    let found = match wanted {
+        None => versions.into_iter().find(|v| v.state == KeyState::Active),
+        Some(n) => versions.into_iter().find(|v| v.version == n),
+    };
+    let v = found.ok_or_else(|| {
+        OpsError::FailedPrecondition(match wanted {
+            None => {
+                "no import key: an officer makes one first (kmsctl key create-import-key)".into()
+            }
+            Some(n) => format!("there is no import key version {n}"),
+        })
+    })?;
+    if v.state != KeyState::Active {
+        return Err(OpsError::FailedPrecondition(format!(
+            "import key version {} is {}: only the active version takes imports; wrap again under the current one (GetImportParameters)",
+            v.version, v.state
+        )));
+    }
+    let expires_at = v.created_at.saturating_add(IMPORT_KEY_VALIDITY_MS);
     if state.clock.now_ms() >= expires_at {
         return Err(OpsError::FailedPrecondition(format!(
             "import key version {} expired at {expires_at} (Unix ms): make a new one (kmsctl key create-import-key)",
-            active.version
+            v.version
         )));
     }
-    Ok(active)
+    Ok(v)
 }
 
 /// The active import key's public half, fingerprint and expiry.
 pub async fn import_parameters(state: &AppState) -> Result<ImportParameters, OpsError> {
-    let v = usable_import_key(state).await?;
+    let v = usable_import_key(state, None).await?;
     let id = v.cka_id;
     let (modulus, exponent) = state.hsm.run(move |s| s.rsa_public(&id)).await?;
     let public = rsa_public::encode(&modulus, &exponent)
@@ -145,6 +173,8 @@ pub struct ImportKey {
     pub wrapped: Vec<u8>,
     /// The check value the exporting party computed.
     pub expected_kcv: [u8; 3],
+    /// The import key version it was wrapped under.
+    pub import_version: u32,
 }
 
 /// Imports a card-access key wrapped under the active import key: a new key
@@ -155,7 +185,7 @@ pub async fn import_key(
     caller: &Caller,
     request: ImportKey,
 ) -> Result<KeyView, OpsError> {
-    let import = usable_import_key(state).await?;
+    let import = usable_import_key(state, Some(request.import_version)).await?;
     let mut conn = state.store.conn().await?;
     let (existing, next) = next_version(&mut conn, &request.alias).await?;
     drop(conn);

@@ -99,6 +99,19 @@ pub fn version(v: u32) -> Option<u32> {
     (v != 0).then_some(v)
 }
 
+/// An alias for a key officers create: valid, and not one of the service's
+/// own (`brandkms.*`).
+fn own_alias(s: &str) -> Result<String, OpsError> {
+    let alias = name("alias", s)?;
+    if alias.starts_with(crate::ops::import::RESERVED_PREFIX) {
+        return Err(invalid(format!(
+            "aliases starting {:?} are the service's own",
+            crate::ops::import::RESERVED_PREFIX
+        )));
+    }
+    Ok(alias)
+}
+
 /// A time field in Unix milliseconds: 0 is `None`, negative is refused.
 pub fn optional_time(what: &str, t: i64) -> Result<Option<i64>, OpsError> {
     match t {
@@ -114,7 +127,7 @@ impl TryFrom<pb::CreateKeyRequest> for CreateSettlementKey {
     type Error = OpsError;
 
     fn try_from(r: pb::CreateKeyRequest) -> Result<Self, Self::Error> {
-        let alias = name("alias", &r.alias)?;
+        let alias = own_alias(&r.alias)?;
         if r.service_code != 0 || r.purpose != 0 || r.exportable || r.allow_legacy_des {
             return Err(invalid(
                 "settlement keys take no service code, purpose, exportable or allow_legacy_des",
@@ -139,7 +152,7 @@ impl TryFrom<pb::CreateKeyRequest> for CreateKey {
     type Error = OpsError;
 
     fn try_from(r: pb::CreateKeyRequest) -> Result<Self, Self::Error> {
-        let alias = name("alias", &r.alias)?;
+        let alias = own_alias(&r.alias)?;
         if !r.owner_entity.is_empty() {
             return Err(invalid("only settlement keys have an owner entity"));
         }
@@ -428,7 +441,7 @@ pub fn approval(a: &ApprovalRecord, now: i64) -> pb::Approval {
 
 /// An authenticator key request: an alias, HMAC-SHA-256, nothing else.
 pub fn authenticator_request(r: pb::CreateKeyRequest) -> Result<String, OpsError> {
-    let alias = name("alias", &r.alias)?;
+    let alias = own_alias(&r.alias)?;
     let algorithm = algorithm(r.algorithm)?;
     if !matches!(
         algorithm,
@@ -491,6 +504,15 @@ impl TryFrom<&pb::ImportKeyRequest> for crate::ops::import::ImportKey {
         if r.wrapped_key.is_empty() {
             return Err(invalid("wrapped_key is required"));
         }
+        let import_version = version(r.import_key_version).ok_or_else(|| {
+            invalid("import_key_version is required: the version GetImportParameters gave")
+        })?;
+        if alias.starts_with(crate::ops::import::RESERVED_PREFIX) {
+            return Err(invalid(format!(
+                "aliases starting {:?} are the service's own",
+                crate::ops::import::RESERVED_PREFIX
+            )));
+        }
         Ok(crate::ops::import::ImportKey {
             alias,
             algorithm,
@@ -499,6 +521,7 @@ impl TryFrom<&pb::ImportKeyRequest> for crate::ops::import::ImportKey {
             exportable: r.exportable,
             wrapped: r.wrapped_key.clone(),
             expected_kcv,
+            import_version,
         })
     }
 }

@@ -352,22 +352,32 @@ impl AdminService {
         caller: &Caller,
         r: &pb::ImportKeyRequest,
     ) -> Result<Change<KeyView>, OpsError> {
-        let request = crate::ops::import::ImportKey::try_from(r)?;
+        use crate::ops::import;
+        let request = import::ImportKey::try_from(r)?;
+        // The import key version it was wrapped under must take imports now,
+        // and again when a held import is carried out.
+        let under = import::usable_import_key(self.state(), Some(request.import_version)).await?;
         let rule = SensitiveOperation::ImportKey;
         let class = Some(brandkms_policy::KeyClass::CardAccess);
         if approvals::holds(self.state(), caller, rule, class).await? {
             let summary = format!(
-                "import {} card-access key {} with KCV {}",
+                "import {} card-access key {} with KCV {}, wrapped under import key v{} (SHA-256 {})",
                 request.algorithm,
                 request.alias,
-                hex::encode_upper(request.expected_kcv)
+                hex::encode_upper(request.expected_kcv),
+                under.version,
+                under.kcv
             );
             let key = Some((request.alias.as_str(), None));
             let held = approvals::propose(self.state(), caller, IMPORT, rule, summary, key, r);
             return held.await.map(Change::Held);
         }
-        crate::ops::import::import_key(self.state(), caller, request)
+        // Run to its end even if the caller goes away: the token object and
+        // its record (or its destruction) belong together.
+        let (state, caller) = (std::sync::Arc::clone(&self.state), caller.clone());
+        tokio::spawn(async move { import::import_key(&state, &caller, request).await })
             .await
+            .map_err(|e| OpsError::Internal(format!("the import's task failed: {e}")))?
             .map(Change::Done)
     }
 
