@@ -12,7 +12,7 @@ pub(super) enum DistributionCommand {
     /// Which key version went to whom, when, under which transport key.
     List {
         /// Only this key.
-        #[arg(long, alias = "key")]
+        #[arg(long)]
         alias: Option<String>,
         /// Only this version of it (with --alias): who received it.
         #[arg(long, requires = "alias")]
