@@ -9,7 +9,7 @@ use cryptoki::object::{Attribute, KeyType};
 
 use super::keygen::GeneratedRsa;
 use super::session::{GeneratedKey, HsmSession, Kcv};
-use super::spec::{KeySpec, token_key_template};
+use super::spec::{KeySpec, Usage, token_key_template};
 use super::{HsmError, lock};
 
 /// Size of the import key.
@@ -109,7 +109,7 @@ impl HsmSession<'_> {
                     expected: hex::encode_upper(expected),
                 });
             }
-            if !spec_encrypts(spec) {
+            if !Usage::of(spec.role).encrypt {
                 self.session
                     .update_attributes(handle, &[Attribute::Encrypt(false)])
                     .map_err(HsmError::from)?;
@@ -133,12 +133,6 @@ impl HsmSession<'_> {
             }
         }
     }
-}
-
-/// Whether the key's own usage includes encryption (then it keeps it).
-fn spec_encrypts(spec: &KeySpec) -> bool {
-    token_key_template(spec, &super::ObjectId([0; super::OBJECT_ID_LEN]), "")
-        .contains(&Attribute::Encrypt(true))
 }
 
 /// The token's answers that mean "this ciphertext is not a key of that kind

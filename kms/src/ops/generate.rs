@@ -81,16 +81,19 @@ fn secret_generator(spec: KeySpec) -> Generator {
 
 /// Generates a key pair in the token and fingerprints its public key.
 fn rsa_generator(bits: u64) -> Generator {
-    Box::new(move |s, label| {
-        let g = s.generate_rsa(bits, label)?;
-        let info = rsa_public::encode(&g.modulus, &g.exponent).map_err(|_| {
-            let _ = s.destroy(&g.id);
-            HsmError::InvalidInput("the token's RSA public key does not encode")
-        })?;
-        Ok(GeneratedKey {
-            id: g.id,
-            kcv: [0; 3],
-            fingerprint: Some(info.fingerprint),
-        })
+    Box::new(move |s, label| rsa_key(s, s.generate_rsa(bits, label)?))
+}
+
+/// A new RSA key pair as a key version's object: recorded by its public key's
+/// fingerprint; destroyed when the public key does not encode.
+pub fn rsa_key(s: &HsmSession<'_>, g: crate::hsm::GeneratedRsa) -> Result<GeneratedKey, HsmError> {
+    let info = rsa_public::encode(&g.modulus, &g.exponent).map_err(|_| {
+        let _ = s.destroy(&g.id);
+        HsmError::InvalidInput("the token's RSA public key does not encode")
+    })?;
+    Ok(GeneratedKey {
+        id: g.id,
+        kcv: [0; 3],
+        fingerprint: Some(info.fingerprint),
     })
 }

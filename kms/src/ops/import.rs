@@ -6,8 +6,8 @@
 
 use brandkms_policy::{Algorithm, KeyClass, KeyState};
 
-use crate::hsm::{Exportability, GeneratedKey, ImportError, KeyRole, KeySpec};
-use crate::ops::generate::card_algorithm;
+use crate::hsm::{Exportability, ImportError, KeyRole, KeySpec};
+use crate::ops::generate::{card_algorithm, rsa_key};
 use crate::ops::keys::{self, KeyView};
 use crate::ops::rsa_public;
 use crate::ops::versions::{
@@ -58,21 +58,7 @@ pub async fn create_import_key(
         &state.hsm,
         &state.store,
         AuditKey::Existing(&state.auditor),
-        |s, label| {
-            let g = s.generate_import_key(label)?;
-            let info = rsa_public::encode(&g.modulus, &g.exponent).map_err(|_| {
-                let _ = s.destroy(&g.id);
-                crate::hsm::HsmError::InvalidInput("the token's RSA public key does not encode")
-            })?;
-            Ok((
-                GeneratedKey {
-                    id: g.id,
-                    kcv: [0; 3],
-                    fingerprint: Some(info.fingerprint),
-                },
-                (),
-            ))
-        },
+        |s, label| Ok((rsa_key(s, s.generate_import_key(label)?)?, ())),
         NewVersion {
             key: existing.is_none().then(|| KeyRecord {
                 alias: IMPORT_ALIAS.to_string(),

@@ -112,6 +112,31 @@ fn own_alias(s: &str) -> Result<String, OpsError> {
     Ok(alias)
 }
 
+/// A card-access key's service code (16 bits).
+fn service_code(code: u32) -> Result<u16, OpsError> {
+    u16::try_from(code)
+        .map_err(|_| invalid(format!("service code {code} is out of range (0 to 65535)")))
+}
+
+/// A card-access algorithm: TDES2 or TDES3, single DES only when the request
+/// allows legacy DES (`verb`: what the request does with the key).
+fn card_access_algorithm(
+    algorithm: Algorithm,
+    allow_legacy_des: bool,
+    verb: &str,
+) -> Result<Algorithm, OpsError> {
+    match algorithm {
+        Algorithm::Tdes2 | Algorithm::Tdes3 => Ok(algorithm),
+        Algorithm::Des if allow_legacy_des => Ok(algorithm),
+        Algorithm::Des => Err(invalid(format!(
+            "single DES is legacy: set allow_legacy_des to {verb} it (it is always reported weak)"
+        ))),
+        other => Err(invalid(format!(
+            "algorithm {other} is not a card-access algorithm"
+        ))),
+    }
+}
+
 /// A time field in Unix milliseconds: 0 is `None`, negative is refused.
 pub fn optional_time(what: &str, t: i64) -> Result<Option<i64>, OpsError> {
     match t {
@@ -164,29 +189,14 @@ impl TryFrom<pb::CreateKeyRequest> for CreateKey {
                 )));
             }
         }
-        let service_code = u16::try_from(r.service_code).map_err(|_| {
-            invalid(format!(
-                "service code {} is out of range (0 to 65535)",
-                r.service_code
-            ))
-        })?;
+        let service_code = service_code(r.service_code)?;
         let purpose =
             purpose(r.purpose)?.ok_or_else(|| invalid("purpose is required: load or purchase"))?;
-        let algorithm = algorithm(r.algorithm)?.unwrap_or(Algorithm::Tdes2);
-        match algorithm {
-            Algorithm::Tdes2 | Algorithm::Tdes3 => {}
-            Algorithm::Des if r.allow_legacy_des => {}
-            Algorithm::Des => {
-                return Err(invalid(
-                    "single DES is legacy: set allow_legacy_des to create it (it is always reported weak)",
-                ));
-            }
-            other => {
-                return Err(invalid(format!(
-                    "algorithm {other} is not a card-access algorithm"
-                )));
-            }
-        }
+        let algorithm = card_access_algorithm(
+            algorithm(r.algorithm)?.unwrap_or(Algorithm::Tdes2),
+            r.allow_legacy_des,
+            "create",
+        )?;
         Ok(CreateKey {
             alias,
             service_code,
@@ -463,7 +473,7 @@ impl TryFrom<&pb::ImportKeyRequest> for crate::ops::import::ImportKey {
     type Error = OpsError;
 
     fn try_from(r: &pb::ImportKeyRequest) -> Result<Self, Self::Error> {
-        let alias = name("alias", &r.alias)?;
+        let alias = own_alias(&r.alias)?;
         match key_class(r.key_class)? {
             None | Some(KeyClass::CardAccess) => {}
             Some(other) => {
@@ -475,26 +485,8 @@ impl TryFrom<&pb::ImportKeyRequest> for crate::ops::import::ImportKey {
         let algorithm = algorithm(r.algorithm)?.ok_or_else(|| {
             invalid("algorithm is required: tdes2, tdes3 (or des with allow_legacy_des)")
         })?;
-        match algorithm {
-            Algorithm::Tdes2 | Algorithm::Tdes3 => {}
-            Algorithm::Des if r.allow_legacy_des => {}
-            Algorithm::Des => {
-                return Err(invalid(
-                    "single DES is legacy: set allow_legacy_des to import it (it is always reported weak)",
-                ));
-            }
-            other => {
-                return Err(invalid(format!(
-                    "algorithm {other} is not a card-access algorithm"
-                )));
-            }
-        }
-        let service_code = u16::try_from(r.service_code).map_err(|_| {
-            invalid(format!(
-                "service code {} is out of range (0 to 65535)",
-                r.service_code
-            ))
-        })?;
+        let algorithm = card_access_algorithm(algorithm, r.allow_legacy_des, "import")?;
+        let service_code = service_code(r.service_code)?;
         let expected_kcv: [u8; 3] = r.expected_kcv.as_slice().try_into().map_err(|_| {
             invalid(format!(
                 "expected_kcv is 3 bytes, not {}",
@@ -507,12 +499,6 @@ impl TryFrom<&pb::ImportKeyRequest> for crate::ops::import::ImportKey {
         let import_version = version(r.import_key_version).ok_or_else(|| {
             invalid("import_key_version is required: the version GetImportParameters gave")
         })?;
-        if alias.starts_with(crate::ops::import::RESERVED_PREFIX) {
-            return Err(invalid(format!(
-                "aliases starting {:?} are the service's own",
-                crate::ops::import::RESERVED_PREFIX
-            )));
-        }
         Ok(crate::ops::import::ImportKey {
             alias,
             algorithm,
