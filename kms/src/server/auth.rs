@@ -206,7 +206,11 @@ async fn identify(
     path: &str,
 ) -> Result<Option<Caller>, Status> {
     let operation = operation_name(path);
-    let fingerprint = chain.first().map(identity::fingerprint);
+    // Hashed once per request: the identity already carries it.
+    let fingerprint = match &peer {
+        Ok(p) => Some(p.fingerprint.clone()),
+        Err(_) => chain.first().map(identity::fingerprint),
+    };
     let refuse = |caller: &str, outcome_status: Status| {
         let mut event = AuditEvent::allowed(caller, &operation)
             .outcome(Outcome::Denied, Some(outcome_status.message().to_string()));
