@@ -71,6 +71,12 @@ pub enum DenyReason {
     NotIssuersKey,
     /// Key states (DESIGN.md §2): this version's state does not allow this use.
     KeyState(KeyState),
+    /// Key lifecycle: an officer marked this version compromised.
+    KeyCompromised,
+    /// Key lifecycle: this version's cryptoperiod has not begun.
+    KeyNotYetValid,
+    /// Key lifecycle: this version's cryptoperiod has ended; no new work.
+    KeyExpired,
     /// Proxy loads: an issuer reads the proxy loads done on its own behalf only.
     OthersProxyLoads,
     /// Proxy loads: listed for issuers (their own) and officers only.
@@ -107,9 +113,13 @@ impl DenyReason {
             | R::SecondOfficerRequired
             | R::SelfApproval
             | R::ApproverNewerThanProposal => 7,
-            R::NotIssuersKey | R::KeyState(_) | R::OthersProxyLoads | R::ProxyLoadsNotListed(_) => {
-                0
-            }
+            R::NotIssuersKey
+            | R::KeyState(_)
+            | R::KeyCompromised
+            | R::KeyNotYetValid
+            | R::KeyExpired
+            | R::OthersProxyLoads
+            | R::ProxyLoadsNotListed(_) => 0,
         }
     }
 
@@ -145,6 +155,9 @@ impl DenyReason {
             R::ApproverNewerThanProposal => "approver_newer_than_proposal",
             R::NotIssuersKey => "not_issuers_key",
             R::KeyState(_) => "key_state",
+            R::KeyCompromised => "key_compromised",
+            R::KeyNotYetValid => "key_not_yet_valid",
+            R::KeyExpired => "key_expired",
             R::OthersProxyLoads => "others_proxy_loads",
             R::ProxyLoadsNotListed(_) => "proxy_loads_not_listed",
         }
@@ -210,6 +223,13 @@ impl DenyReason {
                 "only an issuer consents, and only for a key its own tie-up covers".into()
             }
             R::KeyState(s) => format!("key version is {s}, which does not allow this use"),
+            R::KeyCompromised => {
+                "key version is marked compromised and serves nothing; use the key's new version".into()
+            }
+            R::KeyNotYetValid => "key version's cryptoperiod has not begun (not-before)".into(),
+            R::KeyExpired => {
+                "key version's cryptoperiod has ended (not-after): no new work, only ciphertexts and MACs made before are processed".into()
+            }
             R::OthersProxyLoads => "an issuer sees its own proxy loads only".into(),
             R::ProxyLoadsNotListed(k) => {
                 format!(

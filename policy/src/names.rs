@@ -104,8 +104,11 @@ named_enum!(
         Settlement => "settlement",
         /// MAC keys for settlement results.
         Authenticator => "authenticator",
-        /// The service's own keys (audit MAC, session sealing).
+        /// The service's own keys (audit MAC, session sealing, import key).
         Internal => "internal",
+        /// AES-256 key-encryption keys shared with an exporting HSM, imported
+        /// under the import key; they unwrap keys of a bulk import, nothing else.
+        ImportKek => "import_kek",
     }
 );
 
@@ -219,5 +222,7 @@ named_enum!(
         SetDualControl => "set_dual_control",
         /// Importing a key wrapped under the service's import key.
         ImportKey => "import_key",
+        /// Marking a key version compromised.
+        MarkCompromised => "mark_compromised",
     }
 );

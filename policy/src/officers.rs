@@ -42,6 +42,7 @@ impl SensitiveOperation {
             | SensitiveOperation::ResumeOfficer
             | SensitiveOperation::SetDualControl
             | SensitiveOperation::ImportKey => true,
+            SensitiveOperation::MarkCompromised => !matches!(class, KeyClass::Internal),
         }
     }
 }

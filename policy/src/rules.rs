@@ -31,6 +31,31 @@ pub struct Key {
     pub exportable: bool,
     /// The state of the version concerned.
     pub state: KeyState,
+    /// The version's cryptoperiod: not used before this (Unix ms, inclusive).
+    pub not_before: Option<i64>,
+    /// The version's cryptoperiod: no new work from this on (Unix ms, exclusive).
+    pub not_after: Option<i64>,
+    /// An officer marked the version compromised: refused for everything.
+    pub compromised: bool,
+}
+
+impl Key {
+    /// Why the version's lifecycle refuses `action` at `now`, if it does: a
+    /// compromised version serves nothing; before its not-before nothing;
+    /// from its not-after on no new work (NIST SP 800-57's originator-usage
+    /// period ends), while data protected before may still be processed
+    /// ([`Action::processes_existing`]), as far as the state allows.
+    pub fn lifecycle_refuses(&self, action: Action, now: i64) -> Option<DenyReason> {
+        if self.compromised {
+            Some(DenyReason::KeyCompromised)
+        } else if self.not_before.is_some_and(|t| now < t) {
+            Some(DenyReason::KeyNotYetValid)
+        } else if self.not_after.is_some_and(|t| now >= t) && !action.processes_existing() {
+            Some(DenyReason::KeyExpired)
+        } else {
+            None
+        }
+    }
 }
 
 /// A tie-up agreement. Ordered by id first (then every field), so that choosing
@@ -119,6 +144,15 @@ pub enum Action {
     GenerateMac,
     /// Have the service check a settlement result's MAC.
     VerifyMac,
+}
+
+impl Action {
+    /// Whether the action only processes what was protected before (decrypting
+    /// a ciphertext from the field, checking a MAC made earlier), rather than
+    /// protecting or establishing anything new.
+    pub fn processes_existing(self) -> bool {
+        matches!(self, Action::Decrypt | Action::VerifyMac)
+    }
 }
 
 /// Everything one decision depends on.
@@ -221,7 +255,12 @@ fn check(r: &Request<'_>) -> Result<(), DenyReason> {
     Err(first_refusal.unwrap_or(DenyReason::NoTieUp))
 }
 
+/// The key-lifecycle rules (DESIGN.md §2): compromise, the version's state and
+/// its cryptoperiod. Every allowed decision passes through here.
 fn key_state(r: &Request<'_>) -> Result<(), DenyReason> {
+    if let Some(reason) = r.key.lifecycle_refuses(r.action, r.now) {
+        return Err(reason);
+    }
     if state_allows(r.key.state, r.action) {
         Ok(())
     } else {

@@ -22,6 +22,9 @@ fn key(alias: &str) -> Key {
         owner: None,
         exportable: true,
         state: KeyState::Active,
+        not_before: None,
+        not_after: None,
+        compromised: false,
     }
 }
 

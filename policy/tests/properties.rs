@@ -46,14 +46,22 @@ fn key() -> impl Strategy<Value = Key> {
         proptest::option::of(pick(IDS)),
         any::<bool>(),
         pick(KeyState::ALL),
+        proptest::option::of(-6i64..6),
+        proptest::option::of(-6i64..6),
+        proptest::bool::weighted(0.1),
     )
-        .prop_map(|(alias, class, owner, exportable, state)| Key {
-            alias: alias.to_string(),
-            class,
-            owner: owner.map(str::to_string),
-            exportable,
-            state,
-        })
+        .prop_map(
+            |(alias, class, owner, exportable, state, not_before, not_after, compromised)| Key {
+                alias: alias.to_string(),
+                class,
+                owner: owner.map(str::to_string),
+                exportable,
+                state,
+                not_before,
+                not_after,
+                compromised,
+            },
+        )
 }
 
 fn tie_up() -> impl Strategy<Value = TieUp> {
@@ -224,6 +232,58 @@ proptest! {
             }
         }
         prop_assert!(!c.decide().is_allowed());
+    }
+
+    #[test]
+    fn a_compromised_version_serves_nothing(mut c in case()) {
+        c.key.compromised = true;
+        prop_assert!(!c.decide().is_allowed());
+        // Whoever asks and whatever for: a caller the other rules would
+        // allow is told it is compromised.
+        c.key.compromised = false;
+        if c.decide().is_allowed() {
+            c.key.compromised = true;
+            prop_assert_eq!(c.decide(), Decision::Deny(DenyReason::KeyCompromised));
+        }
+    }
+
+    #[test]
+    fn nothing_is_allowed_before_the_cryptoperiod(mut c in case(), start in 1i64..6) {
+        c.key.not_before = Some(c.now + start);
+        prop_assert!(!c.decide().is_allowed());
+    }
+
+    #[test]
+    fn past_the_cryptoperiod_only_earlier_data_is_processed(mut c in case(), ago in 0i64..6) {
+        let unbounded = Key { not_after: None, ..c.key.clone() };
+        c.key.not_after = Some(c.now - ago);
+        let decision = c.decide();
+        if c.action.processes_existing() {
+            // Decrypting and checking MACs made before: as if it had no end.
+            let mut without = c.clone();
+            without.key = unbounded;
+            prop_assert_eq!(decision, without.decide());
+        } else {
+            prop_assert!(!decision.is_allowed());
+        }
+    }
+
+    #[test]
+    fn a_cryptoperiod_only_ever_narrows(c in case()) {
+        // Inside its window, or without one, a version is decided as if it
+        // had none; a window never allows what the rest of the rules deny.
+        let mut without = c.clone();
+        without.key.not_before = None;
+        without.key.not_after = None;
+        let unbounded = without.decide();
+        if c.decide().is_allowed() {
+            prop_assert!(unbounded.is_allowed());
+        }
+        let inside = c.key.not_before.is_none_or(|t| t <= c.now)
+            && (c.action.processes_existing() || c.key.not_after.is_none_or(|t| c.now < t));
+        if inside {
+            prop_assert_eq!(c.decide(), unbounded);
+        }
     }
 
     #[test]
