@@ -294,6 +294,14 @@ calls! { Admin {
     /// Imports a card-access key wrapped under the import key (under dual
     /// control, proposes it).
     import_key(pb::ImportKeyRequest) -> pb::KeyChange;
+    /// Imports card-access keys wrapped under an import KEK, each on its own
+    /// (under dual control, proposes the batch).
+    import_keys(pb::ImportKeysRequest) -> pb::ImportKeysChange;
+    /// Sets a version's cryptoperiod.
+    set_key_version_cryptoperiod(pb::SetKeyVersionCryptoperiodRequest) -> pb::Key;
+    /// Marks a version compromised, optionally rotating (under dual control,
+    /// proposes it).
+    mark_key_version_compromised(pb::MarkKeyVersionCompromisedRequest) -> pb::KeyChange;
     /// Every participant.
     list_entities(pb::ListEntitiesRequest) -> pb::ListEntitiesResponse;
     /// The key ceremony: a participant's RSA public key marked trusted by the

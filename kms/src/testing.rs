@@ -270,6 +270,7 @@ pub async fn import_card_master(
             weak: algorithm.1 == Algorithm::Des,
             demote_active_to: None,
             oaep_hash: None,
+            period: Default::default(),
         },
         crate::audit::AuditEvent::allowed("local:test", "test.import_card_master"),
     )

@@ -25,6 +25,7 @@ impl SensitiveOperation {
         SensitiveOperation::ResumeOfficer,
         SensitiveOperation::SetDualControl,
         SensitiveOperation::ImportKey,
+        SensitiveOperation::MarkCompromised,
     ];
 }
 

@@ -44,6 +44,9 @@ pub const SPKI_DER: usize = 4096;
 pub const DATA: usize = 1 << 20;
 /// Keys of one tie-up.
 pub const TIE_UP_KEYS: usize = 256;
+/// Keys of one bulk import (about 70 bytes each encoded: 500 fit in
+/// [`MAX_OTHER_REQUEST`]).
+pub const BULK_KEYS: usize = 500;
 /// Sensitive operation names in a dual-control set (each at most [`NAME`]).
 pub const DUAL_CONTROL_OPERATIONS: usize = 32;
 
@@ -126,7 +129,8 @@ impl Bounded for Vec<u8> {
     }
 }
 
-impl Bounded for Vec<TieUpKey> {
+/// Repeated messages: the count, then each item's own fields.
+impl<T: Limits> Bounded for Vec<T> {
     fn check(&self, message: &'static str, field: &str, max: usize) -> Result<(), LimitError> {
         within(message, field, self.len(), max, "items")?;
         for (i, k) in self.iter().enumerate() {
@@ -224,6 +228,10 @@ requests! {
     CreateImportKeyRequest {},
     GetImportParametersRequest {},
     ImportKeyRequest { alias: NAME, wrapped_key: RSA_BYTES, expected_kcv: SMALL_BYTES },
+    BulkKey { alias: NAME, wrapped_key: SMALL_BYTES, expected_kcv: SMALL_BYTES },
+    ImportKeysRequest { kek_alias: NAME, keys: BULK_KEYS },
+    SetKeyVersionCryptoperiodRequest { alias: NAME },
+    MarkKeyVersionCompromisedRequest { alias: NAME, reason: REJECT_REASON },
     TrustParticipantKeyRequest { entity_id: NAME, spki_der: SPKI_DER, fingerprint_sha256: NAME, so_pin: NAME },
     EntityRef { id: NAME },
     ListEntitiesRequest { page_token: PAGE_TOKEN },
@@ -267,7 +275,7 @@ responses! {
     Key, KeyChange, ListKeysResponse, Entity, ListEntitiesResponse, TieUpChange, TieUp,
     ListTieUpsResponse, ListDistributionsResponse, ListApprovalsResponse, ApproveResponse,
     Approval, ListAuditResponse, VerifyAuditResponse, EntityChange, DualControl,
-    DualControlChange, ImportParameters,
+    DualControlChange, ImportParameters, ImportKeysChange, ImportKeysResponse,
     TransportKey, WrappedKey, ListEntitledKeysResponse, Consent, ListConsentsResponse,
     Challenge, AuthenticationResult, SealedCommand, ReceiptVerification,
     ListProxyLoadsResponse, ProxyLoadSummary,

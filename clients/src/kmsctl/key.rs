@@ -5,7 +5,7 @@ use brandkms_proto::v1 as pb;
 use clap::{Subcommand, ValueEnum};
 
 use super::output::Output;
-use super::parse::parse_u32;
+use super::parse::{parse_time, parse_u32};
 use crate::sdk::{Client, ClientError};
 
 /// A version state an officer may set (`KEY_STATE_*`); the others are reached
@@ -39,6 +39,7 @@ pub(super) enum ClassArg {
     Settlement,
     Authenticator,
     Internal,
+    ImportKek,
 }
 
 impl From<ClassArg> for pb::KeyClass {
@@ -49,6 +50,7 @@ impl From<ClassArg> for pb::KeyClass {
             ClassArg::Settlement => pb::KeyClass::Settlement,
             ClassArg::Authenticator => pb::KeyClass::Authenticator,
             ClassArg::Internal => pb::KeyClass::Internal,
+            ClassArg::ImportKek => pb::KeyClass::ImportKek,
         }
     }
 }
@@ -86,6 +88,97 @@ impl From<CardAlgorithmArg> for pb::KeyAlgorithm {
             CardAlgorithmArg::Tdes2 => pb::KeyAlgorithm::Tdes2,
             CardAlgorithmArg::Tdes3 => pb::KeyAlgorithm::Tdes3,
         }
+    }
+}
+
+/// What `kmsctl key import` brings in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub(super) enum ImportClassArg {
+    /// A card-access key (algorithm from --algorithm).
+    CardAccess,
+    /// An AES-256 import KEK that bulk imports are wrapped under.
+    ImportKek,
+}
+
+/// A version's cryptoperiod on the command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(super) struct PeriodArgs {
+    /// Not used before this time (RFC 3339 or Unix ms).
+    #[arg(long, value_parser = parse_time)]
+    not_before: Option<i64>,
+    /// No new work from this time on (RFC 3339 or Unix ms).
+    #[arg(long, value_parser = parse_time)]
+    not_after: Option<i64>,
+}
+
+/// One key of a bulk-import file (`kmsctl key import-batch`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchKey {
+    alias: String,
+    #[serde(default = "tdes2")]
+    algorithm: String,
+    #[serde(default)]
+    service_code: u32,
+    purpose: Option<String>,
+    #[serde(default)]
+    exportable: bool,
+    #[serde(default)]
+    allow_legacy_des: bool,
+    /// RFC 5649 under the KEK, hex.
+    wrapped: String,
+    /// 6 hex digits.
+    kcv: String,
+    not_before: Option<String>,
+    not_after: Option<String>,
+}
+
+fn tdes2() -> String {
+    "tdes2".into()
+}
+
+/// A bulk-import file: the KEK and `[[key]]` tables.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFile {
+    kek: String,
+    #[serde(default)]
+    kek_version: u32,
+    #[serde(default, rename = "key")]
+    keys: Vec<BatchKey>,
+}
+
+impl BatchFile {
+    fn request(self) -> Result<pb::ImportKeysRequest, String> {
+        let time = |t: &Option<String>| t.as_deref().map_or(Ok(0), parse_time);
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for k in self.keys {
+            let at = |e: String| format!("key {:?}: {e}", k.alias);
+            let algorithm = CardAlgorithmArg::from_str(&k.algorithm, true).map_err(at)?;
+            let purpose = match &k.purpose {
+                Some(p) => pb::Purpose::from(PurposeArg::from_str(p, true).map_err(at)?) as i32,
+                None => 0,
+            };
+            keys.push(pb::BulkKey {
+                algorithm: pb::KeyAlgorithm::from(algorithm) as i32,
+                service_code: k.service_code,
+                purpose,
+                exportable: k.exportable,
+                allow_legacy_des: k.allow_legacy_des,
+                wrapped_key: hex::decode(&k.wrapped)
+                    .map_err(|e| at(format!("wrapped is not hex: {e}")))?,
+                expected_kcv: hex::decode(&k.kcv).map_err(|e| at(format!("kcv is not hex: {e}")))?,
+                not_before: time(&k.not_before).map_err(at)?,
+                not_after: time(&k.not_after).map_err(at)?,
+                alias: k.alias,
+            });
+        }
+        Ok(pb::ImportKeysRequest {
+            kek_alias: self.kek,
+            kek_version: self.kek_version,
+            keys,
+        })
     }
 }
 
@@ -141,11 +234,17 @@ pub(super) enum KeyCommand {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
-    /// Import a card-access key wrapped under the import key (held for a
-    /// second officer under dual control): a new key, or a new active version.
+    /// Import a card-access key or an import KEK wrapped under the import key
+    /// (held for a second officer under dual control): a new key, or a new
+    /// active version.
     Import {
         /// Alias: [a-z0-9._-], at most 64.
         alias: String,
+        /// card_access (default) or import_kek (AES-256; --algorithm ignored).
+        #[arg(long, value_enum, ignore_case = true, default_value_t = ImportClassArg::CardAccess)]
+        class: ImportClassArg,
+        #[command(flatten)]
+        period: PeriodArgs,
         /// The wrapped key (binary, as the exporting HSM wrote it).
         #[arg(long)]
         wrapped: std::path::PathBuf,
@@ -170,6 +269,40 @@ pub(super) enum KeyCommand {
         /// For a new key: a supply tie-up may deliver it, wrapped.
         #[arg(long)]
         exportable: bool,
+    },
+    /// Import many card-access keys wrapped (RFC 5649) under an import KEK, from
+    /// a TOML file: `kek = "ALIAS"`, then one `[[key]]` table per key (alias,
+    /// algorithm, service_code, purpose, exportable, wrapped (hex), kcv (hex),
+    /// optional not_before / not_after). Held as one proposal under dual
+    /// control; each key is imported or refused on its own.
+    ImportBatch {
+        /// The batch file.
+        file: std::path::PathBuf,
+    },
+    /// Set a version's cryptoperiod: no use before --not-before, no new work
+    /// from --not-after on (an absent bound is unbounded).
+    Cryptoperiod {
+        /// Alias.
+        alias: String,
+        /// Version (default: the active one).
+        #[arg(long)]
+        version: Option<u32>,
+        #[command(flatten)]
+        period: PeriodArgs,
+    },
+    /// Mark a version compromised (held for a second officer under dual
+    /// control): refused for everything from then on. Lists who received it.
+    Compromise {
+        /// Alias.
+        alias: String,
+        /// The compromised version.
+        version: u32,
+        /// What happened (recorded; no secrets).
+        #[arg(long)]
+        reason: String,
+        /// Also rotate: a new active version in the same command.
+        #[arg(long)]
+        rotate: bool,
     },
     /// Create a settlement RSA key pair in the token (version 1, active).
     CreateSettlement {
@@ -198,6 +331,10 @@ pub(super) enum KeyCommand {
         /// Only this class (card_access, settlement, ...).
         #[arg(long, value_enum, ignore_case = true)]
         class: Option<ClassArg>,
+        /// Only versions whose cryptoperiod ends within this long (e.g. 30d,
+        /// 12h), or has ended.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expiring: Option<std::time::Duration>,
     },
     /// Show one key with its versions.
     Show {
@@ -306,6 +443,8 @@ pub(super) async fn run(
         }
         KeyCommand::Import {
             alias,
+            class,
+            period,
             wrapped,
             kcv,
             import_key_version,
@@ -324,8 +463,14 @@ pub(super) async fn run(
                 admin
                     .import_key(pb::ImportKeyRequest {
                         alias,
-                        key_class: pb::KeyClass::CardAccess as i32,
-                        algorithm: pb::KeyAlgorithm::from(algorithm) as i32,
+                        key_class: match class {
+                            ImportClassArg::CardAccess => pb::KeyClass::CardAccess as i32,
+                            ImportClassArg::ImportKek => pb::KeyClass::ImportKek as i32,
+                        },
+                        algorithm: match class {
+                            ImportClassArg::CardAccess => pb::KeyAlgorithm::from(algorithm) as i32,
+                            ImportClassArg::ImportKek => pb::KeyAlgorithm::Aes256 as i32,
+                        },
                         service_code,
                         purpose: purpose.map_or(0, |p| pb::Purpose::from(p) as i32),
                         exportable,
@@ -333,20 +478,81 @@ pub(super) async fn run(
                         wrapped_key,
                         expected_kcv,
                         import_key_version,
+                        not_before: period.not_before.unwrap_or_default(),
+                        not_after: period.not_after.unwrap_or_default(),
                     })
                     .await?,
             )
         }
+        KeyCommand::ImportBatch { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                ClientError::Config(format!("cannot read {}: {e}", file.display()))
+            })?;
+            let batch: BatchFile = toml::from_str(&text)
+                .map_err(|e| ClientError::Config(format!("{}: {e}", file.display())))?;
+            let request = batch
+                .request()
+                .map_err(|e| ClientError::Config(format!("{}: {e}", file.display())))?;
+            out.import_keys_change(admin.import_keys(request).await?);
+        }
+        KeyCommand::Cryptoperiod {
+            alias,
+            version,
+            period,
+        } => out.key(
+            &admin
+                .set_key_version_cryptoperiod(pb::SetKeyVersionCryptoperiodRequest {
+                    alias,
+                    version: version.unwrap_or_default(),
+                    not_before: period.not_before.unwrap_or_default(),
+                    not_after: period.not_after.unwrap_or_default(),
+                })
+                .await?,
+        ),
+        KeyCommand::Compromise {
+            alias,
+            version,
+            reason,
+            rotate,
+        } => {
+            let change = admin
+                .mark_key_version_compromised(pb::MarkKeyVersionCompromisedRequest {
+                    alias: alias.clone(),
+                    version,
+                    rotate,
+                    reason,
+                })
+                .await?;
+            out.key_change(change);
+            // Who holds the version and must be told, whether the mark is
+            // done or awaits the second officer.
+            let received = admin
+                .list_distributions_all(pb::ListDistributionsRequest {
+                    alias,
+                    version,
+                    ..Default::default()
+                })
+                .await?;
+            out.distributions(&received);
+        }
         KeyCommand::Rotate { alias } => {
             out.key_change(admin.rotate_key(pb::RotateKeyRequest { alias }).await?)
         }
-        KeyCommand::List { class } => {
+        KeyCommand::List { class, expiring } => {
             let key_class = class.map_or(0, |c| pb::KeyClass::from(c) as i32);
             let request = pb::ListKeysRequest {
                 key_class,
+                expiring_within_secs: expiring.map_or(0, |d| d.as_secs().max(1)),
                 ..Default::default()
             };
-            out.keys(&admin.list_keys_all(request).await?);
+            let keys = admin.list_keys_all(request).await?;
+            match expiring {
+                Some(d) => {
+                    let within = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                    out.expiring(&keys, super::parse::now_ms().saturating_add(within));
+                }
+                None => out.keys(&keys),
+            }
         }
         KeyCommand::Show { alias } => out.key(&admin.get_key(pb::GetKeyRequest { alias }).await?),
         KeyCommand::State {

@@ -102,6 +102,9 @@ fn key_json(k: &pb::Key) -> Value {
             "state_changed_at": v.state_changed_at,
             "destroy_after": (v.destroy_after > 0).then_some(v.destroy_after),
             "destroyed_at": (v.destroyed_at > 0).then_some(v.destroyed_at),
+            "not_before": (v.not_before > 0).then_some(v.not_before),
+            "not_after": (v.not_after > 0).then_some(v.not_after),
+            "compromised_at": (v.compromised_at > 0).then_some(v.compromised_at),
         })).collect::<Vec<_>>(),
     })
 }
@@ -214,6 +217,8 @@ impl Output {
                         String::new()
                     },
                     time(v.created_at),
+                    time(v.not_before),
+                    time(v.not_after),
                     time(v.destroy_after),
                     time(v.destroyed_at),
                 ]
@@ -226,6 +231,8 @@ impl Output {
                 "KCV",
                 "WEAK",
                 "CREATED",
+                "NOT BEFORE",
+                "NOT AFTER",
                 "DESTROY AFTER",
                 "DESTROYED",
             ],
@@ -378,6 +385,78 @@ impl Output {
         }
     }
 
+    /// Versions ending by a time: alias, version, state, not-after.
+    pub fn expiring(&self, keys: &[pb::Key], by: i64) {
+        let ending: Vec<(&pb::Key, &pb::KeyVersion)> = keys
+            .iter()
+            .flat_map(|k| k.versions.iter().map(move |v| (k, v)))
+            .filter(|(_, v)| {
+                v.not_after > 0 && v.not_after < by && v.state != pb::KeyState::Destroyed as i32
+            })
+            .collect();
+        if self.json {
+            let items: Vec<Value> = ending
+                .iter()
+                .map(|(k, v)| {
+                    json!({"alias": k.alias, "version": v.version, "state": state(v.state), "not_after": v.not_after})
+                })
+                .collect();
+            return self.print_json(&Value::Array(items));
+        }
+        let rows: Vec<Vec<String>> = ending
+            .iter()
+            .map(|(k, v)| {
+                vec![
+                    k.alias.clone(),
+                    v.version.to_string(),
+                    state(v.state),
+                    time(v.not_after),
+                ]
+            })
+            .collect();
+        table(&["ALIAS", "VERSION", "STATE", "NOT AFTER"], &rows);
+    }
+
+    /// A bulk import's answer: each key imported or refused, or the proposal.
+    pub fn import_keys_change(&self, c: pb::ImportKeysChange) {
+        let r = match c.result {
+            Some(pb::import_keys_change::Result::Done(r)) => r,
+            Some(pb::import_keys_change::Result::Pending(a)) => return self.pending(&a),
+            None => return self.print_json(&Value::Null),
+        };
+        self.imported_keys(&r);
+    }
+
+    /// What a bulk import did, key by key.
+    pub fn imported_keys(&self, r: &pb::ImportKeysResponse) {
+        if self.json {
+            let items: Vec<Value> = r
+                .results
+                .iter()
+                .map(|k| {
+                    json!({"alias": k.alias, "imported": k.imported, "version": k.version,
+                           "kcv": kcv(&k.kcv), "code": k.code, "reason": k.reason})
+                })
+                .collect();
+            return self.print_json(
+                &json!({"imported": r.imported, "refused": r.refused, "results": items}),
+            );
+        }
+        let rows: Vec<Vec<String>> = r
+            .results
+            .iter()
+            .map(|k| {
+                if k.imported {
+                    vec![k.alias.clone(), format!("imported v{}", k.version), kcv(&k.kcv)]
+                } else {
+                    vec![k.alias.clone(), "REFUSED".into(), k.reason.clone()]
+                }
+            })
+            .collect();
+        table(&["ALIAS", "RESULT", "KCV / REASON"], &rows);
+        println!("{} imported, {} refused", r.imported, r.refused);
+    }
+
     /// A tie-up change's answer: the tie-up, or the proposal awaiting approval.
     pub fn tie_up_change(&self, c: pb::TieUpChange) {
         match c.result {
@@ -445,6 +524,10 @@ impl Output {
                 Some(pb::approve_response::Result::DualControl(d)) => {
                     json!({ "dual_control": { "operations": d.operations, "updated_at": d.updated_at } })
                 }
+                Some(pb::approve_response::Result::ImportedKeys(k)) => {
+                    json!({ "imported": k.imported, "refused": k.refused,
+                            "results": k.results.iter().map(|x| json!({"alias": x.alias, "imported": x.imported, "reason": x.reason})).collect::<Vec<_>>() })
+                }
                 None => Value::Null,
             };
             return self.print_json(&json!({
@@ -460,6 +543,7 @@ impl Output {
             Some(pb::approve_response::Result::TieUp(t)) => self.tie_ups(&[t]),
             Some(pb::approve_response::Result::Entity(e)) => self.entities(&[e]),
             Some(pb::approve_response::Result::DualControl(d)) => self.dual_control(&d),
+            Some(pb::approve_response::Result::ImportedKeys(k)) => self.imported_keys(&k),
             None => {}
         }
     }

@@ -23,6 +23,13 @@ pub(super) fn parse_time(s: &str) -> Result<i64, String> {
     i64::try_from(d.as_millis()).map_err(|e| e.to_string())
 }
 
+/// Now, in Unix milliseconds.
+pub(super) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

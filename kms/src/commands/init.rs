@@ -112,6 +112,7 @@ pub async fn run(
                 weak: false,
                 demote_active_to: None,
                 oaep_hash: None,
+                period: Default::default(),
             },
             AuditEvent::allowed(actor, "init.create_internal_key"),
         )

@@ -38,6 +38,16 @@ pub enum ImportError {
     Hsm(#[from] HsmError),
 }
 
+/// How an imported key is wrapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportWrapping {
+    /// RSA-OAEP (SHA-1, MGF1-SHA-1, no label) under the import key pair.
+    RsaOaepSha1,
+    /// AES key wrap with padding (RFC 5649, `CKM_AES_KEY_WRAP_PAD`) under an
+    /// import KEK.
+    AesKeyWrapPad,
+}
+
 impl HsmSession<'_> {
     /// Generates the import key pair: a token object, the private half able
     /// to unwrap and nothing else; returns its id and public half.
@@ -56,13 +66,14 @@ impl HsmSession<'_> {
         )
     }
 
-    /// Unwraps `wrapped` (RSA-OAEP, SHA-1, MGF1-SHA-1, no label) under the
-    /// import key `import` into a token object of `spec`'s template, labelled
+    /// Unwraps `wrapped` under `import` (the import key pair or an import KEK,
+    /// as `wrapping` says) into a token object of `spec`'s template, labelled
     /// `label`; computes its check value in the token (`E_K(0)`, first 3
     /// bytes) and keeps it only when that is `expected`.
     pub fn import_wrapped(
         &self,
         import: &super::ObjectId,
+        wrapping: ImportWrapping,
         wrapped: &[u8],
         spec: &KeySpec,
         label: &str,
@@ -80,7 +91,10 @@ impl HsmSession<'_> {
                 other => other,
             })
             .collect();
-        let mechanism = Mechanism::RsaPkcsOaep(Self::oaep_sha1());
+        let mechanism = match wrapping {
+            ImportWrapping::RsaOaepSha1 => Mechanism::RsaPkcsOaep(Self::oaep_sha1()),
+            ImportWrapping::AesKeyWrapPad => Mechanism::AesKeyWrapPad,
+        };
         let unwrapped = self.with_key(import, |k| {
             Ok(self.session.unwrap_key(&mechanism, k, wrapped, &template)?)
         });

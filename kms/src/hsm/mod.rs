@@ -33,7 +33,7 @@ use zeroize::Zeroizing;
 pub use data::DataObject;
 pub use error::HsmError;
 pub use hardening::Finding;
-pub use import::{IMPORT_KEY_BITS, ImportError};
+pub use import::{IMPORT_KEY_BITS, ImportError, ImportWrapping};
 pub use keygen::GeneratedRsa;
 pub use raw::{CMAC_LEN, EcbDerive};
 pub use rsa::OaepHash;

@@ -113,6 +113,8 @@ pub enum KeyRole {
     SessionSeal,
     /// An authenticator key for MACs on settlement results.
     Authenticator,
+    /// An import KEK: unwraps the keys of a bulk import, nothing else.
+    ImportKek,
 }
 
 /// Whether a key may ever leave the token, wrapped.
@@ -142,7 +144,9 @@ impl KeySpec {
         use SecretAlgorithm as A;
         let algorithm_fits = match self.role {
             KeyRole::CardMaster => self.algorithm.is_des_family(),
-            KeyRole::Transport | KeyRole::SessionSeal => self.algorithm == A::Aes256,
+            KeyRole::Transport | KeyRole::SessionSeal | KeyRole::ImportKek => {
+                self.algorithm == A::Aes256
+            }
             KeyRole::AuditMac | KeyRole::Authenticator => self.algorithm == A::HmacSha256,
         };
         if !algorithm_fits {
@@ -185,6 +189,10 @@ impl Usage {
                 ..none
             },
             KeyRole::Transport => Usage { wrap: true, ..none },
+            KeyRole::ImportKek => Usage {
+                unwrap: true,
+                ..none
+            },
             KeyRole::AuditMac | KeyRole::Authenticator => Usage {
                 sign: true,
                 verify: true,

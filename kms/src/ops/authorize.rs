@@ -80,13 +80,7 @@ pub async fn authorize(
     let decision = decide(&Request {
         caller: &policy_entity(&caller.entity),
         action,
-        key: &brandkms_policy::Key {
-            alias: key.alias.clone(),
-            class: key.class,
-            owner: key.owner_entity.clone(),
-            exportable: key.exportable,
-            state: version.state,
-        },
+        key: &policy_key(key, version),
         tie_ups: &tie_ups,
         consents: &consents,
         transport_key: transport.is_some(),
@@ -136,6 +130,20 @@ pub async fn uniform_to_participant<T>(
             })
         }
         other => other,
+    }
+}
+
+/// The policy's view of a key version.
+pub fn policy_key(key: &KeyRecord, version: &KeyVersionRecord) -> brandkms_policy::Key {
+    brandkms_policy::Key {
+        alias: key.alias.clone(),
+        class: key.class,
+        owner: key.owner_entity.clone(),
+        exportable: key.exportable,
+        state: version.state,
+        not_before: version.not_before,
+        not_after: version.not_after,
+        compromised: version.compromised_at.is_some(),
     }
 }
 

@@ -171,6 +171,7 @@ async fn next_own_version(
         weak: false,
         demote_active_to: Some(KeyState::Retired),
         oaep_hash: None,
+        period: Default::default(),
     })
 }
 

@@ -5,7 +5,7 @@ use brandkms_policy::{Algorithm, KeyClass, KeyState, Purpose};
 
 use crate::audit::AuditEvent;
 use crate::ops::generate::generator;
-use crate::ops::versions::{AuditKey, NewVersion, create_version, key_version};
+use crate::ops::versions::{AuditKey, Cryptoperiod, NewVersion, create_version, key_version};
 use crate::ops::{AppState, Caller, OpsError};
 use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
 
@@ -75,6 +75,7 @@ pub async fn create(
             weak: input.algorithm == Algorithm::Des,
             demote_active_to: None,
             oaep_hash: None,
+            period: Default::default(),
         },
         caller.event("Admin/CreateKey"),
     )
@@ -118,6 +119,7 @@ pub async fn rotate(state: &AppState, caller: &Caller, alias: &str) -> Result<Ke
             weak: view.key.algorithm == Algorithm::Des,
             demote_active_to: Some(demote),
             oaep_hash: None,
+            period: Default::default(),
         },
         caller.event("Admin/RotateKey"),
     )
@@ -251,6 +253,111 @@ pub async fn set_state(
         })
         .await?;
     get(state, alias).await
+}
+
+/// Sets a version's cryptoperiod; `None` names the active version. The
+/// service's own keys and participants' transport keys have none.
+pub async fn set_cryptoperiod(
+    state: &AppState,
+    caller: &Caller,
+    alias: &str,
+    version: Option<u32>,
+    period: Cryptoperiod,
+) -> Result<KeyView, OpsError> {
+    let asked = version;
+    let version = resolve(state, alias, asked).await?;
+    let bound = |t: Option<i64>| t.map_or_else(|| "unbounded".to_string(), crate::clock::rfc3339);
+    let event = caller
+        .event("Admin/SetKeyVersionCryptoperiod")
+        .key(alias, Some(version))
+        .outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!(
+                "not before {}, not after {}",
+                bound(period.not_before),
+                bound(period.not_after)
+            )),
+        );
+    let name = alias.to_string();
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                let (key, v) = key_version(tx, &name, Some(version)).await?;
+                still_named(asked, &v)?;
+                lifecycle_applies(&key, &v)?;
+                Ok(rows::set_cryptoperiod(tx, &name, version, period.not_before, period.not_after).await?)
+            })
+        })
+        .await?;
+    get(state, alias).await
+}
+
+/// Whether a version takes lifecycle marks (a cryptoperiod, a compromise):
+/// keys the policy decides on, not yet destroyed.
+pub fn lifecycle_applies(key: &KeyRecord, v: &KeyVersionRecord) -> Result<(), OpsError> {
+    if matches!(key.class, KeyClass::Internal | KeyClass::Transport) {
+        return Err(OpsError::FailedPrecondition(format!(
+            "{} keys are the service's or a participant's own: rotate them instead",
+            key.class
+        )));
+    }
+    if v.state == KeyState::Destroyed {
+        return Err(OpsError::FailedPrecondition(format!(
+            "version {} of {:?} is destroyed",
+            v.version, key.alias
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `v` may be marked compromised: lifecycle marks apply and it
+/// is not marked already.
+pub fn check_compromisable(key: &KeyRecord, v: &KeyVersionRecord) -> Result<(), OpsError> {
+    lifecycle_applies(key, v)?;
+    match v.compromised_at {
+        Some(at) => Err(OpsError::FailedPrecondition(format!(
+            "version {} of {:?} was marked compromised at {}",
+            v.version,
+            key.alias,
+            crate::clock::rfc3339(at)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Marks a version compromised: from the commit on the policy refuses it for
+/// everything, on every instance (the change moves the admin generation, so
+/// no instance answers from facts cached before it).
+pub async fn mark_compromised(
+    state: &AppState,
+    caller: &Caller,
+    alias: &str,
+    version: u32,
+    reason: &str,
+) -> Result<KeyView, OpsError> {
+    let event = caller
+        .event("Admin/MarkKeyVersionCompromised")
+        .key(alias, Some(version))
+        .outcome(
+            crate::audit::Outcome::Allowed,
+            Some(format!("marked compromised: {reason}")),
+        );
+    let (name, now) = (alias.to_string(), state.clock.now_ms());
+    state
+        .write_serial(event, move |tx| {
+            Box::pin(async move {
+                let (key, v) = key_version(tx, &name, Some(version)).await?;
+                check_compromisable(&key, &v)?;
+                Ok(rows::mark_compromised(tx, &name, version, now).await?)
+            })
+        })
+        .await?;
+    get(state, alias).await
+}
+
+/// Whether a version that is not destroyed ends (its not-after) before `by`.
+pub fn ends_before(v: &KeyVersionRecord, by: i64) -> bool {
+    v.state != KeyState::Destroyed && v.not_after.is_some_and(|t| t < by)
 }
 
 /// Whether a version may be scheduled for destruction: retired, and not internal.

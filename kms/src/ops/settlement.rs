@@ -75,6 +75,7 @@ pub async fn create(
             weak: false,
             demote_active_to: None,
             oaep_hash: Some(state.oaep_hash),
+            period: Default::default(),
         },
         caller.event("Admin/CreateKey"),
     )
@@ -452,6 +453,7 @@ pub async fn create_authenticator(
             weak: false,
             demote_active_to: None,
             oaep_hash: None,
+            period: Default::default(),
         },
         caller.event("Admin/CreateKey"),
     )

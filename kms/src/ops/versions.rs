@@ -93,6 +93,32 @@ pub struct NewVersion {
     pub demote_active_to: Option<KeyState>,
     /// RSA keys, with their first version: the OAEP hash their ciphertexts use.
     pub oaep_hash: Option<crate::hsm::OaepHash>,
+    /// The version's cryptoperiod.
+    pub period: Cryptoperiod,
+}
+
+/// A version's cryptoperiod (Unix ms): no use before `not_before`, no new work
+/// from `not_after` on; `None` leaves that side unbounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cryptoperiod {
+    /// Start, inclusive.
+    pub not_before: Option<i64>,
+    /// End of new work, exclusive.
+    pub not_after: Option<i64>,
+}
+
+impl Cryptoperiod {
+    /// Checks that the period is not empty.
+    pub fn checked(self) -> Result<Self, OpsError> {
+        match (self.not_before, self.not_after) {
+            (Some(b), Some(a)) if a <= b => Err(crate::ops::invalid(format!(
+                "not_after ({}) must be later than not_before ({})",
+                crate::clock::rfc3339(a),
+                crate::clock::rfc3339(b)
+            ))),
+            _ => Ok(self),
+        }
+    }
 }
 
 /// Which key MACs the audit record of the creation.
@@ -193,6 +219,9 @@ async fn write_rows(
         state_changed_at: now,
         destroy_after: None,
         destroyed_at: None,
+        not_before: new.period.not_before,
+        not_after: new.period.not_after,
+        compromised_at: None,
     };
     let event = event.key(&new.alias, Some(new.version));
     let row = version.clone();

@@ -9,7 +9,9 @@ use brandkms_proto::v1 as pb;
 
 use crate::ops::approvals::{ApprovalState, state_at};
 use crate::ops::entities::RegisterEntity;
+use crate::ops::import::{BulkKey, ImportKey, ImportKeys, ImportTarget};
 use crate::ops::keys::{CreateKey, KeyView};
+use crate::ops::versions::Cryptoperiod;
 use crate::ops::settlement::CreateSettlementKey;
 use crate::ops::tieups::{CreateTieUp, UpdateTieUp};
 use crate::ops::{OpsError, invalid, quote, valid_name};
@@ -42,7 +44,7 @@ macro_rules! enum_map {
 
 enum_map!(key_class, key_class_wire, pb::KeyClass, KeyClass, "key class", {
     CardAccess => CardAccess, Transport => Transport, Settlement => Settlement,
-    Authenticator => Authenticator, Internal => Internal,
+    Authenticator => Authenticator, Internal => Internal, ImportKek => ImportKek,
 });
 enum_map!(algorithm, algorithm_wire, pb::KeyAlgorithm, Algorithm, "algorithm", {
     Des => Des, Tdes2 => Tdes2, Tdes3 => Tdes3, Aes256 => Aes256, HmacSha256 => HmacSha256,
@@ -315,6 +317,9 @@ impl From<KeyView> for pb::Key {
                     state_changed_at: x.state_changed_at,
                     destroy_after: x.destroy_after.unwrap_or_default(),
                     destroyed_at: x.destroyed_at.unwrap_or_default(),
+                    not_before: x.not_before.unwrap_or_default(),
+                    not_after: x.not_after.unwrap_or_default(),
+                    compromised_at: x.compromised_at.unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -469,45 +474,172 @@ pub fn authenticator_request(r: pb::CreateKeyRequest) -> Result<String, OpsError
     Ok(alias)
 }
 
-impl TryFrom<&pb::ImportKeyRequest> for crate::ops::import::ImportKey {
+/// What became of each key of a bulk import, for the wire.
+pub fn bulk_outcomes(outcomes: Vec<crate::ops::import::BulkOutcome>) -> pb::ImportKeysResponse {
+    let mut response = pb::ImportKeysResponse::default();
+    for o in outcomes {
+        let result = match o.result {
+            Ok(v) => {
+                response.imported += 1;
+                pb::BulkKeyResult {
+                    alias: o.alias,
+                    imported: true,
+                    version: v.version,
+                    kcv: hex_bytes(&v.kcv),
+                    ..Default::default()
+                }
+            }
+            Err(e) => {
+                response.refused += 1;
+                let status = crate::service::to_status(&e);
+                pb::BulkKeyResult {
+                    alias: o.alias,
+                    code: status.code() as i32,
+                    reason: status.message().to_string(),
+                    ..Default::default()
+                }
+            }
+        };
+        response.results.push(result);
+    }
+    response
+}
+
+/// A cryptoperiod from the wire (0: unbounded), checked not empty.
+pub fn cryptoperiod(not_before: i64, not_after: i64) -> Result<Cryptoperiod, OpsError> {
+    Cryptoperiod {
+        not_before: optional_time("not_before", not_before)?,
+        not_after: optional_time("not_after", not_after)?,
+    }
+    .checked()
+}
+
+/// A stated key check value: 3 bytes.
+fn expected_kcv(kcv: &[u8]) -> Result<[u8; 3], OpsError> {
+    kcv.try_into()
+        .map_err(|_| invalid(format!("expected_kcv is 3 bytes, not {}", kcv.len())))
+}
+
+/// A card-access key to import (one of ImportKey's or of a bulk import).
+#[allow(clippy::too_many_arguments)]
+fn card_access_target(
+    alias: &str,
+    algorithm_wire: i32,
+    allow_legacy_des: bool,
+    code: u32,
+    purpose_wire: i32,
+    exportable: bool,
+    period: Cryptoperiod,
+) -> Result<ImportTarget, OpsError> {
+    let algorithm = algorithm(algorithm_wire)?.ok_or_else(|| {
+        invalid("algorithm is required: tdes2, tdes3 (or des with allow_legacy_des)")
+    })?;
+    Ok(ImportTarget {
+        alias: own_alias(alias)?,
+        class: KeyClass::CardAccess,
+        algorithm: card_access_algorithm(algorithm, allow_legacy_des, "import")?,
+        service_code: service_code(code)?,
+        purpose: purpose(purpose_wire)?,
+        exportable,
+        period,
+    })
+}
+
+impl TryFrom<&pb::ImportKeyRequest> for ImportKey {
     type Error = OpsError;
 
     fn try_from(r: &pb::ImportKeyRequest) -> Result<Self, Self::Error> {
-        let alias = own_alias(&r.alias)?;
-        match key_class(r.key_class)? {
-            None | Some(KeyClass::CardAccess) => {}
+        let period = cryptoperiod(r.not_before, r.not_after)?;
+        let target = match key_class(r.key_class)? {
+            None | Some(KeyClass::CardAccess) => card_access_target(
+                &r.alias,
+                r.algorithm,
+                r.allow_legacy_des,
+                r.service_code,
+                r.purpose,
+                r.exportable,
+                period,
+            )?,
+            Some(KeyClass::ImportKek) => {
+                if !matches!(algorithm(r.algorithm)?, None | Some(Algorithm::Aes256)) {
+                    return Err(invalid("an import KEK is an AES-256 key (algorithm aes256)"));
+                }
+                if r.exportable || r.service_code != 0 || r.purpose != 0 {
+                    return Err(invalid(
+                        "an import KEK has no service code or purpose and is never exportable",
+                    ));
+                }
+                ImportTarget {
+                    alias: own_alias(&r.alias)?,
+                    class: KeyClass::ImportKek,
+                    algorithm: Algorithm::Aes256,
+                    service_code: 0,
+                    purpose: None,
+                    exportable: false,
+                    period,
+                }
+            }
             Some(other) => {
                 return Err(invalid(format!(
-                    "ImportKey brings in card-access keys; {other} keys are not imported"
+                    "ImportKey brings in card-access keys and import KEKs; {other} keys are not imported"
                 )));
             }
-        }
-        let algorithm = algorithm(r.algorithm)?.ok_or_else(|| {
-            invalid("algorithm is required: tdes2, tdes3 (or des with allow_legacy_des)")
-        })?;
-        let algorithm = card_access_algorithm(algorithm, r.allow_legacy_des, "import")?;
-        let service_code = service_code(r.service_code)?;
-        let expected_kcv: [u8; 3] = r.expected_kcv.as_slice().try_into().map_err(|_| {
-            invalid(format!(
-                "expected_kcv is 3 bytes, not {}",
-                r.expected_kcv.len()
-            ))
-        })?;
+        };
         if r.wrapped_key.is_empty() {
             return Err(invalid("wrapped_key is required"));
         }
         let import_version = version(r.import_key_version).ok_or_else(|| {
             invalid("import_key_version is required: the version GetImportParameters gave")
         })?;
-        Ok(crate::ops::import::ImportKey {
-            alias,
-            algorithm,
-            service_code,
-            purpose: purpose(r.purpose)?,
-            exportable: r.exportable,
+        Ok(ImportKey {
+            target,
             wrapped: r.wrapped_key.clone(),
-            expected_kcv,
+            expected_kcv: expected_kcv(&r.expected_kcv)?,
             import_version,
+        })
+    }
+}
+
+impl TryFrom<&pb::ImportKeysRequest> for ImportKeys {
+    type Error = OpsError;
+
+    fn try_from(r: &pb::ImportKeysRequest) -> Result<Self, Self::Error> {
+        if r.keys.is_empty() {
+            return Err(invalid("keys: a bulk import needs at least one key"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut keys = Vec::with_capacity(r.keys.len());
+        for (i, k) in r.keys.iter().enumerate() {
+            let at = |e: OpsError| invalid(format!("keys[{i}]: {e}"));
+            let target = card_access_target(
+                &k.alias,
+                k.algorithm,
+                k.allow_legacy_des,
+                k.service_code,
+                k.purpose,
+                k.exportable,
+                cryptoperiod(k.not_before, k.not_after).map_err(at)?,
+            )
+            .map_err(at)?;
+            if !seen.insert(target.alias.clone()) {
+                return Err(invalid(format!(
+                    "keys[{i}]: alias {} appears twice in the batch",
+                    target.alias
+                )));
+            }
+            if k.wrapped_key.is_empty() {
+                return Err(invalid(format!("keys[{i}]: wrapped_key is required")));
+            }
+            keys.push(BulkKey {
+                target,
+                wrapped: k.wrapped_key.clone(),
+                expected_kcv: expected_kcv(&k.expected_kcv).map_err(at)?,
+            });
+        }
+        Ok(ImportKeys {
+            kek_alias: name("kek_alias", &r.kek_alias)?,
+            kek_version: version(r.kek_version),
+            keys,
         })
     }
 }

@@ -51,6 +51,12 @@ pub struct KeyVersionRecord {
     pub destroy_after: Option<i64>,
     /// When the token object was destroyed (Unix ms).
     pub destroyed_at: Option<i64>,
+    /// Cryptoperiod start (Unix ms, inclusive), if bounded.
+    pub not_before: Option<i64>,
+    /// Cryptoperiod end for new work (Unix ms, exclusive), if bounded.
+    pub not_after: Option<i64>,
+    /// When an officer marked it compromised.
+    pub compromised_at: Option<i64>,
 }
 
 /// Inserts a key.
@@ -75,8 +81,8 @@ pub async fn insert_key(conn: &mut Conn, k: &KeyRecord) -> Result<(), StoreError
 /// Inserts a key version.
 pub async fn insert_version(conn: &mut Conn, v: &KeyVersionRecord) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO key_versions (alias, version, state, cka_id, kcv, weak, created_at, state_changed_at, destroy_after, destroyed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO key_versions (alias, version, state, cka_id, kcv, weak, created_at, state_changed_at, destroy_after, destroyed_at, not_before, not_after, compromised_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&v.alias)
     .bind(i64::from(v.version))
@@ -88,6 +94,9 @@ pub async fn insert_version(conn: &mut Conn, v: &KeyVersionRecord) -> Result<(),
     .bind(v.state_changed_at)
     .bind(v.destroy_after)
     .bind(v.destroyed_at)
+    .bind(v.not_before)
+    .bind(v.not_after)
+    .bind(v.compromised_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -95,7 +104,7 @@ pub async fn insert_version(conn: &mut Conn, v: &KeyVersionRecord) -> Result<(),
 
 const KEY_COLUMNS: &str =
     "alias, class, algorithm, purpose, service_code, exportable, owner_entity, created_at";
-const VERSION_COLUMNS: &str = "alias, version, state, cka_id, kcv, weak, created_at, state_changed_at, destroy_after, destroyed_at";
+const VERSION_COLUMNS: &str = "alias, version, state, cka_id, kcv, weak, created_at, state_changed_at, destroy_after, destroyed_at, not_before, not_after, compromised_at";
 
 /// The key with this alias.
 pub async fn key(conn: &mut Conn, alias: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -200,7 +209,48 @@ fn version_from_row(r: &AnyRow) -> Result<KeyVersionRecord, StoreError> {
         state_changed_at: r.try_get("state_changed_at")?,
         destroy_after: r.try_get("destroy_after")?,
         destroyed_at: r.try_get("destroyed_at")?,
+        not_before: r.try_get("not_before")?,
+        not_after: r.try_get("not_after")?,
+        compromised_at: r.try_get("compromised_at")?,
     })
+}
+
+/// Sets a version's cryptoperiod (`None`: unbounded on that side).
+pub async fn set_cryptoperiod(
+    conn: &mut Conn,
+    alias: &str,
+    version: u32,
+    not_before: Option<i64>,
+    not_after: Option<i64>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE key_versions SET not_before = $1, not_after = $2 WHERE alias = $3 AND version = $4",
+    )
+    .bind(not_before)
+    .bind(not_after)
+    .bind(alias)
+    .bind(i64::from(version))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks a version compromised at `at` (kept if it already was).
+pub async fn mark_compromised(
+    conn: &mut Conn,
+    alias: &str,
+    version: u32,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE key_versions SET compromised_at = $1 WHERE alias = $2 AND version = $3 AND compromised_at IS NULL",
+    )
+    .bind(at)
+    .bind(alias)
+    .bind(i64::from(version))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Sets a version's state and its destruction times.

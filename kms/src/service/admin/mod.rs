@@ -11,7 +11,8 @@ use brandkms_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
 use self::sensitive::{
-    CREATE_TIE_UP, DESTROY, IMPORT, ROTATE, UPDATE_TIE_UP, key_change, tie_up_change,
+    COMPROMISED, CREATE_TIE_UP, DESTROY, IMPORT, IMPORT_BATCH, ROTATE, UPDATE_TIE_UP, key_change,
+    tie_up_change,
 };
 use super::convert::{self, name, optional_name, version};
 use super::paging::{PageRequest, numeric_key};
@@ -199,9 +200,16 @@ impl Admin for AdminService {
             Audit::Read,
             None,
             async |_, r| {
-                let class = r.key_class.to_string();
-                let page = PageRequest::new("keys", &[&class], r.page_size, &r.page_token)?;
-                let views = keys::list(self.state(), convert::key_class(r.key_class)?).await?;
+                let (class, within) = (r.key_class.to_string(), r.expiring_within_secs.to_string());
+                let page =
+                    PageRequest::new("keys", &[&class, &within], r.page_size, &r.page_token)?;
+                let mut views = keys::list(self.state(), convert::key_class(r.key_class)?).await?;
+                if r.expiring_within_secs > 0 {
+                    let within = i64::try_from(r.expiring_within_secs.saturating_mul(1000))
+                        .unwrap_or(i64::MAX);
+                    let by = self.state().clock.now_ms().saturating_add(within);
+                    views.retain(|v| v.versions.iter().any(|x| keys::ends_before(x, by)));
+                }
                 let page = page.page(views, |v| v.key.alias.clone());
                 Ok(pb::ListKeysResponse {
                     keys: page.items.into_iter().map(Into::into).collect(),
@@ -243,6 +251,59 @@ impl Admin for AdminService {
         request: Request<pb::EntityRef>,
     ) -> Result<Response<pb::Entity>, Status> {
         self.entity_status(request, StatusCall::ResumeEntity).await
+    }
+
+    async fn set_key_version_cryptoperiod(
+        &self,
+        request: Request<pb::SetKeyVersionCryptoperiodRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        let r = request.get_ref();
+        let key = audit_key(&r.alias, version(r.version));
+        let op = "Admin/SetKeyVersionCryptoperiod";
+        self.officer_call(request, op, Audit::Change, key, async |caller, r| {
+            let alias = name("alias", &r.alias)?;
+            let period = convert::cryptoperiod(r.not_before, r.not_after)?;
+            let v = version(r.version);
+            Ok(keys::set_cryptoperiod(self.state(), caller, &alias, v, period)
+                .await?
+                .into())
+        })
+        .await
+    }
+
+    async fn mark_key_version_compromised(
+        &self,
+        request: Request<pb::MarkKeyVersionCompromisedRequest>,
+    ) -> Result<Response<pb::KeyChange>, Status> {
+        let r = request.get_ref();
+        let key = audit_key(&r.alias, version(r.version));
+        self.officer_call(request, COMPROMISED, Audit::Change, key, async |caller, r| {
+            Ok(key_change(self.compromise_change(caller, &r).await?))
+        })
+        .await
+    }
+
+    async fn import_keys(
+        &self,
+        request: Request<pb::ImportKeysRequest>,
+    ) -> Result<Response<pb::ImportKeysChange>, Status> {
+        let r = request.get_ref();
+        let key = audit_key(&r.kek_alias, version(r.kek_version));
+        self.officer_call(request, IMPORT_BATCH, Audit::Change, key, async |caller, r| {
+            use pb::import_keys_change::Result as Produced;
+            let result = match self.import_batch_change(caller, &r).await? {
+                approvals::Change::Done(outcomes) => {
+                    Produced::Done(convert::bulk_outcomes(outcomes))
+                }
+                approvals::Change::Held(a) => {
+                    Produced::Pending(convert::approval(&a, a.created_at))
+                }
+            };
+            Ok(pb::ImportKeysChange {
+                result: Some(result),
+            })
+        })
+        .await
     }
 
     async fn create_import_key(

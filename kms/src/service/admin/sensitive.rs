@@ -10,6 +10,7 @@ use super::AdminService;
 use crate::ops::approvals::{self, Change, DualControl, describe_dual_control};
 use crate::ops::authorize::policy_tie_up;
 use crate::ops::entities::{self, RegisterEntity, StatusCall};
+use crate::ops::import;
 use crate::ops::keys::{self, DEFAULT_WAITING_DAYS, KeyView};
 use crate::ops::tieups::{self, CreateTieUp, UpdateTieUp};
 use crate::ops::{Caller, OpsError, invalid, quote};
@@ -26,6 +27,8 @@ pub(super) const REGISTER_OFFICER: &str = "Admin/RegisterOfficer";
 pub(super) const RESUME_OFFICER: &str = "Admin/ResumeOfficer";
 pub(super) const SET_DUAL_CONTROL: &str = "Admin/SetDualControl";
 pub(super) const IMPORT: &str = "Admin/ImportKey";
+pub(super) const IMPORT_BATCH: &str = "Admin/ImportKeys";
+pub(super) const COMPROMISED: &str = "Admin/MarkKeyVersionCompromised";
 
 pub(super) fn entity_change(change: Change<EntityRecord>) -> pb::EntityChange {
     pb::EntityChange {
@@ -352,23 +355,23 @@ impl AdminService {
         caller: &Caller,
         r: &pb::ImportKeyRequest,
     ) -> Result<Change<KeyView>, OpsError> {
-        use crate::ops::import;
         let request = import::ImportKey::try_from(r)?;
         // The import key version it was wrapped under must take imports now,
         // and again when a held import is carried out.
         let under = import::usable_import_key(self.state(), Some(request.import_version)).await?;
         let rule = SensitiveOperation::ImportKey;
-        let class = Some(brandkms_policy::KeyClass::CardAccess);
-        if approvals::holds(self.state(), caller, rule, class).await? {
+        let target = &request.target;
+        if approvals::holds(self.state(), caller, rule, Some(target.class)).await? {
             let summary = format!(
-                "import {} card-access key {} with KCV {}, wrapped under import key v{} (SHA-256 {})",
-                request.algorithm,
-                request.alias,
+                "import {} {} key {} with KCV {}, wrapped under import key v{} (SHA-256 {})",
+                target.algorithm,
+                target.class,
+                target.alias,
                 hex::encode_upper(request.expected_kcv),
                 under.version,
                 under.kcv
             );
-            let key = Some((request.alias.as_str(), None));
+            let key = Some((target.alias.as_str(), None));
             let held = approvals::propose(self.state(), caller, IMPORT, rule, summary, key, r);
             return held.await.map(Change::Held);
         }
@@ -378,6 +381,90 @@ impl AdminService {
         tokio::spawn(async move { import::import_key(&state, &caller, request).await })
             .await
             .map_err(|e| OpsError::Internal(format!("the import's task failed: {e}")))?
+            .map(Change::Done)
+    }
+
+    /// Imports a batch under an import KEK, or under dual control proposes it
+    /// (the request and the KEK checked first; each key's checks run when it
+    /// is carried out).
+    pub(super) async fn import_batch_change(
+        &self,
+        caller: &Caller,
+        r: &pb::ImportKeysRequest,
+    ) -> Result<Change<Vec<import::BulkOutcome>>, OpsError> {
+        let batch = import::ImportKeys::try_from(r)?;
+        let kek = import::usable_kek(self.state(), &batch.kek_alias, batch.kek_version).await?;
+        let rule = SensitiveOperation::ImportKey;
+        let class = Some(brandkms_policy::KeyClass::CardAccess);
+        if approvals::holds(self.state(), caller, rule, class).await? {
+            let aliases: Vec<&str> = batch.keys.iter().map(|k| k.target.alias.as_str()).collect();
+            let shown = aliases.iter().take(20).copied().collect::<Vec<_>>().join(", ");
+            let more = aliases.len().saturating_sub(20);
+            let summary = format!(
+                "import {} card-access keys wrapped under import KEK {} v{} (KCV {}): {shown}{}",
+                aliases.len(),
+                batch.kek_alias,
+                kek.version,
+                kek.kcv,
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            );
+            let key = Some((batch.kek_alias.as_str(), Some(kek.version)));
+            let held =
+                approvals::propose(self.state(), caller, IMPORT_BATCH, rule, summary, key, r);
+            return held.await.map(Change::Held);
+        }
+        let (state, caller) = (std::sync::Arc::clone(&self.state), caller.clone());
+        tokio::spawn(async move { import::import_batch(&state, &caller, batch).await })
+            .await
+            .map_err(|e| OpsError::Internal(format!("the import's task failed: {e}")))?
+            .map(Change::Done)
+    }
+
+    /// Marks a version compromised (and rotates the key when asked), or under
+    /// dual control proposes it.
+    pub(super) async fn compromise_change(
+        &self,
+        caller: &Caller,
+        r: &pb::MarkKeyVersionCompromisedRequest,
+    ) -> Result<Change<KeyView>, OpsError> {
+        let alias = name("alias", &r.alias)?;
+        let v = version(r.version)
+            .ok_or_else(|| invalid("version is required: name the compromised version"))?;
+        let reason = r.reason.trim();
+        if reason.is_empty() {
+            return Err(invalid("reason is required: what happened, for the approver and the audit trail"));
+        }
+        let view = keys::get(self.state(), &alias).await?;
+        let record = view
+            .versions
+            .iter()
+            .find(|x| x.version == v)
+            .ok_or_else(|| OpsError::NotFound(format!("key {alias:?} has no version {v}")))?;
+        keys::check_compromisable(&view.key, record)?;
+        if r.rotate {
+            let _rotatable = crate::ops::generate::generator(&view.key)?;
+        }
+        let rule = SensitiveOperation::MarkCompromised;
+        if approvals::holds(self.state(), caller, rule, Some(view.key.class)).await? {
+            let summary = format!(
+                "mark version {v} of {} key {alias} compromised{} ({reason})",
+                view.key.class,
+                if r.rotate { " and rotate the key" } else { "" }
+            );
+            let key = Some((alias.as_str(), Some(v)));
+            let held = approvals::propose(self.state(), caller, COMPROMISED, rule, summary, key, r);
+            return held.await.map(Change::Held);
+        }
+        let marked = keys::mark_compromised(self.state(), caller, &alias, v, reason).await?;
+        if !r.rotate {
+            return Ok(Change::Done(marked));
+        }
+        // The mark's record closed the approval; the rotation is part of what
+        // was approved, not a second proposal.
+        let mut rotating = caller.clone();
+        rotating.approving = None;
+        keys::rotate(self.state(), &rotating, &alias)
+            .await
             .map(Change::Done)
     }
 
@@ -433,6 +520,18 @@ impl AdminService {
                 let r = pb::ImportKeyRequest::decode(payload.as_slice()).map_err(bad)?;
                 Ok(Produced::Key(
                     done(self.import_change(acting, &r).await?)?.into(),
+                ))
+            }
+            IMPORT_BATCH => {
+                let r = pb::ImportKeysRequest::decode(payload.as_slice()).map_err(bad)?;
+                let outcomes = done(self.import_batch_change(acting, &r).await?)?;
+                Ok(Produced::ImportedKeys(convert::bulk_outcomes(outcomes)))
+            }
+            COMPROMISED => {
+                let r = pb::MarkKeyVersionCompromisedRequest::decode(payload.as_slice())
+                    .map_err(bad)?;
+                Ok(Produced::Key(
+                    done(self.compromise_change(acting, &r).await?)?.into(),
                 ))
             }
             other => Err(OpsError::Internal(format!(
