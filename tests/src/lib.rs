@@ -365,3 +365,96 @@ pub async fn trust_key(officer: &Client, entity: &str, spki: Vec<u8>) -> brandkm
         .await
         .unwrap()
 }
+
+/// A second `kms serve` process on a test server's database and token (the
+/// binary cargo builds for the workspace's tests), killed when dropped.
+#[derive(Debug)]
+pub struct ServeProcess {
+    child: std::process::Child,
+    /// Where it listens.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `kms` binary next to the test binaries (`bash tests/run.sh` or
+/// `cargo build -p brandkms` builds it).
+pub fn kms_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let kms = exe.parent().unwrap().parent().unwrap().join("kms");
+    assert!(
+        kms.exists(),
+        "{} is missing: run the whole workspace's tests (bash tests/run.sh) or cargo build -p brandkms",
+        kms.display()
+    );
+    kms
+}
+
+impl TestServer {
+    /// Starts another `kms serve` process on this server's database and token
+    /// and returns it with a client of `entity` connected to it, once healthy.
+    pub async fn second_process(&self, entity: &str) -> (ServeProcess, Client) {
+        let token = testing::token();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("kms.toml");
+        let env: String = token
+            .child_env()
+            .iter()
+            .map(|(k, v)| format!("{k} = \"{}\"\n", v.display()))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\n[hsm]\nmodule = \"{}\"\ntoken_label = \"{}\"\nsessions = 2\n[hsm.env]\n{env}[database]\nurl = \"{}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                token.env.module.display(),
+                testing::TEST_TOKEN_LABEL,
+                self.database_url(),
+                self.pki.join("ca.pem").display(),
+                self.pki.join("server.pem").display(),
+                self.pki.join("server-key.pem").display(),
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(kms_binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("BRANDKMS_PIN", testing::TEST_PIN)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = ServeProcess {
+            child,
+            port,
+            _dir: dir,
+        };
+        let options = ConnectOptions {
+            endpoint: format!("https://127.0.0.1:{port}"),
+            ..self.options(entity)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(c) = Client::connect(&options).await
+                && c.healthy().await.unwrap_or(false)
+            {
+                return (process, c);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second kms never served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -903,28 +903,6 @@ async fn thirty_two_concurrent_transactions_complete_with_distinct_sessions() {
     s.stop().await;
 }
 
-/// The `kms` binary next to this test's directory (cargo builds it for the
-/// workspace's tests: `bash tests/run.sh`).
-fn kms_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let kms = exe.parent().unwrap().parent().unwrap().join("kms");
-    assert!(
-        kms.exists(),
-        "{} is missing: run the whole workspace's tests (bash tests/run.sh) or cargo build -p brandkms",
-        kms.display()
-    );
-    kms
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_begun_in_one_process_continues_in_another_kms_process() {
     let first = TestServer::start(brandkms::testing::sqlite_db()).await;
@@ -934,59 +912,7 @@ async fn a_session_begun_in_one_process_continues_in_another_kms_process() {
     let session = authenticate(&shop, &mut card, "key-k", SERVICE_K).await;
 
     // A second `kms serve` process on the same database file and token.
-    let token = brandkms::testing::token();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("kms.toml");
-    let env: String = token
-        .child_env()
-        .iter()
-        .map(|(k, v)| format!("{k} = \"{}\"\n", v.display()))
-        .collect();
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\n[hsm]\nmodule = \"{}\"\ntoken_label = \"{}\"\nsessions = 2\n[hsm.env]\n{env}[database]\nurl = \"{}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            token.env.module.display(),
-            brandkms::testing::TEST_TOKEN_LABEL,
-            first.database_url(),
-            first.pki.join("ca.pem").display(),
-            first.pki.join("server.pem").display(),
-            first.pki.join("server-key.pem").display(),
-        ),
-    )
-    .unwrap();
-    let _child = Child(
-        std::process::Command::new(kms_binary())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("BRANDKMS_PIN", brandkms::testing::TEST_PIN)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let options = brandkms_clients::ConnectOptions {
-        endpoint: format!("https://127.0.0.1:{port}"),
-        ..first.options("cybershop-k")
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let other = loop {
-        if let Ok(c) = Client::connect(&options).await
-            && c.healthy().await.unwrap_or(false)
-        {
-            break c;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second kms never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (_child, other) = first.second_process("cybershop-k").await;
     let (sealed, v) = transact(
         &other,
         &mut card,

@@ -60,6 +60,7 @@ fn import(alias: &str, wrapped: Vec<u8>, kcv: &str) -> pb::ImportKeyRequest {
         wrapped_key: wrapped,
         expected_kcv: hex::decode(kcv).unwrap(),
         import_key_version: 1,
+        ..Default::default()
     }
 }
 
@@ -303,6 +304,223 @@ async fn refused_imports_leave_nothing_behind() {
     };
     assert_eq!(hex::encode_upper(&key.versions[0].kcv), KM_KCV);
     s.stop().await;
+}
+
+/// The old HSM's batch mode: `lines` (`ALIAS KEY_HEX`) wrapped under `kek`
+/// with RFC 5649, as a `kmsctl key import-batch` file.
+fn old_hsm_batch(kek: &str, kek_alias: &str, lines: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("old_hsm.py"))
+        .args(["batch", kek, kek_alias])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "old_hsm.py batch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The batch file as a request (what `kmsctl key import-batch` sends).
+fn batch_request(text: &str) -> pb::ImportKeysRequest {
+    let file: toml::Value = toml::from_str(text).unwrap();
+    let s = |v: &toml::Value, k: &str| v[k].as_str().unwrap().to_string();
+    pb::ImportKeysRequest {
+        kek_alias: s(&file, "kek"),
+        kek_version: 0,
+        keys: file["key"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| pb::BulkKey {
+                alias: s(k, "alias"),
+                algorithm: pb::KeyAlgorithm::Tdes2 as i32,
+                service_code: u32::try_from(k["service_code"].as_integer().unwrap()).unwrap(),
+                purpose: pb::Purpose::Purchase as i32,
+                wrapped_key: hex::decode(s(k, "wrapped")).unwrap(),
+                expected_kcv: hex::decode(s(k, "kcv")).unwrap(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// Approves `pending` as officer-2 and returns what it produced.
+async fn approved(s: &TestServer, pending: pb::Approval) -> pb::approve_response::Result {
+    s.client("officer-2")
+        .await
+        .admin()
+        .approve(pb::ApprovalRef { id: pending.id })
+        .await
+        .unwrap()
+        .result
+        .unwrap()
+}
+
+/// Issue 13, item 3: a hundred keys wrapped under an AES-256 KEK that was
+/// itself imported under the import key, one of them stated with a wrong KCV.
+#[tokio::test]
+async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
+    let s =
+        TestServer::start_with(brandkms::testing::sqlite_db(), ServiceSettings::default()).await;
+    let officer = s.client("officer-1").await;
+    let p = parameters(&officer).await;
+
+    // The old HSM's KEK, wrapped under the import key; held, then approved.
+    let kek = hex::encode_upper(rand::random::<[u8; 32]>());
+    let (wrapped, kek_kcv) = old_hsm(&p, &kek);
+    let mut r = import("kek.old-hsm", wrapped, &kek_kcv);
+    r.key_class = pb::KeyClass::ImportKek as i32;
+    r.algorithm = pb::KeyAlgorithm::Aes256 as i32;
+    r.service_code = 0;
+    r.purpose = 0;
+    let held = officer.admin().import_key(r).await.unwrap();
+    let Some(pb::key_change::Result::Pending(a)) = held.result else {
+        panic!("{held:?}");
+    };
+    let pb::approve_response::Result::Key(kek_key) = approved(&s, a).await else {
+        panic!("the KEK import returns the key");
+    };
+    assert_eq!(kek_key.key_class, pb::KeyClass::ImportKek as i32);
+    assert_eq!(hex::encode_upper(&kek_key.versions[0].kcv), kek_kcv);
+
+    // 100 keys: PROTOCOL.md's K_M first, then fresh ones.
+    let mut lines = format!("bulk-000 {KM}\n");
+    for i in 1..100 {
+        let key = hex::encode_upper(rand::random::<[u8; 16]>());
+        lines.push_str(&format!("bulk-{i:03} {key}\n"));
+    }
+    let mut request = batch_request(&old_hsm_batch(&kek, "kek.old-hsm", &lines));
+    assert_eq!(request.keys.len(), 100);
+    assert_eq!(hex::encode_upper(&request.keys[0].expected_kcv), KM_KCV);
+    request.keys[57].expected_kcv = vec![0, 0, 0];
+
+    // Refused as a whole: a duplicate alias, a KEK that is not one.
+    let mut twice = request.clone();
+    twice.keys[1].alias = "bulk-000".into();
+    let (c, m) = status_of(officer.admin().import_keys(twice).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains("keys[1]: alias bulk-000 appears twice"), "{m}");
+    brandkms::testing::import_card_master(&s.state, "key-m", SERVICE, &hex::decode(KM).unwrap())
+        .await;
+    let mut not_kek = request.clone();
+    not_kek.kek_alias = "key-m".into();
+    let (c, m) = status_of(officer.admin().import_keys(not_kek).await);
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    assert!(m.contains("not an import KEK"), "{m}");
+
+    // Held as one proposal; the second officer's approval runs it.
+    let held = officer.admin().import_keys(request).await.unwrap();
+    let Some(pb::import_keys_change::Result::Pending(a)) = held.result else {
+        panic!("{held:?}");
+    };
+    assert!(a.summary.contains("import 100 card-access keys"), "{}", a.summary);
+    let pb::approve_response::Result::ImportedKeys(done) = approved(&s, a).await else {
+        panic!("the batch returns what became of each key");
+    };
+    assert_eq!((done.imported, done.refused), (99, 1));
+    let refused = &done.results[57];
+    assert_eq!(refused.alias, "bulk-057");
+    assert!(!refused.imported);
+    assert_eq!(refused.code, Code::InvalidArgument as i32);
+    assert!(refused.reason.contains("not 000000; nothing was kept"), "{}", refused.reason);
+    assert_eq!(hex::encode_upper(&done.results[0].kcv), KM_KCV);
+    assert!(done.results.iter().enumerate().all(|(i, r)| r.imported == (i != 57)));
+
+    // Audited: the batch begins (closing the approval), a record per key,
+    // and the end names the refused one.
+    let records = brandkms_tests::audit_records(&officer, "Admin/ImportKeys").await;
+    let about = |alias: &str| records.iter().filter(|r| r.key_alias == alias).count();
+    assert_eq!(about("bulk-000"), 1);
+    assert_eq!(about("bulk-057"), 1);
+    assert_eq!(
+        records.iter().filter(|r| r.key_alias.starts_with("bulk-")).count(),
+        100
+    );
+    let batch: Vec<&pb::AuditRecord> = records
+        .iter()
+        .filter(|r| r.key_alias == "kek.old-hsm")
+        .collect();
+    assert!(batch.iter().any(|r| r.reason.contains("begins") && r.reason.contains("approves")));
+    assert!(
+        batch
+            .iter()
+            .any(|r| r.reason.contains("ends: 99 imported, 1 refused: bulk-057")),
+        "{batch:?}"
+    );
+
+    // The refused key left no row and no object; the imported ones are
+    // sensitive, never extractable (not exportable), and unwrap nothing.
+    let (c, _) = status_of(
+        officer
+            .admin()
+            .get_key(pb::GetKeyRequest {
+                alias: "bulk-057".into(),
+            })
+            .await,
+    );
+    assert_eq!(c, Code::NotFound);
+    let labels = token_objects(&s).await;
+    assert!(!labels.iter().any(|l| l.starts_with("brandkms/bulk-057/")));
+    assert_eq!(labels.iter().filter(|l| l.starts_with("brandkms/bulk-")).count(), 99);
+    let mut conn = s.state.store.conn().await.unwrap();
+    let imported = brandkms::store::keys::versions(&mut conn, "bulk-000").await.unwrap();
+    let kek_rows = brandkms::store::keys::versions(&mut conn, "kek.old-hsm").await.unwrap();
+    drop(conn);
+    for id in [imported[0].cka_id, kek_rows[0].cka_id] {
+        let attrs = s.state.hsm.run(move |h| h.attributes_for_tests(&id)).await.unwrap();
+        for want in ["Sensitive(true)", "Extractable(false)", "Encrypt(false)", "Wrap(false)"] {
+            assert!(attrs.iter().any(|a| a == want), "{want} not in {attrs:?}");
+        }
+    }
+
+    // A card personalised from K_M long ago authenticates through bulk-000.
+    register(&officer, "cybershop-k", pb::EntityKind::Cybershop).await;
+    tie_up(&officer, "cybershop-k", "bulk-000", pb::TieUpMode::Hold, None).await;
+    let mut c = card_from_km();
+    let t = terminal::transact(
+        &s.client("cybershop-k").await,
+        &mut c,
+        "bulk-000",
+        SERVICE,
+        pb::CardOp::Debit,
+        2000,
+        "JPY",
+    )
+    .await
+    .unwrap();
+    assert!(t.receipt.genuine);
+    assert_eq!(c.balance, 3000);
+    s.stop().await;
+}
+
+/// A card personalised from PROTOCOL.md's `K_M` outside the service.
+fn card_from_km() -> Card {
+    let cid: [u8; 8] = hex::decode(CID).unwrap().try_into().unwrap();
+    let kc = card::diversify(&hex::decode(KM).unwrap(), &cid).unwrap();
+    Card::personalise(
+        cid,
+        vec![CardKeyEntry {
+            service_code: SERVICE,
+            version: 1,
+            key: hex::encode_upper(kc.as_slice()),
+        }],
+        5000,
+        100_000,
+        "JPY",
+    )
 }
 
 /// Labels of the brandkms token objects.
