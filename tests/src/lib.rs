@@ -458,3 +458,30 @@ impl TestServer {
         }
     }
 }
+
+/// PROTOCOL.md's two-key card-access master `K_M`, its KCV and the card id of
+/// its vectors.
+pub const PROTOCOL_KM: &str = "0123456789ABCDEFFEDCBA9876543210";
+/// `K_M`'s check value.
+pub const PROTOCOL_KM_KCV: &str = "08D7B4";
+/// The card id of PROTOCOL.md's vectors.
+pub const PROTOCOL_CID: &str = "0123456789012345";
+
+/// A card personalised from `K_M` outside the service (key version 1 for
+/// `service_code`), with a balance of 5,000 JPY.
+pub fn protocol_card(service_code: u16) -> brandkms_clients::card::Card {
+    use brandkms_clients::card::{self, Card, CardKeyEntry};
+    let cid: [u8; 8] = hex::decode(PROTOCOL_CID).unwrap().try_into().unwrap();
+    let kc = card::diversify(&hex::decode(PROTOCOL_KM).unwrap(), &cid).unwrap();
+    Card::personalise(
+        cid,
+        vec![CardKeyEntry {
+            service_code,
+            version: 1,
+            key: hex::encode_upper(kc.as_slice()),
+        }],
+        5000,
+        100_000,
+        "JPY",
+    )
+}

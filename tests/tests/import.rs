@@ -17,16 +17,12 @@ use std::path::Path;
 use std::process::Command;
 
 use brandkms::config::ServiceSettings;
-use brandkms_clients::card::{self, Card, CardKeyEntry};
 use brandkms_clients::{Client, terminal};
 use brandkms_proto::v1 as pb;
 use brandkms_tests::{TestServer, register, status_of, tie_up};
 use tonic::Code;
 
-/// PROTOCOL.md's two-key master and its KCV.
-const KM: &str = "0123456789ABCDEFFEDCBA9876543210";
-const KM_KCV: &str = "08D7B4";
-const CID: &str = "0123456789012345";
+use brandkms_tests::{PROTOCOL_KM as KM, PROTOCOL_KM_KCV as KM_KCV};
 const SERVICE: u16 = 0x0A01;
 
 /// Wraps `key` as the old HSM does: (wrapped, KCV).
@@ -129,19 +125,7 @@ async fn a_master_from_the_old_hsm_is_imported_under_dual_control_and_authentica
     // A card personalised from K_M long ago, outside the service.
     register(&officer, "cybershop-k", pb::EntityKind::Cybershop).await;
     tie_up(&officer, "cybershop-k", "key-m", pb::TieUpMode::Hold, None).await;
-    let cid: [u8; 8] = hex::decode(CID).unwrap().try_into().unwrap();
-    let kc = card::diversify(&hex::decode(KM).unwrap(), &cid).unwrap();
-    let mut c = Card::personalise(
-        cid,
-        vec![CardKeyEntry {
-            service_code: SERVICE,
-            version: 1,
-            key: hex::encode_upper(kc.as_slice()),
-        }],
-        5000,
-        100_000,
-        "JPY",
-    );
+    let mut c = brandkms_tests::protocol_card(SERVICE);
     let shop = s.client("cybershop-k").await;
     let t = terminal::transact(
         &shop,
@@ -426,7 +410,11 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
     let Some(pb::import_keys_change::Result::Pending(a)) = held.result else {
         panic!("{held:?}");
     };
-    assert!(a.summary.contains("import 100 card-access keys"), "{}", a.summary);
+    assert!(
+        a.summary.contains("import 100 card-access keys"),
+        "{}",
+        a.summary
+    );
     let pb::approve_response::Result::ImportedKeys(done) = approved(&s, a).await else {
         panic!("the batch returns what became of each key");
     };
@@ -435,9 +423,18 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
     assert_eq!(refused.alias, "bulk-057");
     assert!(!refused.imported);
     assert_eq!(refused.code, Code::InvalidArgument as i32);
-    assert!(refused.reason.contains("not 000000; nothing was kept"), "{}", refused.reason);
+    assert!(
+        refused.reason.contains("not 000000; nothing was kept"),
+        "{}",
+        refused.reason
+    );
     assert_eq!(hex::encode_upper(&done.results[0].kcv), KM_KCV);
-    assert!(done.results.iter().enumerate().all(|(i, r)| r.imported == (i != 57)));
+    assert!(
+        done.results
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.imported == (i != 57))
+    );
 
     // Audited: the batch begins (closing the approval), a record per key,
     // and the end names the refused one.
@@ -446,14 +443,21 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
     assert_eq!(about("bulk-000"), 1);
     assert_eq!(about("bulk-057"), 1);
     assert_eq!(
-        records.iter().filter(|r| r.key_alias.starts_with("bulk-")).count(),
+        records
+            .iter()
+            .filter(|r| r.key_alias.starts_with("bulk-"))
+            .count(),
         100
     );
     let batch: Vec<&pb::AuditRecord> = records
         .iter()
         .filter(|r| r.key_alias == "kek.old-hsm")
         .collect();
-    assert!(batch.iter().any(|r| r.reason.contains("begins") && r.reason.contains("approves")));
+    assert!(
+        batch
+            .iter()
+            .any(|r| r.reason.contains("begins") && r.reason.contains("approves"))
+    );
     assert!(
         batch
             .iter()
@@ -474,22 +478,49 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
     assert_eq!(c, Code::NotFound);
     let labels = token_objects(&s).await;
     assert!(!labels.iter().any(|l| l.starts_with("brandkms/bulk-057/")));
-    assert_eq!(labels.iter().filter(|l| l.starts_with("brandkms/bulk-")).count(), 99);
+    assert_eq!(
+        labels
+            .iter()
+            .filter(|l| l.starts_with("brandkms/bulk-"))
+            .count(),
+        99
+    );
     let mut conn = s.state.store.conn().await.unwrap();
-    let imported = brandkms::store::keys::versions(&mut conn, "bulk-000").await.unwrap();
-    let kek_rows = brandkms::store::keys::versions(&mut conn, "kek.old-hsm").await.unwrap();
+    let imported = brandkms::store::keys::versions(&mut conn, "bulk-000")
+        .await
+        .unwrap();
+    let kek_rows = brandkms::store::keys::versions(&mut conn, "kek.old-hsm")
+        .await
+        .unwrap();
     drop(conn);
     for id in [imported[0].cka_id, kek_rows[0].cka_id] {
-        let attrs = s.state.hsm.run(move |h| h.attributes_for_tests(&id)).await.unwrap();
-        for want in ["Sensitive(true)", "Extractable(false)", "Encrypt(false)", "Wrap(false)"] {
+        let attrs = s
+            .state
+            .hsm
+            .run(move |h| h.attributes_for_tests(&id))
+            .await
+            .unwrap();
+        for want in [
+            "Sensitive(true)",
+            "Extractable(false)",
+            "Encrypt(false)",
+            "Wrap(false)",
+        ] {
             assert!(attrs.iter().any(|a| a == want), "{want} not in {attrs:?}");
         }
     }
 
     // A card personalised from K_M long ago authenticates through bulk-000.
     register(&officer, "cybershop-k", pb::EntityKind::Cybershop).await;
-    tie_up(&officer, "cybershop-k", "bulk-000", pb::TieUpMode::Hold, None).await;
-    let mut c = card_from_km();
+    tie_up(
+        &officer,
+        "cybershop-k",
+        "bulk-000",
+        pb::TieUpMode::Hold,
+        None,
+    )
+    .await;
+    let mut c = brandkms_tests::protocol_card(SERVICE);
     let t = terminal::transact(
         &s.client("cybershop-k").await,
         &mut c,
@@ -504,23 +535,6 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
     assert!(t.receipt.genuine);
     assert_eq!(c.balance, 3000);
     s.stop().await;
-}
-
-/// A card personalised from PROTOCOL.md's `K_M` outside the service.
-fn card_from_km() -> Card {
-    let cid: [u8; 8] = hex::decode(CID).unwrap().try_into().unwrap();
-    let kc = card::diversify(&hex::decode(KM).unwrap(), &cid).unwrap();
-    Card::personalise(
-        cid,
-        vec![CardKeyEntry {
-            service_code: SERVICE,
-            version: 1,
-            key: hex::encode_upper(kc.as_slice()),
-        }],
-        5000,
-        100_000,
-        "JPY",
-    )
 }
 
 /// Labels of the brandkms token objects.

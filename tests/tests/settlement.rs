@@ -631,3 +631,47 @@ async fn settlement_refusals_do_not_tell_which_aliases_exist() {
     })
     .await;
 }
+
+/// Issue 13, item 4: past its not-after a settlement key version signs
+/// nothing new, while account numbers terminals encrypted under it are still
+/// decrypted (the end of its originator-usage period, not of its life).
+#[tokio::test]
+async fn past_its_not_after_a_settlement_key_still_decrypts_but_no_longer_signs() {
+    on_each_database(|s: TestServer| async move {
+        let (officer, clearing, p) = clearing_house_with_key(&s).await;
+        let ciphertext = seal(&p, b"4111111111111111");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        officer
+            .admin()
+            .set_key_version_cryptoperiod(pb::SetKeyVersionCryptoperiodRequest {
+                alias: "settle".into(),
+                version: 0,
+                not_before: 0,
+                not_after: i64::try_from(now).unwrap() - 1000,
+            })
+            .await
+            .unwrap();
+        let plain = clearing
+            .settlement()
+            .decrypt(decrypt("settle", p.version, ciphertext))
+            .await
+            .unwrap();
+        assert_eq!(plain.plaintext, b"4111111111111111");
+        let signed = clearing
+            .settlement()
+            .sign(pb::SignRequest {
+                alias: "settle".into(),
+                data: b"settlement 2026-12-07".to_vec(),
+            })
+            .await;
+        assert_eq!(
+            refusal_of(signed),
+            (Code::PermissionDenied, "key_expired".into())
+        );
+        s
+    })
+    .await;
+}

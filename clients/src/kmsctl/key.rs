@@ -168,7 +168,8 @@ impl BatchFile {
                 allow_legacy_des: k.allow_legacy_des,
                 wrapped_key: hex::decode(&k.wrapped)
                     .map_err(|e| at(format!("wrapped is not hex: {e}")))?,
-                expected_kcv: hex::decode(&k.kcv).map_err(|e| at(format!("kcv is not hex: {e}")))?,
+                expected_kcv: hex::decode(&k.kcv)
+                    .map_err(|e| at(format!("kcv is not hex: {e}")))?,
                 not_before: time(&k.not_before).map_err(at)?,
                 not_after: time(&k.not_after).map_err(at)?,
                 alias: k.alias,
@@ -485,9 +486,8 @@ pub(super) async fn run(
             )
         }
         KeyCommand::ImportBatch { file } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                ClientError::Config(format!("cannot read {}: {e}", file.display()))
-            })?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| ClientError::Config(format!("cannot read {}: {e}", file.display())))?;
             let batch: BatchFile = toml::from_str(&text)
                 .map_err(|e| ClientError::Config(format!("{}: {e}", file.display())))?;
             let request = batch

@@ -447,7 +447,11 @@ impl Output {
             .iter()
             .map(|k| {
                 if k.imported {
-                    vec![k.alias.clone(), format!("imported v{}", k.version), kcv(&k.kcv)]
+                    vec![
+                        k.alias.clone(),
+                        format!("imported v{}", k.version),
+                        kcv(&k.kcv),
+                    ]
                 } else {
                     vec![k.alias.clone(), "REFUSED".into(), k.reason.clone()]
                 }

@@ -297,9 +297,10 @@ async fn import_under(
             refused => invalid(refused.to_string()),
         })?;
     let kcv = hex::encode_upper(generated.kcv);
-    let event = event
-        .key(&target.alias, Some(next))
-        .outcome(Outcome::Allowed, Some(format!("{note}, KCV {kcv} as stated")));
+    let event = event.key(&target.alias, Some(next)).outcome(
+        Outcome::Allowed,
+        Some(format!("{note}, KCV {kcv} as stated")),
+    );
     Ok(record_version(
         &state.hsm,
         &state.store,
@@ -410,7 +411,10 @@ pub async fn import_batch(
     for item in batch.keys {
         let mut event = caller.event(OP);
         event.closes_approval = None;
-        let note = format!("imported under import KEK {} v{}", batch.kek_alias, kek.version);
+        let note = format!(
+            "imported under import KEK {} v{}",
+            batch.kek_alias, kek.version
+        );
         let result = import_under(
             state,
             &item.target,
@@ -448,6 +452,9 @@ pub async fn import_batch(
         ),
     );
     ends.closes_approval = None;
-    state.auditor.record(&ends.key(&batch.kek_alias, Some(kek.version))).await?;
+    state
+        .auditor
+        .record(&ends.key(&batch.kek_alias, Some(kek.version)))
+        .await?;
     Ok(outcomes)
 }

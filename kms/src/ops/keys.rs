@@ -285,7 +285,10 @@ pub async fn set_cryptoperiod(
                 let (key, v) = key_version(tx, &name, Some(version)).await?;
                 still_named(asked, &v)?;
                 lifecycle_applies(&key, &v)?;
-                Ok(rows::set_cryptoperiod(tx, &name, version, period.not_before, period.not_after).await?)
+                Ok(
+                    rows::set_cryptoperiod(tx, &name, version, period.not_before, period.not_after)
+                        .await?,
+                )
             })
         })
         .await?;

@@ -11,9 +11,9 @@ use crate::ops::approvals::{ApprovalState, state_at};
 use crate::ops::entities::RegisterEntity;
 use crate::ops::import::{BulkKey, ImportKey, ImportKeys, ImportTarget};
 use crate::ops::keys::{CreateKey, KeyView};
-use crate::ops::versions::Cryptoperiod;
 use crate::ops::settlement::CreateSettlementKey;
 use crate::ops::tieups::{CreateTieUp, UpdateTieUp};
+use crate::ops::versions::Cryptoperiod;
 use crate::ops::{OpsError, invalid, quote, valid_name};
 use crate::store::approvals::ApprovalRecord;
 use crate::store::audit::AuditRow;
@@ -562,7 +562,9 @@ impl TryFrom<&pb::ImportKeyRequest> for ImportKey {
             )?,
             Some(KeyClass::ImportKek) => {
                 if !matches!(algorithm(r.algorithm)?, None | Some(Algorithm::Aes256)) {
-                    return Err(invalid("an import KEK is an AES-256 key (algorithm aes256)"));
+                    return Err(invalid(
+                        "an import KEK is an AES-256 key (algorithm aes256)",
+                    ));
                 }
                 if r.exportable || r.service_code != 0 || r.purpose != 0 {
                     return Err(invalid(

@@ -264,9 +264,11 @@ impl Admin for AdminService {
             let alias = name("alias", &r.alias)?;
             let period = convert::cryptoperiod(r.not_before, r.not_after)?;
             let v = version(r.version);
-            Ok(keys::set_cryptoperiod(self.state(), caller, &alias, v, period)
-                .await?
-                .into())
+            Ok(
+                keys::set_cryptoperiod(self.state(), caller, &alias, v, period)
+                    .await?
+                    .into(),
+            )
         })
         .await
     }
@@ -277,9 +279,13 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::KeyChange>, Status> {
         let r = request.get_ref();
         let key = audit_key(&r.alias, version(r.version));
-        self.officer_call(request, COMPROMISED, Audit::Change, key, async |caller, r| {
-            Ok(key_change(self.compromise_change(caller, &r).await?))
-        })
+        self.officer_call(
+            request,
+            COMPROMISED,
+            Audit::Change,
+            key,
+            async |caller, r| Ok(key_change(self.compromise_change(caller, &r).await?)),
+        )
         .await
     }
 
@@ -289,20 +295,26 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ImportKeysChange>, Status> {
         let r = request.get_ref();
         let key = audit_key(&r.kek_alias, version(r.kek_version));
-        self.officer_call(request, IMPORT_BATCH, Audit::Change, key, async |caller, r| {
-            use pb::import_keys_change::Result as Produced;
-            let result = match self.import_batch_change(caller, &r).await? {
-                approvals::Change::Done(outcomes) => {
-                    Produced::Done(convert::bulk_outcomes(outcomes))
-                }
-                approvals::Change::Held(a) => {
-                    Produced::Pending(convert::approval(&a, a.created_at))
-                }
-            };
-            Ok(pb::ImportKeysChange {
-                result: Some(result),
-            })
-        })
+        self.officer_call(
+            request,
+            IMPORT_BATCH,
+            Audit::Change,
+            key,
+            async |caller, r| {
+                use pb::import_keys_change::Result as Produced;
+                let result = match self.import_batch_change(caller, &r).await? {
+                    approvals::Change::Done(outcomes) => {
+                        Produced::Done(convert::bulk_outcomes(outcomes))
+                    }
+                    approvals::Change::Held(a) => {
+                        Produced::Pending(convert::approval(&a, a.created_at))
+                    }
+                };
+                Ok(pb::ImportKeysChange {
+                    result: Some(result),
+                })
+            },
+        )
         .await
     }
 

@@ -398,7 +398,12 @@ impl AdminService {
         let class = Some(brandkms_policy::KeyClass::CardAccess);
         if approvals::holds(self.state(), caller, rule, class).await? {
             let aliases: Vec<&str> = batch.keys.iter().map(|k| k.target.alias.as_str()).collect();
-            let shown = aliases.iter().take(20).copied().collect::<Vec<_>>().join(", ");
+            let shown = aliases
+                .iter()
+                .take(20)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
             let more = aliases.len().saturating_sub(20);
             let summary = format!(
                 "import {} card-access keys wrapped under import KEK {} v{} (KCV {}): {shown}{}",
@@ -406,7 +411,11 @@ impl AdminService {
                 batch.kek_alias,
                 kek.version,
                 kek.kcv,
-                if more > 0 { format!(" and {more} more") } else { String::new() }
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             );
             let key = Some((batch.kek_alias.as_str(), Some(kek.version)));
             let held =
@@ -432,7 +441,9 @@ impl AdminService {
             .ok_or_else(|| invalid("version is required: name the compromised version"))?;
         let reason = r.reason.trim();
         if reason.is_empty() {
-            return Err(invalid("reason is required: what happened, for the approver and the audit trail"));
+            return Err(invalid(
+                "reason is required: what happened, for the approver and the audit trail",
+            ));
         }
         let view = keys::get(self.state(), &alias).await?;
         let record = view
