@@ -18,15 +18,25 @@ padding (RFC 5649), for `kmsctl key import-batch`:
 
 where each line of keys.txt is `ALIAS KEY_HEX [SERVICE_CODE [PURPOSE]]`
 (service code decimal or 0x hex, default 0x0A01; purpose default purchase).
+
+Personalise a (simulated) card from a master, as the issuer did long ago
+outside brandkms (PROTOCOL.md: K_C = E_KM(CID) || E_KM(~CID)), as a card file
+the participant commands read:
+
+    python3 old_hsm.py card KM_HEX CARD_ID_HEX SERVICE_CODE BALANCE OUT.json
 """
 
 import hashlib
 import sys
+import warnings
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+# Two-key TDES is what the cards in the field use.
+warnings.filterwarnings("ignore", message=".*TripleDES.*")
 
 try:
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -80,9 +90,35 @@ def batch(kek_hex, kek_alias):
         print(f'kcv = "{kcv(key)}"')
 
 
+def ecb(key, block):
+    encryptor = Cipher(TripleDES(key), modes.ECB()).encryptor()
+    return encryptor.update(block) + encryptor.finalize()
+
+
+def card(km_hex, cid_hex, service_code, balance, out):
+    import json
+    import os
+
+    km, cid = bytes.fromhex(km_hex), bytes.fromhex(cid_hex)
+    kc = ecb(km, cid) + ecb(km, bytes(b ^ 0xFF for b in cid))
+    document = {
+        "card_id": cid.hex().upper(),
+        "keys": [{"service_code": int(service_code, 0), "version": 1, "key": kc.hex().upper()}],
+        "balance": int(balance),
+        "max_balance": 100000,
+        "currency": "JPY",
+    }
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(document, f, indent=2)
+    print(f"card {document['card_id']} personalised from the master with KCV {kcv(km)}: {out}")
+
+
 def main():
     if sys.argv[1] == "batch":
         batch(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "card":
+        card(*sys.argv[2:7])
     else:
         wrap_under_import_key(sys.argv[1], sys.argv[2], sys.argv[3])
 

@@ -353,19 +353,14 @@ async fn kmsctl_imports_a_key_from_the_old_hsm() {
     assert_eq!(p["wrapping"], "RSA-OAEP-SHA1-MGF1-SHA1");
     let der = std::fs::read(&spki).unwrap();
     let fingerprint = p["fingerprint_sha256"].as_str().unwrap();
-    let old_hsm = Command::new("python3")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/old_hsm.py"))
-        .arg(hex::encode(&der))
-        .arg(fingerprint)
-        .arg("0123456789ABCDEFFEDCBA9876543210")
-        .output()
-        .unwrap();
-    assert!(
-        old_hsm.status.success(),
-        "{}",
-        String::from_utf8_lossy(&old_hsm.stderr)
+    let text = old_hsm(
+        &[
+            &hex::encode(&der),
+            fingerprint,
+            "0123456789ABCDEFFEDCBA9876543210",
+        ],
+        "",
     );
-    let text = String::from_utf8(old_hsm.stdout).unwrap();
     let (wrapped, kcv) = text.trim().split_once(' ').unwrap();
     let blob = dir.path().join("key-m.wrapped");
     std::fs::write(&blob, hex::decode(wrapped).unwrap()).unwrap();
@@ -386,5 +381,122 @@ async fn kmsctl_imports_a_key_from_the_old_hsm() {
     ]);
     assert_eq!(key["versions"][0]["kcv"], "08D7B4", "{key}");
     assert_eq!(key["versions"][0]["state"], "active", "{key}");
+    server.stop().await;
+}
+
+/// Runs `tests/old_hsm.py` (the brand's old HSM) with `args` and `stdin`.
+fn old_hsm(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/old_hsm.py"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "old_hsm.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Issue 13, items 3 to 6 through kmsctl: an import KEK, a batch under it, a
+/// cryptoperiod, the versions ending soon, a compromise with rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmsctl_migrates_keys_in_bulk_and_manages_their_lifecycle() {
+    let server = TestServer::start(brandkms::testing::sqlite_db()).await;
+    let ctl = Ctl {
+        server: &server,
+        entity: "officer-1",
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    ctl.json(&["key", "create-import-key"]);
+    let p = ctl.json(&["key", "import-parameters", "--out", &path("import.der")]);
+    let der = hex::encode(std::fs::read(path("import.der")).unwrap());
+    let fingerprint = p["fingerprint_sha256"].as_str().unwrap();
+
+    // The old HSM's KEK, under the import key.
+    let kek = "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF";
+    let out = old_hsm(&[&der, fingerprint, kek], "");
+    let (wrapped, kcv) = out.trim().split_once(' ').unwrap();
+    std::fs::write(path("kek.wrapped"), hex::decode(wrapped).unwrap()).unwrap();
+    let key = ctl.json(&[
+        "key",
+        "import",
+        "kek.old-hsm",
+        "--class",
+        "import_kek",
+        "--wrapped",
+        &path("kek.wrapped"),
+        "--kcv",
+        kcv,
+        "--import-key-version",
+        "1",
+    ]);
+    assert_eq!(key["class"], "import_kek", "{key}");
+    assert_eq!(key["versions"][0]["kcv"], kcv, "{key}");
+
+    // Three masters in one batch file, under the KEK.
+    let keys = "migrated-a 0123456789ABCDEFFEDCBA9876543210\n\
+                migrated-b 00112233445566778899AABBCCDDEEFF 0x0A02 load\n\
+                migrated-c 0F1E2D3C4B5A69788796A5B4C3D2E1F0\n";
+    std::fs::write(
+        path("batch.toml"),
+        old_hsm(&["batch", kek, "kek.old-hsm"], keys),
+    )
+    .unwrap();
+    let done = ctl.json(&["key", "import-batch", &path("batch.toml")]);
+    assert_eq!(done["imported"], 3, "{done}");
+    assert_eq!(done["results"][0]["kcv"], "08D7B4", "{done}");
+    let b = ctl.json(&["key", "show", "migrated-b"]);
+    assert_eq!(b["purpose"], "load", "{b}");
+    assert_eq!(b["service_code"], 0x0A02, "{b}");
+
+    // A cryptoperiod, and the versions ending within 30 days.
+    let a = ctl.json(&[
+        "key",
+        "cryptoperiod",
+        "migrated-a",
+        "--not-after",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(a["versions"][0]["not_after"], 1_767_225_600_000_i64, "{a}");
+    let ending = ctl.json(&["key", "list", "--expiring", "30d"]);
+    assert_eq!(ending.as_array().unwrap().len(), 1, "{ending}");
+    assert_eq!(ending[0]["alias"], "migrated-a", "{ending}");
+    let table = ctl.ok(&["key", "list", "--expiring", "30d"]);
+    assert!(
+        table.contains("migrated-a") && table.contains("2026-01-01"),
+        "{table}"
+    );
+
+    // Compromise with rotation: version 1 marked, version 2 active; nobody
+    // received it.
+    let c = ctl.json(&[
+        "key",
+        "compromise",
+        "migrated-c",
+        "1",
+        "--reason",
+        "old HSM backup tape lost",
+        "--rotate",
+    ]);
+    let versions = &c["result"]["key"]["versions"];
+    assert!(versions[0]["compromised_at"].as_i64().unwrap() > 0, "{c}");
+    assert_eq!(versions[1]["state"], "active", "{c}");
+    assert_eq!(c["received_by"], serde_json::json!([]), "{c}");
+    let text = ctl.ok(&["key", "show", "migrated-c"]);
+    assert!(text.contains("COMPROMISED"), "{text}");
     server.stop().await;
 }

@@ -523,7 +523,6 @@ pub(super) async fn run(
                     reason,
                 })
                 .await?;
-            out.key_change(change);
             // Who holds the version and must be told, whether the mark is
             // done or awaits the second officer.
             let received = admin
@@ -533,7 +532,7 @@ pub(super) async fn run(
                     ..Default::default()
                 })
                 .await?;
-            out.distributions(&received);
+            out.compromised(change, &received);
         }
         KeyCommand::Rotate { alias } => {
             out.key_change(admin.rotate_key(pb::RotateKeyRequest { alias }).await?)

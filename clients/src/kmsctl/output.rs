@@ -134,6 +134,14 @@ fn approval_state(v: i32) -> String {
         .unwrap_or_else(|_| v.to_string())
 }
 
+fn distribution_json(d: &pb::Distribution) -> Value {
+    json!({
+        "id": d.id, "alias": d.alias, "version": d.version, "entity_id": d.entity_id,
+        "transport_alias": d.transport_alias, "transport_version": d.transport_version,
+        "kcv": kcv(&d.kcv), "at": d.at,
+    })
+}
+
 fn approval_json(a: &pb::Approval) -> Value {
     json!({
         "id": a.id, "operation": a.operation, "rule": a.rule, "summary": a.summary,
@@ -209,7 +217,11 @@ impl Output {
             .map(|v| {
                 vec![
                     v.version.to_string(),
-                    state(v.state),
+                    if v.compromised_at > 0 {
+                        format!("{} COMPROMISED", state(v.state))
+                    } else {
+                        state(v.state)
+                    },
                     kcv(&v.kcv),
                     if v.weak {
                         "WEAK".to_string()
@@ -356,13 +368,7 @@ impl Output {
     pub fn distributions(&self, list: &[pb::Distribution]) {
         self.list(
             list,
-            |d| {
-                json!({
-                    "id": d.id, "alias": d.alias, "version": d.version, "entity_id": d.entity_id,
-                    "transport_alias": d.transport_alias, "transport_version": d.transport_version,
-                    "kcv": kcv(&d.kcv), "at": d.at,
-                })
-            },
+            distribution_json,
             &["TIME", "KEY", "KCV", "TO", "UNDER"],
             |d| {
                 vec![
@@ -374,6 +380,24 @@ impl Output {
                 ]
             },
         );
+    }
+
+    /// A compromise's answer, and every participant that received the version
+    /// (to be told).
+    pub fn compromised(&self, c: pb::KeyChange, received: &[pb::Distribution]) {
+        if self.json {
+            let result = match &c.result {
+                Some(pb::key_change::Result::Key(k)) => json!({ "key": key_json(k) }),
+                Some(pb::key_change::Result::Pending(a)) => json!({ "pending": approval_json(a) }),
+                None => Value::Null,
+            };
+            let received: Vec<Value> = received.iter().map(distribution_json).collect();
+            return self.print_json(&json!({ "result": result, "received_by": received }));
+        }
+        self.key_change(c);
+        println!();
+        println!("received by ({}; tell them):", received.len());
+        self.distributions(received);
     }
 
     /// A key operation's answer: the key, or the proposal awaiting approval.
