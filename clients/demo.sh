@@ -6,7 +6,9 @@
 # example with kmsctl (a second officer approves what dual control holds), lists
 # it, verifies the audit trail, distributes keys to an
 # issuer's own token and (with consent) to a bank centre's, shows the token's
-# objects with opensc's pkcs11-tool, and stops the server.
+# objects with opensc's pkcs11-tool, and stops the server. On the way it migrates
+# keys from an old HSM (tests/old_hsm.py) and authenticates a card personalised
+# from one of them long ago.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV="${BRANDKMS_DEV_DIR:-$PWD/dev}"
@@ -14,6 +16,8 @@ DEV="${BRANDKMS_DEV_DIR:-$PWD/dev}"
 need=()
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+# The old HSM of the migration (tests/old_hsm.py) is Python `cryptography`.
+python3 -c "import cryptography" >/dev/null 2>&1 || need+=(python3-cryptography)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
@@ -195,6 +199,48 @@ KMSCTL_CERT="$DEV/pki/loading-portal.pem" KMSCTL_KEY="$DEV/pki/loading-portal-ke
 step proxy-loads report
 echo "\$ kmsctl proxy-loads list   (as issuer-2-1: its own only)"
 KMSCTL_CERT="$DEV/pki/issuer-2-1.pem" KMSCTL_KEY="$DEV/pki/issuer-2-1-key.pem" "$KMSCTL" proxy-loads list
+
+echo; echo "== migration: keys from the brand's old HSM (tests/old_hsm.py), a card personalised long ago"
+OLD_HSM="python3 tests/old_hsm.py"
+MIG="$DEV/migration"
+mkdir -p "$MIG"
+json_field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+hex_of() { python3 -c 'import sys; print(open(sys.argv[1], "rb").read().hex())' "$1"; }
+unhex_to() { python3 -c 'import sys; open(sys.argv[2], "wb").write(bytes.fromhex(sys.argv[1]))' "$1" "$2"; }
+if ! "$KMSCTL" key show legacy-m >/dev/null 2>&1; then
+  step key create-import-key
+  step key import-parameters --out "$MIG/import.der"
+  params=$("$KMSCTL" --json key import-parameters)
+  fingerprint=$(echo "$params" | json_field 'd["fingerprint_sha256"]')
+  import_version=$(echo "$params" | json_field 'd["version"]')
+  # The old HSM checks the fingerprint (read to it out of band), wraps its
+  # AES-256 KEK under the import key, and the brand's masters under the KEK.
+  kek=$(python3 -c "import secrets; print(secrets.token_hex(32))")
+  echo "\$ python3 tests/old_hsm.py SPKI FINGERPRINT KEK   (the old HSM wraps its KEK under the import key)"
+  read -r wrapped kcv < <($OLD_HSM "$(hex_of "$MIG/import.der")" "$fingerprint" "$kek")
+  unhex_to "$wrapped" "$MIG/kek.wrapped"
+  step key import kek.old-hsm --class import_kek --wrapped "$MIG/kek.wrapped" --kcv "$kcv" \
+    --import-key-version "$import_version"
+  approve_pending
+  # legacy-m is PROTOCOL.md's K_M: the master of cards in the field.
+  printf '%s\n' "legacy-m 0123456789ABCDEFFEDCBA9876543210 0x0A03 purchase" \
+    "legacy-x $(python3 -c 'import secrets; print(secrets.token_hex(16))') 0x0A04 purchase" > "$MIG/keys.txt"
+  echo "\$ python3 tests/old_hsm.py batch KEK kek.old-hsm < keys.txt > batch.toml   (RFC 5649 under the KEK)"
+  $OLD_HSM batch "$kek" kek.old-hsm < "$MIG/keys.txt" > "$MIG/batch.toml"
+  step key import-batch "$MIG/batch.toml"
+  approve_pending
+  echo "\$ python3 tests/old_hsm.py card K_M 8877665544332211 0x0A03 5000 old-card.json   (personalised long ago)"
+  $OLD_HSM card 0123456789ABCDEFFEDCBA9876543210 8877665544332211 0x0A03 5000 "$DEV/cards/old-card.json"
+  step tieup create cybershop-k --cover legacy-m:hold --limit 10000
+fi
+echo "\$ cybershop purchase --card $DEV/cards/old-card.json --alias legacy-m --amount 1000"
+as_shop purchase --card "$DEV/cards/old-card.json" --alias legacy-m --amount 1000
+step key cryptoperiod legacy-m --not-after "$(date -u -d '+20 days' +%Y-%m-%dT%H:%M:%SZ)"
+step key list --expiring 30d
+legacy_x=$("$KMSCTL" --json key show legacy-x | json_field '[v["version"] for v in d["versions"] if v["state"] == "active"][0]')
+step key compromise legacy-x "$legacy_x" --reason "old HSM backup tape lost" --rotate
+approve_pending
+step key show legacy-x
 
 echo; echo "== load: 8 clients for 5 s of whole card transactions, then the token's raw rate"
 echo "\$ loadgen --card $DEV/cards/card-k.json --alias key-k --clients 8 --seconds 5 --kms-config $DEV/kms.toml"

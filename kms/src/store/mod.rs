@@ -275,3 +275,52 @@ pub fn now_ms() -> i64 {
 pub(crate) fn flag(b: bool) -> i64 {
     i64::from(b)
 }
+
+#[cfg(test)]
+mod migration_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A deployment made before migrations 0009 and 0010, with dual control
+    /// in use, gains `import_key` and `mark_compromised` in its stored set;
+    /// one that turned dual control off keeps it off.
+    #[tokio::test]
+    async fn later_sensitive_operations_join_a_stored_dual_control_set() {
+        sqlx::any::install_default_drivers();
+        for (before, after) in [
+            (
+                "rotate_key,set_dual_control",
+                "rotate_key,set_dual_control,import_key,mark_compromised",
+            ),
+            ("", ""),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display());
+            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+            let older = sqlx::migrate::Migrator {
+                migrations: std::borrow::Cow::Owned(
+                    MIGRATOR
+                        .migrations
+                        .iter()
+                        .filter(|m| m.version < 9)
+                        .cloned()
+                        .collect(),
+                ),
+                ..sqlx::migrate::Migrator::DEFAULT
+            };
+            older.run(&pool).await.unwrap();
+            sqlx::query("UPDATE service_settings SET value = $1 WHERE name = 'dual_control'")
+                .bind(before)
+                .execute(&pool)
+                .await
+                .unwrap();
+            MIGRATOR.run(&pool).await.unwrap();
+            let (value,): (String,) =
+                sqlx::query_as("SELECT value FROM service_settings WHERE name = 'dual_control'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(value, after);
+        }
+    }
+}
