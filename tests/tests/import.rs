@@ -390,6 +390,7 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
     assert_eq!(request.keys.len(), 100);
     assert_eq!(hex::encode_upper(&request.keys[0].expected_kcv), KM_KCV);
     request.keys[57].expected_kcv = vec![0, 0, 0];
+    request.keys[1].exportable = true;
 
     // Refused as a whole: a duplicate alias, a KEK that is not one.
     let mut twice = request.clone();

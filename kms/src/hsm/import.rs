@@ -81,13 +81,16 @@ impl HsmSession<'_> {
     ) -> Result<GeneratedKey, ImportError> {
         spec.validate()?;
         let id = self.new_object_id()?;
-        // The template the key keeps, but able to encrypt until its check
-        // value is computed (SoftHSM2 sets no CKA_CHECK_VALUE on unwrapped keys).
+        // Unwrapped first as a session object (this session's alone, gone if
+        // the process dies), able to encrypt until its check value is computed
+        // (SoftHSM2 sets no CKA_CHECK_VALUE on unwrapped keys); only a key
+        // whose value checks is copied into the token, with the usage it keeps.
         let template: Vec<Attribute> = token_key_template(spec, &id, label)
             .into_iter()
             .filter(|a| !matches!(a, Attribute::ValueLen(_)))
             .map(|a| match a {
                 Attribute::Encrypt(_) => Attribute::Encrypt(true),
+                Attribute::Token(_) => Attribute::Token(false),
                 other => other,
             })
             .collect();
@@ -98,14 +101,14 @@ impl HsmSession<'_> {
         let unwrapped = self.with_key(import, |k| {
             Ok(self.session.unwrap_key(&mechanism, k, wrapped, &template)?)
         });
-        let handle = match unwrapped {
+        let staged = match unwrapped {
             Ok(h) => h,
             Err(HsmError::Pkcs11 { rv, .. }) if unwrap_refusal(rv) => {
                 return Err(ImportError::DoesNotUnwrap);
             }
             Err(e) => return Err(e.into()),
         };
-        let checked = (|| {
+        let kept = (|| {
             let (ecb, zero) = match spec.algorithm.key_type() {
                 KeyType::AES => (Mechanism::AesEcb, &[0u8; 16][..]),
                 KeyType::DES => (Mechanism::DesEcb, &[0u8; 8][..]),
@@ -113,7 +116,7 @@ impl HsmSession<'_> {
             };
             let block = self
                 .session
-                .encrypt(&ecb, handle, zero)
+                .encrypt(&ecb, staged, zero)
                 .map_err(HsmError::from)?;
             let kcv = Kcv::try_from(block.get(..3).unwrap_or_default())
                 .map_err(|_| HsmError::InvalidInput("ECB returned a short block"))?;
@@ -123,29 +126,26 @@ impl HsmSession<'_> {
                     expected: hex::encode_upper(expected),
                 });
             }
-            if !Usage::of(spec.role).encrypt {
-                self.session
-                    .update_attributes(handle, &[Attribute::Encrypt(false)])
-                    .map_err(HsmError::from)?;
-            }
-            Ok(kcv)
+            let encrypt = Usage::of(spec.role).encrypt;
+            let handle = self
+                .session
+                .copy_object(
+                    staged,
+                    &[Attribute::Token(true), Attribute::Encrypt(encrypt)],
+                )
+                .map_err(HsmError::from)?;
+            Ok((handle, kcv))
         })();
-        match checked {
-            Ok(kcv) => {
-                lock(&self.inner.handles).insert(id, handle);
-                Ok(GeneratedKey {
-                    id,
-                    kcv,
-                    fingerprint: None,
-                })
-            }
-            Err(e) => {
-                if let Err(d) = self.session.destroy_object(handle) {
-                    tracing::error!(error = %d, "could not destroy a refused imported key");
-                }
-                Err(e)
-            }
+        if let Err(d) = self.session.destroy_object(staged) {
+            tracing::error!(error = %d, "could not destroy an imported key's session object");
         }
+        let (handle, kcv) = kept?;
+        lock(&self.inner.handles).insert(id, handle);
+        Ok(GeneratedKey {
+            id,
+            kcv,
+            fingerprint: None,
+        })
     }
 }
 
