@@ -204,15 +204,16 @@ echo; echo "== migration: keys from the brand's old HSM (tests/old_hsm.py), a ca
 OLD_HSM="python3 tests/old_hsm.py"
 MIG="$DEV/migration"
 mkdir -p "$MIG"
-json_field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+active_version() { python3 -c 'import json, sys; print([v["version"] for v in json.load(sys.stdin)["versions"] if v["state"] == "active"][0])'; }
 hex_of() { python3 -c 'import sys; print(open(sys.argv[1], "rb").read().hex())' "$1"; }
 unhex_to() { python3 -c 'import sys; open(sys.argv[2], "wb").write(bytes.fromhex(sys.argv[1]))' "$1" "$2"; }
 if ! "$KMSCTL" key show legacy-m >/dev/null 2>&1; then
   step key create-import-key
   step key import-parameters --out "$MIG/import.der"
   params=$("$KMSCTL" --json key import-parameters)
-  fingerprint=$(echo "$params" | json_field 'd["fingerprint_sha256"]')
-  import_version=$(echo "$params" | json_field 'd["version"]')
+  fingerprint=$(echo "$params" | json_field fingerprint_sha256)
+  import_version=$(echo "$params" | json_field version)
   # The old HSM checks the fingerprint (read to it out of band), wraps its
   # AES-256 KEK under the import key, and the brand's masters under the KEK.
   kek=$(python3 -c "import secrets; print(secrets.token_hex(32))")
@@ -236,8 +237,9 @@ fi
 echo "\$ cybershop purchase --card $DEV/cards/old-card.json --alias legacy-m --amount 1000"
 as_shop purchase --card "$DEV/cards/old-card.json" --alias legacy-m --amount 1000
 step key cryptoperiod legacy-m --not-after "$(date -u -d '+20 days' +%Y-%m-%dT%H:%M:%SZ)"
+approve_pending   # a later not-after than before (a run before this one) is a widening
 step key list --expiring 30d
-legacy_x=$("$KMSCTL" --json key show legacy-x | json_field '[v["version"] for v in d["versions"] if v["state"] == "active"][0]')
+legacy_x=$("$KMSCTL" --json key show legacy-x | active_version)
 step key compromise legacy-x "$legacy_x" --reason "old HSM backup tape lost" --rotate
 approve_pending
 step key show legacy-x

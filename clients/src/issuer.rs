@@ -247,16 +247,28 @@ async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
     let entitled = dist
         .list_entitled_keys_all(pb::ListEntitledKeysRequest::default())
         .await?;
-    for e in entitled
+    // A key refused (compromised, outside its cryptoperiod, ...) does not
+    // stop the others; the sync still fails at the end, naming the first.
+    let mut refused = None;
+    for entry in entitled
         .iter()
         .filter(|e| e.mode == pb::TieUpMode::Supply as i32)
     {
-        let w = dist
+        let w = match dist
             .request_key(pb::RequestKeyRequest {
-                alias: e.alias.clone(),
+                alias: entry.alias.clone(),
                 version: 0,
             })
-            .await?;
+            .await
+        {
+            Ok(w) => w,
+            Err(e @ ClientError::Status { .. }) => {
+                eprintln!("{} not synced: {e}", entry.alias);
+                refused.get_or_insert(e);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let key_type = match pb::KeyAlgorithm::try_from(w.algorithm) {
             Ok(pb::KeyAlgorithm::Des) => KeyType::DES,
             Ok(pb::KeyAlgorithm::Tdes3) => KeyType::DES3,
@@ -283,7 +295,10 @@ async fn sync(client: &Client, cli: SyncArgs) -> Result<(), Error> {
             w.alias, w.version, w.wrapping
         );
     }
-    Ok(())
+    match refused {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 async fn personalise(client: &Client, p: PersonaliseArgs) -> Result<(), Error> {

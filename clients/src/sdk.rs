@@ -297,8 +297,8 @@ calls! { Admin {
     /// Imports card-access keys wrapped under an import KEK, each on its own
     /// (under dual control, proposes the batch).
     import_keys(pb::ImportKeysRequest) -> pb::ImportKeysChange;
-    /// Sets a version's cryptoperiod.
-    set_key_version_cryptoperiod(pb::SetKeyVersionCryptoperiodRequest) -> pb::Key;
+    /// Sets a version's cryptoperiod (under dual control, proposes a widening).
+    set_key_version_cryptoperiod(pb::SetKeyVersionCryptoperiodRequest) -> pb::KeyChange;
     /// Marks a version compromised, optionally rotating (under dual control,
     /// proposes it).
     mark_key_version_compromised(pb::MarkKeyVersionCompromisedRequest) -> pb::KeyChange;

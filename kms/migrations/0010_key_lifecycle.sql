@@ -14,3 +14,9 @@ WHERE name = 'dual_control'
   AND value IS NOT NULL
   AND value <> ''
   AND value NOT LIKE '%mark_compromised%';
+UPDATE service_settings
+SET value = value || ',widen_cryptoperiod'
+WHERE name = 'dual_control'
+  AND value IS NOT NULL
+  AND value <> ''
+  AND value NOT LIKE '%widen_cryptoperiod%';

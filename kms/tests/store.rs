@@ -129,6 +129,9 @@ fn version(alias: &str, version: u32, state: KeyState, id: u8) -> KeyVersionReco
         state_changed_at: now,
         destroy_after: None,
         destroyed_at: None,
+        not_before: Some(now - 1),
+        not_after: Some(now + 86_400_000),
+        compromised_at: None,
     }
 }
 

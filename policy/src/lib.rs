@@ -13,7 +13,8 @@ pub use names::{
     SensitiveOperation, TieUpMode, TieUpState,
 };
 pub use officers::{
-    Approver, Proposal, can_administer, can_approve, needs_second_officer, widens_supply,
+    Approver, Proposal, can_administer, can_approve, needs_second_officer, widens_cryptoperiod,
+    widens_supply,
 };
 pub use rules::{
     Action, Consent, Entity, Key, ProxyLoadScope, Request, TieUp, can_consent, decide,

@@ -224,5 +224,7 @@ named_enum!(
         ImportKey => "import_key",
         /// Marking a key version compromised.
         MarkCompromised => "mark_compromised",
+        /// Setting a key version's cryptoperiod so that it serves longer.
+        WidenCryptoperiod => "widen_cryptoperiod",
     }
 );

@@ -26,6 +26,7 @@ impl SensitiveOperation {
         SensitiveOperation::SetDualControl,
         SensitiveOperation::ImportKey,
         SensitiveOperation::MarkCompromised,
+        SensitiveOperation::WidenCryptoperiod,
     ];
 }
 
@@ -43,7 +44,9 @@ impl SensitiveOperation {
             | SensitiveOperation::ResumeOfficer
             | SensitiveOperation::SetDualControl
             | SensitiveOperation::ImportKey => true,
-            SensitiveOperation::MarkCompromised => !matches!(class, KeyClass::Internal),
+            SensitiveOperation::MarkCompromised | SensitiveOperation::WidenCryptoperiod => {
+                !matches!(class, KeyClass::Internal | KeyClass::Transport)
+            }
         }
     }
 }
@@ -73,6 +76,27 @@ pub fn widens_supply(before: &TieUp, after: &TieUp) -> bool {
         (None, _) => false,
     };
     new_key || reactivated || earlier_start || later_end
+}
+
+/// Whether moving a key version's cryptoperiod from `before` to `after`
+/// (each `(not_before, not_after)` in Unix ms, `None` unbounded) lets it
+/// serve at a time it did not: an earlier (or removed) start, a later (or
+/// removed) end.
+pub fn widens_cryptoperiod(
+    before: (Option<i64>, Option<i64>),
+    after: (Option<i64>, Option<i64>),
+) -> bool {
+    let earlier_start = match (before.0, after.0) {
+        (Some(_), None) => true,
+        (Some(b), Some(a)) => a < b,
+        (None, _) => false,
+    };
+    let later_end = match (before.1, after.1) {
+        (Some(_), None) => true,
+        (Some(b), Some(a)) => a > b,
+        (None, _) => false,
+    };
+    earlier_start || later_end
 }
 
 /// Whether `op` needs a second officer under the configured set.

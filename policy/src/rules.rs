@@ -46,11 +46,18 @@ impl Key {
     /// period ends), while data protected before may still be processed
     /// ([`Action::processes_existing`]), as far as the state allows.
     pub fn lifecycle_refuses(&self, action: Action, now: i64) -> Option<DenyReason> {
+        self.lifecycle(!action.processes_existing(), now)
+    }
+
+    /// As [`Key::lifecycle_refuses`], for uses outside the tie-up rules:
+    /// `new_work` (publishing a public key to encrypt under, unwrapping an
+    /// import) or not (checking a signature made before).
+    pub fn lifecycle(&self, new_work: bool, now: i64) -> Option<DenyReason> {
         if self.compromised {
             Some(DenyReason::KeyCompromised)
         } else if self.not_before.is_some_and(|t| now < t) {
             Some(DenyReason::KeyNotYetValid)
-        } else if self.not_after.is_some_and(|t| now >= t) && !action.processes_existing() {
+        } else if new_work && self.not_after.is_some_and(|t| now >= t) {
             Some(DenyReason::KeyExpired)
         } else {
             None
@@ -131,6 +138,8 @@ pub enum Action {
     },
     /// Have the service seal a READ_BALANCE (no amount) with a session of the key.
     ReadBalance,
+    /// Have the service check a card's receipt for a command sealed before.
+    VerifyReceipt,
     /// Have the service seal a LOAD for an offline issuer (proxy loading).
     ProxyLoad {
         /// The amount, in minor units.
@@ -151,7 +160,10 @@ impl Action {
     /// a ciphertext from the field, checking a MAC made earlier), rather than
     /// protecting or establishing anything new.
     pub fn processes_existing(self) -> bool {
-        matches!(self, Action::Decrypt | Action::VerifyMac)
+        matches!(
+            self,
+            Action::Decrypt | Action::VerifyMac | Action::VerifyReceipt
+        )
     }
 }
 
@@ -196,6 +208,7 @@ fn state_allows(state: KeyState, action: Action) -> bool {
         Action::Authenticate
         | Action::Seal { .. }
         | Action::ReadBalance
+        | Action::VerifyReceipt
         | Action::ProxyLoad { .. } => matches!(state, S::Active | S::AuthOnly),
         Action::Decrypt => matches!(state, S::Active | S::DecryptOnly),
         Action::Sign => state == S::Active,
@@ -303,6 +316,7 @@ fn check_tie_up(r: &Request<'_>, t: &TieUp) -> Result<(), DenyReason> {
         Action::Authenticate
         | Action::Seal { .. }
         | Action::ReadBalance
+        | Action::VerifyReceipt
         | Action::ProxyLoad { .. } => {
             // Rule 5: the brand uses the key on the entity's behalf under `hold`
             // (authentication, DEBIT and READ_BALANCE) or `proxy_load` (the

@@ -9,7 +9,7 @@
 use brandkms_policy::{
     Action, Approver, Consent, Decision, DenyReason, Entity, EntityKind, EntityStatus, Key,
     KeyClass, KeyState, Proposal, ProxyLoadScope, Request, TieUp, TieUpMode, TieUpState,
-    can_approve, decide, proxy_load_scope, widens_supply,
+    can_approve, decide, proxy_load_scope, widens_cryptoperiod, widens_supply,
 };
 use proptest::prelude::*;
 
@@ -103,6 +103,7 @@ fn action() -> impl Strategy<Value = Action> {
         Just(Action::Authenticate),
         (0u64..20_000).prop_map(|amount| Action::Seal { amount }),
         Just(Action::ReadBalance),
+        Just(Action::VerifyReceipt),
         (0u64..20_000).prop_map(|amount| Action::ProxyLoad { amount }),
         Just(Action::Decrypt),
         Just(Action::Sign),
@@ -284,6 +285,46 @@ proptest! {
         if inside {
             prop_assert_eq!(c.decide(), unbounded);
         }
+    }
+
+    #[test]
+    fn a_cryptoperiod_change_that_does_not_widen_allows_nothing_new(
+        c in case(),
+        before in (proptest::option::of(-6i64..6), proptest::option::of(-6i64..6)),
+        later_start in (proptest::option::of(-6i64..6), 0i64..4),
+        earlier_end in (proptest::option::of(-6i64..6), 0i64..4),
+    ) {
+        // A narrowed period (the start no earlier, the end no later): not a
+        // widening, and nothing it allows was refused under the old one,
+        // whatever the request and the time.
+        let after = (
+            before.0.map_or(later_start.0, |b| Some(b + later_start.1)),
+            before.1.map_or(earlier_end.0, |b| Some(b - earlier_end.1)),
+        );
+        prop_assert!(!widens_cryptoperiod(before, after));
+        let mut old = c.clone();
+        (old.key.not_before, old.key.not_after) = before;
+        let mut new = c;
+        (new.key.not_before, new.key.not_after) = after;
+        if new.decide().is_allowed() {
+            prop_assert!(old.decide().is_allowed());
+        }
+    }
+
+    #[test]
+    fn an_earlier_start_or_a_later_end_widens(
+        before in (proptest::option::of(-6i64..6), proptest::option::of(-6i64..6)),
+        by in 1i64..4,
+    ) {
+        if let Some(b) = before.0 {
+            prop_assert!(widens_cryptoperiod(before, (Some(b - by), before.1)));
+            prop_assert!(widens_cryptoperiod(before, (None, before.1)));
+        }
+        if let Some(a) = before.1 {
+            prop_assert!(widens_cryptoperiod(before, (before.0, Some(a + by))));
+            prop_assert!(widens_cryptoperiod(before, (before.0, None)));
+        }
+        prop_assert!(!widens_cryptoperiod(before, before));
     }
 
     #[test]

@@ -44,9 +44,15 @@ pub const SPKI_DER: usize = 4096;
 pub const DATA: usize = 1 << 20;
 /// Keys of one tie-up.
 pub const TIE_UP_KEYS: usize = 256;
-/// Keys of one bulk import (about 70 bytes each encoded: 500 fit in
-/// [`MAX_OTHER_REQUEST`]).
-pub const BULK_KEYS: usize = 500;
+/// Keys of one bulk import: at their largest (every field at its bound)
+/// about 165 bytes each encoded, so that a whole request fits in
+/// [`MAX_OTHER_REQUEST`].
+pub const BULK_KEYS: usize = 350;
+/// A key wrapped with RFC 5649 (40 bytes for a 32-byte key; room for a
+/// precise refusal).
+pub const WRAPPED_SECRET: usize = 48;
+/// A stated key check value (3 bytes; room for a precise refusal).
+pub const KCV: usize = 8;
 /// Sensitive operation names in a dual-control set (each at most [`NAME`]).
 pub const DUAL_CONTROL_OPERATIONS: usize = 32;
 
@@ -228,7 +234,7 @@ requests! {
     CreateImportKeyRequest {},
     GetImportParametersRequest {},
     ImportKeyRequest { alias: NAME, wrapped_key: RSA_BYTES, expected_kcv: SMALL_BYTES },
-    BulkKey { alias: NAME, wrapped_key: SMALL_BYTES, expected_kcv: SMALL_BYTES },
+    BulkKey { alias: NAME, wrapped_key: WRAPPED_SECRET, expected_kcv: KCV },
     ImportKeysRequest { kek_alias: NAME, keys: BULK_KEYS },
     SetKeyVersionCryptoperiodRequest { alias: NAME },
     MarkKeyVersionCompromisedRequest { alias: NAME, reason: REJECT_REASON },
@@ -484,5 +490,30 @@ mod tests {
             per_transaction_limit: Some(u64::MAX),
         };
         assert!(t.encoded_len() <= MAX_OTHER_REQUEST);
+        let b = ImportKeysRequest {
+            kek_alias: "k".repeat(NAME),
+            kek_version: u32::MAX,
+            keys: vec![
+                BulkKey {
+                    alias: "a".repeat(NAME),
+                    algorithm: i32::MAX,
+                    service_code: u32::MAX,
+                    purpose: i32::MAX,
+                    exportable: true,
+                    allow_legacy_des: true,
+                    wrapped_key: vec![0xff; WRAPPED_SECRET],
+                    expected_kcv: vec![0xff; KCV],
+                    not_before: i64::MIN,
+                    not_after: i64::MIN,
+                };
+                BULK_KEYS
+            ],
+        };
+        assert!(b.check_limits().is_ok());
+        assert!(
+            b.encoded_len() <= MAX_OTHER_REQUEST,
+            "{} > {MAX_OTHER_REQUEST}",
+            b.encoded_len()
+        );
     }
 }

@@ -210,6 +210,13 @@ async fn refused_imports_leave_nothing_behind() {
     );
     assert_eq!(c, Code::InvalidArgument, "{m}");
     assert!(m.contains("the service's own"), "{m}");
+    // A not-before in the future: the version would be active and serve
+    // nothing.
+    let mut r = import("key-x", wrapped.clone(), &kcv);
+    r.not_before = 4_102_444_800_000;
+    let (c, m) = status_of(officer.admin().import_key(r).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains("is in the future"), "{m}");
     // A KCV of the wrong length.
     let mut r = import("key-x", wrapped.clone(), &kcv);
     r.expected_kcv = vec![0; 4];
@@ -407,6 +414,7 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
     assert!(m.contains("not an import KEK"), "{m}");
 
     // Held as one proposal; the second officer's approval runs it.
+    let resent = request.clone();
     let held = officer.admin().import_keys(request).await.unwrap();
     let Some(pb::import_keys_change::Result::Pending(a)) = held.result else {
         panic!("{held:?}");
@@ -510,6 +518,22 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
             assert!(attrs.iter().any(|a| a == want), "{want} not in {attrs:?}");
         }
     }
+
+    // The same batch proposed again imports nothing twice.
+    let again = officer.admin().import_keys(resent.clone()).await.unwrap();
+    let Some(pb::import_keys_change::Result::Pending(a)) = again.result else {
+        panic!("{again:?}");
+    };
+    let pb::approve_response::Result::ImportedKeys(twice) = approved(&s, a).await else {
+        panic!("the batch returns what became of each key");
+    };
+    assert_eq!((twice.imported, twice.refused), (0, 100));
+    assert_eq!(twice.results[0].code, Code::AlreadyExists as i32);
+    assert!(
+        twice.results[0].reason.contains("was imported before"),
+        "{}",
+        twice.results[0].reason
+    );
 
     // A card personalised from K_M long ago authenticates through bulk-000.
     register(&officer, "cybershop-k", pb::EntityKind::Cybershop).await;

@@ -88,7 +88,7 @@ async fn begin(shop: &Client, alias: &str, version: u32) -> Result<pb::Challenge
 }
 
 async fn set_period(officer: &Client, alias: &str, not_before: i64, not_after: i64) -> pb::Key {
-    officer
+    let change = officer
         .admin()
         .set_key_version_cryptoperiod(pb::SetKeyVersionCryptoperiodRequest {
             alias: alias.into(),
@@ -97,7 +97,11 @@ async fn set_period(officer: &Client, alias: &str, not_before: i64, not_after: i
             not_after,
         })
         .await
-        .unwrap()
+        .unwrap();
+    match change.result {
+        Some(pb::key_change::Result::Key(k)) => k,
+        other => panic!("dual control is off here: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -259,5 +263,33 @@ async fn a_compromised_version_is_refused_at_once_on_a_second_instance() {
         (Code::PermissionDenied, "key_compromised".into())
     );
     begin(&other, "key-r", 0).await.unwrap();
+
+    // Under dual control, narrowing a cryptoperiod runs; letting a version
+    // serve longer is held for the second officer.
+    let period = |not_after: i64| pb::SetKeyVersionCryptoperiodRequest {
+        alias: "key-r".into(),
+        version: 0,
+        not_before: 0,
+        not_after,
+    };
+    let soon = now_ms() + 3_600_000;
+    let narrowed = officer
+        .admin()
+        .set_key_version_cryptoperiod(period(soon))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&narrowed.result, Some(pb::key_change::Result::Key(k)) if k.versions[1].not_after == soon),
+        "{narrowed:?}"
+    );
+    let widened = officer
+        .admin()
+        .set_key_version_cryptoperiod(period(soon + 86_400_000))
+        .await
+        .unwrap();
+    let Some(pb::key_change::Result::Pending(a)) = widened.result else {
+        panic!("a widening is held: {widened:?}");
+    };
+    assert_eq!(a.rule, "widen_cryptoperiod");
     s.stop().await;
 }

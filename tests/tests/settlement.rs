@@ -671,6 +671,18 @@ async fn past_its_not_after_a_settlement_key_still_decrypts_but_no_longer_signs(
             refusal_of(signed),
             (Code::PermissionDenied, "key_expired".into())
         );
+        // Nor is its public half handed out to encrypt under any more.
+        let published = clearing
+            .settlement()
+            .get_public_key(pb::GetPublicKeyRequest {
+                alias: "settle".into(),
+                version: 0,
+            })
+            .await;
+        assert_eq!(
+            refusal_of(published),
+            (Code::PermissionDenied, "key_expired".into())
+        );
         s
     })
     .await;

@@ -104,12 +104,21 @@ pub(super) enum ImportClassArg {
 /// A version's cryptoperiod on the command line.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(super) struct PeriodArgs {
-    /// Not used before this time (RFC 3339 or Unix ms).
-    #[arg(long, value_parser = parse_time)]
+    /// Not used before this time (RFC 3339 or Unix ms; `none`: unbounded).
+    #[arg(long, value_parser = parse_bound)]
     not_before: Option<i64>,
-    /// No new work from this time on (RFC 3339 or Unix ms).
-    #[arg(long, value_parser = parse_time)]
+    /// No new work from this time on (RFC 3339 or Unix ms; `none`: unbounded).
+    #[arg(long, value_parser = parse_bound)]
     not_after: Option<i64>,
+}
+
+/// A cryptoperiod bound: a time, or `none` (0 on the wire: unbounded).
+fn parse_bound(s: &str) -> Result<i64, String> {
+    if s.eq_ignore_ascii_case("none") {
+        Ok(0)
+    } else {
+        parse_time(s)
+    }
 }
 
 /// One key of a bulk-import file (`kmsctl key import-batch`).
@@ -281,7 +290,9 @@ pub(super) enum KeyCommand {
         file: std::path::PathBuf,
     },
     /// Set a version's cryptoperiod: no use before --not-before, no new work
-    /// from --not-after on (an absent bound is unbounded).
+    /// from --not-after on. A bound not given stays as it is; `none` removes
+    /// it. Letting a version serve longer is held for a second officer under
+    /// dual control (widen_cryptoperiod).
     Cryptoperiod {
         /// Alias.
         alias: String,
@@ -499,16 +510,33 @@ pub(super) async fn run(
             alias,
             version,
             period,
-        } => out.key(
-            &admin
-                .set_key_version_cryptoperiod(pb::SetKeyVersionCryptoperiodRequest {
-                    alias,
-                    version: version.unwrap_or_default(),
-                    not_before: period.not_before.unwrap_or_default(),
-                    not_after: period.not_after.unwrap_or_default(),
+        } => {
+            // The bounds not given stay as they are.
+            let key = admin
+                .get_key(pb::GetKeyRequest {
+                    alias: alias.clone(),
                 })
-                .await?,
-        ),
+                .await?;
+            let current = key
+                .versions
+                .iter()
+                .find(|v| match version {
+                    Some(n) => v.version == n,
+                    None => v.state == pb::KeyState::Active as i32,
+                })
+                .ok_or_else(|| {
+                    ClientError::Config(format!("{alias} has no such version (or no active one)"))
+                })?;
+            let change = admin
+                .set_key_version_cryptoperiod(pb::SetKeyVersionCryptoperiodRequest {
+                    version: current.version,
+                    not_before: period.not_before.unwrap_or(current.not_before),
+                    not_after: period.not_after.unwrap_or(current.not_after),
+                    alias,
+                })
+                .await?;
+            out.key_change(change);
+        }
         KeyCommand::Compromise {
             alias,
             version,

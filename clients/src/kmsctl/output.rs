@@ -134,6 +134,18 @@ fn approval_state(v: i32) -> String {
         .unwrap_or_else(|_| v.to_string())
 }
 
+fn imported_keys_json(r: &pb::ImportKeysResponse) -> Value {
+    let items: Vec<Value> = r
+        .results
+        .iter()
+        .map(|k| {
+            json!({"alias": k.alias, "imported": k.imported, "version": k.version,
+                   "kcv": kcv(&k.kcv), "code": k.code, "reason": k.reason})
+        })
+        .collect();
+    json!({"imported": r.imported, "refused": r.refused, "results": items})
+}
+
 fn distribution_json(d: &pb::Distribution) -> Value {
     json!({
         "id": d.id, "alias": d.alias, "version": d.version, "entity_id": d.entity_id,
@@ -454,17 +466,7 @@ impl Output {
     /// What a bulk import did, key by key.
     pub fn imported_keys(&self, r: &pb::ImportKeysResponse) {
         if self.json {
-            let items: Vec<Value> = r
-                .results
-                .iter()
-                .map(|k| {
-                    json!({"alias": k.alias, "imported": k.imported, "version": k.version,
-                           "kcv": kcv(&k.kcv), "code": k.code, "reason": k.reason})
-                })
-                .collect();
-            return self.print_json(
-                &json!({"imported": r.imported, "refused": r.refused, "results": items}),
-            );
+            return self.print_json(&imported_keys_json(r));
         }
         let rows: Vec<Vec<String>> = r
             .results
@@ -552,10 +554,7 @@ impl Output {
                 Some(pb::approve_response::Result::DualControl(d)) => {
                     json!({ "dual_control": { "operations": d.operations, "updated_at": d.updated_at } })
                 }
-                Some(pb::approve_response::Result::ImportedKeys(k)) => {
-                    json!({ "imported": k.imported, "refused": k.refused,
-                            "results": k.results.iter().map(|x| json!({"alias": x.alias, "imported": x.imported, "reason": x.reason})).collect::<Vec<_>>() })
-                }
+                Some(pb::approve_response::Result::ImportedKeys(k)) => imported_keys_json(k),
                 None => Value::Null,
             };
             return self.print_json(&json!({

@@ -468,7 +468,7 @@ pub async fn verify_receipt(
         caller,
         &session.alias,
         Some(session.version),
-        Action::Authenticate,
+        Action::VerifyReceipt,
         now,
     )
     .await?;

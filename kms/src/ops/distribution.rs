@@ -12,7 +12,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 use crate::audit::{AuditEvent, Outcome};
 use crate::hsm::{Exportability, KeyRole, KeySpec, SecretAlgorithm};
 use crate::ops::authorize::{
-    TRUSTED_PREFIX, authorize, participant_key_version, policy_entity, policy_tie_up,
+    TRUSTED_PREFIX, authorize, participant_key_version, policy_entity, policy_key, policy_tie_up,
     transport_alias, trusted_alias,
 };
 use crate::ops::keys::destroy_version;
@@ -461,10 +461,13 @@ pub async fn entitlements(state: &AppState, caller: &Caller) -> Result<Vec<Entit
             let Some(key) = key_rows::key(&mut conn, alias).await? else {
                 continue;
             };
+            // The version new work uses: active, not compromised, inside its
+            // cryptoperiod.
             let current = key_rows::versions(&mut conn, alias)
                 .await?
                 .into_iter()
-                .find(|v| v.state == KeyState::Active);
+                .find(|v| v.state == KeyState::Active)
+                .filter(|v| policy_key(&key, v).lifecycle(true, now).is_none());
             out.push(Entitlement {
                 key,
                 mode: *mode,

@@ -4,7 +4,7 @@
 //! straight into a token object as a new card-access key or a new version of
 //! one, kept only when the check value the token computes is the one stated.
 
-use brandkms_policy::{Action, Algorithm, KeyClass, KeyState};
+use brandkms_policy::{Algorithm, KeyClass, KeyState};
 
 use crate::audit::{AuditEvent, Outcome};
 use crate::hsm::{
@@ -223,9 +223,28 @@ async fn import_under(
     event: AuditEvent,
     note: String,
 ) -> Result<KeyVersionRecord, OpsError> {
+    if let Some(t) = target.period.not_before
+        && t > state.clock.now_ms()
+    {
+        return Err(invalid(format!(
+            "not_before {} is in the future: an imported version is active at once, and would serve nothing until then",
+            crate::clock::rfc3339(t)
+        )));
+    }
     let mut conn = state.store.conn().await?;
     let (existing, next) = next_version(&mut conn, &target.alias).await?;
+    let stated = hex::encode_upper(expected);
+    let earlier = rows::versions(&mut conn, &target.alias)
+        .await?
+        .into_iter()
+        .find(|v| v.state != KeyState::Destroyed && v.kcv.eq_ignore_ascii_case(&stated));
     drop(conn);
+    if let Some(v) = earlier {
+        return Err(OpsError::AlreadyExists(format!(
+            "{} version {} already has KCV {stated}: this key was imported before",
+            target.alias, v.version
+        )));
+    }
     let (key, exportable) = match &existing {
         Some(k) => {
             if k.class != target.class || k.algorithm != target.algorithm {
@@ -375,10 +394,12 @@ pub async fn usable_kek(
             v.version, v.state
         )));
     }
-    if let Some(reason) =
-        policy_key(&key, &v).lifecycle_refuses(Action::Receive, state.clock.now_ms())
-    {
-        return Err(OpsError::Denied(reason));
+    // Unwrapping a new import is new work.
+    if let Some(reason) = policy_key(&key, &v).lifecycle(true, state.clock.now_ms()) {
+        return Err(OpsError::FailedPrecondition(format!(
+            "import KEK {alias} v{} unwraps nothing: {reason}",
+            v.version
+        )));
     }
     Ok(v)
 }

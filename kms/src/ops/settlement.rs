@@ -7,7 +7,9 @@ use brandkms_policy::{Action, Algorithm, KeyClass, KeyState};
 use zeroize::Zeroizing;
 
 use crate::hsm::OaepHash;
-use crate::ops::authorize::{authorize, participant_key_version, uniform_to_participant};
+use crate::ops::authorize::{
+    authorize, participant_key_version, policy_key, uniform_to_participant,
+};
 use crate::ops::facts::FactView;
 use crate::ops::generate::generator;
 use crate::ops::keys::{KeyView, get};
@@ -140,6 +142,20 @@ fn usable(v: &KeyVersionRecord, alias: &str) -> Result<(), OpsError> {
     Ok(())
 }
 
+/// The key-lifecycle rules for uses outside the tie-ups (`new_work`: the
+/// public half handed out to encrypt under; else checking earlier work).
+fn lifecycle_allows(
+    state: &AppState,
+    key: &KeyRecord,
+    v: &KeyVersionRecord,
+    new_work: bool,
+) -> Result<(), OpsError> {
+    match policy_key(key, v).lifecycle(new_work, state.clock.now_ms()) {
+        Some(reason) => Err(OpsError::Denied(reason)),
+        None => Ok(()),
+    }
+}
+
 /// The public key of a version (default: the active one); any caller.
 pub async fn public_key(
     state: &AppState,
@@ -150,6 +166,9 @@ pub async fn public_key(
     let (key, v, oaep_hash) = settlement_version(&mut conn, alias, version).await?;
     drop(conn);
     usable(&v, alias)?;
+    // Encrypting under it is new work: not with a compromised version, nor
+    // outside its cryptoperiod.
+    lifecycle_allows(state, &key, &v, true)?;
     let id = v.cka_id;
     let (modulus, exponent) = state.hsm.run(move |s| s.rsa_public(&id)).await?;
     let info = rsa_public::encode(&modulus, &exponent)
@@ -233,9 +252,12 @@ pub async fn verify(
     signature: Vec<u8>,
 ) -> Result<(u32, bool), OpsError> {
     let mut conn = state.store.conn().await?;
-    let (_, v, _) = settlement_version(&mut conn, alias, version).await?;
+    let (key, v, _) = settlement_version(&mut conn, alias, version).await?;
     drop(conn);
     usable(&v, alias)?;
+    // A signature made before the not-after still verifies; none made with
+    // a compromised key is to be trusted.
+    lifecycle_allows(state, &key, &v, false)?;
     let id = v.cka_id;
     let valid = state
         .hsm

@@ -139,6 +139,19 @@ fn card_access_algorithm(
     }
 }
 
+/// An officer's free-text reason (kept in approvals and the audit trail):
+/// trimmed, at most 500 characters, no control characters; `None` when empty.
+pub fn reason(text: &str) -> Result<Option<String>, OpsError> {
+    match text.trim() {
+        "" => Ok(None),
+        t if t.chars().count() > 500 => Err(invalid("reason is at most 500 characters")),
+        t if t.chars().any(char::is_control) => {
+            Err(invalid("reason must not hold control characters"))
+        }
+        t => Ok(Some(t.to_string())),
+    }
+}
+
 /// A time field in Unix milliseconds: 0 is `None`, negative is refused.
 pub fn optional_time(what: &str, t: i64) -> Result<Option<i64>, OpsError> {
     match t {

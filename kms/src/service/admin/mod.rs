@@ -11,8 +11,8 @@ use brandkms_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
 use self::sensitive::{
-    COMPROMISED, CREATE_TIE_UP, DESTROY, IMPORT, IMPORT_BATCH, ROTATE, UPDATE_TIE_UP, key_change,
-    tie_up_change,
+    COMPROMISED, CREATE_TIE_UP, CRYPTOPERIOD, DESTROY, IMPORT, IMPORT_BATCH, ROTATE, UPDATE_TIE_UP,
+    key_change, tie_up_change,
 };
 use super::convert::{self, name, optional_name, version};
 use super::paging::{PageRequest, numeric_key};
@@ -256,20 +256,16 @@ impl Admin for AdminService {
     async fn set_key_version_cryptoperiod(
         &self,
         request: Request<pb::SetKeyVersionCryptoperiodRequest>,
-    ) -> Result<Response<pb::Key>, Status> {
+    ) -> Result<Response<pb::KeyChange>, Status> {
         let r = request.get_ref();
         let key = audit_key(&r.alias, version(r.version));
-        let op = "Admin/SetKeyVersionCryptoperiod";
-        self.officer_call(request, op, Audit::Change, key, async |caller, r| {
-            let alias = name("alias", &r.alias)?;
-            let period = convert::cryptoperiod(r.not_before, r.not_after)?;
-            let v = version(r.version);
-            Ok(
-                keys::set_cryptoperiod(self.state(), caller, &alias, v, period)
-                    .await?
-                    .into(),
-            )
-        })
+        self.officer_call(
+            request,
+            CRYPTOPERIOD,
+            Audit::Change,
+            key,
+            async |caller, r| Ok(key_change(self.cryptoperiod_change(caller, &r).await?)),
+        )
         .await
     }
 
@@ -645,16 +641,7 @@ impl Admin for AdminService {
             None,
             async |caller, r| {
                 let id = name("approval id", &r.id)?;
-                let reason = match r.reason.trim() {
-                    "" => None,
-                    t if t.chars().count() > 500 => {
-                        return Err(invalid("reason is at most 500 characters"));
-                    }
-                    t if t.chars().any(char::is_control) => {
-                        return Err(invalid("reason must not hold control characters"));
-                    }
-                    t => Some(t.to_string()),
-                };
+                let reason = convert::reason(&r.reason)?;
                 let record = approvals::reject(self.state(), caller, &id, reason).await?;
                 Ok(convert::approval(&record, self.state().clock.now_ms()))
             },

@@ -29,6 +29,7 @@ pub(super) const SET_DUAL_CONTROL: &str = "Admin/SetDualControl";
 pub(super) const IMPORT: &str = "Admin/ImportKey";
 pub(super) const IMPORT_BATCH: &str = "Admin/ImportKeys";
 pub(super) const COMPROMISED: &str = "Admin/MarkKeyVersionCompromised";
+pub(super) const CRYPTOPERIOD: &str = "Admin/SetKeyVersionCryptoperiod";
 
 pub(super) fn entity_change(change: Change<EntityRecord>) -> pb::EntityChange {
     pb::EntityChange {
@@ -418,14 +419,88 @@ impl AdminService {
                 }
             );
             let key = Some((batch.kek_alias.as_str(), Some(kek.version)));
-            let held =
-                approvals::propose(self.state(), caller, IMPORT_BATCH, rule, summary, key, r);
+            // The KEK version the summary names is the one carried out.
+            let pinned = pb::ImportKeysRequest {
+                kek_version: kek.version,
+                ..r.clone()
+            };
+            let held = approvals::propose(
+                self.state(),
+                caller,
+                IMPORT_BATCH,
+                rule,
+                summary,
+                key,
+                &pinned,
+            );
             return held.await.map(Change::Held);
         }
         let (state, caller) = (std::sync::Arc::clone(&self.state), caller.clone());
         tokio::spawn(async move { import::import_batch(&state, &caller, batch).await })
             .await
             .map_err(|e| OpsError::Internal(format!("the import's task failed: {e}")))?
+            .map(Change::Done)
+    }
+
+    /// Sets a version's cryptoperiod, or, when that lets it serve longer and
+    /// dual control holds widening, proposes it.
+    pub(super) async fn cryptoperiod_change(
+        &self,
+        caller: &Caller,
+        r: &pb::SetKeyVersionCryptoperiodRequest,
+    ) -> Result<Change<KeyView>, OpsError> {
+        let alias = name("alias", &r.alias)?;
+        let period = convert::cryptoperiod(r.not_before, r.not_after)?;
+        let view = keys::get(self.state(), &alias).await?;
+        let record = match version(r.version) {
+            Some(v) => view.versions.iter().find(|x| x.version == v),
+            None => view
+                .versions
+                .iter()
+                .find(|x| x.state == brandkms_policy::KeyState::Active),
+        }
+        .ok_or_else(|| {
+            OpsError::NotFound(format!(
+                "key {alias:?} has no such version (or no active one)"
+            ))
+        })?;
+        keys::lifecycle_applies(&view.key, record)?;
+        let before = (record.not_before, record.not_after);
+        let after = (period.not_before, period.not_after);
+        let rule = SensitiveOperation::WidenCryptoperiod;
+        if brandkms_policy::widens_cryptoperiod(before, after)
+            && approvals::holds(self.state(), caller, rule, Some(view.key.class)).await?
+        {
+            let bound =
+                |t: Option<i64>| t.map_or_else(|| "unbounded".to_string(), crate::clock::rfc3339);
+            let summary = format!(
+                "let version {} of {} key {alias} serve longer: not before {}, not after {} (now {} and {})",
+                record.version,
+                view.key.class,
+                bound(after.0),
+                bound(after.1),
+                bound(before.0),
+                bound(before.1)
+            );
+            let key = Some((alias.as_str(), Some(record.version)));
+            // The version the summary names is the one carried out.
+            let pinned = pb::SetKeyVersionCryptoperiodRequest {
+                version: record.version,
+                ..r.clone()
+            };
+            let held = approvals::propose(
+                self.state(),
+                caller,
+                CRYPTOPERIOD,
+                rule,
+                summary,
+                key,
+                &pinned,
+            );
+            return held.await.map(Change::Held);
+        }
+        keys::set_cryptoperiod(self.state(), caller, &alias, version(r.version), period)
+            .await
             .map(Change::Done)
     }
 
@@ -439,12 +514,9 @@ impl AdminService {
         let alias = name("alias", &r.alias)?;
         let v = version(r.version)
             .ok_or_else(|| invalid("version is required: name the compromised version"))?;
-        let reason = r.reason.trim();
-        if reason.is_empty() {
-            return Err(invalid(
-                "reason is required: what happened, for the approver and the audit trail",
-            ));
-        }
+        let reason = convert::reason(&r.reason)?.ok_or_else(|| {
+            invalid("reason is required: what happened, for the approver and the audit trail")
+        })?;
         let view = keys::get(self.state(), &alias).await?;
         let record = view
             .versions
@@ -455,8 +527,25 @@ impl AdminService {
         if r.rotate {
             let _rotatable = crate::ops::generate::generator(&view.key)?;
         }
-        let rule = SensitiveOperation::MarkCompromised;
-        if approvals::holds(self.state(), caller, rule, Some(view.key.class)).await? {
+        // Held when the set holds marking, or rotating this key's class and
+        // the command rotates too.
+        let class = Some(view.key.class);
+        let mut rule = None;
+        if approvals::holds(
+            self.state(),
+            caller,
+            SensitiveOperation::MarkCompromised,
+            class,
+        )
+        .await?
+        {
+            rule = Some(SensitiveOperation::MarkCompromised);
+        } else if r.rotate
+            && approvals::holds(self.state(), caller, SensitiveOperation::RotateKey, class).await?
+        {
+            rule = Some(SensitiveOperation::RotateKey);
+        }
+        if let Some(rule) = rule {
             let summary = format!(
                 "mark version {v} of {} key {alias} compromised{} ({reason})",
                 view.key.class,
@@ -466,17 +555,24 @@ impl AdminService {
             let held = approvals::propose(self.state(), caller, COMPROMISED, rule, summary, key, r);
             return held.await.map(Change::Held);
         }
-        let marked = keys::mark_compromised(self.state(), caller, &alias, v, reason).await?;
+        let marked = keys::mark_compromised(self.state(), caller, &alias, v, &reason).await?;
         if !r.rotate {
             return Ok(Change::Done(marked));
         }
         // The mark's record closed the approval; the rotation is part of what
-        // was approved, not a second proposal.
+        // was approved, not a second proposal. The mark stands whatever
+        // becomes of the rotation, and the answer says so.
         let mut rotating = caller.clone();
         rotating.approving = None;
         keys::rotate(self.state(), &rotating, &alias)
             .await
             .map(Change::Done)
+            .map_err(|e| {
+                OpsError::FailedPrecondition(format!(
+                    "version {v} of {alias} is marked compromised, but the rotation failed ({}): rotate it with kmsctl key rotate {alias}",
+                    e.audit_reason()
+                ))
+            })
     }
 
     /// Runs an approved proposal's request as `acting` (the approving officer).
@@ -537,6 +633,13 @@ impl AdminService {
                 let r = pb::ImportKeysRequest::decode(payload.as_slice()).map_err(bad)?;
                 let outcomes = done(self.import_batch_change(acting, &r).await?)?;
                 Ok(Produced::ImportedKeys(convert::bulk_outcomes(outcomes)))
+            }
+            CRYPTOPERIOD => {
+                let r = pb::SetKeyVersionCryptoperiodRequest::decode(payload.as_slice())
+                    .map_err(bad)?;
+                Ok(Produced::Key(
+                    done(self.cryptoperiod_change(acting, &r).await?)?.into(),
+                ))
             }
             COMPROMISED => {
                 let r = pb::MarkKeyVersionCompromisedRequest::decode(payload.as_slice())
