@@ -467,12 +467,16 @@ pub const PROTOCOL_KM_KCV: &str = "08D7B4";
 /// The card id of PROTOCOL.md's vectors.
 pub const PROTOCOL_CID: &str = "0123456789012345";
 
-/// A card personalised from `K_M` outside the service (key version 1 for
-/// `service_code`), with a balance of 5,000 JPY.
-pub fn protocol_card(service_code: u16) -> brandkms_clients::card::Card {
+/// A card personalised from `master` outside the service (its key version 1
+/// for `service_code`), with `balance` JPY.
+pub fn card_with(
+    master: &[u8],
+    service_code: u16,
+    cid: [u8; 8],
+    balance: u64,
+) -> brandkms_clients::card::Card {
     use brandkms_clients::card::{self, Card, CardKeyEntry};
-    let cid: [u8; 8] = hex::decode(PROTOCOL_CID).unwrap().try_into().unwrap();
-    let kc = card::diversify(&hex::decode(PROTOCOL_KM).unwrap(), &cid).unwrap();
+    let kc = card::diversify(master, &cid).unwrap();
     Card::personalise(
         cid,
         vec![CardKeyEntry {
@@ -480,8 +484,14 @@ pub fn protocol_card(service_code: u16) -> brandkms_clients::card::Card {
             version: 1,
             key: hex::encode_upper(kc.as_slice()),
         }],
-        5000,
+        balance,
         100_000,
         "JPY",
     )
+}
+
+/// A card personalised from `K_M` (PROTOCOL.md's card id), with 5,000 JPY.
+pub fn protocol_card(service_code: u16) -> brandkms_clients::card::Card {
+    let cid: [u8; 8] = hex::decode(PROTOCOL_CID).unwrap().try_into().unwrap();
+    card_with(&hex::decode(PROTOCOL_KM).unwrap(), service_code, cid, 5000)
 }

@@ -12,10 +12,10 @@ use std::time::Duration;
 use brandkms::hsm::EcbDerive;
 use brandkms::ops::card_protocol::{CardKey, FROM_CARD, TO_CARD, mac_input};
 use brandkms_clients::Client;
-use brandkms_clients::card::{self, Card, CardKeyEntry};
+use brandkms_clients::card::{self, Card};
 use brandkms_proto::v1 as pb;
 use brandkms_tests::{
-    TestServer, audit_records, on_each_database, refusal_of, register, status_of, tie_up,
+    TestServer, audit_records, card_with, on_each_database, refusal_of, register, status_of, tie_up,
 };
 use tonic::Code;
 
@@ -28,21 +28,6 @@ const OTHER_KM: &str = "11111111111111112222222222222222333333333333333300000000
 const CID: &str = "0123456789012345";
 const SERVICE_K: u16 = 0x0A01;
 const SERVICE_E: u16 = 0x0E01;
-
-fn card_with(master: &[u8], service_code: u16, cid: [u8; 8], balance: u64) -> Card {
-    let kc = card::diversify(master, &cid).unwrap();
-    Card::personalise(
-        cid,
-        vec![CardKeyEntry {
-            service_code,
-            version: 1,
-            key: hex::encode_upper(kc.as_slice()),
-        }],
-        balance,
-        100_000,
-        "JPY",
-    )
-}
 
 /// Keys K (hold for cybershop-k, limit 10,000) and E (proxy loading for the
 /// offline issuer 2-1 through the loading portal), both with known masters.

@@ -125,12 +125,18 @@ async fn a_master_from_the_old_hsm_is_imported_under_dual_control_and_authentica
     // A card personalised from K_M long ago, outside the service.
     register(&officer, "cybershop-k", pb::EntityKind::Cybershop).await;
     tie_up(&officer, "cybershop-k", "key-m", pb::TieUpMode::Hold, None).await;
+    purchase_with_protocol_card(&s, "key-m").await;
+    s.stop().await;
+}
+
+/// A card personalised from `K_M` long ago buys for 2,000 JPY at cybershop K
+/// through `alias`: authenticated, the DEBIT sealed, the receipt genuine.
+async fn purchase_with_protocol_card(s: &TestServer, alias: &str) {
     let mut c = brandkms_tests::protocol_card(SERVICE);
-    let shop = s.client("cybershop-k").await;
     let t = terminal::transact(
-        &shop,
+        &s.client("cybershop-k").await,
         &mut c,
-        "key-m",
+        alias,
         SERVICE,
         pb::CardOp::Debit,
         2000,
@@ -140,7 +146,6 @@ async fn a_master_from_the_old_hsm_is_imported_under_dual_control_and_authentica
     .unwrap();
     assert!(t.receipt.genuine);
     assert_eq!(c.balance, 3000);
-    s.stop().await;
 }
 
 #[tokio::test]
@@ -545,20 +550,7 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
         None,
     )
     .await;
-    let mut c = brandkms_tests::protocol_card(SERVICE);
-    let t = terminal::transact(
-        &s.client("cybershop-k").await,
-        &mut c,
-        "bulk-000",
-        SERVICE,
-        pb::CardOp::Debit,
-        2000,
-        "JPY",
-    )
-    .await
-    .unwrap();
-    assert!(t.receipt.genuine);
-    assert_eq!(c.balance, 3000);
+    purchase_with_protocol_card(&s, "bulk-000").await;
     s.stop().await;
 }
 

@@ -290,7 +290,7 @@ mod migration_tests {
         for (before, after) in [
             (
                 "rotate_key,set_dual_control",
-                "rotate_key,set_dual_control,import_key,mark_compromised",
+                "rotate_key,set_dual_control,import_key,mark_compromised,widen_cryptoperiod",
             ),
             ("", ""),
         ] {
