@@ -9,7 +9,7 @@
 
 use std::process::{Command, Output};
 
-use brandkms_tests::TestServer;
+use brandkms_tests::{TestServer, old_hsm};
 
 const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
 
@@ -382,32 +382,6 @@ async fn kmsctl_imports_a_key_from_the_old_hsm() {
     assert_eq!(key["versions"][0]["kcv"], "08D7B4", "{key}");
     assert_eq!(key["versions"][0]["state"], "active", "{key}");
     server.stop().await;
-}
-
-/// Runs `tests/old_hsm.py` (the brand's old HSM) with `args` and `stdin`.
-fn old_hsm(args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("python3")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/old_hsm.py"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "old_hsm.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Issue 13, items 3 to 6 through kmsctl: an import KEK, a batch under it, a

@@ -495,3 +495,30 @@ pub fn protocol_card(service_code: u16) -> brandkms_clients::card::Card {
     let cid: [u8; 8] = hex::decode(PROTOCOL_CID).unwrap().try_into().unwrap();
     card_with(&hex::decode(PROTOCOL_KM).unwrap(), service_code, cid, 5000)
 }
+
+/// Runs `tests/old_hsm.py` (the brand's old HSM, Python `cryptography`) with
+/// `args` and `stdin`; its standard output.
+pub fn old_hsm(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("old_hsm.py"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (with python3-cryptography; tests/run.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "old_hsm.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -13,9 +13,6 @@
     clippy::indexing_slicing
 )]
 
-use std::path::Path;
-use std::process::Command;
-
 use brandkms::config::ServiceSettings;
 use brandkms_clients::{Client, terminal};
 use brandkms_proto::v1 as pb;
@@ -27,19 +24,9 @@ const SERVICE: u16 = 0x0A01;
 
 /// Wraps `key` as the old HSM does: (wrapped, KCV).
 fn old_hsm(p: &pb::ImportParameters, key: &str) -> (Vec<u8>, String) {
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("old_hsm.py"))
-        .arg(hex::encode(&p.spki_der))
-        .arg(hex::encode(&p.fingerprint_sha256))
-        .arg(key)
-        .output()
-        .expect("python3 (with python3-cryptography; tests/run.sh installs it)");
-    assert!(
-        out.status.success(),
-        "old_hsm.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let spki = hex::encode(&p.spki_der);
+    let fingerprint = hex::encode(&p.fingerprint_sha256);
+    let text = brandkms_tests::old_hsm(&[&spki, &fingerprint, key], "");
     let (wrapped, kcv) = text.trim().split_once(' ').unwrap();
     (hex::decode(wrapped).unwrap(), kcv.to_string())
 }
@@ -302,33 +289,6 @@ async fn refused_imports_leave_nothing_behind() {
     s.stop().await;
 }
 
-/// The old HSM's batch mode: `lines` (`ALIAS KEY_HEX`) wrapped under `kek`
-/// with RFC 5649, as a `kmsctl key import-batch` file.
-fn old_hsm_batch(kek: &str, kek_alias: &str, lines: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("old_hsm.py"))
-        .args(["batch", kek, kek_alias])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "old_hsm.py batch: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The batch file as a request (what `kmsctl key import-batch` sends).
 fn batch_request(text: &str) -> pb::ImportKeysRequest {
     let file: toml::Value = toml::from_str(text).unwrap();
@@ -398,7 +358,10 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
         let key = hex::encode_upper(rand::random::<[u8; 16]>());
         lines.push_str(&format!("bulk-{i:03} {key}\n"));
     }
-    let mut request = batch_request(&old_hsm_batch(&kek, "kek.old-hsm", &lines));
+    let mut request = batch_request(&brandkms_tests::old_hsm(
+        &["batch", &kek, "kek.old-hsm"],
+        &lines,
+    ));
     assert_eq!(request.keys.len(), 100);
     assert_eq!(hex::encode_upper(&request.keys[0].expected_kcv), KM_KCV);
     request.keys[57].expected_kcv = vec![0, 0, 0];
