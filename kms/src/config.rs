@@ -118,6 +118,7 @@ struct RawService {
     dual_control: Option<Vec<String>>,
     approval_ttl_secs: Option<u64>,
     transport_keys_per_hour: Option<usize>,
+    health_probe_ms: Option<u64>,
     #[serde(default)]
     limits: LimitSettings,
 }
@@ -193,6 +194,8 @@ pub struct ServiceSettings {
     pub transport_keys_per_hour: usize,
     /// Per-identity connection and call limits (`[service.limits]`).
     pub limits: LimitSettings,
+    /// How often the health probe checks the token and the database (ms).
+    pub health_probe_ms: u64,
 }
 
 /// `[service.limits]`: what one identity (the entity a client certificate
@@ -283,6 +286,7 @@ impl Default for ServiceSettings {
             approval_ttl_secs: 86_400,
             transport_keys_per_hour: 12,
             limits: LimitSettings::default(),
+            health_probe_ms: 2000,
         }
     }
 }
@@ -462,6 +466,16 @@ impl Settings {
                 .transport_keys_per_hour
                 .unwrap_or(defaults.transport_keys_per_hour),
             limits: raw.service.limits,
+            health_probe_ms: match raw.service.health_probe_ms {
+                None => defaults.health_probe_ms,
+                Some(ms) if (100..=60_000).contains(&ms) => ms,
+                Some(_) => {
+                    return Err(field(
+                        "service.health_probe_ms",
+                        "must be between 100 and 60000",
+                    ));
+                }
+            },
         };
         service
             .limits

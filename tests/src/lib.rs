@@ -522,3 +522,72 @@ pub fn old_hsm(args: &[&str], stdin: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Health checks for the tests of issue 14's items 3 and 4.
+pub mod health {
+    use std::time::Duration;
+
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+    /// The names the health service answers for.
+    pub const SERVICES: &[&str] = &[
+        "",
+        "brandkms.v1.Admin",
+        "brandkms.v1.KeyDistribution",
+        "brandkms.v1.CardAuthentication",
+        "brandkms.v1.ProxyLoading",
+        "brandkms.v1.Settlement",
+    ];
+
+    /// One service's status.
+    pub async fn status(
+        health: &mut HealthClient<tonic::transport::Channel>,
+        service: &str,
+    ) -> i32 {
+        health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    }
+
+    /// Waits (at most `within`) until every service reports `want`.
+    pub async fn all_become(
+        health: &mut HealthClient<tonic::transport::Channel>,
+        want: ServingStatus,
+        within: Duration,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let mut all = true;
+            for name in SERVICES {
+                all &= status(health, name).await == want as i32;
+            }
+            if all {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not every service became {want:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn next_status(
+        watch: &mut tonic::Streaming<HealthCheckResponse>,
+        within: Duration,
+    ) -> ServingStatus {
+        let message = tokio::time::timeout(within, watch.message())
+            .await
+            .expect("a status change in time")
+            .unwrap()
+            .unwrap();
+        ServingStatus::try_from(message.status).unwrap()
+    }
+}

@@ -81,6 +81,8 @@ impl Auditor {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let writer = Writer {
             conn,
+            store: store.clone(),
+            began: false,
             backend: store.backend(),
             hsm: hsm.clone(),
             key,
@@ -259,6 +261,10 @@ async fn adopt_unanchored_legacy(
 
 struct Writer {
     conn: AnyConnection,
+    /// Where a new dedicated connection comes from when this one is lost.
+    store: Store,
+    /// Whether the last `write` got as far as beginning its transaction.
+    began: bool,
     backend: Backend,
     hsm: Hsm,
     key: ObjectId,
@@ -364,7 +370,13 @@ impl Writer {
     ) {
         let (seq0, hash0) = (self.next_seq, self.prev_hash.clone());
         let started = std::time::Instant::now();
-        let written = self.write(&mut jobs).await;
+        let mut written = self.write(&mut jobs).await;
+        if written.is_err() && !self.began && self.reconnect().await {
+            // Its connection was lost (the database restarted, or dropped
+            // it): no request's change ran yet, so the batch runs again on
+            // a new one.
+            written = self.write(&mut jobs).await;
+        }
         tracing::debug!(
             requests = jobs.len(),
             records = self.next_seq - seq0,
@@ -405,13 +417,31 @@ impl Writer {
         }
     }
 
+    /// A new dedicated connection in place of a lost one; whether it worked.
+    async fn reconnect(&mut self) -> bool {
+        match self.store.dedicated().await {
+            Ok(conn) => {
+                self.conn = conn;
+                tracing::warn!(chain = %self.chain, "audit writer: the database connection was lost; reconnected");
+                self.reload_tail().await;
+                true
+            }
+            Err(e) => {
+                tracing::error!(chain = %self.chain, error = %e, "audit writer: cannot reconnect to the database");
+                false
+            }
+        }
+    }
+
     /// One transaction for the batch; an answer per job, in order.
     async fn write(&mut self, jobs: &mut [Job]) -> Result<Vec<Result<(), AuditError>>, AuditError> {
+        self.began = false;
         let mut tx = match self.backend {
             Backend::Sqlite => self.conn.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.conn.begin().await,
         }
         .map_err(StoreError::from)?;
+        self.began = true;
         let mut answers = Vec::with_capacity(jobs.len());
         let mut records = Vec::with_capacity(jobs.len());
         // A savepoint per request that changes something, so that its failure

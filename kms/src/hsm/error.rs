@@ -10,6 +10,9 @@ use super::ObjectId;
 /// Everything that can go wrong between brandkms and the PKCS#11 token.
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
+    /// The token no longer holds the user's login (the session state seen).
+    #[error("the user is no longer logged in to the token (session state {0})")]
+    LoginLost(String),
     /// The module could not be loaded or initialised.
     #[error("cannot load PKCS#11 module {path}: {source}")]
     Module {

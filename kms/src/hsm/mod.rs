@@ -23,7 +23,7 @@ use std::time::Duration;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
 use cryptoki::object::ObjectHandle;
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use tokio::sync::Semaphore;
@@ -261,6 +261,55 @@ impl Hsm {
         })
         .await
         .map_err(|e| HsmError::Worker(e.to_string()))?
+    }
+}
+
+impl Hsm {
+    /// The health probe: is the user still logged in to the token? One
+    /// `C_GetSessionInfo` on the login session, no pool session taken. When
+    /// the login was lost (another application logged out, the token was
+    /// re-inserted), the user is logged in again with the PIN the process
+    /// holds and the cached object handles are dropped (they are found again
+    /// on their next use); the answer is still the failure, so that the
+    /// caller reports what it saw.
+    pub async fn probe(&self) -> Result<(), HsmError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let login = lock(&inner._login);
+            let state = login.get_session_info().map(|i| i.session_state());
+            match state {
+                Ok(SessionState::RwUser) => Ok(()),
+                other => {
+                    let why = match other {
+                        Ok(s) => HsmError::LoginLost(format!("{s:?}")),
+                        Err(e) => e.into(),
+                    };
+                    match relogin_user(&login, &inner.pin) {
+                        Ok(()) => {
+                            lock(&inner.handles).clear();
+                            lock(&inner.data_handles).clear();
+                            tracing::warn!(error = %why, "the token login was lost: logged in again");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, lost = %why, "the token login was lost and logging in again failed");
+                        }
+                    }
+                    Err(why)
+                }
+            }
+        })
+        .await
+        .map_err(|e| HsmError::Worker(e.to_string()))?
+    }
+
+    /// Logs the user out of the token, as another application sharing it
+    /// could. Tests only (the health probe and recovery tests).
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn logout_for_tests(&self) -> Result<(), HsmError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || Ok(lock(&inner._login).logout()?))
+            .await
+            .map_err(|e| HsmError::Worker(e.to_string()))?
     }
 }
 

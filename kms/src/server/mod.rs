@@ -224,17 +224,20 @@ impl Server {
             stop_rx.clone(),
         ));
         let revocations = tokio::spawn(crl_reloads(self.tls.revocation.clone(), stop_rx.clone()));
+        // Every service, and the server as a whole (""), SERVING only while
+        // the probe finds the token and the database answering.
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        let health_probe = tokio::spawn(health_probe(
+            Arc::clone(&self.state),
+            health_reporter,
+            stop_rx.clone(),
+        ));
         let incoming = accept_tls(
             listener,
             TlsAcceptor::from(Arc::clone(&self.tls.config)),
             Arc::clone(&limits),
             stop_rx,
         );
-
-        let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<AdminServer<AdminService>>()
-            .await;
         // Reflection in both versions: grpcurl speaks v1, Python's grpcio
         // reflection client only v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
@@ -285,8 +288,82 @@ impl Server {
         let _ = checkpoints.await;
         let _ = summaries.await;
         let _ = revocations.await;
+        let _ = health_probe.await;
         self.state.store.close().await;
         result.map_err(|e| StartError::Serve(e.to_string()))
+    }
+}
+
+/// The names the health service answers for: the server as a whole ("") and
+/// every gRPC service.
+fn health_names() -> [&'static str; 6] {
+    use tonic::server::NamedService;
+    [
+        "",
+        <AdminServer<AdminService> as NamedService>::NAME,
+        <KeyDistributionServer<DistributionService> as NamedService>::NAME,
+        <CardAuthenticationServer<CardService> as NamedService>::NAME,
+        <ProxyLoadingServer<CardService> as NamedService>::NAME,
+        <SettlementServer<SettlementService> as NamedService>::NAME,
+    ]
+}
+
+/// What the health probe found wrong, if anything: the token (its login
+/// session still logged in as the user; a lost login is restored by the
+/// probe) and the database (`SELECT 1`), each within a few seconds.
+async fn probe(state: &AppState) -> Result<(), String> {
+    let within = std::time::Duration::from_secs(5);
+    match tokio::time::timeout(within, state.hsm.probe()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("token: {e}")),
+        Err(_) => return Err("token: no answer within 5 s".into()),
+    }
+    let select = sqlx::query("SELECT 1").execute(state.store.pool());
+    match tokio::time::timeout(within, select).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("database: {e}")),
+        Err(_) => Err("database: no answer within 5 s".into()),
+    }
+}
+
+/// Probes every `health_probe_ms` and sets every service SERVING or
+/// NOT_SERVING by what it finds, logging each change.
+async fn health_probe(
+    state: Shared,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let every = std::time::Duration::from_millis(state.settings.health_probe_ms);
+    // Nothing is SERVING before the first probe says so.
+    for name in health_names() {
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let mut last: Option<bool> = None;
+    loop {
+        let found = probe(&state).await;
+        let serving = found.is_ok();
+        if last != Some(serving) {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for name in health_names() {
+                reporter.set_service_status(name, status).await;
+            }
+            match &found {
+                Ok(()) => tracing::info!("health: SERVING"),
+                Err(why) => tracing::error!(%why, "health: NOT_SERVING"),
+            }
+            last = Some(serving);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 
