@@ -46,7 +46,8 @@ echo "== kms doctor: what the token can do"
 "$KMS" doctor --config "$DEV/kms.toml"
 
 echo "== kms serve"
-RUST_LOG=warn "$KMS" serve --config "$DEV/kms.toml" > "$DEV/kms.log" 2>&1 &
+# Metrics on loopback (a deployment written before they existed gains them too).
+BRANDKMS_METRICS_LISTEN=127.0.0.1:9464 RUST_LOG=warn "$KMS" serve --config "$DEV/kms.toml" > "$DEV/kms.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
 
@@ -246,8 +247,16 @@ step key show legacy-x
 
 echo; echo "== load: 8 clients for 5 s of whole card transactions, then the token's raw rate"
 echo "\$ loadgen --card $DEV/cards/card-k.json --alias key-k --clients 8 --seconds 5 --kms-config $DEV/kms.toml"
+scrape() {
+  python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9464/metrics").read().decode())' |
+    grep -E '^brandkms_grpc_requests_total\{service="CardAuthentication",method="SealCommand"|^brandkms_grpc_request_duration_seconds_(count|sum)\{service="CardAuthentication",method="SealCommand"|^brandkms_grpc_request_duration_seconds_bucket\{service="CardAuthentication",method="SealCommand",le="0.0(05|1)"|^brandkms_hsm_sessions|^brandkms_audit_batch_requests_(count|sum) '
+}
+echo "\$ curl -s http://127.0.0.1:9464/metrics | grep ...   (before)"
+scrape
 KMSCTL_CERT="$DEV/pki/cybershop-k.pem" KMSCTL_KEY="$DEV/pki/cybershop-k-key.pem" \
   "$LOADGEN" --card "$DEV/cards/card-k.json" --alias key-k --clients 8 --seconds 5 --kms-config "$DEV/kms.toml"
+echo "\$ curl -s http://127.0.0.1:9464/metrics | grep ...   (after the load)"
+scrape
 
 echo; echo "== settlement: a store seals card numbers, the clearing house decrypts, signs, the store verifies"
 "$KMSCTL" key show settle >/dev/null 2>&1 || step key create-settlement settle --algorithm rsa3072

@@ -71,6 +71,14 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     service: RawService,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +136,9 @@ struct RawService {
 pub struct Settings {
     /// Where the gRPC service listens.
     pub listen: SocketAddr,
+    /// Where the Prometheus endpoint listens (plain HTTP; loopback advised),
+    /// if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// How to reach the token.
     pub hsm: HsmParams,
     /// Environment for the PKCS#11 module, applied before it loads
@@ -336,6 +347,19 @@ impl Settings {
             )
         })?;
 
+        // The Prometheus endpoint: off unless configured (`[metrics] listen`
+        // or BRANDKMS_METRICS_LISTEN; `off` turns a configured one off).
+        let metrics_listen = match env.var("BRANDKMS_METRICS_LISTEN").or(raw.metrics.listen) {
+            None => None,
+            Some(t) if t == "off" => None,
+            Some(t) => Some(t.parse::<SocketAddr>().map_err(|_| {
+                field(
+                    "metrics.listen",
+                    format!("{t:?} is not an address like 127.0.0.1:9464"),
+                )
+            })?),
+        };
+
         if raw.hsm.pin.is_some() {
             return Err(field(
                 "hsm.pin",
@@ -506,6 +530,7 @@ impl Settings {
 
         Ok(Settings {
             listen,
+            metrics_listen,
             hsm: HsmParams {
                 module,
                 token_label,
@@ -700,6 +725,37 @@ mod tests {
             Err(ConfigError::Field { field, .. }) => field,
             other => panic!("expected a field error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_reference_configuration_is_valid_and_metrics_are_optional() {
+        let reference = include_str!("../kms.reference.toml")
+            .replace("/usr/lib/softhsm/libsofthsm2.so", MODULE);
+        let s = load(&reference, &env(&[("BRANDKMS_PIN", "1234")])).unwrap();
+        assert_eq!(s.service.dual_control, SensitiveOperation::DEFAULT);
+        assert_eq!(s.service.health_probe_ms, 2000);
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let off = load(
+            &reference,
+            &env(&[("BRANDKMS_PIN", "1234"), ("BRANDKMS_METRICS_LISTEN", "off")]),
+        );
+        assert_eq!(off.unwrap().metrics_listen, None);
+        assert_eq!(
+            load(&base(), &env(&[("BRANDKMS_PIN", "1")]))
+                .unwrap()
+                .metrics_listen,
+            None
+        );
+        let bad = format!("{}[metrics]\nlisten = \"anywhere\"\n", base());
+        assert_eq!(
+            field_of(load(&bad, &env(&[("BRANDKMS_PIN", "1")]))),
+            "metrics.listen"
+        );
+        let slow = format!("{}[service]\nhealth_probe_ms = 10\n", base());
+        assert_eq!(
+            field_of(load(&slow, &env(&[("BRANDKMS_PIN", "1")]))),
+            "service.health_probe_ms"
+        );
     }
 
     #[test]

@@ -197,6 +197,7 @@ impl Kms {
             .arg(d.dir.join(CONFIG_FILE))
             .env("BRANDKMS_DATABASE_URL", url)
             .env("BRANDKMS_LISTEN", "127.0.0.1:0")
+            .env("BRANDKMS_METRICS_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .env_remove("SOFTHSM2_CONF")
             .env_remove("OPENSSL_CONF")

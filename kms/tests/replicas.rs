@@ -46,6 +46,7 @@ fn serve(dir: &Path, url: &str, log: &str) -> Serving {
             .arg(dir.join(CONFIG_FILE))
             .env("BRANDKMS_DATABASE_URL", url)
             .env("BRANDKMS_LISTEN", "127.0.0.1:0")
+            .env("BRANDKMS_METRICS_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .env_remove("SOFTHSM2_CONF")
             .env_remove("OPENSSL_CONF")

@@ -21,6 +21,8 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its Prometheus endpoint listens.
+    pub metrics_addr: SocketAddr,
     /// The PKI directory (`ca.pem`, `<entity>.pem`, `<entity>-key.pem`, and a
     /// foreign CA's `foreign-<entity>.pem`).
     pub pki: PathBuf,
@@ -91,6 +93,7 @@ impl TestServer {
         tls(&pki, &mut tls_settings);
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
             hsm: token.params(),
             module_env: Vec::new(),
             database: db.settings.clone(),
@@ -126,6 +129,7 @@ impl TestServer {
             .await
             .unwrap();
         let state = server.state().clone();
+        let metrics_addr = server.metrics_addr().expect("test servers serve metrics");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -139,6 +143,7 @@ impl TestServer {
         });
         let s = TestServer {
             addr,
+            metrics_addr,
             pki,
             state,
             backend,

@@ -15,9 +15,9 @@ use std::time::Duration;
 use brandkms_proto::v1 as pb;
 use brandkms_tests::TestServer;
 use brandkms_tests::health::all_become;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 fn fast_probe() -> brandkms::config::ServiceSettings {
     brandkms::config::ServiceSettings {

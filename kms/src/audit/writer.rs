@@ -383,6 +383,9 @@ impl Writer {
             committed_us = started.elapsed().as_micros(),
             "audit batch"
         );
+        metrics::histogram!("brandkms_audit_batch_requests").record(jobs.len() as f64);
+        metrics::histogram!("brandkms_audit_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
         match written {
             Ok(answers) if self.next_seq > seq0 => {
                 let answers = jobs.into_iter().map(|j| j.done).zip(answers).collect();

@@ -131,7 +131,10 @@ pub fn write_deployment(dir: &Path) -> Result<(PathBuf, bool), DevError> {
          [tls]\n\
          ca = \"pki/ca.pem\"\n\
          cert = \"pki/server.pem\"\n\
-         key = \"pki/server-key.pem\"\n",
+         key = \"pki/server-key.pem\"\n\n\
+         # Prometheus metrics, plain HTTP: keep it on loopback.\n\
+         [metrics]\n\
+         listen = \"127.0.0.1:9464\"\n",
         module = token.module.display(),
     );
     write_public(&config, text.as_bytes())?;

@@ -468,6 +468,9 @@ async fn cmd_serve(settings: Settings) -> Result<ExitCode, Failure> {
     let addr = listener.local_addr().map_err(Failure::runtime)?;
     tracing::info!(%addr, token = %settings.hsm.token_label, "kms serving (mTLS)");
     println!("kms listening on {addr}");
+    if let Some(metrics) = server.metrics_addr() {
+        println!("kms metrics on http://{metrics}/metrics");
+    }
     server
         .serve(listener, shutdown_signal())
         .await

@@ -177,17 +177,32 @@ impl Hsm {
             return self.run_long(f).await;
         }
         let permit = self.permit().await?;
+        let started = std::time::Instant::now();
         let result = self.inner.with_session(f);
         drop(permit);
+        metrics::histogram!("brandkms_hsm_call_seconds", "kind" => "short")
+            .record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// The pool's size and the sessions in use now.
+    pub fn pool_use(&self) -> (usize, usize) {
+        let free = self.inner.permits.available_permits();
+        (
+            self.inner.sessions,
+            self.inner.sessions.saturating_sub(free),
+        )
     }
 
     /// One of the `sessions` permits: at most that many calls under way at once.
     async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, HsmError> {
-        Arc::clone(&self.inner.permits)
+        let asked = std::time::Instant::now();
+        let permit = Arc::clone(&self.inner.permits)
             .acquire_owned()
             .await
-            .map_err(|e| HsmError::Worker(e.to_string()))
+            .map_err(|e| HsmError::Worker(e.to_string()));
+        metrics::histogram!("brandkms_hsm_wait_seconds").record(asked.elapsed().as_secs_f64());
+        permit
     }
 
     /// As [`Hsm::run`], on a blocking thread, so that a call of milliseconds
@@ -203,8 +218,11 @@ impl Hsm {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            let started = std::time::Instant::now();
             let result = inner.with_session(f);
             drop(permit);
+            metrics::histogram!("brandkms_hsm_call_seconds", "kind" => "long")
+                .record(started.elapsed().as_secs_f64());
             result
         })
         .in_current_span()

@@ -20,6 +20,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::identity::{self, IdentityError};
 use super::limits::{Limits, Slot};
+use super::metrics;
 use crate::audit::{AuditEvent, Outcome};
 use crate::ops::{Caller, OpsError, Shared};
 use crate::service::to_status;
@@ -105,7 +106,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = Arc::clone(&self.state);
         let limits = Arc::clone(&self.limits);
-        Box::pin(async move {
+        let (started, route) = (std::time::Instant::now(), metrics::route(req.uri().path()));
+        let work = async move {
             let path = req.uri().path().to_string();
             let chain = req
                 .extensions()
@@ -150,6 +152,10 @@ where
                 Ok(None) => Ok(holding(inner.call(req).await?, in_flight)),
                 Err(status) => Ok(status.into_http()),
             }
+        };
+        Box::pin(async move {
+            work.await
+                .map(|response| metrics::measured(response, route, started))
         })
     }
 }

@@ -175,6 +175,11 @@ impl Limits {
     }
 
     fn count(&self, entity: &str, kind: Kind) {
+        let label = match kind {
+            Kind::Call => "call",
+            Kind::Connection => "connection",
+        };
+        metrics::counter!("brandkms_limited_total", "kind" => label).increment(1);
         let mut r = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         let named = r.by_entity.len() < MAX_NAMED || r.by_entity.contains_key(entity);
         if named {

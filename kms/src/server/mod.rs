@@ -10,6 +10,7 @@ pub mod auth;
 pub mod connections;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod refusals;
 pub mod tls;
 
@@ -92,6 +93,8 @@ pub enum StartError {
 pub struct Server {
     state: Shared,
     tls: ServerTls,
+    /// The Prometheus endpoint's listener, when configured.
+    metrics: Option<Arc<TcpListener>>,
     /// This instance's name as a lease holder.
     instance: Arc<str>,
 }
@@ -166,7 +169,14 @@ impl Server {
             oaep = oaep_hash.as_str(),
             "RSA-OAEP hash for new settlement keys"
         );
+        let metrics = match settings.metrics_listen {
+            Some(addr) => Some(Arc::new(TcpListener::bind(addr).await.map_err(|e| {
+                StartError::Serve(format!("cannot listen for metrics on {addr}: {e}"))
+            })?)),
+            None => None,
+        };
         Ok(Server {
+            metrics,
             state: Arc::new(AppState {
                 hsm,
                 store,
@@ -198,6 +208,11 @@ impl Server {
         &self.state
     }
 
+    /// Where the Prometheus endpoint listens, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves on `listener` until `shutdown` completes.
     pub async fn serve(
         self,
@@ -224,6 +239,13 @@ impl Server {
             stop_rx.clone(),
         ));
         let revocations = tokio::spawn(crl_reloads(self.tls.revocation.clone(), stop_rx.clone()));
+        let metrics = self.metrics.map(|listener| {
+            tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&self.state),
+                stop_rx.clone(),
+            ))
+        });
         // Every service, and the server as a whole (""), SERVING only while
         // the probe finds the token and the database answering.
         let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -289,6 +311,9 @@ impl Server {
         let _ = summaries.await;
         let _ = revocations.await;
         let _ = health_probe.await;
+        if let Some(task) = metrics {
+            let _ = task.await;
+        }
         self.state.store.close().await;
         result.map_err(|e| StartError::Serve(e.to_string()))
     }

@@ -54,6 +54,7 @@ impl HandshakeRefusals {
 
     /// Counts a refused certificate; logs at most once per 10 s.
     pub fn refused(&self, cert: &CertificateDer<'_>, reason: &str) {
+        metrics::counter!("brandkms_tls_handshakes_refused_total").increment(1);
         let mut w = self.window();
         w.count += 1;
         if w.fingerprints.len() < MAX_FINGERPRINTS {

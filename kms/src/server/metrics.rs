@@ -1,0 +1,293 @@
+//! Prometheus metrics (issue 14, item 1), on a listener of their own
+//! (`[metrics] listen`, loopback in the development deployment): plain HTTP,
+//! `GET /metrics`, nothing else. Every series is the process's (one recorder
+//! per process, the `metrics` facade's); none carries a secret, an entity id
+//! or a key alias, so the label sets stay small.
+//!
+//! - `brandkms_grpc_requests_total{service,method,code}` and
+//!   `brandkms_grpc_request_duration_seconds{service,method}`: every call, its
+//!   gRPC status as the client sees it (trailers, or a trailers-only answer);
+//! - `brandkms_hsm_sessions` (the pool's size), `brandkms_hsm_sessions_in_use`,
+//!   `brandkms_hsm_wait_seconds` (for a pool session) and
+//!   `brandkms_hsm_call_seconds{kind}` (`short`: symmetric calls on the
+//!   worker; `long`: RSA and key generation on a blocking thread);
+//! - `brandkms_db_connections{state}` (`idle`, `in_use`);
+//! - `brandkms_audit_batch_requests` and `brandkms_audit_commit_seconds`;
+//! - `brandkms_tls_handshakes_refused_total` and
+//!   `brandkms_limited_total{kind}` (`call`, `connection`).
+
+use std::convert::Infallible;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::Frame;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::ops::Shared;
+
+/// Latency buckets (seconds), from a symmetric token call to a slow RSA one.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Audit batch sizes.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("brandkms_audit_batch_requests".into()),
+                    BATCH_BUCKETS,
+                )
+            })
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed: /metrics shows nothing");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "brandkms_grpc_requests_total",
+        "gRPC calls by service, method and status code"
+    );
+    describe_histogram!(
+        "brandkms_grpc_request_duration_seconds",
+        Unit::Seconds,
+        "gRPC call latency, until the answer's end"
+    );
+    describe_gauge!("brandkms_hsm_sessions", "token sessions the pool may hold");
+    describe_gauge!("brandkms_hsm_sessions_in_use", "token sessions in use");
+    describe_histogram!(
+        "brandkms_hsm_wait_seconds",
+        Unit::Seconds,
+        "wait for a token session"
+    );
+    describe_histogram!(
+        "brandkms_hsm_call_seconds",
+        Unit::Seconds,
+        "token call latency (short: symmetric; long: RSA, key generation)"
+    );
+    describe_gauge!("brandkms_db_connections", "database pool connections");
+    describe_histogram!(
+        "brandkms_audit_batch_requests",
+        "requests committed together in one audit batch"
+    );
+    describe_histogram!(
+        "brandkms_audit_commit_seconds",
+        Unit::Seconds,
+        "audit batch transaction, begin to commit"
+    );
+    describe_counter!(
+        "brandkms_tls_handshakes_refused_total",
+        "TLS handshakes refused (certificate not accepted)"
+    );
+    describe_counter!(
+        "brandkms_limited_total",
+        "calls and connections refused over a per-identity limit"
+    );
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: std::sync::Arc<TcpListener>,
+    state: Shared,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let handle = handle();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                let answer = if req.uri().path() == "/metrics" {
+                    refresh(&state);
+                    http::Response::builder()
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(http_body_util_full(handle.render()))
+                } else {
+                    http::Response::builder()
+                        .status(http::StatusCode::NOT_FOUND)
+                        .body(http_body_util_full("GET /metrics\n".to_string()))
+                };
+                async move { Ok::<_, http::Error>(answer?) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+/// The gauges read at scrape time.
+fn refresh(state: &Shared) {
+    let pool = state.store.pool();
+    let size = f64::from(pool.size());
+    let idle = f64::from(u32::try_from(pool.num_idle()).unwrap_or(u32::MAX));
+    metrics::gauge!("brandkms_db_connections", "state" => "idle").set(idle);
+    metrics::gauge!("brandkms_db_connections", "state" => "in_use").set((size - idle).max(0.0));
+    let (sessions, in_use) = state.hsm.pool_use();
+    metrics::gauge!("brandkms_hsm_sessions").set(sessions as f64);
+    metrics::gauge!("brandkms_hsm_sessions_in_use").set(in_use as f64);
+}
+
+/// A whole body of one chunk.
+fn http_body_util_full(text: String) -> Full {
+    Full(Some(Bytes::from(text)))
+}
+
+/// A body of one chunk.
+#[derive(Debug)]
+pub struct Full(Option<Bytes>);
+
+impl http_body::Body for Full {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// `(service, method)` of a gRPC path: `("Admin", "CreateKey")` of
+/// `/brandkms.v1.Admin/CreateKey`; anything else (an unknown path) is
+/// `("other", "other")`, so that a caller cannot make new series.
+pub fn route(path: &str) -> (&'static str, &'static str) {
+    static KNOWN: OnceLock<Vec<(String, &'static str, &'static str)>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(brandkms_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let name = service.name.unwrap_or_default();
+                for method in service.method {
+                    let m = method.name.unwrap_or_default();
+                    let path = format!("/{package}.{name}/{m}");
+                    out.push((
+                        path,
+                        &*Box::leak(name.clone().into_boxed_str()),
+                        &*Box::leak(m.into_boxed_str()),
+                    ));
+                }
+            }
+        }
+        out
+    });
+    known
+        .iter()
+        .find(|(p, _, _)| p == path)
+        .map_or(("other", "other"), |(_, s, m)| (*s, *m))
+}
+
+/// Records one finished call.
+pub fn request_done(route: (&'static str, &'static str), code: tonic::Code, started: Instant) {
+    let (service, method) = route;
+    let code = format!("{code:?}");
+    metrics::counter!("brandkms_grpc_requests_total", "service" => service, "method" => method, "code" => code)
+        .increment(1);
+    metrics::histogram!("brandkms_grpc_request_duration_seconds", "service" => service, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The response, recorded when its gRPC status is known: at once for a
+/// trailers-only answer, else when its trailers pass (or, a body abandoned
+/// before them, as `Cancelled`).
+pub fn measured(
+    response: http::Response<tonic::body::Body>,
+    route: (&'static str, &'static str),
+    started: Instant,
+) -> http::Response<tonic::body::Body> {
+    if let Some(code) = grpc_status(response.headers()) {
+        request_done(route, code, started);
+        return response;
+    }
+    response.map(|body| {
+        tonic::body::Body::new(Observed {
+            body,
+            route,
+            started,
+            recorded: false,
+        })
+    })
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from)
+}
+
+/// A response body that records its call when the trailers pass.
+struct Observed {
+    body: tonic::body::Body,
+    route: (&'static str, &'static str),
+    started: Instant,
+    recorded: bool,
+}
+
+impl http_body::Body for Observed {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+            && !this.recorded
+        {
+            this.recorded = true;
+            let code = grpc_status(trailers).unwrap_or(tonic::Code::Unknown);
+            request_done(this.route, code, this.started);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if !self.recorded {
+            request_done(self.route, tonic::Code::Cancelled, self.started);
+        }
+    }
+}
