@@ -224,7 +224,7 @@ if ! "$KMSCTL" key show legacy-m >/dev/null 2>&1; then
   step key import kek.old-hsm --class import_kek --wrapped "$MIG/kek.wrapped" --kcv "$kcv" \
     --import-key-version "$import_version"
   approve_pending
-  # legacy-m is PROTOCOL.md's K_M: the master of cards in the field.
+  # legacy-m is docs/protocol.md's K_M: the master of cards in the field.
   printf '%s\n' "legacy-m 0123456789ABCDEFFEDCBA9876543210 0x0A03 purchase" \
     "legacy-x $(python3 -c 'import secrets; print(secrets.token_hex(16))') 0x0A04 purchase" > "$MIG/keys.txt"
   echo "\$ python3 tests/old_hsm.py batch KEK kek.old-hsm < keys.txt > batch.toml   (RFC 5649 under the KEK)"

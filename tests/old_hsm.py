@@ -20,7 +20,7 @@ where each line of keys.txt is `ALIAS KEY_HEX [SERVICE_CODE [PURPOSE]]`
 (service code decimal or 0x hex, default 0x0A01; purpose default purchase).
 
 Personalise a (simulated) card from a master, as the issuer did long ago
-outside brandkms (PROTOCOL.md: K_C = E_KM(CID) || E_KM(~CID)), as a card file
+outside brandkms (docs/protocol.md: K_C = E_KM(CID) || E_KM(~CID)), as a card file
 the participant commands read:
 
     python3 old_hsm.py card KM_HEX CARD_ID_HEX SERVICE_CODE BALANCE OUT.json

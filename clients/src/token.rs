@@ -236,7 +236,7 @@ impl Token {
     }
 
     /// A card key from the delivered master `label`, computed in this token:
-    /// `E_KM(CID) || E_KM(CID xor FF..FF)` (PROTOCOL.md §1). For personalising a
+    /// `E_KM(CID) || E_KM(CID xor FF..FF)` (docs/protocol.md §1). For personalising a
     /// card, which must hold the key itself.
     pub fn diversify(&self, label: &str, cid: &[u8; 8]) -> Result<Zeroizing<Vec<u8>>, TokenError> {
         let master = self.find(label, ObjectClass::SECRET_KEY)?.ok_or_else(|| {

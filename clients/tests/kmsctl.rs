@@ -331,7 +331,7 @@ async fn the_server_offers_reflection_v1_and_v1alpha() {
 
 /// Issue 13: the import commands: make an import key, write its public key
 /// and read its fingerprint, have the old HSM (Python `cryptography`, the
-/// repository's `tests/old_hsm.py`) wrap PROTOCOL.md's `K_M` under it, and
+/// repository's `tests/old_hsm.py`) wrap docs/protocol.md's `K_M` under it, and
 /// import it: the token's KCV is 08D7B4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kmsctl_imports_a_key_from_the_old_hsm() {

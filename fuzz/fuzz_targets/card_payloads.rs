@@ -1,6 +1,6 @@
 //! Card payloads both ways: the service's receipt parser (what a card, or
 //! whoever plays one, sends back) and the card simulator's command processing,
-//! in a session set up from PROTOCOL.md's vectors, with a valid MAC on half the
+//! in a session set up from docs/protocol.md's vectors, with a valid MAC on half the
 //! inputs so that the payload itself is reached. Nothing panics; a receipt that
 //! parses is rebuilt byte for byte; a rejected command leaves the balance alone.
 #![no_main]

@@ -211,7 +211,7 @@ pub async fn databases() -> Vec<TestDb> {
 static FIXED_RB: std::sync::Mutex<Option<[u8; 8]>> = std::sync::Mutex::new(None);
 
 /// Test-only seam: every challenge of this process draws `rb` instead of token
-/// randomness (to reproduce PROTOCOL.md's vectors). `None` restores randomness.
+/// randomness (to reproduce docs/protocol.md's vectors). `None` restores randomness.
 pub fn fix_rb(rb: Option<[u8; 8]>) {
     *FIXED_RB
         .lock()
@@ -225,7 +225,7 @@ pub fn fixed_rb() -> Option<[u8; 8]> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Test-only: imports a known card-access master (e.g. PROTOCOL.md's `K_M`) into
+/// Test-only: imports a known card-access master (e.g. docs/protocol.md's `K_M`) into
 /// the service's token as `alias` version 1, active, with its rows and audit
 /// record, so that a test can compute the card keys in software.
 pub async fn import_card_master(

@@ -404,3 +404,38 @@ fn without_the_legacy_provider_single_des_gives_a_clear_error() {
     let out = d.run(&["doctor"]);
     assert!(text(&out.stdout).contains("ok           single DES card-key derivation (legacy)"));
 }
+
+/// Issue 14, item 2: `--log-format json` writes one JSON object per line; text
+/// logs written to a pipe carry no colour escapes.
+#[test]
+fn logs_are_json_on_request_and_plain_text_in_a_pipe() {
+    let logged =
+        |d: &Deployment, args: &[&str]| d.command(args).env("RUST_LOG", "info").output().unwrap();
+    let json = logged(
+        &Deployment::new(),
+        &["--log-format", "json", "init", "--officer", "officer-1"],
+    );
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let lines: Vec<String> = text(&json.stderr).lines().map(str::to_string).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("audit chain started")),
+        "{lines:?}"
+    );
+    let plain = logged(&Deployment::new(), &["init", "--officer", "officer-1"]);
+    assert!(plain.status.success());
+    let stderr = text(&plain.stderr);
+    assert!(stderr.contains("audit chain started"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escapes in a pipe: {stderr:?}"
+    );
+}

@@ -119,7 +119,7 @@ async fn imported_key_kcvs_match_software() {
             .unwrap();
         assert_eq!(key.kcv, expected, "{algorithm:?}");
     }
-    // The PROTOCOL.md master has KCV 08D7B4.
+    // The docs/protocol.md master has KCV 08D7B4.
     let km = hex::decode("0123456789ABCDEFFEDCBA9876543210").unwrap();
     assert_eq!(des_kcv(&km), [0x08, 0xD7, 0xB4]);
     // AES: the first 3 bytes of E_K(0^16).
@@ -282,7 +282,7 @@ async fn random_bytes_and_hmac_match_software() {
     assert!(!bad);
 }
 
-/// The token-side card protocol primitives reproduce PROTOCOL.md §4.
+/// The token-side card protocol primitives reproduce docs/protocol.md §4.
 #[tokio::test]
 async fn derivation_and_cmac_reproduce_the_protocol_vectors() {
     let hsm = testing::hsm();

@@ -40,7 +40,7 @@ use futures_util::future::join_all;
 use zeroize::Zeroizing;
 
 const KMS: &str = env!("CARGO_BIN_EXE_kms");
-/// The card-access master of `key-k` (PROTOCOL.md's `K_M`), imported so that the
+/// The card-access master of `key-k` (docs/protocol.md's `K_M`), imported so that the
 /// simulated cards can be personalised in software.
 const KM: &str = "0123456789ABCDEFFEDCBA9876543210";
 const SERVICE_K: u16 = 0x0A02;

@@ -1,4 +1,4 @@
-//! Decisions and the named reasons for denial. Every rule of DESIGN.md §3 (and the
+//! Decisions and the named reasons for denial. Every rule of docs/design.md §3 (and the
 //! key-state rule of §2) has its own reasons, so that a denial always names the
 //! rule that denied it.
 
@@ -69,7 +69,7 @@ pub enum DenyReason {
     ApproverNewerThanProposal,
     /// Consent: only an issuer consents, and only for a key its own tie-up covers.
     NotIssuersKey,
-    /// Key states (DESIGN.md §2): this version's state does not allow this use.
+    /// Key states (docs/design.md §2): this version's state does not allow this use.
     KeyState(KeyState),
     /// Key lifecycle: an officer marked this version compromised.
     KeyCompromised,
@@ -84,7 +84,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    /// The rule in DESIGN.md §3 (1 to 7), or 0 for the key-state rule of §2 and
+    /// The rule in docs/design.md §3 (1 to 7), or 0 for the key-state rule of §2 and
     /// the consent rule of §1.
     pub fn rule(&self) -> u8 {
         use DenyReason as R;

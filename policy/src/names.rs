@@ -60,7 +60,7 @@ macro_rules! named_enum {
 }
 
 named_enum!(
-    /// The kinds of participant (DESIGN.md §1).
+    /// The kinds of participant (docs/design.md §1).
     EntityKind, "entity kind" {
         /// A bank, card company or railway that issues cards.
         Issuer => "issuer",
@@ -94,7 +94,7 @@ named_enum!(
 );
 
 named_enum!(
-    /// Key classes (DESIGN.md §2).
+    /// Key classes (docs/design.md §2).
     KeyClass, "key class" {
         /// DES/TDES masters of card keys.
         CardAccess => "card_access",
@@ -113,7 +113,7 @@ named_enum!(
 );
 
 named_enum!(
-    /// The life cycle of a key version (DESIGN.md §2).
+    /// The life cycle of a key version (docs/design.md §2).
     KeyState, "key state" {
         /// Used for new work.
         Active => "active",
@@ -163,7 +163,7 @@ named_enum!(
 );
 
 named_enum!(
-    /// How a tie-up covers a key (DESIGN.md §3).
+    /// How a tie-up covers a key (docs/design.md §3).
     TieUpMode, "tie-up mode" {
         /// The entity receives the key, wrapped.
         Supply => "supply",

@@ -1,4 +1,4 @@
-//! The rules of DESIGN.md §3 as one pure function, [`decide`]. Its inputs are
+//! The rules of docs/design.md §3 as one pure function, [`decide`]. Its inputs are
 //! plain data the caller gathers (entity, key, tie-ups, standing consents, the
 //! time); it reads nothing else.
 
@@ -200,7 +200,7 @@ pub fn may_hold_keys(entity: &Entity) -> Result<(), DenyReason> {
     }
 }
 
-/// Key states (DESIGN.md §2): which versions serve which action.
+/// Key states (docs/design.md §2): which versions serve which action.
 fn state_allows(state: KeyState, action: Action) -> bool {
     use KeyState as S;
     match action {
@@ -268,7 +268,7 @@ fn check(r: &Request<'_>) -> Result<(), DenyReason> {
     Err(first_refusal.unwrap_or(DenyReason::NoTieUp))
 }
 
-/// The key-lifecycle rules (DESIGN.md §2): compromise, the version's state and
+/// The key-lifecycle rules (docs/design.md §2): compromise, the version's state and
 /// its cryptoperiod. Every allowed decision passes through here.
 fn key_state(r: &Request<'_>) -> Result<(), DenyReason> {
     if let Some(reason) = r.key.lifecycle_refuses(r.action, r.now) {

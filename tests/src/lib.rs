@@ -464,12 +464,12 @@ impl TestServer {
     }
 }
 
-/// PROTOCOL.md's two-key card-access master `K_M`, its KCV and the card id of
+/// docs/protocol.md's two-key card-access master `K_M`, its KCV and the card id of
 /// its vectors.
 pub const PROTOCOL_KM: &str = "0123456789ABCDEFFEDCBA9876543210";
 /// `K_M`'s check value.
 pub const PROTOCOL_KM_KCV: &str = "08D7B4";
-/// The card id of PROTOCOL.md's vectors.
+/// The card id of docs/protocol.md's vectors.
 pub const PROTOCOL_CID: &str = "0123456789012345";
 
 /// A card personalised from `master` outside the service (its key version 1
@@ -495,7 +495,7 @@ pub fn card_with(
     )
 }
 
-/// A card personalised from `K_M` (PROTOCOL.md's card id), with 5,000 JPY.
+/// A card personalised from `K_M` (docs/protocol.md's card id), with 5,000 JPY.
 pub fn protocol_card(service_code: u16) -> brandkms_clients::card::Card {
     let cid: [u8; 8] = hex::decode(PROTOCOL_CID).unwrap().try_into().unwrap();
     card_with(&hex::decode(PROTOCOL_KM).unwrap(), service_code, cid, 5000)

@@ -1,5 +1,5 @@
 //! Issue 13: key import. The brand's old HSM, played by Python `cryptography`
-//! (`tests/old_hsm.py`), wraps PROTOCOL.md's master `K_M` under the service's
+//! (`tests/old_hsm.py`), wraps docs/protocol.md's master `K_M` under the service's
 //! import key; officers import it under dual control (held, then approved by a
 //! second officer); the token's KCV is 08D7B4; a card personalised from `K_M`
 //! outside the service is authenticated through CardAuthentication and a DEBIT
@@ -352,7 +352,7 @@ async fn a_batch_under_an_imported_kek_imports_each_key_on_its_own() {
     assert_eq!(kek_key.key_class, pb::KeyClass::ImportKek as i32);
     assert_eq!(hex::encode_upper(&kek_key.versions[0].kcv), kek_kcv);
 
-    // 100 keys: PROTOCOL.md's K_M first, then fresh ones.
+    // 100 keys: docs/protocol.md's K_M first, then fresh ones.
     let mut lines = format!("bulk-000 {KM}\n");
     for i in 1..100 {
         let key = hex::encode_upper(rand::random::<[u8; 16]>());

@@ -1,4 +1,4 @@
-//! A software IC card of the brand (the card side of PROTOCOL.md), with RustCrypto
+//! A software IC card of the brand (the card side of docs/protocol.md), with RustCrypto
 //! `des` and `cmac`. It holds one card key per (service code, key version), a
 //! balance and a maximum balance; answers challenges, checks the service's C2,
 //! checks sealed commands' MACs and counters, applies LOAD / DEBIT /

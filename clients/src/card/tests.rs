@@ -1,4 +1,4 @@
-//! The card simulator against PROTOCOL.md's vectors.
+//! The card simulator against docs/protocol.md's vectors.
 
 use super::*;
 

@@ -1,4 +1,4 @@
-//! The two mechanisms that `cryptoki` 0.12 does not name (DESIGN.md §8):
+//! The two mechanisms that `cryptoki` 0.12 does not name (docs/design.md §8):
 //! `CKM_DES3_ECB_ENCRYPT_DATA` / `CKM_DES_ECB_ENCRYPT_DATA` key derivation and
 //! `CKM_DES3_CMAC`. `cryptoki` refuses to build a mechanism type below the vendor
 //! range, so these calls go to the same module's `C_DeriveKey`, `C_Sign` and

@@ -1,6 +1,6 @@
 //! Operations on a pooled session. Every key is addressed by its `CKA_ID`; handles
 //! are looked up once and cached, because finding an object gets slower as the
-//! token fills (DESIGN.md §8).
+//! token fills (docs/design.md §8).
 
 use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};

@@ -1,4 +1,4 @@
-//! The service's side of the brand card protocol (PROTOCOL.md): byte layouts of
+//! The service's side of the brand card protocol (docs/protocol.md): byte layouts of
 //! commands and receipts, and the token operations of the three passes and of
 //! sealing. Every key operation runs in the token on derived session objects
 //! (`K_C`, `K_S`) that are destroyed when the call ends; no key byte is read.

@@ -1,5 +1,5 @@
 //! Proxy card authentication, sealed commands, receipts and proxy loads
-//! (PROTOCOL.md §2–§3). Each call asks the policy before the token is used;
+//! (docs/protocol.md §2–§3). Each call asks the policy before the token is used;
 //! challenges and sessions live in the database so that any replica sharing the
 //! database and token continues a session; RA || RB are kept sealed by the token.
 

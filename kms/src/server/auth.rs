@@ -20,6 +20,8 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::identity::{self, IdentityError};
 use super::limits::{Limits, Slot};
+use tracing::Instrument;
+
 use super::metrics;
 use crate::audit::{AuditEvent, Outcome};
 use crate::ops::{Caller, OpsError, Shared};
@@ -107,6 +109,15 @@ where
         let state = Arc::clone(&self.state);
         let limits = Arc::clone(&self.limits);
         let (started, route) = (std::time::Instant::now(), metrics::route(req.uri().path()));
+        // A span per request: what every log line it leads to carries; its id
+        // goes back to the caller in `x-request-id`.
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let span = tracing::info_span!(
+            "request",
+            id = %request_id,
+            method = %operation_name(req.uri().path()),
+            caller = tracing::field::Empty,
+        );
         let work = async move {
             let path = req.uri().path().to_string();
             let chain = req
@@ -128,6 +139,7 @@ where
             };
             match identify(&state, chain, peer, &path).await {
                 Ok(Some(caller)) => {
+                    tracing::Span::current().record("caller", caller.entity.id.as_str());
                     req.extensions_mut().insert(caller.clone());
                     let mut response = inner.call(req).await?;
                     // A request the codec refused (over a bound, or not valid
@@ -153,10 +165,17 @@ where
                 Err(status) => Ok(status.into_http()),
             }
         };
-        Box::pin(async move {
-            work.await
-                .map(|response| metrics::measured(response, route, started))
-        })
+        Box::pin(
+            async move {
+                work.await.map(|mut response| {
+                    if let Ok(id) = http::HeaderValue::from_str(&request_id) {
+                        response.headers_mut().insert("x-request-id", id);
+                    }
+                    metrics::measured(response, route, started)
+                })
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -130,7 +130,7 @@ pub async fn serve(
                         .status(http::StatusCode::NOT_FOUND)
                         .body(http_body_util_full("GET /metrics\n".to_string()))
                 };
-                async move { Ok::<_, http::Error>(answer?) }
+                async move { answer }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
@@ -206,10 +206,34 @@ pub fn route(path: &str) -> (&'static str, &'static str) {
         .map_or(("other", "other"), |(_, s, m)| (*s, *m))
 }
 
+/// A status code's name, as gRPC spells it in its docs (`Ok`, `NotFound`...).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "Ok",
+        C::Cancelled => "Cancelled",
+        C::Unknown => "Unknown",
+        C::InvalidArgument => "InvalidArgument",
+        C::DeadlineExceeded => "DeadlineExceeded",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::ResourceExhausted => "ResourceExhausted",
+        C::FailedPrecondition => "FailedPrecondition",
+        C::Aborted => "Aborted",
+        C::OutOfRange => "OutOfRange",
+        C::Unimplemented => "Unimplemented",
+        C::Internal => "Internal",
+        C::Unavailable => "Unavailable",
+        C::DataLoss => "DataLoss",
+        C::Unauthenticated => "Unauthenticated",
+    }
+}
+
 /// Records one finished call.
 pub fn request_done(route: (&'static str, &'static str), code: tonic::Code, started: Instant) {
     let (service, method) = route;
-    let code = format!("{code:?}");
+    let code = code_name(code);
     metrics::counter!("brandkms_grpc_requests_total", "service" => service, "method" => method, "code" => code)
         .increment(1);
     metrics::histogram!("brandkms_grpc_request_duration_seconds", "service" => service, "method" => method)

@@ -44,7 +44,7 @@ pub fn to_status(e: &OpsError) -> Status {
             )
         }
         OpsError::Denied(r) => {
-            // The rule's number, for the seven rules of DESIGN.md §3; the key-state
+            // The rule's number, for the seven rules of docs/design.md §3; the key-state
             // and consent reasons belong to no numbered rule.
             let metadata: std::collections::HashMap<String, String> = (r.rule() > 0)
                 .then(|| ("rule".to_string(), r.rule().to_string()))

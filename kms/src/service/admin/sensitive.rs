@@ -1,4 +1,4 @@
-//! The operations dual control may hold (DESIGN.md §3, rule 7): each runs, or
+//! The operations dual control may hold (docs/design.md §3, rule 7): each runs, or
 //! is checked as far as it can be now and becomes a proposal for a second
 //! officer; `carry_out` runs an approved proposal's request.
 
