@@ -536,6 +536,14 @@ pub mod health {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
+    /// Dual control off and the health probe every 200 ms.
+    pub fn fast_probe() -> brandkms::config::ServiceSettings {
+        brandkms::config::ServiceSettings {
+            health_probe_ms: 200,
+            ..super::TestServer::single_officer()
+        }
+    }
+
     /// The names the health service answers for.
     pub const SERVICES: &[&str] = &[
         "",

@@ -14,17 +14,10 @@ use std::time::Duration;
 
 use brandkms_proto::v1 as pb;
 use brandkms_tests::TestServer;
-use brandkms_tests::health::all_become;
+use brandkms_tests::health::{all_become, fast_probe};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-fn fast_probe() -> brandkms::config::ServiceSettings {
-    brandkms::config::ServiceSettings {
-        health_probe_ms: 200,
-        ..TestServer::single_officer()
-    }
-}
 
 #[tokio::test]
 async fn every_service_is_registered() {
