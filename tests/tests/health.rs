@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use brandkms_proto::v1 as pb;
 use brandkms_tests::TestServer;
-use brandkms_tests::health::{all_become, fast_probe};
+use brandkms_tests::health::{all_become, fast_probe, next_status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -33,7 +33,26 @@ async fn every_service_is_registered() {
             .map_err(brandkms_clients::ClientError::from),
     );
     assert_eq!(c, tonic::Code::NotFound);
-    s.stop().await;
+
+    // Shutting down, the server tells its watchers NOT_SERVING first.
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "brandkms.v1.CardAuthentication".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_status(&mut watch, Duration::from_secs(2)).await,
+        ServingStatus::Serving
+    );
+    let stopping = tokio::spawn(s.stop());
+    assert_eq!(
+        next_status(&mut watch, Duration::from_secs(5)).await,
+        ServingStatus::NotServing
+    );
+    drop(watch);
+    stopping.await.unwrap();
 }
 
 #[tokio::test]

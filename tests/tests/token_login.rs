@@ -20,10 +20,16 @@ use tonic_health::pb::health_client::HealthClient;
 
 #[tokio::test]
 async fn a_lost_token_login_is_reported_and_restored() {
-    let s = TestServer::start_with(brandkms::testing::sqlite_db(), fast_probe()).await;
+    // A probe a second: the NOT_SERVING it reports lasts that long, ample for
+    // the Watch stream to deliver it on a loaded machine.
+    let settings = brandkms::config::ServiceSettings {
+        health_probe_ms: 1000,
+        ..fast_probe()
+    };
+    let s = TestServer::start_with(brandkms::testing::sqlite_db(), settings).await;
     let officer = s.client("officer-1").await;
     let mut health = HealthClient::new(officer.channel());
-    all_become(&mut health, ServingStatus::Serving, Duration::from_secs(3)).await;
+    all_become(&mut health, ServingStatus::Serving, Duration::from_secs(5)).await;
     let mut watch = health
         .watch(HealthCheckRequest {
             service: "brandkms.v1.CardAuthentication".into(),
@@ -39,12 +45,12 @@ async fn a_lost_token_login_is_reported_and_restored() {
     // Another application on the token logs the user out.
     s.state.hsm.logout_for_tests().await.unwrap();
     assert_eq!(
-        next_status(&mut watch, Duration::from_secs(3)).await,
+        next_status(&mut watch, Duration::from_secs(5)).await,
         ServingStatus::NotServing,
         "the probe saw the lost login"
     );
     assert_eq!(
-        next_status(&mut watch, Duration::from_secs(3)).await,
+        next_status(&mut watch, Duration::from_secs(5)).await,
         ServingStatus::Serving,
         "and logged in again"
     );
@@ -59,5 +65,6 @@ async fn a_lost_token_login_is_reported_and_restored() {
         })
         .await
         .unwrap();
+    drop(watch);
     s.stop().await;
 }

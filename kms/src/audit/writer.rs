@@ -371,10 +371,14 @@ impl Writer {
         let (seq0, hash0) = (self.next_seq, self.prev_hash.clone());
         let started = std::time::Instant::now();
         let mut written = self.write(&mut jobs).await;
-        if written.is_err() && !self.began && self.reconnect().await {
+        if written.is_err()
+            && !self.began
+            && self.conn.ping().await.is_err()
+            && self.reconnect().await
+        {
             // Its connection was lost (the database restarted, or dropped
-            // it): no request's change ran yet, so the batch runs again on
-            // a new one.
+            // it; a busy database answers the ping): no request's change
+            // ran yet, so the batch runs again on a new one.
             written = self.write(&mut jobs).await;
         }
         tracing::debug!(

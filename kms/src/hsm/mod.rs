@@ -86,6 +86,8 @@ struct Inner {
     sessions: usize,
     /// The user PIN, to log in again after a security-officer call.
     pin: Zeroizing<String>,
+    /// A health probe is waiting for the token.
+    probing: std::sync::atomic::AtomicBool,
     raw: raw::RawFunctions,
     slot: Slot,
     pkcs11: Pkcs11,
@@ -144,6 +146,7 @@ impl Hsm {
                 permits: Arc::new(Semaphore::new(sessions)),
                 sessions,
                 pin: Zeroizing::new(params.pin.as_str().to_string()),
+                probing: std::sync::atomic::AtomicBool::new(false),
                 raw,
                 slot,
                 pkcs11,
@@ -291,8 +294,20 @@ impl Hsm {
     /// on their next use); the answer is still the failure, so that the
     /// caller reports what it saw.
     pub async fn probe(&self) -> Result<(), HsmError> {
+        // One probe at a time: one stuck in a hung token is not joined by
+        // another blocking thread every period.
+        if self
+            .inner
+            .probing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Err(HsmError::LoginLost(
+                "the previous probe is still waiting for the token".into(),
+            ));
+        }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
+            let _done = ProbeDone(&inner.probing);
             let login = lock(&inner._login);
             let state = login.get_session_info().map(|i| i.session_state());
             match state {
@@ -328,6 +343,15 @@ impl Hsm {
         tokio::task::spawn_blocking(move || Ok(lock(&inner._login).logout()?))
             .await
             .map_err(|e| HsmError::Worker(e.to_string()))?
+    }
+}
+
+/// Clears the probe-in-flight flag when the probe's blocking call ends.
+struct ProbeDone<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for ProbeDone<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

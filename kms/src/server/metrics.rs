@@ -102,25 +102,53 @@ fn describe() {
     );
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` turns true.
+/// Scrapes served at once; more wait for a free one.
+const CONNECTIONS: usize = 8;
+/// How long a scraper has to send its request, and to take the whole answer.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often histogram samples are folded in when nobody scrapes (they are
+/// kept until then).
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `listener` until `stop` turns true: at most
+/// [`CONNECTIONS`] at once, each bounded in time, so that a slow or
+/// flooding client costs little; folds samples in every [`UPKEEP`].
 pub async fn serve(
     listener: std::sync::Arc<TcpListener>,
     state: Shared,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let handle = handle();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+    let mut upkeep = tokio::time::interval(UPKEEP);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
+            _ = upkeep.tick() => {
+                handle.run_upkeep();
+                continue;
+            }
             _ = stop.changed() => return,
         };
-        let Ok((stream, _)) = accepted else {
-            continue;
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: do not spin.
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else {
+            return;
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: http::Request<_>| {
-                let answer = if req.uri().path() == "/metrics" {
+                let answer = if req.method() == http::Method::GET && req.uri().path() == "/metrics"
+                {
                     refresh(&state);
                     http::Response::builder()
                         .header("content-type", "text/plain; version=0.0.4")
@@ -133,9 +161,11 @@ pub async fn serve(
                 async move { answer }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
         });
     }
 }

@@ -249,6 +249,7 @@ impl Server {
         // Every service, and the server as a whole (""), SERVING only while
         // the probe finds the token and the database answering.
         let (health_reporter, health) = tonic_health::server::health_reporter();
+        set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
         let health_probe = tokio::spawn(health_probe(
             Arc::clone(&self.state),
             health_reporter,
@@ -271,7 +272,15 @@ impl Server {
             .build_v1alpha()
             .map_err(|e| StartError::Serve(e.to_string()))?;
 
-        let result = tonic::transport::Server::builder()
+        // When shutdown begins, the health service says NOT_SERVING at once,
+        // and connections get a bounded time to finish (a health Watch or a
+        // client's idle stream would otherwise hold the process forever).
+        let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = signalled_tx.send(());
+        };
+        let serving = tonic::transport::Server::builder()
             .layer(AuthLayer::new(Arc::clone(&self.state), limits))
             .add_service(health)
             .add_service(reflection)
@@ -302,8 +311,23 @@ impl Server {
                 SettlementServer::new(SettlementService::new(Arc::clone(&self.state)))
                     .max_decoding_message_size(input::MAX_SETTLEMENT_REQUEST),
             )
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        let draining = async {
+            if signalled.await.is_ok() {
+                let _ = stop_tx.send(true);
+                tokio::time::sleep(DRAIN).await;
+                tracing::warn!(
+                    "connections were still open {} s after shutdown began: closed",
+                    DRAIN.as_secs()
+                );
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            r = serving => r,
+            () = draining => Ok(()),
+        };
         let _ = stop_tx.send(true);
         let _ = scheduler.await;
         let _ = purger.await;
@@ -318,6 +342,9 @@ impl Server {
         result.map_err(|e| StartError::Serve(e.to_string()))
     }
 }
+
+/// How long connections may take to finish once shutdown has begun.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// The names the health service answers for: the server as a whole ("") and
 /// every gRPC service.
@@ -360,12 +387,6 @@ async fn health_probe(
 ) {
     use tonic_health::ServingStatus;
     let every = std::time::Duration::from_millis(state.settings.health_probe_ms);
-    // Nothing is SERVING before the first probe says so.
-    for name in health_names() {
-        reporter
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
-    }
     let mut last: Option<bool> = None;
     loop {
         let found = probe(&state).await;
@@ -376,9 +397,7 @@ async fn health_probe(
             } else {
                 ServingStatus::NotServing
             };
-            for name in health_names() {
-                reporter.set_service_status(name, status).await;
-            }
+            set_health(&reporter, status).await;
             match &found {
                 Ok(()) => tracing::info!("health: SERVING"),
                 Err(why) => tracing::error!(%why, "health: NOT_SERVING"),
@@ -387,8 +406,22 @@ async fn health_probe(
         }
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                // Going away: watchers are told first.
+                set_health(&reporter, ServingStatus::NotServing).await;
+                return;
+            }
         }
+    }
+}
+
+/// Every name the health service answers for, set to `status`.
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    for name in health_names() {
+        reporter.set_service_status(name, status).await;
     }
 }
 
