@@ -101,6 +101,17 @@ pub(super) enum ImportClassArg {
     ImportKek,
 }
 
+/// A card-access key's algorithm on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct CardAlgorithmArgs {
+    /// tdes2 (default), tdes3, or des with --allow-legacy-des.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = CardAlgorithmArg::Tdes2)]
+    algorithm: CardAlgorithmArg,
+    /// Allow single DES (legacy; reported weak).
+    #[arg(long)]
+    allow_legacy_des: bool,
+}
+
 /// A version's cryptoperiod on the command line.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(super) struct PeriodArgs {
@@ -224,12 +235,8 @@ pub(super) enum KeyCommand {
         /// load or purchase.
         #[arg(long, value_enum, ignore_case = true)]
         purpose: PurposeArg,
-        /// tdes2 (default), tdes3, or des with --allow-legacy-des.
-        #[arg(long, value_enum, ignore_case = true, default_value_t = CardAlgorithmArg::Tdes2)]
-        algorithm: CardAlgorithmArg,
-        /// Allow single DES (legacy; reported weak).
-        #[arg(long)]
-        allow_legacy_des: bool,
+        #[command(flatten)]
+        card: CardAlgorithmArgs,
         /// A supply tie-up may deliver it, wrapped.
         #[arg(long)]
         exportable: bool,
@@ -270,12 +277,8 @@ pub(super) enum KeyCommand {
         /// For a new key: load or purchase.
         #[arg(long, value_enum, ignore_case = true)]
         purpose: Option<PurposeArg>,
-        /// tdes2 (default), tdes3, or des with --allow-legacy-des.
-        #[arg(long, value_enum, ignore_case = true, default_value_t = CardAlgorithmArg::Tdes2)]
-        algorithm: CardAlgorithmArg,
-        /// Allow single DES (legacy; reported weak).
-        #[arg(long)]
-        allow_legacy_des: bool,
+        #[command(flatten)]
+        card: CardAlgorithmArgs,
         /// For a new key: a supply tie-up may deliver it, wrapped.
         #[arg(long)]
         exportable: bool,
@@ -394,8 +397,11 @@ pub(super) async fn run(
             alias,
             service_code,
             purpose,
-            algorithm,
-            allow_legacy_des,
+            card:
+                CardAlgorithmArgs {
+                    algorithm,
+                    allow_legacy_des,
+                },
             exportable,
         } => {
             let key = admin
@@ -462,8 +468,11 @@ pub(super) async fn run(
             import_key_version,
             service_code,
             purpose,
-            algorithm,
-            allow_legacy_des,
+            card:
+                CardAlgorithmArgs {
+                    algorithm,
+                    allow_legacy_des,
+                },
             exportable,
         } => {
             let wrapped_key = std::fs::read(&wrapped).map_err(|e| {

@@ -265,8 +265,7 @@ impl Hsm {
             // Whatever happened, the user is logged in again before any other
             // call runs; handles of private objects went stale with the logout.
             let relogin = relogin_user(&login, &inner.pin);
-            lock(&inner.handles).clear();
-            lock(&inner.data_handles).clear();
+            inner.forget_handles();
             drop(login);
             drop(permits);
             match (relogin, result) {
@@ -319,8 +318,7 @@ impl Hsm {
                     };
                     match relogin_user(&login, &inner.pin) {
                         Ok(()) => {
-                            lock(&inner.handles).clear();
-                            lock(&inner.data_handles).clear();
+                            inner.forget_handles();
                             tracing::warn!(error = %why, "the token login was lost: logged in again");
                         }
                         Err(e) => {
@@ -406,6 +404,13 @@ fn relogin_user(login: &Session, pin: &str) -> Result<(), HsmError> {
 }
 
 impl Inner {
+    /// Drops the cached object handles (a logout makes those of private
+    /// objects stale); they are found again on their next use.
+    fn forget_handles(&self) {
+        lock(&self.handles).clear();
+        lock(&self.data_handles).clear();
+    }
+
     fn with_session<T>(
         &self,
         f: impl FnOnce(&HsmSession<'_>) -> Result<T, HsmError>,

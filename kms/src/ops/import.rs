@@ -16,7 +16,7 @@ use crate::ops::keys::{self, KeyView};
 use crate::ops::rsa_public;
 use crate::ops::versions::{
     AuditKey, Cryptoperiod, NewVersion, create_version_with, key_version, next_version,
-    object_label, record_version,
+    object_label, record_version, versions_and_next,
 };
 use crate::ops::{AppState, Caller, OpsError, invalid};
 use crate::store::keys::{self as rows, KeyRecord, KeyVersionRecord};
@@ -232,13 +232,12 @@ async fn import_under(
         )));
     }
     let mut conn = state.store.conn().await?;
-    let (existing, next) = next_version(&mut conn, &target.alias).await?;
+    let (existing, versions, next) = versions_and_next(&mut conn, &target.alias).await?;
+    drop(conn);
     let stated = hex::encode_upper(expected);
-    let earlier = rows::versions(&mut conn, &target.alias)
-        .await?
+    let earlier = versions
         .into_iter()
         .find(|v| v.state != KeyState::Destroyed && v.kcv.eq_ignore_ascii_case(&stated));
-    drop(conn);
     if let Some(v) = earlier {
         return Err(OpsError::AlreadyExists(format!(
             "{} version {} already has KCV {stated}: this key was imported before",

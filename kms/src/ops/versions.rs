@@ -25,15 +25,19 @@ pub async fn next_version(
     conn: &mut Conn,
     alias: &str,
 ) -> Result<(Option<KeyRecord>, u32), StoreError> {
-    let existing = rows::key(conn, alias).await?;
-    let next = rows::versions(conn, alias)
-        .await?
-        .iter()
-        .map(|v| v.version)
-        .max()
-        .unwrap_or(0)
-        + 1;
+    let (existing, _, next) = versions_and_next(conn, alias).await?;
     Ok((existing, next))
+}
+
+/// As [`next_version`], with the key's versions (oldest first).
+pub async fn versions_and_next(
+    conn: &mut Conn,
+    alias: &str,
+) -> Result<(Option<KeyRecord>, Vec<KeyVersionRecord>, u32), StoreError> {
+    let existing = rows::key(conn, alias).await?;
+    let versions = rows::versions(conn, alias).await?;
+    let next = versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+    Ok((existing, versions, next))
 }
 
 /// The one key/version loader: key `alias` and its version `version`, or its

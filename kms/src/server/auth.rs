@@ -115,7 +115,8 @@ where
         let span = tracing::info_span!(
             "request",
             id = %request_id,
-            method = %operation_name(req.uri().path()),
+            service = route.0,
+            method = route.1,
             caller = tracing::field::Empty,
         );
         let work = async move {

@@ -16,13 +16,13 @@
 //! - `brandkms_tls_handshakes_refused_total` and
 //!   `brandkms_limited_total{kind}` (`call`, `connection`).
 
-use std::convert::Infallible;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::Frame;
+use http_body_util::Full;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
@@ -152,11 +152,11 @@ pub async fn serve(
                     refresh(&state);
                     http::Response::builder()
                         .header("content-type", "text/plain; version=0.0.4")
-                        .body(http_body_util_full(handle.render()))
+                        .body(Full::new(Bytes::from(handle.render())))
                 } else {
                     http::Response::builder()
                         .status(http::StatusCode::NOT_FOUND)
-                        .body(http_body_util_full("GET /metrics\n".to_string()))
+                        .body(Full::new(Bytes::from_static(b"GET /metrics\n")))
                 };
                 async move { answer }
             });
@@ -182,58 +182,32 @@ fn refresh(state: &Shared) {
     metrics::gauge!("brandkms_hsm_sessions_in_use").set(in_use as f64);
 }
 
-/// A whole body of one chunk.
-fn http_body_util_full(text: String) -> Full {
-    Full(Some(Bytes::from(text)))
-}
-
-/// A body of one chunk.
-#[derive(Debug)]
-pub struct Full(Option<Bytes>);
-
-impl http_body::Body for Full {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
-    }
-}
-
 /// `(service, method)` of a gRPC path: `("Admin", "CreateKey")` of
 /// `/brandkms.v1.Admin/CreateKey`; anything else (an unknown path) is
 /// `("other", "other")`, so that a caller cannot make new series.
 pub fn route(path: &str) -> (&'static str, &'static str) {
-    static KNOWN: OnceLock<Vec<(String, &'static str, &'static str)>> = OnceLock::new();
+    type Routes = std::collections::HashMap<String, (&'static str, &'static str)>;
+    static KNOWN: OnceLock<Routes> = OnceLock::new();
     let known = KNOWN.get_or_init(|| {
         use prost::Message as _;
         let set = prost_types::FileDescriptorSet::decode(brandkms_proto::FILE_DESCRIPTOR_SET)
             .unwrap_or_default();
-        let mut out = Vec::new();
+        let mut out = Routes::new();
         for file in set.file {
             let package = file.package.unwrap_or_default();
             for service in file.service {
-                let name = service.name.unwrap_or_default();
+                let name: &'static str =
+                    Box::leak(service.name.unwrap_or_default().into_boxed_str());
                 for method in service.method {
                     let m = method.name.unwrap_or_default();
                     let path = format!("/{package}.{name}/{m}");
-                    out.push((
-                        path,
-                        &*Box::leak(name.clone().into_boxed_str()),
-                        &*Box::leak(m.into_boxed_str()),
-                    ));
+                    out.insert(path, (name, &*Box::leak(m.into_boxed_str())));
                 }
             }
         }
         out
     });
-    known
-        .iter()
-        .find(|(p, _, _)| p == path)
-        .map_or(("other", "other"), |(_, s, m)| (*s, *m))
+    known.get(path).copied().unwrap_or(("other", "other"))
 }
 
 /// A status code's name, as gRPC spells it in its docs (`Ok`, `NotFound`...).
