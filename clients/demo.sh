@@ -292,8 +292,9 @@ echo; echo "== kms reconcile: token and database agree"
 
 echo; echo "== pkcs11-tool --list-objects on the dev token (labels and protection flags)"
 module="$(sed -n 's/^module = "\(.*\)"/\1/p' "$DEV/kms.toml")"
-SOFTHSM2_CONF="$DEV/softhsm/softhsm2.conf" pkcs11-tool --module "$module" \
-  --token-label brandkms-dev --login --pin "$(cat "$DEV/pin")" --list-objects 2>/dev/null \
+# The token directory is relative to the deployment (where kms runs): run there.
+(cd "$DEV" && SOFTHSM2_CONF=softhsm/softhsm2.conf pkcs11-tool --module "$module" \
+  --token-label brandkms-dev --login --pin "$(cat pin)" --list-objects 2>/dev/null) \
   | grep -E "^Secret Key|label:|Access:"
 
 echo; echo "== done. Run the service yourself with: $KMS serve --config $DEV/kms.toml"

@@ -19,7 +19,7 @@ use crate::token::{Token, TokenError};
 /// issuer: receive brandkms keys into the participant's own token, and manage the
 /// consents an issuer gives to third parties.
 #[derive(Debug, Parser)]
-#[command(name = "issuer", version, about)]
+#[command(name = "issuer", version)]
 struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -345,4 +345,9 @@ async fn personalise(client: &Client, p: PersonaliseArgs) -> Result<(), Error> {
         p.out.display()
     );
     Ok(())
+}
+
+/// The `issuer` command line, for man pages and shell completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }

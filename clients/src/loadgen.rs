@@ -29,7 +29,7 @@ use crate::terminal::{self, TransactionError};
 /// loadgen: whole card transactions against a running brandkms, with latency
 /// percentiles and the token's raw rate for comparison.
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", version, about)]
+#[command(name = "loadgen", version)]
 struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -304,4 +304,9 @@ pub async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The `loadgen` command line, for man pages and shell completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }

@@ -33,7 +33,7 @@ fn io(what: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
 
 /// terminal: seal account or card numbers for the clearing house.
 #[derive(Debug, Parser)]
-#[command(name = "terminal", version, about)]
+#[command(name = "terminal", version)]
 struct TerminalCli {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -64,7 +64,7 @@ enum TerminalCommand {
 
 /// clearing: decrypt settlement files, sign and verify settlement results.
 #[derive(Debug, Parser)]
-#[command(name = "clearing", version, about)]
+#[command(name = "clearing", version)]
 struct ClearingCli {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -436,4 +436,14 @@ pub async fn terminal_main() -> ExitCode {
 /// Entry point of the `clearing` binary.
 pub async fn clearing_main() -> ExitCode {
     exit("clearing", clearing(ClearingCli::parse()).await)
+}
+
+/// The `terminal` command line, for man pages and shell completions.
+pub fn terminal_command() -> clap::Command {
+    <TerminalCli as clap::CommandFactory>::command()
+}
+
+/// The `clearing` command line, for man pages and shell completions.
+pub fn clearing_command() -> clap::Command {
+    <ClearingCli as clap::CommandFactory>::command()
 }

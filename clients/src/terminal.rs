@@ -188,7 +188,7 @@ struct CardArgs {
 #[command(
     name = "cybershop",
     version,
-    about = "A cybershop's online purchase: brandkms authenticates the card and seals the DEBIT"
+    about = "cybershop: a cybershop's online purchase; brandkms authenticates the card and seals the DEBIT"
 )]
 enum CybershopCli {
     /// Debit the card by AMOUNT.
@@ -200,7 +200,7 @@ enum CybershopCli {
 #[command(
     name = "loading-portal",
     version,
-    about = "The loading portal: brandkms loads a card on behalf of an offline issuer"
+    about = "loading-portal: brandkms loads a card on behalf of an offline issuer"
 )]
 enum PortalCli {
     /// Load AMOUNT onto the card.
@@ -275,4 +275,14 @@ pub async fn cybershop_main() -> ExitCode {
 pub async fn portal_main() -> ExitCode {
     let PortalCli::Load(args) = PortalCli::parse();
     exit("loading-portal", run_card(args, pb::CardOp::Load).await)
+}
+
+/// The `cybershop` command line, for man pages and shell completions.
+pub fn cybershop_command() -> clap::Command {
+    <CybershopCli as clap::CommandFactory>::command()
+}
+
+/// The `loading-portal` command line, for man pages and shell completions.
+pub fn portal_command() -> clap::Command {
+    <PortalCli as clap::CommandFactory>::command()
 }

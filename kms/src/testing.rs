@@ -116,6 +116,31 @@ pub fn open_other_token(env: &TokenDir, params: &HsmParams) -> Hsm {
     Hsm::open(params).expect("open the token")
 }
 
+/// Opens the token of a deployment `kms init --dev` wrote into `dir` (its
+/// `softhsm/` configuration, its `pin`, the dev token label), moving this
+/// process into `dir` as `kms` does: the token directory is relative to the
+/// deployment. Only for a test binary that uses no other token and no path
+/// relative to the package after this call.
+pub fn open_deployment_token(dir: &Path) -> Hsm {
+    let pin = std::fs::read_to_string(dir.join("pin")).expect("the deployment's pin file");
+    let module = crate::commands::softhsm::module_path().expect("the SoftHSM2 module");
+    std::env::set_current_dir(dir).expect("move into the deployment");
+    open_other_token(
+        &TokenDir {
+            module: module.clone(),
+            softhsm2_conf: dir.join("softhsm/softhsm2.conf"),
+            openssl_conf: dir.join("softhsm/openssl.cnf"),
+        },
+        &HsmParams {
+            module,
+            token_label: crate::commands::dev::DEV_TOKEN_LABEL.to_string(),
+            pin: Zeroizing::new(pin),
+            sessions: 2,
+            benchmark_token_delay: std::time::Duration::ZERO,
+        },
+    )
+}
+
 /// A fresh database for one test.
 #[derive(Debug)]
 pub struct TestDb {

@@ -11,11 +11,8 @@
 
 use std::process::Command;
 
-use brandkms::commands::softhsm::TokenDir;
-use brandkms::hsm::HsmParams;
 use brandkms::ops::versions::LABEL_PREFIX;
 use brandkms::testing;
-use zeroize::Zeroizing;
 
 const KMS: &str = env!("CARGO_BIN_EXE_kms");
 
@@ -62,7 +59,9 @@ async fn the_dev_token_holds_only_sensitive_keys_and_internal_ones_never_leave()
     // What an operator sees with opensc's pkcs11-tool.
     let pin = std::fs::read_to_string(dir.join("pin")).unwrap();
     let module = brandkms::commands::softhsm::module_path().unwrap();
+    // Its token directory is relative to the deployment: run where kms runs.
     let listing = Command::new("pkcs11-tool")
+        .current_dir(&dir)
         .env("SOFTHSM2_CONF", dir.join("softhsm/softhsm2.conf"))
         .args(["--module", &module.display().to_string()])
         .args([
@@ -90,21 +89,7 @@ async fn the_dev_token_holds_only_sensitive_keys_and_internal_ones_never_leave()
     );
 
     // The same through the PKCS#11 attributes brandkms reads.
-    let env = TokenDir {
-        module: module.clone(),
-        softhsm2_conf: dir.join("softhsm/softhsm2.conf"),
-        openssl_conf: dir.join("softhsm/openssl.cnf"),
-    };
-    let hsm = testing::open_other_token(
-        &env,
-        &HsmParams {
-            module,
-            token_label: "brandkms-dev".to_string(),
-            pin: Zeroizing::new(pin),
-            sessions: 2,
-            benchmark_token_delay: std::time::Duration::ZERO,
-        },
-    );
+    let hsm = testing::open_deployment_token(&dir);
     let objects = hsm.run(|s| s.list_objects(LABEL_PREFIX)).await.unwrap();
     assert_eq!(objects.len(), 2);
     for o in objects {

@@ -25,10 +25,9 @@ use std::time::{Duration, Instant};
 
 use brandkms::audit::ANCHOR_APPLICATION;
 use brandkms::clock::Clock;
-use brandkms::commands::dev::{CONFIG_FILE, DEV_TOKEN_LABEL};
-use brandkms::commands::softhsm::{TokenDir, module_path};
+use brandkms::commands::dev::CONFIG_FILE;
 use brandkms::config::{ProcessEnv, Settings};
-use brandkms::hsm::{Hsm, HsmParams};
+use brandkms::hsm::Hsm;
 use brandkms::server::Server;
 use brandkms::store::Store;
 use brandkms::testing::{self, TestDb};
@@ -37,7 +36,6 @@ use brandkms_clients::terminal::TransactionError;
 use brandkms_clients::{Client, ClientError, ConnectOptions};
 use brandkms_proto::v1 as pb;
 use futures_util::future::join_all;
-use zeroize::Zeroizing;
 
 const KMS: &str = env!("CARGO_BIN_EXE_kms");
 /// The card-access master of `key-k` (docs/protocol.md's `K_M`), imported so that the
@@ -119,26 +117,8 @@ fn init_database(db: &TestDb) {
 /// This process's connection to the shared token.
 fn token() -> Hsm {
     static HSM: OnceLock<Hsm> = OnceLock::new();
-    HSM.get_or_init(|| {
-        let dir = &deployment().dir;
-        let pin = std::fs::read_to_string(dir.join("pin")).unwrap();
-        let module = module_path().unwrap();
-        testing::open_other_token(
-            &TokenDir {
-                module: module.clone(),
-                softhsm2_conf: dir.join("softhsm/softhsm2.conf"),
-                openssl_conf: dir.join("softhsm/openssl.cnf"),
-            },
-            &HsmParams {
-                module,
-                token_label: DEV_TOKEN_LABEL.to_string(),
-                pin: Zeroizing::new(pin),
-                sessions: 2,
-                benchmark_token_delay: Duration::ZERO,
-            },
-        )
-    })
-    .clone()
+    HSM.get_or_init(|| testing::open_deployment_token(&deployment().dir))
+        .clone()
 }
 
 /// Imports `key-k` with the known master into the test's database (through a

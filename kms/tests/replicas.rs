@@ -13,16 +13,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use brandkms::commands::dev::{CONFIG_FILE, DEV_TOKEN_LABEL};
+use brandkms::commands::dev::CONFIG_FILE;
 use brandkms::commands::init;
-use brandkms::commands::softhsm::{TokenDir, module_path};
-use brandkms::hsm::HsmParams;
 use brandkms::server::{DESTRUCTION_LEASE, PURGE_OPERATION, PURGER_LEASE};
 use brandkms::store::Store;
 use brandkms::store::cards::{self, ChallengeRecord};
 use brandkms::store::leases::{self, LeaseRecord};
 use brandkms::testing;
-use zeroize::Zeroizing;
 
 const KMS: &str = env!("CARGO_BIN_EXE_kms");
 
@@ -226,22 +223,7 @@ async fn one_of_two_kms_processes_purges_and_the_other_takes_over_when_it_is_kil
     drop((a, b));
 
     // Every chain (one per process run) verifies, against its anchor too.
-    let pin = std::fs::read_to_string(dir.join("pin")).unwrap();
-    let module = module_path().unwrap();
-    let hsm = testing::open_other_token(
-        &TokenDir {
-            module: module.clone(),
-            softhsm2_conf: dir.join("softhsm/softhsm2.conf"),
-            openssl_conf: dir.join("softhsm/openssl.cnf"),
-        },
-        &HsmParams {
-            module,
-            token_label: DEV_TOKEN_LABEL.to_string(),
-            pin: Zeroizing::new(pin),
-            sessions: 2,
-            benchmark_token_delay: std::time::Duration::ZERO,
-        },
-    );
+    let hsm = testing::open_deployment_token(&dir);
     let report = init::auditor(&hsm, &store)
         .await
         .unwrap()

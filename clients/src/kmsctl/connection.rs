@@ -12,24 +12,39 @@ use crate::sdk::{ClientError, ConnectOptions};
 /// Where and as whom to connect.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
-    /// Server, https://HOST:PORT [env: KMSCTL_ENDPOINT].
-    #[arg(long, global = true, env = "KMSCTL_ENDPOINT")]
+    /// Server, https://HOST:PORT.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        env = "KMSCTL_ENDPOINT"
+    )]
     endpoint: Option<String>,
-    /// Brand CA certificate (PEM) [env: KMSCTL_CA].
-    #[arg(long, global = true, env = "KMSCTL_CA")]
+    /// Brand CA certificate (PEM).
+    #[arg(long, global = true, help_heading = "Connection", env = "KMSCTL_CA")]
     ca: Option<PathBuf>,
-    /// Your certificate (PEM) [env: KMSCTL_CERT].
-    #[arg(long, global = true, env = "KMSCTL_CERT")]
+    /// Your certificate (PEM).
+    #[arg(long, global = true, help_heading = "Connection", env = "KMSCTL_CERT")]
     cert: Option<PathBuf>,
-    /// Your private key (PEM) [env: KMSCTL_KEY].
-    #[arg(long, global = true, env = "KMSCTL_KEY")]
+    /// Your private key (PEM).
+    #[arg(long, global = true, help_heading = "Connection", env = "KMSCTL_KEY")]
     key: Option<PathBuf>,
     /// Name the server certificate must carry (default: the endpoint's host, or
-    /// localhost for an IP address) [env: KMSCTL_SERVER_NAME].
-    #[arg(long, global = true, env = "KMSCTL_SERVER_NAME")]
+    /// localhost for an IP address).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        env = "KMSCTL_SERVER_NAME"
+    )]
     server_name: Option<String>,
-    /// Profile file (TOML: endpoint, ca, cert, key, server_name) [env: KMSCTL_PROFILE].
-    #[arg(long, global = true, env = "KMSCTL_PROFILE")]
+    /// Profile file (TOML: endpoint, ca, cert, key, server_name).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        env = "KMSCTL_PROFILE"
+    )]
     profile: Option<PathBuf>,
 }
 

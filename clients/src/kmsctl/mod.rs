@@ -28,7 +28,7 @@ use output::Output;
 
 /// kmsctl: manage brandkms keys, participants, tie-ups and the audit trail.
 #[derive(Debug, Parser)]
-#[command(name = "kmsctl", version, about)]
+#[command(name = "kmsctl", version)]
 pub struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -113,6 +113,11 @@ async fn run(cli: Cli, out: &Output) -> Result<(), ClientError> {
         Command::DualControl(c) => approvals::dual_control(c, &client, out).await,
         Command::Audit(c) => audit::run(c, &client, out).await,
     }
+}
+
+/// The `kmsctl` command line, for man pages and shell completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 #[cfg(test)]

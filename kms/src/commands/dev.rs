@@ -106,7 +106,7 @@ pub fn write_deployment(dir: &Path) -> Result<(PathBuf, bool), DevError> {
 
     let pin = random_hex(8);
     let so_pin = random_hex(8);
-    let token = softhsm::create_token(&dir.join("softhsm"), DEV_TOKEN_LABEL, &so_pin, &pin)?;
+    let token = softhsm::create_deployment_token(&dir, DEV_TOKEN_LABEL, &so_pin, &pin)?;
     write_private(&dir.join("pin"), pin.as_bytes())?;
     write_private(&dir.join("so-pin"), so_pin.as_bytes())?;
 

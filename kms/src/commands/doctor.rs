@@ -5,6 +5,8 @@
 //! key blocks; XOR and concatenation for clear components); then the hardening
 //! report (`HsmSession::hardening`): what a PIN holder could do.
 
+use std::path::{Path, PathBuf};
+
 use crate::hsm::{EcbDerive, Exportability, Hsm, HsmError, KeyRole, KeySpec, SecretAlgorithm};
 
 /// One capability and whether the token has it.
@@ -148,4 +150,46 @@ fn probe_derivation(
     })();
     s.destroy(&master)?;
     result
+}
+
+/// The token directory a SoftHSM2 configuration names (`directories.tokendir`),
+/// a relative one resolved against `cwd`, the directory the module runs in.
+pub fn token_directory(softhsm2_conf: &Path, cwd: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(softhsm2_conf).ok()?;
+    let value = text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "directories.tokendir").then(|| value.trim().to_string())
+    })?;
+    Some(cwd.join(value))
+}
+
+/// Where the SoftHSM2 token directory lies, when the module is SoftHSM2
+/// (`SOFTHSM2_CONF` set): inside the deployment (the config file's directory,
+/// where `kms` runs), or outside it — then a copy of the deployment would share
+/// the token, and `kms reconcile --fix` in one would destroy the other's keys.
+pub fn token_directory_probe(softhsm2_conf: Option<&Path>, deployment: &Path) -> Option<Probe> {
+    let conf = softhsm2_conf?;
+    let capability = "token directory inside the deployment (SoftHSM2)";
+    let result = match token_directory(conf, deployment) {
+        None => Err(format!("{} names no directories.tokendir", conf.display())),
+        Some(dir) => {
+            let dir = dir.canonicalize().unwrap_or(dir);
+            let deployment = deployment
+                .canonicalize()
+                .unwrap_or_else(|_| deployment.to_path_buf());
+            if dir.starts_with(&deployment) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "WARNING: {} lies outside the deployment {}: a copy of the deployment \
+                     (cp -a) would share this token, and kms reconcile --fix in one would \
+                     destroy the other's keys; write directories.tokendir relative to the \
+                     deployment (kms runs in its config file's directory)",
+                    dir.display(),
+                    deployment.display()
+                ))
+            }
+        }
+    };
+    Some(Probe { capability, result })
 }

@@ -27,9 +27,10 @@ use crate::config::{ProcessEnv, Settings};
 use crate::hsm::Hsm;
 use crate::store::Store;
 
-/// brandkms: the brand's central key service.
+/// kms: the brandkms key service (serve) and its host commands (init, doctor,
+/// reconcile, bench).
 #[derive(Debug, Parser)]
-#[command(name = "kms", version, about)]
+#[command(name = "kms", version)]
 struct Cli {
     /// Log lines as JSON (one object per line, for a log collector) or as
     /// text. Colour only when standard error is a terminal.
@@ -37,6 +38,15 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `kms bench --operation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchOperation {
+    /// A card transaction's token operations.
+    Card,
+    /// RSA-OAEP decryptions, as `clearing decrypt` does.
+    Oaep,
 }
 
 /// `--log-format`.
@@ -98,10 +108,9 @@ enum Command {
         /// Concurrent workers (default: the configured session pool size).
         #[arg(long)]
         threads: Option<usize>,
-        /// What to measure: `card` (a card transaction's token operations) or
-        /// `oaep` (RSA-OAEP decryptions, as `clearing decrypt` does).
-        #[arg(long, default_value = "card")]
-        operation: String,
+        /// What to measure.
+        #[arg(long, value_enum, default_value_t = BenchOperation::Card)]
+        operation: BenchOperation,
         /// `oaep`: the RSA modulus size.
         #[arg(long, default_value_t = 3072)]
         bits: u64,
@@ -129,6 +138,11 @@ impl Failure {
             message: e.to_string(),
         }
     }
+}
+
+/// The `kms` command line, for man pages and shell completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Entry point of the `kms` binary.
@@ -178,8 +192,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             runtime()?.block_on(cmd_serve(settings))
         }
         Command::Doctor { config } => {
+            let deployment = deployment_dir(&config);
             let settings = settings(&config)?;
-            runtime()?.block_on(cmd_doctor(settings))
+            runtime()?.block_on(cmd_doctor(settings, &deployment))
         }
         Command::Bench {
             config,
@@ -189,7 +204,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             bits,
         } => {
             let settings = settings(&config)?;
-            runtime()?.block_on(cmd_bench(settings, seconds, threads, &operation, bits))
+            runtime()?.block_on(cmd_bench(settings, seconds, threads, operation, bits))
         }
     }
 }
@@ -218,12 +233,29 @@ fn dev_deployment(_dir: &Path, _officers: &mut Vec<String>) -> Result<PathBuf, F
     ))
 }
 
-/// Loads the configuration and applies the module's environment.
+/// Loads the configuration, applies the module's environment and moves into
+/// the configuration file's directory, the deployment: the module resolves
+/// relative paths of its own configuration (SoftHSM2's `directories.tokendir`)
+/// there, so a copy of a deployment uses its own token. Every path of the
+/// configuration itself is already absolute by then.
 fn settings(path: &Path) -> Result<Settings, Failure> {
-    let settings = Settings::load(path, &ProcessEnv).map_err(Failure::usage)?;
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let settings = Settings::load(&path, &ProcessEnv).map_err(Failure::usage)?;
     warn_if_token_delayed(&settings);
     apply_module_env(&settings.module_env);
+    let deployment = deployment_dir(&path);
+    std::env::set_current_dir(&deployment)
+        .map_err(|e| Failure::runtime(format!("{}: {e}", deployment.display())))?;
     Ok(settings)
+}
+
+/// The deployment a configuration file belongs to: its directory.
+fn deployment_dir(config: &Path) -> PathBuf {
+    config
+        .canonicalize()
+        .ok()
+        .and_then(|c| c.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Says loudly, on stderr and in the log, that a benchmark delay slows every token
@@ -391,14 +423,19 @@ fn confirm(count: usize) -> Result<bool, Failure> {
     Ok(line.trim() == "destroy")
 }
 
-async fn cmd_doctor(settings: Settings) -> Result<ExitCode, Failure> {
+async fn cmd_doctor(settings: Settings, deployment: &Path) -> Result<ExitCode, Failure> {
     let (hsm, store) = open(&settings).await?;
     println!(
         "module {}: token {} logged in",
         settings.hsm.module.display(),
         hsm.token_label()
     );
-    let probes = doctor::run(&hsm).await.map_err(Failure::runtime)?;
+    let mut probes = doctor::run(&hsm).await.map_err(Failure::runtime)?;
+    let softhsm2_conf = std::env::var_os("SOFTHSM2_CONF").map(PathBuf::from);
+    probes.extend(doctor::token_directory_probe(
+        softhsm2_conf.as_deref(),
+        deployment,
+    ));
     for p in &probes {
         match &p.result {
             Ok(()) => println!("ok           {}", p.capability),
@@ -428,7 +465,7 @@ async fn cmd_bench(
     settings: Settings,
     seconds: u64,
     threads: Option<usize>,
-    operation: &str,
+    operation: BenchOperation,
     bits: u64,
 ) -> Result<ExitCode, Failure> {
     let params = settings.hsm.clone();
@@ -439,7 +476,7 @@ async fn cmd_bench(
     let threads = threads.unwrap_or(settings.hsm.sessions).max(1);
     let duration = std::time::Duration::from_secs(seconds.max(1));
     let report = match operation {
-        "card" => {
+        BenchOperation::Card => {
             eprintln!(
                 "kms bench: {threads} workers for {seconds} s on token {}; per transaction: {}",
                 hsm.token_label(),
@@ -447,7 +484,7 @@ async fn cmd_bench(
             );
             self::bench::run(&hsm, threads, duration).await
         }
-        "oaep" => {
+        BenchOperation::Oaep => {
             let hash = if hsm.run(|s| s.probe_oaep_sha256()).await.unwrap_or(false) {
                 crate::hsm::OaepHash::Sha256
             } else {
@@ -459,9 +496,6 @@ async fn cmd_bench(
                 hash.as_str()
             );
             self::bench::run_oaep(&hsm, threads, duration, bits, hash).await
-        }
-        other => {
-            return Err(Failure::usage(format!("--operation {other:?}: card or oaep")));
         }
     }
     .map_err(|e| Failure::runtime(format!("hsm: {e}")))?;

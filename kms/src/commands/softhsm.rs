@@ -80,8 +80,35 @@ pub fn create_token(
     so_pin: &str,
     user_pin: &str,
 ) -> Result<TokenDir, SoftHsmError> {
+    create(dir, None, label, so_pin, user_pin)
+}
+
+/// Creates `root/softhsm` with its own configuration, whose token directory is
+/// written relative to `root` (`softhsm/tokens`): `kms` runs in its config
+/// file's directory, `root`, so a copy of the deployment (`cp -a`) has a token of
+/// its own. Other programs that open the token must run in `root` too.
+pub fn create_deployment_token(
+    root: &Path,
+    label: &str,
+    so_pin: &str,
+    user_pin: &str,
+) -> Result<TokenDir, SoftHsmError> {
+    create(&root.join("softhsm"), Some(root), label, so_pin, user_pin)
+}
+
+fn create(
+    dir: &Path,
+    root: Option<&Path>,
+    label: &str,
+    so_pin: &str,
+    user_pin: &str,
+) -> Result<TokenDir, SoftHsmError> {
     let module = module_path()?;
     let tokens = dir.join("tokens");
+    let tokendir = root
+        .and_then(|r| tokens.strip_prefix(r).ok())
+        .unwrap_or(&tokens)
+        .to_path_buf();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SoftHsmError::Io { path, source }
@@ -94,12 +121,16 @@ pub fn create_token(
          objectstore.backend = file\n\
          log.level = ERROR\n\
          slots.removable = false\n",
-        tokens.display()
+        tokendir.display()
     );
     std::fs::write(&softhsm2_conf, conf).map_err(io(&softhsm2_conf))?;
     let openssl_conf = dir.join("openssl.cnf");
     std::fs::write(&openssl_conf, OPENSSL_LEGACY_CNF).map_err(io(&openssl_conf))?;
-    let out = Command::new("softhsm2-util")
+    let mut init = Command::new("softhsm2-util");
+    if let Some(root) = root {
+        init.current_dir(root);
+    }
+    let out = init
         .env("SOFTHSM2_CONF", &softhsm2_conf)
         .args(["--init-token", "--free", "--label", label])
         .args(["--so-pin", so_pin, "--pin", user_pin])
