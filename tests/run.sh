@@ -17,6 +17,8 @@ command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
 python3 -c "import cryptography" >/dev/null 2>&1 || need+=(python3-cryptography)
 # The foreign PKCS#11 client test runs Debian's python3 with PyKCS11.
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c "import PyKCS11" >/dev/null 2>&1 || need+=(python3-pykcs11)
+# The Python client (clients/python) builds a virtualenv of its own.
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv)
 if [ -z "${BRANDKMS_TEST_DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi
