@@ -14,6 +14,8 @@ use brandkms_policy::SensitiveOperation;
 
 use crate::hsm::HsmParams;
 
+pub mod pkcs11_uri;
+
 /// Default number of HSM sessions (and HSM calls under way at once).
 pub const DEFAULT_SESSIONS: usize = 8;
 /// Default environment variable holding the user PIN.
@@ -84,6 +86,8 @@ struct RawMetrics {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHsm {
+    /// A PKCS#11 URI (RFC 7512) selecting module, token and PIN source.
+    uri: Option<String>,
     module: Option<PathBuf>,
     token_label: Option<String>,
     pin_env: Option<String>,
@@ -366,12 +370,55 @@ impl Settings {
                 "a PIN never goes in the config file; name an environment variable with hsm.pin_env or a file with hsm.pin_file",
             ));
         }
+        let uri = match env.var("BRANDKMS_PKCS11_URI").or(raw.hsm.uri) {
+            Some(text) => pkcs11_uri::parse(&text).map_err(|e| field("hsm.uri", e))?,
+            None => pkcs11_uri::Pkcs11Uri::default(),
+        };
+        // A field given both ways is ambiguous: the operator keeps one.
+        for (given_by_uri, given_by_field, what) in [
+            (
+                uri.module_path.is_some() || uri.module_name.is_some(),
+                raw.hsm.module.is_some(),
+                "hsm.module",
+            ),
+            (
+                uri.token.is_some(),
+                raw.hsm.token_label.is_some(),
+                "hsm.token_label",
+            ),
+            (
+                uri.pin_source.is_some(),
+                raw.hsm.pin_file.is_some(),
+                "hsm.pin_file",
+            ),
+        ] {
+            if given_by_uri && given_by_field {
+                return Err(field(
+                    what,
+                    "also given by hsm.uri: keep one (the environment overrides either)",
+                ));
+            }
+        }
+        let uri_module = match (uri.module_path, uri.module_name) {
+            (Some(path), _) => Some(path),
+            (None, Some(name)) => Some(
+                pkcs11_uri::find_module(&name, &pkcs11_uri::MODULE_DIRS)
+                    .map_err(|e| field("hsm.uri", e))?,
+            ),
+            (None, None) => None,
+        };
         let module = env
             .var("BRANDKMS_PKCS11_MODULE")
             .map(PathBuf::from)
             .or(raw.hsm.module)
+            .or(uri_module)
             .map(resolve)
-            .ok_or_else(|| field("hsm.module", "missing: the path of the PKCS#11 module"))?;
+            .ok_or_else(|| {
+                field(
+                    "hsm.module",
+                    "missing: the path of the PKCS#11 module (or module-path in hsm.uri)",
+                )
+            })?;
         if !module.is_file() {
             return Err(field(
                 "hsm.module",
@@ -381,11 +428,18 @@ impl Settings {
         let token_label = env
             .var("BRANDKMS_TOKEN_LABEL")
             .or(raw.hsm.token_label)
-            .ok_or_else(|| field("hsm.token_label", "missing: the label of the token"))?;
+            .or(uri.token)
+            .ok_or_else(|| {
+                field(
+                    "hsm.token_label",
+                    "missing: the label of the token (or token= in hsm.uri)",
+                )
+            })?;
         let pin_file = env
             .var("BRANDKMS_PIN_FILE")
             .map(PathBuf::from)
             .or(raw.hsm.pin_file)
+            .or(uri.pin_source)
             .map(resolve);
         let credential = env
             .var("BRANDKMS_PIN_CREDENTIAL")
@@ -825,6 +879,81 @@ mod tests {
         );
         let path = with_credential.replace("\"kms-pin\"", "\"../pin\"");
         assert_eq!(field_of(load(&path, &e)), "hsm.pin_credential");
+    }
+
+    #[test]
+    fn a_pkcs11_uri_selects_module_token_and_pin_source() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, "8765\n").unwrap();
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let uri = format!(
+            "pkcs11:token=brand%20kms?module-path={MODULE}&pin-source=file:{}",
+            pin.display()
+        );
+        let config = format!("[hsm]\nuri = \"{uri}\"\n[database]\nurl = \"sqlite://kms.db\"\n");
+        let s = load(&config, &env(&[])).unwrap();
+        assert_eq!(s.hsm.module, PathBuf::from(MODULE));
+        assert_eq!(s.hsm.token_label, "brand kms");
+        assert_eq!(s.hsm.pin.as_str(), "8765");
+
+        // The environment overrides what the URI says, field by field, and may
+        // give the URI itself.
+        let s = load(
+            &config,
+            &env(&[("BRANDKMS_TOKEN_LABEL", "other"), ("BRANDKMS_PIN", "x")]),
+        )
+        .unwrap();
+        assert_eq!(s.hsm.token_label, "other");
+        let s = load(
+            "[database]\nurl = \"sqlite://kms.db\"\n",
+            &env(&[("BRANDKMS_PKCS11_URI", &uri)]),
+        )
+        .unwrap();
+        assert_eq!(s.hsm.token_label, "brand kms");
+
+        // A relative pin-source is relative to the config file's directory.
+        let relative = load(
+            &format!("[hsm]\nuri = \"pkcs11:token=t?module-path={MODULE}&pin-source=file:pin\"\n[database]\nurl = \"sqlite://kms.db\"\n"),
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(relative.contains("/etc/brandkms/pin"), "{relative}");
+
+        // A field given both ways, a bad URI, a PIN in it: refused, named.
+        for (text, needle) in [
+            (
+                format!("[hsm]\nuri = \"{uri}\"\ntoken_label = \"t\"\n"),
+                "hsm.token_label: also given by hsm.uri",
+            ),
+            (
+                format!("[hsm]\nuri = \"{uri}\"\nmodule = \"{MODULE}\"\n"),
+                "hsm.module: also given by hsm.uri",
+            ),
+            (
+                "[hsm]\nuri = \"pkcs11:token=t?pin-value=1234\"\n".to_string(),
+                "hsm.uri: pin-value: a PIN never goes in the configuration",
+            ),
+            (
+                "[hsm]\nuri = \"pkcs11:serial=42\"\n".to_string(),
+                "hsm.uri: serial is not supported",
+            ),
+            (
+                "[hsm]\nuri = \"pkcs11:token=t\"\n".to_string(),
+                "or module-path in hsm.uri",
+            ),
+        ] {
+            let e = load(
+                &format!("{text}[database]\nurl = \"sqlite://kms.db\"\n"),
+                &env(&[]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(!e.contains("1234"), "the PIN is never printed: {e}");
+        }
     }
 
     #[test]

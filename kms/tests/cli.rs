@@ -439,3 +439,65 @@ fn logs_are_json_on_request_and_plain_text_in_a_pipe() {
         "ANSI escapes in a pipe: {stderr:?}"
     );
 }
+
+/// Issue 14, item 5: the module, the token and the PIN source selected by one
+/// PKCS#11 URI (RFC 7512) in `hsm.uri`, instead of the separate fields.
+#[test]
+fn a_pkcs11_uri_selects_the_module_token_and_pin_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Deployment::with(|c| {
+        let module = c
+            .lines()
+            .find_map(|l| l.strip_prefix("module = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        let uri = format!(
+            "pkcs11:token={}?module-path={module}&pin-source=file:pin",
+            TEST_TOKEN_LABEL.replace(' ', "%20")
+        );
+        c.lines()
+            .filter(|l| {
+                !l.starts_with("module =")
+                    && !l.starts_with("token_label =")
+                    && !l.starts_with("pin_env =")
+            })
+            .map(|l| {
+                if l == "[hsm]" {
+                    format!("[hsm]\nuri = \"{uri}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect()
+    });
+    let pin = d.dir.path().join("pin");
+    std::fs::write(&pin, TEST_PIN).unwrap();
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(d.config()).unwrap();
+    assert!(
+        config.contains("uri = \"pkcs11:token=") && !config.contains("token_label"),
+        "{config}"
+    );
+    let out = d
+        .command(&["init"])
+        .env_remove("TEST_KMS_PIN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("created internal key brandkms.audit-mac v1"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A PIN in the URI is refused before anything is opened, and not echoed.
+    std::fs::write(
+        d.config(),
+        config.replace("pin-source=file:pin", "pin-value=123456"),
+    )
+    .unwrap();
+    let refused = d.run(&["doctor"]);
+    assert_fails_naming(&refused, "hsm.uri: pin-value");
+    assert!(!text(&refused.stderr).contains("123456"));
+}
