@@ -402,17 +402,11 @@ pub fn kms_binary() -> PathBuf {
 }
 
 impl TestServer {
-    /// Starts another `kms serve` process on this server's database and token
-    /// and returns it with a client of `entity` connected to it, once healthy.
-    pub async fn second_process(&self, entity: &str) -> (ServeProcess, Client) {
+    /// Writes `dir/kms.toml` for a `kms` process on this server's database and
+    /// token (and PKI), listening on `port`; the PIN comes from `BRANDKMS_PIN`.
+    pub fn write_config(&self, dir: &Path, port: u16) -> PathBuf {
         let token = testing::token();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("kms.toml");
+        let config = dir.join("kms.toml");
         let env: String = token
             .child_env()
             .iter()
@@ -431,6 +425,19 @@ impl TestServer {
             ),
         )
         .unwrap();
+        config
+    }
+
+    /// Starts another `kms serve` process on this server's database and token
+    /// and returns it with a client of `entity` connected to it, once healthy.
+    pub async fn second_process(&self, entity: &str) -> (ServeProcess, Client) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = self.write_config(dir.path(), port);
         let child = std::process::Command::new(kms_binary())
             .args(["serve", "--config"])
             .arg(&config)

@@ -21,7 +21,7 @@ use crate::store::StoreError;
 use crate::store::audit::AuditRow;
 
 pub use anchor::{ANCHOR_APPLICATION, Anchor};
-pub use verify::{BrokenLink, ChainReport, VerifyReport};
+pub use verify::{AuditVerifier, BrokenLink, ChainReport, VerifyReport};
 pub use writer::{Auditor, instance_name};
 
 /// Hash of the (absent) record before the first.

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::anchor::{ANCHOR_APPLICATION, Anchor};
 use super::{AuditError, Auditor, GENESIS_HASH, record_hash};
+use crate::hsm::{Hsm, ObjectId};
 use crate::store::Store;
 use crate::store::audit::{self as rows, ChainRow};
 
@@ -70,7 +71,29 @@ async fn anchored_now(store: &Store, a: &Anchor) -> Result<bool, AuditError> {
     Ok(rows::hash_at(&mut conn, &a.chain, a.seq).await?.as_deref() == Some(a.hash.as_str()))
 }
 
+/// Verifies the chains of a deployment without writing anything: no chain of
+/// its own, no anchor (`kms verify-restore` on a restored database and token).
+#[derive(Clone, Debug)]
+pub struct AuditVerifier {
+    hsm: Hsm,
+    key: ObjectId,
+}
+
 impl Auditor {
+    /// Verifies every chain (see [`AuditVerifier::verify`]).
+    pub async fn verify(&self, store: &Store) -> Result<VerifyReport, AuditError> {
+        AuditVerifier::new(self.hsm.clone(), self.key)
+            .verify(store)
+            .await
+    }
+}
+
+impl AuditVerifier {
+    /// A verifier with the deployment's audit MAC key (`key`, its `CKA_ID`).
+    pub fn new(hsm: Hsm, key: ObjectId) -> AuditVerifier {
+        AuditVerifier { hsm, key }
+    }
+
     /// Verifies every chain: sequence numbers contiguous from 1, each record's
     /// hash recomputed and linked to the previous, every MAC verified in the
     /// token, the newest record MACed, and the chain reaching its anchor with the

@@ -165,19 +165,25 @@ pub fn token_directory(softhsm2_conf: &Path, cwd: &Path) -> Option<PathBuf> {
 
 /// Where the SoftHSM2 token directory lies, when the module is SoftHSM2
 /// (`SOFTHSM2_CONF` set): inside the deployment (the config file's directory,
-/// where `kms` runs), or outside it — then a copy of the deployment would share
-/// the token, and `kms reconcile --fix` in one would destroy the other's keys.
-pub fn token_directory_probe(softhsm2_conf: Option<&Path>, deployment: &Path) -> Option<Probe> {
+/// where `kms` runs, or the directory of its SQLite database: a packaged
+/// install keeps its state in /var/lib/brandkms), or outside it — then a copy
+/// of the deployment would share the token, and `kms reconcile --fix` in one
+/// would destroy the other's keys.
+pub fn token_directory_probe(
+    softhsm2_conf: Option<&Path>,
+    deployment: &Path,
+    state: Option<&Path>,
+) -> Option<Probe> {
     let conf = softhsm2_conf?;
     let capability = "token directory inside the deployment (SoftHSM2)";
     let result = match token_directory(conf, deployment) {
         None => Err(format!("{} names no directories.tokendir", conf.display())),
         Some(dir) => {
             let dir = dir.canonicalize().unwrap_or(dir);
-            let deployment = deployment
-                .canonicalize()
-                .unwrap_or_else(|_| deployment.to_path_buf());
-            if dir.starts_with(&deployment) {
+            let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+            let deployment = canonical(deployment);
+            if dir.starts_with(&deployment) || state.is_some_and(|s| dir.starts_with(canonical(s)))
+            {
                 Ok(())
             } else {
                 Err(format!(

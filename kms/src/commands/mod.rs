@@ -6,6 +6,7 @@
 //! Development-only code (the rcgen development PKI behind `kms init --dev`, and
 //! SoftHSM2 token creation) is compiled only with the `dev` feature.
 
+pub mod backup;
 pub mod bench;
 #[cfg(feature = "dev")]
 pub mod dev;
@@ -87,6 +88,30 @@ enum Command {
     /// Serve the gRPC API (mTLS) until SIGINT or SIGTERM.
     Serve {
         /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Copy the database consistently while kms serves (SQLite; PostgreSQL:
+    /// pg_dump), and with --softhsm-token the SoftHSM2 token directory first.
+    Backup {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup directory (created; must be new or empty): kms.db, and
+        /// softhsm/ with --softhsm-token.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Also copy the SoftHSM2 token directory (before the database, so that
+        /// the copied audit anchors are never ahead of the copied records).
+        #[arg(long)]
+        softhsm_token: bool,
+    },
+    /// Check a restored database against a restored token, writing nothing:
+    /// every live key version's object present with its recorded check value or
+    /// fingerprint (computed in the token), objects no row knows, and every audit
+    /// chain. Exit code 1 when something does not check.
+    VerifyRestore {
+        /// The configuration file of the restored deployment.
         #[arg(long)]
         config: PathBuf,
     },
@@ -190,6 +215,21 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Serve { config } => {
             let settings = settings(&config)?;
             runtime()?.block_on(cmd_serve(settings))
+        }
+        Command::Backup {
+            config,
+            out,
+            softhsm_token,
+        } => {
+            // Relative to where the command was given, not the deployment.
+            let out =
+                std::path::absolute(&out).map_err(|e| Failure::usage(format!("--out: {e}")))?;
+            let settings = settings(&config)?;
+            runtime()?.block_on(cmd_backup(settings, &out, softhsm_token))
+        }
+        Command::VerifyRestore { config } => {
+            let settings = settings(&config)?;
+            runtime()?.block_on(cmd_verify_restore(settings))
         }
         Command::Doctor { config } => {
             let deployment = deployment_dir(&config);
@@ -432,9 +472,17 @@ async fn cmd_doctor(settings: Settings, deployment: &Path) -> Result<ExitCode, F
     );
     let mut probes = doctor::run(&hsm).await.map_err(Failure::runtime)?;
     let softhsm2_conf = std::env::var_os("SOFTHSM2_CONF").map(PathBuf::from);
+    // A SQLite database's directory is the deployment's state directory.
+    let state = settings
+        .database
+        .url
+        .strip_prefix("sqlite://")
+        .map(|rest| Path::new(rest.split('?').next().unwrap_or_default()))
+        .and_then(Path::parent);
     probes.extend(doctor::token_directory_probe(
         softhsm2_conf.as_deref(),
         deployment,
+        state,
     ));
     for p in &probes {
         match &p.result {
@@ -459,6 +507,113 @@ async fn cmd_doctor(settings: Settings, deployment: &Path) -> Result<ExitCode, F
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_backup(
+    settings: Settings,
+    out: &Path,
+    softhsm_token: bool,
+) -> Result<ExitCode, Failure> {
+    let conf =
+        if softhsm_token {
+            Some(std::env::var_os("SOFTHSM2_CONF").map(PathBuf::from).ok_or_else(|| {
+            Failure::usage(
+                "--softhsm-token: SOFTHSM2_CONF is not set ([hsm.env] or the environment): \
+                 the token is not SoftHSM2's; back it up with the HSM vendor's tools",
+            )
+        })?)
+        } else {
+            None
+        };
+    let store = Store::connect(&settings.database)
+        .await
+        .map_err(|e| Failure::runtime(format!("database: {e}")))?;
+    let result = backup::backup(&store, out, conf.as_deref()).await;
+    store.close().await;
+    let report = result.map_err(Failure::runtime)?;
+    println!(
+        "database copied to {} ({} live key versions)",
+        report.database.display(),
+        report.key_versions
+    );
+    match &report.token {
+        Some(dir) => println!("SoftHSM2 token directory copied to {}", dir.display()),
+        None => println!(
+            "token not copied: back it up with the HSM's own tools (or --softhsm-token for SoftHSM2), \
+             before the database copy"
+        ),
+    }
+    println!(
+        "restore drill: a deployment with this database and token, then kms verify-restore --config ..."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_verify_restore(settings: Settings) -> Result<ExitCode, Failure> {
+    let (hsm, store) = open(&settings).await?;
+    let result = backup::verify_restore(&hsm, &store).await;
+    store.close().await;
+    let report = result.map_err(Failure::runtime)?;
+    println!(
+        "token {}: {} live key versions to check",
+        hsm.token_label(),
+        report.versions.len()
+    );
+    for c in &report.versions {
+        let v = &c.version;
+        let what = if v.kcv.len() == 64 {
+            "fingerprint"
+        } else {
+            "KCV"
+        };
+        match &c.computed {
+            Ok(value) if c.matches() => {
+                println!("ok        {} v{} {what} {value}", v.alias, v.version)
+            }
+            Ok(value) => println!(
+                "MISMATCH  {} v{}: recorded {what} {}, the token computes {value}",
+                v.alias, v.version, v.kcv
+            ),
+            Err(e) => println!(
+                "MISSING   {} v{} cka_id={}: {e}",
+                v.alias, v.version, v.cka_id
+            ),
+        }
+    }
+    for o in &report.orphans {
+        println!(
+            "orphan    object cka_id={} label={}: no row (made after the database backup?)",
+            o.id, o.label
+        );
+    }
+    for chain in &report.audit.chains {
+        match &chain.first_broken {
+            None => println!(
+                "ok        audit chain {}: {} records{}",
+                chain.chain,
+                chain.records,
+                chain
+                    .anchored
+                    .map(|seq| format!(", anchored at {seq}"))
+                    .unwrap_or_default()
+            ),
+            Some(b) => println!(
+                "BROKEN    audit chain {} at record {}: {}",
+                chain.chain, b.seq, b.problem
+            ),
+        }
+    }
+    if report.verified() {
+        println!(
+            "restore verified: {} key versions, {} audit records",
+            report.versions.len(),
+            report.audit.records()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("restore NOT verified");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 async fn cmd_bench(

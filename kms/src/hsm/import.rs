@@ -5,7 +5,7 @@
 //! the exporting party stated. No key byte passes through the service.
 
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectHandle};
 
 use super::keygen::GeneratedRsa;
 use super::session::{GeneratedKey, HsmSession, Kcv};
@@ -109,17 +109,7 @@ impl HsmSession<'_> {
             Err(e) => return Err(e.into()),
         };
         let kept = (|| {
-            let (ecb, zero) = match spec.algorithm.key_type() {
-                KeyType::AES => (Mechanism::AesEcb, &[0u8; 16][..]),
-                KeyType::DES => (Mechanism::DesEcb, &[0u8; 8][..]),
-                _ => (Mechanism::Des3Ecb, &[0u8; 8][..]),
-            };
-            let block = self
-                .session
-                .encrypt(&ecb, staged, zero)
-                .map_err(HsmError::from)?;
-            let kcv = Kcv::try_from(block.get(..3).unwrap_or_default())
-                .map_err(|_| HsmError::InvalidInput("ECB returned a short block"))?;
+            let kcv = self.ecb_check_value(staged, spec.algorithm.key_type())?;
             if kcv != expected {
                 return Err(ImportError::KcvMismatch {
                     computed: hex::encode_upper(kcv),
@@ -146,6 +136,51 @@ impl HsmSession<'_> {
             kcv,
             fingerprint: None,
         })
+    }
+}
+
+impl HsmSession<'_> {
+    /// `E_K(0)`, first 3 bytes, with a key that may encrypt.
+    fn ecb_check_value(&self, key: ObjectHandle, key_type: KeyType) -> Result<Kcv, HsmError> {
+        let (ecb, zero) = match key_type {
+            KeyType::AES => (Mechanism::AesEcb, &[0u8; 16][..]),
+            KeyType::DES => (Mechanism::DesEcb, &[0u8; 8][..]),
+            _ => (Mechanism::Des3Ecb, &[0u8; 8][..]),
+        };
+        let block = self.session.encrypt(&ecb, key, zero)?;
+        Kcv::try_from(block.get(..3).unwrap_or_default())
+            .map_err(|_| HsmError::InvalidInput("ECB returned a short block"))
+    }
+
+    /// The key's check value computed in the token: its `CKA_CHECK_VALUE`
+    /// when the token keeps one, else `E_K(0)` computed on a copy that is a
+    /// session object of this session, may encrypt, and is destroyed at once
+    /// (as an import computes it: SoftHSM2 keeps no check value for unwrapped
+    /// keys). For `kms verify-restore`; a token that refuses the copy answers
+    /// with its error.
+    pub fn computed_kcv(&self, id: &super::ObjectId) -> Result<Kcv, HsmError> {
+        match self.kcv(id) {
+            Err(HsmError::NoCheckValue(_)) => {}
+            other => return other,
+        }
+        let handle = self.find(id)?;
+        let key_type = self
+            .session
+            .get_attributes(handle, &[AttributeType::KeyType])?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::KeyType(t) => Some(t),
+                _ => None,
+            })
+            .ok_or(HsmError::InvalidInput("not a secret key object"))?;
+        let copy = self
+            .session
+            .copy_object(handle, &[Attribute::Token(false), Attribute::Encrypt(true)])?;
+        let kcv = self.ecb_check_value(copy, key_type);
+        if let Err(d) = self.session.destroy_object(copy) {
+            tracing::error!(error = %d, "could not destroy a check-value copy");
+        }
+        kcv.map_err(|e| e.with_id(*id))
     }
 }
 
