@@ -110,16 +110,25 @@ impl HsmError {
         }
     }
 
-    /// True when a handle or session the pool keeps has gone stale.
+    /// True when a cached object handle has gone stale.
     pub(crate) fn is_stale_handle(&self) -> bool {
         matches!(
             self.rv(),
+            Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid)
+        )
+    }
+
+    /// True when the token lost the session or the login: the call did
+    /// nothing, and the pool recovers (new sessions, the login restored).
+    pub fn is_session_lost(&self) -> bool {
+        matches!(
+            self.rv(),
             Some(
-                RvError::ObjectHandleInvalid
-                    | RvError::KeyHandleInvalid
-                    | RvError::SessionHandleInvalid
+                RvError::SessionHandleInvalid
                     | RvError::SessionClosed
                     | RvError::UserNotLoggedIn
+                    | RvError::DeviceRemoved
+                    | RvError::TokenNotPresent
             )
         )
     }

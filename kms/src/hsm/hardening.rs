@@ -258,7 +258,7 @@ impl super::Hsm {
         match self
             .inner
             .pkcs11
-            .get_mechanism_info(self.inner.slot, mechanism)
+            .get_mechanism_info(*super::lock(&self.inner.slot), mechanism)
         {
             Ok(info) => Ok(MechanismSupport {
                 listed: true,

@@ -77,8 +77,13 @@ pub struct Hsm {
 
 struct Inner {
     // Field order matters for drop: sessions close before the context finalises.
-    idle: Mutex<Vec<Session>>,
+    /// Idle sessions, each with the pool generation it was opened in.
+    idle: Mutex<Vec<(u64, Session)>>,
+    /// The session that holds the login; replaced when the token loses it.
     _login: Mutex<Session>,
+    /// Moves on each recovery: sessions of an older generation are never used
+    /// again, and their failures start no second recovery.
+    generation: std::sync::atomic::AtomicU64,
     handles: Mutex<HashMap<ObjectId, ObjectHandle>>,
     data_handles: Mutex<HashMap<String, ObjectHandle>>,
     permits: Arc<Semaphore>,
@@ -89,7 +94,8 @@ struct Inner {
     /// A health probe is waiting for the token.
     probing: std::sync::atomic::AtomicBool,
     raw: raw::RawFunctions,
-    slot: Slot,
+    /// The token's slot, found again by label when the token comes back.
+    slot: Mutex<Slot>,
     pkcs11: Pkcs11,
     token_label: String,
     #[cfg(feature = "bench-delay")]
@@ -99,7 +105,7 @@ struct Inner {
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hsm")
-            .field("slot", &self.slot)
+            .field("slot", &*lock(&self.slot))
             .field("token_label", &self.token_label)
             .finish_non_exhaustive()
     }
@@ -141,6 +147,7 @@ impl Hsm {
             inner: Arc::new(Inner {
                 idle: Mutex::new(Vec::with_capacity(sessions)),
                 _login: Mutex::new(login),
+                generation: std::sync::atomic::AtomicU64::new(0),
                 handles: Mutex::new(HashMap::new()),
                 data_handles: Mutex::new(HashMap::new()),
                 permits: Arc::new(Semaphore::new(sessions)),
@@ -148,7 +155,7 @@ impl Hsm {
                 pin: Zeroizing::new(params.pin.as_str().to_string()),
                 probing: std::sync::atomic::AtomicBool::new(false),
                 raw,
-                slot,
+                slot: Mutex::new(slot),
                 pkcs11,
                 token_label: params.token_label.clone(),
                 #[cfg(feature = "bench-delay")]
@@ -307,8 +314,9 @@ impl Hsm {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let _done = ProbeDone(&inner.probing);
-            let login = lock(&inner._login);
-            let state = login.get_session_info().map(|i| i.session_state());
+            let state = lock(&inner._login)
+                .get_session_info()
+                .map(|i| i.session_state());
             match state {
                 Ok(SessionState::RwUser) => Ok(()),
                 other => {
@@ -316,15 +324,8 @@ impl Hsm {
                         Ok(s) => HsmError::LoginLost(format!("{s:?}")),
                         Err(e) => e.into(),
                     };
-                    match relogin_user(&login, &inner.pin) {
-                        Ok(()) => {
-                            inner.forget_handles();
-                            tracing::warn!(error = %why, "the token login was lost: logged in again");
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, lost = %why, "the token login was lost and logging in again failed");
-                        }
-                    }
+                    let generation = inner.generation();
+                    inner.recover(generation, &why);
                     Err(why)
                 }
             }
@@ -341,6 +342,20 @@ impl Hsm {
         tokio::task::spawn_blocking(move || Ok(lock(&inner._login).logout()?))
             .await
             .map_err(|e| HsmError::Worker(e.to_string()))?
+    }
+
+    /// Closes every session of this process on the token (`C_CloseAllSessions`),
+    /// the login's too, as a token reset or a removal would. Tests only (the
+    /// recovery test).
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn close_all_sessions_for_tests(&self) -> Result<(), HsmError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let slot = *lock(&inner.slot);
+            inner.raw.close_all_sessions(slot.id())
+        })
+        .await
+        .map_err(|e| HsmError::Worker(e.to_string()))?
     }
 }
 
@@ -411,14 +426,39 @@ impl Inner {
         lock(&self.data_handles).clear();
     }
 
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A pooled session of the current generation, or a new one.
+    fn checkout(&self) -> Result<(u64, Session), HsmError> {
+        let current = self.generation();
+        loop {
+            let pooled = lock(&self.idle).pop();
+            match pooled {
+                Some((generation, session)) if generation == current => {
+                    return Ok((generation, session));
+                }
+                // Opened before a recovery: closed, never used again.
+                Some(old) => drop(old),
+                None => break,
+            }
+        }
+        let slot = *lock(&self.slot);
+        Ok((current, self.pkcs11.open_rw_session(slot)?))
+    }
+
     fn with_session<T>(
         &self,
         f: impl FnOnce(&HsmSession<'_>) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
-        let pooled = lock(&self.idle).pop();
-        let session = match pooled {
-            Some(s) => s,
-            None => self.pkcs11.open_rw_session(self.slot)?,
+        let (generation, session) = match self.checkout() {
+            Ok(s) => s,
+            Err(e) if e.is_session_lost() => {
+                self.recover(self.generation(), &e);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         };
         #[cfg(feature = "bench-delay")]
         if !self.token_delay.is_zero() {
@@ -426,11 +466,76 @@ impl Inner {
         }
         let result = f(&HsmSession::new(&session, self));
         match &result {
-            // A session the token no longer knows is dropped, not pooled.
-            Err(e) if e.is_stale_handle() => drop(session),
-            _ => lock(&self.idle).push(session),
+            // The token lost its sessions or the login (reset, removal, another
+            // application's logout): every session of this generation is
+            // given up, the login restored, handles found again on next use.
+            // This call answers its error (it did nothing in the token: the
+            // caller may retry); the next ones run on fresh sessions.
+            Err(e) if e.is_session_lost() => {
+                drop(session);
+                self.recover(generation, e);
+            }
+            // Cached object handles the token no longer knows.
+            Err(e) if e.is_stale_handle() => {
+                self.forget_handles();
+                drop(session);
+            }
+            _ => lock(&self.idle).push((generation, session)),
         }
         result
+    }
+
+    /// Recovers from a lost session or login seen on a session of
+    /// `generation`, unless a recovery since has done it: the pool's sessions
+    /// are given up, cached handles dropped, and the login checked — logged in
+    /// again on the login session, or, when that session is gone too (every
+    /// session closed, the token removed and back), a new login session opened
+    /// on the slot that now holds the token with this label. Failures are
+    /// logged; the health probe tries again on its next period.
+    fn recover(&self, generation: u64, why: &HsmError) {
+        use std::sync::atomic::Ordering;
+        if self
+            .generation
+            .compare_exchange(
+                generation,
+                generation + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return;
+        }
+        lock(&self.idle).clear();
+        self.forget_handles();
+        let mut login = lock(&self._login);
+        let restored = match login.get_session_info().map(|i| i.session_state()) {
+            Ok(SessionState::RwUser) => Ok("sessions reopened"),
+            Ok(_) => relogin_user(&login, &self.pin).map(|()| "logged in again"),
+            Err(_) => self.new_login().map(|fresh| {
+                *login = fresh;
+                "login session reopened and logged in again"
+            }),
+        };
+        metrics::counter!("brandkms_hsm_recoveries_total").increment(1);
+        match restored {
+            Ok(done) => tracing::warn!(error = %why, "token session or login lost: {done}"),
+            Err(e) => {
+                tracing::error!(error = %e, lost = %why, "token session or login lost; recovery failed, retried by the health probe");
+                // Let the next failure (or probe) try again.
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// A new read-write session logged in as the user, on the slot that holds
+    /// the token labelled as configured now.
+    fn new_login(&self) -> Result<Session, HsmError> {
+        let slot = find_slot(&self.pkcs11, &self.token_label)?;
+        let fresh = self.pkcs11.open_rw_session(slot)?;
+        relogin_user(&fresh, &self.pin)?;
+        *lock(&self.slot) = slot;
+        Ok(fresh)
     }
 }
 

@@ -73,6 +73,24 @@ impl RawFunctions {
         Ok(RawFunctions { lib })
     }
 
+    /// `C_CloseAllSessions` on `slot`: every session of this process, the
+    /// login's too. Tests only (the recovery test), as a token reset would.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn close_all_sessions(
+        &self,
+        slot: cryptoki_sys::CK_SLOT_ID,
+    ) -> Result<(), HsmError> {
+        let close = self.lib.C_CloseAllSessions.as_ref().map_err(|_| {
+            HsmError::Cryptoki(cryptoki::error::Error::MissingSymbol("C_CloseAllSessions"))
+        })?;
+        // SAFETY: a plain call with a slot id; the module was initialised by
+        // the `cryptoki` context that shares this library instance.
+        let rv = unsafe { close(slot) };
+        Rv::from(rv)
+            .into_result(Function::CloseAllSessions)
+            .map_err(HsmError::from)
+    }
+
     /// `C_DeriveKey` with `CKM_DES3_ECB_ENCRYPT_DATA` (or the single-DES variant):
     /// the new key's value is `E_base(data)`. `data` must be a multiple of 8 bytes.
     pub(crate) fn derive_ecb_encrypt_data(

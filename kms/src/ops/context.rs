@@ -129,6 +129,10 @@ pub enum OpsError {
     /// Policy refused it, naming the rule.
     #[error("{0}")]
     Denied(DenyReason),
+    /// The token lost its session or login; the service has recovered and
+    /// the call may be retried.
+    #[error("{0}")]
+    Unavailable(String),
     /// Something failed inside; the detail is logged.
     #[error("internal error: {0}")]
     Internal(String),
@@ -167,6 +171,13 @@ impl From<HsmError> for OpsError {
     fn from(e: HsmError) -> Self {
         match e {
             HsmError::MechanismUnavailable { .. } => OpsError::FailedPrecondition(e.to_string()),
+            lost if lost.is_session_lost() => {
+                tracing::warn!(error = %lost, "token call failed: session or login lost");
+                OpsError::Unavailable(
+                    "the HSM session was lost and has been reopened; nothing was done: retry"
+                        .into(),
+                )
+            }
             other => OpsError::Internal(format!("hsm: {other}")),
         }
     }

@@ -31,6 +31,7 @@ pub fn to_status(e: &OpsError) -> Status {
         OpsError::AlreadyExists(m) => Status::already_exists(m),
         OpsError::FailedPrecondition(m) => Status::failed_precondition(m),
         OpsError::Aborted(m) => Status::aborted(m),
+        OpsError::Unavailable(m) => Status::unavailable(m),
         OpsError::ResourceExhausted {
             message,
             retry_after_ms,
