@@ -252,7 +252,7 @@ requests! {
     RejectRequest { id: NAME, reason: REJECT_REASON },
     GetDualControlRequest {},
     SetDualControlRequest { operations: DUAL_CONTROL_OPERATIONS },
-    ListAuditRequest { caller: NAME, operation: OPERATION, page_token: PAGE_TOKEN },
+    ListAuditRequest { caller: NAME, operation: OPERATION, page_token: PAGE_TOKEN, request_id: NAME },
     VerifyAuditRequest {},
     // KeyDistribution.
     EstablishTransportKeyRequest { rsa_public_key_spki_der: SPKI_DER },

@@ -444,6 +444,79 @@ async fn version_id(s: &TestServer, alias: &str, version: u32) -> brandkms::hsm:
         .cka_id
 }
 
+/// Issue 14, item 2: the `x-request-id` a caller receives (the `id` of the
+/// request's log lines) is in the request's audit record, covered by its hash
+/// (format-3 chains), and `ListAudit` finds the record by it.
+#[tokio::test]
+async fn the_request_id_a_caller_receives_is_in_its_audit_record() {
+    on_each_database(|s: TestServer| async move {
+        let officer = s.client("officer-1").await;
+        let response = pb::admin_client::AdminClient::new(officer.channel())
+            .create_key(card_key("key-r"))
+            .await
+            .unwrap();
+        let id = response
+            .metadata()
+            .get("x-request-id")
+            .expect("an x-request-id")
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(id.len(), 32, "{id}");
+        let mut admin = officer.admin();
+        let found = admin
+            .list_audit(pb::ListAuditRequest {
+                request_id: id.clone(),
+                page_size: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .records;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].operation, "Admin/CreateKey");
+        assert_eq!(found[0].key_alias, "key-r");
+        assert_eq!(found[0].request_id, id);
+        // Another request has another id; every record of a request has one
+        // (host commands' records, `local:...`, belong to no request).
+        let all = admin
+            .list_audit(pb::ListAuditRequest {
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .records;
+        assert!(all.iter().filter(|r| r.request_id == id).count() == 1);
+        assert!(
+            all.iter()
+                .filter(|r| !r.caller.starts_with("local:"))
+                .all(|r| !r.request_id.is_empty()),
+            "every record of a request has its id: {all:?}"
+        );
+
+        // The hash covers it: changing it breaks the chain there.
+        let report = admin
+            .verify_audit(pb::VerifyAuditRequest::default())
+            .await
+            .unwrap();
+        assert!(report.intact, "{}: {report:?}", s.backend);
+        sqlx::query("UPDATE audit_records SET request_id = 'forged' WHERE request_id = $1")
+            .bind(&id)
+            .execute(s.state.store.pool())
+            .await
+            .unwrap();
+        let report = admin
+            .verify_audit(pb::VerifyAuditRequest::default())
+            .await
+            .unwrap();
+        assert!(!report.intact, "{report:?}");
+        assert!(report.problem.contains("altered"), "{report:?}");
+        s
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn verify_audit_finds_an_altered_and_a_deleted_record() {
     on_each_database(|s: TestServer| async move {

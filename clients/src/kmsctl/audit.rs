@@ -25,6 +25,10 @@ pub(super) enum AuditCommand {
         /// Only this operation (e.g. Admin/CreateKey).
         #[arg(long)]
         operation: Option<String>,
+        /// Only the records of this request (the x-request-id its caller
+        /// received; the id of its log lines).
+        #[arg(long)]
+        request_id: Option<String>,
         /// At most this many, the newest (default 100).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
@@ -47,6 +51,7 @@ pub(super) async fn run(
             until,
             caller,
             operation,
+            request_id,
             limit,
         } => {
             let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -55,6 +60,7 @@ pub(super) async fn run(
                 end_time: until.unwrap_or(0),
                 caller: caller.unwrap_or_default(),
                 operation: operation.unwrap_or_default(),
+                request_id: request_id.unwrap_or_default(),
                 page_size: limit.min(1000),
                 page_token: String::new(),
             };

@@ -173,6 +173,7 @@ fn audit_json(r: &pb::AuditRecord) -> Value {
         "key_alias": (!r.key_alias.is_empty()).then_some(&r.key_alias),
         "key_version": r.key_version, "outcome": outcome(r.outcome),
         "reason": (!r.reason.is_empty()).then_some(&r.reason), "hash": hex::encode(&r.hash),
+        "request_id": (!r.request_id.is_empty()).then_some(&r.request_id),
     })
 }
 

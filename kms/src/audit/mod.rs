@@ -73,6 +73,8 @@ pub struct AuditEvent {
     /// the approval approved in the same transaction (or fails when it is no
     /// longer pending), so the operation and its approval commit together.
     pub closes_approval: Option<ApprovalClosing>,
+    /// The gRPC request that led to it (`x-request-id`).
+    pub request_id: Option<String>,
 }
 
 /// An approval being carried out by the approving officer.
@@ -96,6 +98,7 @@ impl AuditEvent {
             outcome: Outcome::Allowed,
             reason: None,
             closes_approval: None,
+            request_id: None,
         }
     }
 
@@ -137,7 +140,8 @@ pub enum AuditError {
 
 /// SHA-256 over a length-prefixed encoding of every field but the hash and MAC.
 /// Format 1 (the chain from before per-instance chains) leaves the chain out;
-/// format 2 covers it, so a record cannot be moved to another chain.
+/// format 2 covers it, so a record cannot be moved to another chain; format 3
+/// also covers the request id.
 pub fn record_hash(r: &AuditRow, format: u32) -> [u8; 32] {
     fn field(h: &mut Sha256, v: Option<&[u8]>) {
         match v {
@@ -168,5 +172,8 @@ pub fn record_hash(r: &AuditRow, format: u32) -> [u8; 32] {
     field(&mut h, Some(r.outcome.as_bytes()));
     field(&mut h, r.reason.as_deref().map(str::as_bytes));
     field(&mut h, Some(r.prev_hash.as_bytes()));
+    if format >= 3 {
+        field(&mut h, r.request_id.as_deref().map(str::as_bytes));
+    }
     h.finalize().into()
 }

@@ -25,7 +25,7 @@ pub const MAX_BATCH: usize = 128;
 /// Requests waiting for the writer before callers wait to queue.
 const QUEUE: usize = 4096;
 /// The chain format this writer appends.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// A request's change: `None` when it failed (rolled back), else what it adds
 /// to its record's reason.
@@ -487,6 +487,7 @@ impl Writer {
                         prev_hash: std::mem::take(&mut self.prev_hash),
                         hash: String::new(),
                         mac: None,
+                        request_id: job.event.request_id.clone(),
                     };
                     let raw = record_hash(&row, FORMAT);
                     newest_hash = Some(raw);

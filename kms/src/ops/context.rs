@@ -82,6 +82,9 @@ pub struct Caller {
     /// The facts this request's decisions read: the admin generation read when
     /// the caller was identified, and the cache of facts under it.
     pub view: FactView,
+    /// The request's id (`x-request-id`, the log span's `id`), put in its
+    /// audit records.
+    pub request_id: Option<String>,
 }
 
 impl Caller {
@@ -90,6 +93,7 @@ impl Caller {
         let mut e = AuditEvent::allowed(&self.entity.id, operation);
         e.cert_fingerprint = Some(self.fingerprint.clone());
         e.closes_approval = self.approving.clone();
+        e.request_id = self.request_id.clone();
         e
     }
 

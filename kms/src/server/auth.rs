@@ -119,6 +119,7 @@ where
             method = route.1,
             caller = tracing::field::Empty,
         );
+        let id = request_id.clone();
         let work = async move {
             let path = req.uri().path().to_string();
             let chain = req
@@ -138,7 +139,7 @@ where
                 },
                 Err(_) => None,
             };
-            match identify(&state, chain, peer, &path).await {
+            match identify(&state, chain, peer, &path, &id).await {
                 Ok(Some(caller)) => {
                     tracing::Span::current().record("caller", caller.entity.id.as_str());
                     req.extensions_mut().insert(caller.clone());
@@ -230,6 +231,7 @@ async fn identify(
     chain: &[rustls::pki_types::CertificateDer<'static>],
     peer: Result<identity::PeerIdentity, IdentityError>,
     path: &str,
+    request_id: &str,
 ) -> Result<Option<Caller>, Status> {
     let operation = operation_name(path);
     // Hashed once per request: the identity already carries it.
@@ -241,6 +243,7 @@ async fn identify(
         let mut event = AuditEvent::allowed(caller, &operation)
             .outcome(Outcome::Denied, Some(outcome_status.message().to_string()));
         event.cert_fingerprint = fingerprint.clone();
+        event.request_id = Some(request_id.to_string());
         (event, outcome_status)
     };
     let peer = match peer {
@@ -296,6 +299,7 @@ async fn identify(
         fingerprint: peer.fingerprint,
         approving: None,
         view,
+        request_id: Some(request_id.to_string()),
     }))
 }
 

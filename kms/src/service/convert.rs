@@ -413,6 +413,7 @@ impl From<AuditRow> for pb::AuditRecord {
             outcome: audit_outcome_wire(&r.outcome),
             reason: r.reason.unwrap_or_default(),
             hash: hex_bytes(&r.hash),
+            request_id: r.request_id.unwrap_or_default(),
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct AuditRow {
     /// HMAC-SHA-256 of `hash` with the token's audit key, hex: on the newest
     /// record of each batch (on every record of a format-1 chain).
     pub mac: Option<String>,
+    /// The id of the gRPC request (its `x-request-id`), when a request led to
+    /// it; covered by the hash from format 3.
+    pub request_id: Option<String>,
 }
 
 /// A registered chain.
@@ -42,7 +45,7 @@ pub struct AuditRow {
 pub struct ChainRow {
     /// Its id.
     pub id: String,
-    /// 1 (legacy, hash v1) or 2 (batched, hash v2).
+    /// 1 (legacy, hash v1), 2 (batched, hash v2) or 3 (v2 and the request id).
     pub format: u32,
     /// The process that started it.
     pub instance: String,
@@ -72,6 +75,8 @@ pub struct AuditFilter {
     pub caller: Option<String>,
     /// Only this operation.
     pub operation: Option<String>,
+    /// Only this request's records.
+    pub request_id: Option<String>,
     /// Only records older than this one (paging, newest first).
     pub before: Option<AuditCursor>,
     /// At most this many records.
@@ -133,8 +138,8 @@ pub async fn hash_at(conn: &mut Conn, chain: &str, seq: u64) -> Result<Option<St
     )
 }
 
-const COLUMNS: &str = "chain, seq, at, caller, cert_fingerprint, operation, key_alias, key_version, outcome, reason, prev_hash, hash, mac";
-const PER_ROW: usize = 13;
+const COLUMNS: &str = "chain, seq, at, caller, cert_fingerprint, operation, key_alias, key_version, outcome, reason, prev_hash, hash, mac, request_id";
+const PER_ROW: usize = 14;
 /// Rows per INSERT statement (well under every database's parameter limit).
 const ROWS_PER_INSERT: usize = 64;
 
@@ -170,7 +175,8 @@ pub async fn insert(conn: &mut Conn, records: &[AuditRow]) -> Result<(), StoreEr
                 .bind(&r.reason)
                 .bind(&r.prev_hash)
                 .bind(&r.hash)
-                .bind(&r.mac);
+                .bind(&r.mac)
+                .bind(&r.request_id);
         }
         q.execute(&mut *conn).await?;
     }
@@ -209,6 +215,7 @@ pub async fn list(conn: &mut Conn, f: &AuditFilter) -> Result<Vec<AuditRow>, Sto
          WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR at < $2)
            AND ($3 IS NULL OR caller = $3) AND ($4 IS NULL OR operation = $4)
            AND ($5 IS NULL OR at < $5 OR (at = $5 AND (chain < $6 OR (chain = $6 AND seq < $7))))
+           AND ($9 IS NULL OR request_id = $9)
          ORDER BY at DESC, chain DESC, seq DESC LIMIT $8"
     ))
     .bind(f.from)
@@ -219,6 +226,7 @@ pub async fn list(conn: &mut Conn, f: &AuditFilter) -> Result<Vec<AuditRow>, Sto
     .bind(b_chain)
     .bind(b_seq)
     .bind(i64::from(f.limit))
+    .bind(&f.request_id)
     .fetch_all(conn)
     .await?
     .iter()
@@ -273,5 +281,6 @@ fn from_row(r: &AnyRow) -> Result<AuditRow, StoreError> {
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
         mac: r.try_get("mac")?,
+        request_id: r.try_get("request_id")?,
     })
 }

@@ -666,6 +666,7 @@ impl Admin for AdminService {
                     &r.end_time.to_string(),
                     r.caller.as_str(),
                     r.operation.as_str(),
+                    r.request_id.as_str(),
                 ];
                 let page = PageRequest::new("audit", &filters, r.page_size, &r.page_token)?;
                 let before = match &page.after {
@@ -680,6 +681,7 @@ impl Admin for AdminService {
                     until: end,
                     caller: (!r.caller.is_empty()).then(|| r.caller.clone()),
                     operation: (!r.operation.is_empty()).then(|| r.operation.clone()),
+                    request_id: (!r.request_id.is_empty()).then(|| r.request_id.clone()),
                     before,
                     limit: u32::try_from(page.size + 1).unwrap_or(u32::MAX),
                 };
