@@ -88,6 +88,12 @@ async fn a_scrape_shows_requests_and_latencies_moving() {
     assert!(value(&second, r#"brandkms_hsm_call_seconds_count{kind="short"}"#) > 0.0);
     assert!(value(&second, r#"brandkms_hsm_call_seconds_count{kind="long"}"#) > 0.0);
     assert!(value(&second, "brandkms_hsm_wait_seconds_count") > 0.0);
+    // Token operations by mechanism family: key generation for CreateKey, the
+    // audit MAC of every batch.
+    for family in ["keygen", "hmac"] {
+        let series = format!("brandkms_hsm_op_seconds_count{{family=\"{family}\"}}");
+        assert!(value(&second, &series) > 0.0, "{series}: {second}");
+    }
     assert!(
         second.contains(r#"brandkms_db_connections{state="idle"}"#),
         "{second}"

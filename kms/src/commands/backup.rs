@@ -9,7 +9,7 @@
 //! token): run it again.
 //!
 //! `kms verify-restore` checks a restored database against a restored token
-//! without writing to either: every live key version's object is present and
+//! without writing to the token: every live key version's object is present and
 //! the token computes the check value (DES, TDES, AES, HMAC: `CKA_CHECK_VALUE`)
 //! or public-key fingerprint (RSA: SHA-256 of the SubjectPublicKeyInfo built
 //! from the token's modulus and exponent) the database recorded; objects no row
@@ -165,6 +165,15 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a version's value could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unchecked {
+    /// No object with its `CKA_ID`.
+    Missing,
+    /// The token refused (a refused copy, several objects with the id, ...).
+    Failed(String),
+}
+
 /// One live key version's check.
 #[derive(Debug)]
 pub struct VersionCheck {
@@ -172,8 +181,8 @@ pub struct VersionCheck {
     pub version: KeyVersionRecord,
     /// What the token computes: `Ok(value)` (check value or fingerprint, as
     /// recorded: upper-case hex KCV or lower-case hex fingerprint) or why it
-    /// cannot (the object is missing).
-    pub computed: Result<String, String>,
+    /// cannot.
+    pub computed: Result<String, Unchecked>,
 }
 
 impl VersionCheck {
@@ -202,7 +211,8 @@ impl RestoreReport {
     }
 }
 
-/// Checks a restored database against a restored token; writes nothing.
+/// Checks a restored database against a restored token; writes nothing to
+/// the token (the store's connection has already run the migrations).
 pub async fn verify_restore(hsm: &Hsm, store: &Store) -> Result<RestoreReport, String> {
     let mut conn = store.conn().await.map_err(|e| e.to_string())?;
     let versions = key_rows::live_versions(&mut conn)
@@ -225,8 +235,8 @@ pub async fn verify_restore(hsm: &Hsm, store: &Store) -> Result<RestoreReport, S
                         s.computed_kcv(&v.cka_id).map(hex::encode_upper)
                     };
                     result.map_err(|e| match e {
-                        HsmError::ObjectNotFound(_) => "no object with its CKA_ID".to_string(),
-                        other => other.to_string(),
+                        HsmError::ObjectNotFound(_) => Unchecked::Missing,
+                        other => Unchecked::Failed(other.to_string()),
                     })
                 })
                 .collect::<Vec<_>>())

@@ -29,7 +29,7 @@ use crate::hsm::Hsm;
 use crate::store::Store;
 
 /// kms: the brandkms key service (serve) and its host commands (init, doctor,
-/// reconcile, bench).
+/// reconcile, backup, verify-restore, bench).
 #[derive(Debug, Parser)]
 #[command(name = "kms", version)]
 struct Cli {
@@ -106,10 +106,12 @@ enum Command {
         #[arg(long)]
         softhsm_token: bool,
     },
-    /// Check a restored database against a restored token, writing nothing:
-    /// every live key version's object present with its recorded check value or
-    /// fingerprint (computed in the token), objects no row knows, and every audit
-    /// chain. Exit code 1 when something does not check.
+    /// Check a restored database against a restored token: every live key
+    /// version's object present with its recorded check value or fingerprint
+    /// (computed in the token), objects no row knows, and every audit chain.
+    /// Writes nothing to the token; like every command it migrates an older
+    /// database's schema (drill on a copy). Exit code 1 when something does not
+    /// check.
     VerifyRestore {
         /// The configuration file of the restored deployment.
         #[arg(long)]
@@ -537,7 +539,11 @@ async fn cmd_backup(
         report.key_versions
     );
     match &report.token {
-        Some(dir) => println!("SoftHSM2 token directory copied to {}", dir.display()),
+        Some(dir) => println!(
+            "SoftHSM2 token directory copied to {} (its softhsm2.conf names it relative to \
+             the deployment, softhsm/tokens: restore both as softhsm/ beside kms.toml)",
+            dir.display()
+        ),
         None => println!(
             "token not copied: back it up with the HSM's own tools (or --softhsm-token for SoftHSM2), \
              before the database copy"
@@ -574,8 +580,12 @@ async fn cmd_verify_restore(settings: Settings) -> Result<ExitCode, Failure> {
                 "MISMATCH  {} v{}: recorded {what} {}, the token computes {value}",
                 v.alias, v.version, v.kcv
             ),
-            Err(e) => println!(
-                "MISSING   {} v{} cka_id={}: {e}",
+            Err(backup::Unchecked::Missing) => println!(
+                "MISSING   {} v{} cka_id={}: no object with its CKA_ID",
+                v.alias, v.version, v.cka_id
+            ),
+            Err(backup::Unchecked::Failed(e)) => println!(
+                "FAILED    {} v{} cka_id={}: {e}",
                 v.alias, v.version, v.cka_id
             ),
         }

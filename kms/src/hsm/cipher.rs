@@ -22,6 +22,7 @@ impl<'a> HsmSession<'a> {
         aad: &[u8],
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("aes_gcm");
         let mut iv = self.random(GCM_IV_LEN)?;
         let sealed = self.with_key(key, |h| {
             let mut iv = iv.clone();
@@ -40,6 +41,7 @@ impl<'a> HsmSession<'a> {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Option<Zeroizing<Vec<u8>>>, HsmError> {
+        let _timer = self.timer("aes_gcm");
         let Some((iv, body)) = sealed.split_at_checked(GCM_IV_LEN) else {
             return Ok(None);
         };
@@ -59,11 +61,13 @@ impl<'a> HsmSession<'a> {
 
     /// TDES-ECB encryption of whole blocks with a token key.
     pub fn tdes_ecb_encrypt(&self, key: &ObjectId, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("tdes");
         self.with_key(key, |h| self.tdes_ecb_encrypt_handle(h, data))
     }
 
     /// TDES-ECB decryption of whole blocks with a token key.
     pub fn tdes_ecb_decrypt(&self, key: &ObjectId, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("tdes");
         blocks(data)?;
         self.with_key(key, |h| {
             Ok(self.session.decrypt(&Mechanism::Des3Ecb, h, data)?)
@@ -76,6 +80,7 @@ impl<'a> HsmSession<'a> {
         key: ObjectHandle,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("tdes");
         blocks(data)?;
         Ok(self.session.encrypt(&Mechanism::Des3Ecb, key, data)?)
     }
@@ -87,6 +92,7 @@ impl<'a> HsmSession<'a> {
         iv: [u8; 8],
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("tdes");
         blocks(data)?;
         Ok(self.session.encrypt(&Mechanism::Des3Cbc(iv), key, data)?)
     }
@@ -98,6 +104,7 @@ impl<'a> HsmSession<'a> {
         iv: [u8; 8],
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("tdes");
         blocks(data)?;
         Ok(self.session.decrypt(&Mechanism::Des3Cbc(iv), key, data)?)
     }
@@ -110,6 +117,7 @@ impl<'a> HsmSession<'a> {
         mechanism: EcbDerive,
         data: &[u8; 16],
     ) -> Result<SessionKey<'a>, HsmError> {
+        let _timer = self.timer("derive");
         let template = derived_des2_template(Usage::CARD_KEY);
         let handle = self.with_key(master, |h| {
             self.inner
@@ -129,6 +137,7 @@ impl<'a> HsmSession<'a> {
         card_key: &SessionKey<'_>,
         data: &[u8; 16],
     ) -> Result<SessionKey<'a>, HsmError> {
+        let _timer = self.timer("derive");
         let template = derived_des2_template(Usage::SESSION_KEY);
         let handle = self.inner.raw.derive_ecb_encrypt_data(
             self.session,

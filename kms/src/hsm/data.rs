@@ -26,6 +26,7 @@ impl HsmSession<'_> {
     /// Creates a private token data object of `application` named `name`, with
     /// `label`.
     pub fn create_data(&self, application: &str, name: &str, label: &str) -> Result<(), HsmError> {
+        let _timer = self.timer("data");
         let handle = self.session.create_object(&[
             Attribute::Class(ObjectClass::DATA),
             Attribute::Token(true),
@@ -41,6 +42,7 @@ impl HsmSession<'_> {
 
     /// Sets the label of the data object of `application` named `name`.
     pub fn relabel_data(&self, application: &str, name: &str, label: &str) -> Result<(), HsmError> {
+        let _timer = self.timer("data");
         let set = |h: ObjectHandle| {
             self.session
                 .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])

@@ -79,6 +79,7 @@ impl HsmSession<'_> {
         label: &str,
         expected: Kcv,
     ) -> Result<GeneratedKey, ImportError> {
+        let _timer = self.timer("unwrap");
         spec.validate()?;
         let id = self.new_object_id()?;
         // Unwrapped first as a session object (this session's alone, gone if

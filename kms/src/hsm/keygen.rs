@@ -16,6 +16,7 @@ impl HsmSession<'_> {
     /// Generates a persistent secret key with a random `CKA_ID` and records nothing:
     /// the caller writes the row, and destroys the object if that fails.
     pub fn generate(&self, spec: &KeySpec, label: &str) -> Result<GeneratedKey, HsmError> {
+        let _timer = self.timer("keygen");
         spec.validate()?;
         let id = self.new_object_id()?;
         let template = token_key_template(spec, &id, label);
@@ -134,6 +135,7 @@ impl HsmSession<'_> {
     /// the public half is read and dropped (the private object carries the
     /// modulus and exponent, so the public key is always read from the token).
     pub fn generate_rsa(&self, bits: u64, label: &str) -> Result<GeneratedRsa, HsmError> {
+        let _timer = self.timer("keygen");
         self.rsa_token_key(
             bits,
             vec![

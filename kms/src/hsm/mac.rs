@@ -12,6 +12,7 @@ use super::spec::ObjectId;
 impl HsmSession<'_> {
     /// HMAC-SHA-256 of `data` with a generic-secret key.
     pub fn hmac_sha256(&self, key: &ObjectId, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("hmac");
         self.with_key(key, |h| {
             Ok(self.session.sign(&Mechanism::Sha256Hmac, h, data)?)
         })
@@ -24,6 +25,7 @@ impl HsmSession<'_> {
         data: &[u8],
         mac: &[u8],
     ) -> Result<bool, HsmError> {
+        let _timer = self.timer("hmac");
         self.with_key(key, |h| {
             verified(self.session.verify(&Mechanism::Sha256Hmac, h, data, mac))
         })
@@ -31,6 +33,7 @@ impl HsmSession<'_> {
 
     /// TDES-CMAC (8 bytes) with a key handle.
     pub fn tdes_cmac(&self, key: ObjectHandle, data: &[u8]) -> Result<[u8; CMAC_LEN], HsmError> {
+        let _timer = self.timer("cmac");
         self.inner.raw.des3_cmac(self.session, key, data)
     }
 
@@ -41,6 +44,7 @@ impl HsmSession<'_> {
         data: &[u8],
         mac: &[u8; CMAC_LEN],
     ) -> Result<bool, HsmError> {
+        let _timer = self.timer("cmac");
         self.inner
             .raw
             .des3_cmac_verify(self.session, key, data, mac)

@@ -44,6 +44,7 @@ impl HsmSession<'_> {
         hash: OaepHash,
         ciphertext: &[u8],
     ) -> Result<Option<Zeroizing<Vec<u8>>>, HsmError> {
+        let _timer = self.timer("rsa_oaep");
         let (modulus, _) = self.rsa_public(id)?;
         if ciphertext.len() != modulus.len() {
             return Ok(None);
@@ -62,6 +63,7 @@ impl HsmSession<'_> {
 
     /// RSA-PSS (SHA-256, MGF1-SHA-256, 32-byte salt) signature with the private key `id`.
     pub fn rsa_pss_sign(&self, id: &ObjectId, data: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("rsa_pss");
         self.with_key(id, |h| {
             Ok(self
                 .session
@@ -77,6 +79,7 @@ impl HsmSession<'_> {
         data: &[u8],
         signature: &[u8],
     ) -> Result<bool, HsmError> {
+        let _timer = self.timer("rsa_pss");
         let public = self.session.create_object(&[
             Attribute::Class(cryptoki::object::ObjectClass::PUBLIC_KEY),
             Attribute::KeyType(cryptoki::object::KeyType::RSA),

@@ -82,6 +82,16 @@ impl<'a> HsmSession<'a> {
         HsmSession { session, inner }
     }
 
+    /// Times one token operation of `family` (`derive`, `cmac`, `hmac`,
+    /// `tdes`, `aes_gcm`, `rsa_oaep`, `rsa_pss`, `keygen`, `wrap`, `unwrap`,
+    /// `find`, `data`) into `brandkms_hsm_op_seconds{family}` when dropped.
+    pub(super) fn timer(&self, family: &'static str) -> OpTimer {
+        OpTimer {
+            family,
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// Random bytes from the token.
     pub fn random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
         let mut out = vec![0u8; len];
@@ -123,6 +133,7 @@ impl<'a> HsmSession<'a> {
         if let Some(h) = lock(&self.inner.handles).get(id) {
             return Ok(*h);
         }
+        let _timer = self.timer("find");
         let found = self.session.find_objects(&[Attribute::Id(id.0.to_vec())])?;
         let handle = match found.as_slice() {
             [] => return Err(HsmError::ObjectNotFound(*id)),
@@ -298,5 +309,19 @@ impl HsmError {
             HsmError::NoCheckValue(_) => HsmError::NoCheckValue(id),
             other => other,
         }
+    }
+}
+
+/// The timer of one token operation (see [`HsmSession::timer`]).
+#[derive(Debug)]
+pub(super) struct OpTimer {
+    family: &'static str,
+    started: std::time::Instant,
+}
+
+impl Drop for OpTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("brandkms_hsm_op_seconds", "family" => self.family)
+            .record(self.started.elapsed().as_secs_f64());
     }
 }

@@ -15,6 +15,7 @@ impl<'a> HsmSession<'a> {
     /// Wraps `key` under the AES key `wrapping` with `CKM_AES_KEY_WRAP_PAD` (RFC 5649).
     /// The token refuses keys that are not `CKA_EXTRACTABLE`.
     pub fn wrap_aes_kwp(&self, wrapping: &ObjectId, key: &ObjectId) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("wrap");
         let key_handle = self.find(key)?;
         self.with_key(wrapping, |w| {
             Ok(self
@@ -47,6 +48,7 @@ impl<'a> HsmSession<'a> {
         public: &SessionKey<'_>,
         key: &ObjectId,
     ) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("wrap");
         let params = Self::oaep_sha1();
         self.with_key(key, |k| {
             Ok(self
@@ -100,6 +102,7 @@ impl<'a> HsmSession<'a> {
         wrapping: &ObjectId,
         key: &ObjectId,
     ) -> Result<Vec<u8>, HsmError> {
+        let _timer = self.timer("wrap");
         let key_handle = self.find(key)?;
         let params = Self::oaep_sha1();
         self.with_key(wrapping, |w| {
