@@ -344,7 +344,10 @@ async fn a_record_with_a_recomputed_hash_fails_its_mac() {
             .unwrap();
         let mut forged = rows[2].clone();
         forged.reason = Some("forged".to_string());
-        forged.hash = hex::encode(brandkms::audit::record_hash(&forged, 2));
+        forged.hash = hex::encode(brandkms::audit::record_hash(
+            &forged,
+            brandkms::audit::FORMAT,
+        ));
         exec(
             &store,
             "DELETE FROM audit_records WHERE chain = $1 AND seq = 3",

@@ -22,7 +22,7 @@ use crate::store::audit::AuditRow;
 
 pub use anchor::{ANCHOR_APPLICATION, Anchor};
 pub use verify::{AuditVerifier, BrokenLink, ChainReport, VerifyReport};
-pub use writer::{Auditor, instance_name};
+pub use writer::{Auditor, FORMAT, instance_name};
 
 /// Hash of the (absent) record before the first.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";

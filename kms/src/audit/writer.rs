@@ -24,8 +24,8 @@ use crate::store::{Backend, Conn, Store, StoreError, approvals, now_ms};
 pub const MAX_BATCH: usize = 128;
 /// Requests waiting for the writer before callers wait to queue.
 const QUEUE: usize = 4096;
-/// The chain format this writer appends.
-const FORMAT: u32 = 3;
+/// The chain format this writer appends (see [`super::record_hash`]).
+pub const FORMAT: u32 = 3;
 
 /// A request's change: `None` when it failed (rolled back), else what it adds
 /// to its record's reason.
