@@ -24,6 +24,8 @@ command -v softhsm2-util >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 |
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 opensc openssl
 }
 work="$(mktemp -d /tmp/brandkms-smoke.XXXXXX)"
+# brandkms passes through to its credential directory, nothing more.
+chmod 0711 "$work"
 server=""
 cleanup() {
   [ -n "$server" ] && kill "$server" 2>/dev/null || true
@@ -69,8 +71,11 @@ as_kms kms init --config "$config" --officer officer-1 | grep -q "registered off
   || fail "kms init"
 
 port=17443
-as_kms env BRANDKMS_LISTEN="127.0.0.1:$port" BRANDKMS_METRICS_LISTEN=off \
-  kms serve --config "$config" --log-format json > "$work/serve.log" 2>&1 &
+# setpriv and env exec (runuser would fork): $! is kms itself, for SIGTERM.
+setpriv --reuid brandkms --regid brandkms --init-groups \
+  env CREDENTIALS_DIRECTORY="$work/credentials" BRANDKMS_LISTEN="127.0.0.1:$port" \
+  BRANDKMS_METRICS_LISTEN=off kms serve --config "$config" --log-format json \
+  > "$work/serve.log" 2>&1 &
 server=$!
 export KMSCTL_ENDPOINT="https://127.0.0.1:$port" KMSCTL_CA="$pki/ca.pem"
 export KMSCTL_CERT="$work/officer-1.pem" KMSCTL_KEY="$work/officer-1-key.pem"
