@@ -169,7 +169,12 @@ bench_provision() {
   local dir="$1" port="$2"
   export KMSCTL_ENDPOINT="https://127.0.0.1:$port"
   bench_log "provisioning: key-k, issuer-2-2, cybershop-k, card-k; settle, clearing-house, store-s"
-  {
+  # A subshell that stops at the first failure: not tested by || or if, where
+  # bash ignores errexit (every step would run past a failure).
+  local rc
+  set +e
+  (
+    set -e
     as_officer "$dir" key create key-k --service-code 0x0A02 --purpose purchase --exportable
     as_officer "$dir" entity register issuer-2-2 --kind issuer --name "Issuer 2-2" --online
     as_officer "$dir" entity register cybershop-k --kind cybershop --name "Cybershop K"
@@ -185,18 +190,31 @@ bench_provision() {
     od -An -N8 -tx1 /dev/urandom | tr -d ' \n' > "$pdir/pin"
     chmod 600 "$pdir/pin"
     (
+      set -e
       eval "$(BRANDKMS_PIN="$(cat "$pdir/pin")" softhsm/mktoken.sh --dir "$pdir/token" --label issuer-2-2 2>/dev/null)"
       ISSUER_PIN="$(cat "$pdir/pin")"
       export ISSUER_PIN
-      as_entity "$dir" issuer-2-2 "$ISSUER" sync --module "$BRANDKMS_PKCS11_MODULE" --token-label issuer-2-2
+      local token=(--module "$BRANDKMS_PKCS11_MODULE" --token-label issuer-2-2)
+      # The key ceremony (as clients/demo.sh): the issuer's RSA public key,
+      # marked trusted by the token's security officer; an exportable master
+      # is delivered only under such a key.
+      local out fp
+      out="$(as_entity "$dir" issuer-2-2 "$ISSUER" public-key --out "$pdir/rsa-public.der" "${token[@]}")"
+      fp="${out##*SHA-256 }"
+      as_officer "$dir" entity trust-key issuer-2-2 --spki "$pdir/rsa-public.der" \
+        --fingerprint "$fp" --so-pin-file "$dir/so-pin"
+      as_entity "$dir" issuer-2-2 "$ISSUER" sync "${token[@]}"
       as_entity "$dir" issuer-2-2 "$ISSUER" personalise --alias key-k --card-id 0123456789012345 \
-        --balance 5000 --out "$dir/cards/card-k.json" --module "$BRANDKMS_PKCS11_MODULE" --token-label issuer-2-2
+        --balance 5000 --out "$dir/cards/card-k.json" "${token[@]}"
     )
     as_officer "$dir" key create-settlement settle --algorithm rsa3072
     as_officer "$dir" entity register clearing-house --kind clearing_house --name "Clearing house"
     as_officer "$dir" entity register store-s --kind merchant_terminal --name "Store S"
     as_officer "$dir" tieup create clearing-house --cover settle:hold
-  } > "$dir/provision.log" 2>&1 || { cat "$dir/provision.log" >&2; bench_die "provisioning failed"; }
+  ) > "$dir/provision.log" 2>&1
+  rc=$?
+  set -e
+  [ "$rc" = 0 ] || { cat "$dir/provision.log" >&2; bench_die "provisioning failed"; }
   if as_officer "$dir" --json approvals list --state pending | grep -q '"id"'; then
     bench_die "approvals still pending after provisioning"
   fi
