@@ -16,10 +16,15 @@ use std::process::{Command, Output};
 
 const KMS: &str = env!("CARGO_BIN_EXE_kms");
 
+/// `kms ARGS... --config CONFIG` (or `kms ARGS... DIR` for `init --dev`),
+/// which must succeed.
 fn kms(args: &[&str], config: &Path) -> Output {
-    let out = Command::new(KMS)
-        .args(args)
-        .arg("--config")
+    let mut cmd = Command::new(KMS);
+    cmd.args(args);
+    if args != ["init", "--dev"] {
+        cmd.arg("--config");
+    }
+    let out = cmd
         .arg(config)
         .env("RUST_LOG", "warn")
         .env_remove("SOFTHSM2_CONF")
@@ -52,19 +57,7 @@ fn copy(from: &Path, to: &Path) {
 fn a_copied_deployment_has_a_token_of_its_own() {
     let tmp = tempfile::tempdir().unwrap();
     let original = tmp.path().join("original");
-    let init = Command::new(KMS)
-        .args(["init", "--dev"])
-        .arg(&original)
-        .env("RUST_LOG", "warn")
-        .env_remove("SOFTHSM2_CONF")
-        .env_remove("OPENSSL_CONF")
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    kms(&["init", "--dev"], &original);
     let conf = std::fs::read_to_string(original.join("softhsm/softhsm2.conf")).unwrap();
     assert!(
         conf.contains("directories.tokendir = softhsm/tokens\n"),

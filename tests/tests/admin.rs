@@ -444,6 +444,13 @@ async fn version_id(s: &TestServer, alias: &str, version: u32) -> brandkms::hsm:
         .cka_id
 }
 
+async fn verify(admin: &mut brandkms_clients::sdk::Admin) -> pb::VerifyAuditResponse {
+    admin
+        .verify_audit(pb::VerifyAuditRequest::default())
+        .await
+        .unwrap()
+}
+
 /// Issue 14, item 2: the `x-request-id` a caller receives (the `id` of the
 /// request's log lines) is in the request's audit record, covered by its hash
 /// (format-3 chains), and `ListAudit` finds the record by it.
@@ -496,20 +503,13 @@ async fn the_request_id_a_caller_receives_is_in_its_audit_record() {
         );
 
         // The hash covers it: changing it breaks the chain there.
-        let report = admin
-            .verify_audit(pb::VerifyAuditRequest::default())
-            .await
-            .unwrap();
-        assert!(report.intact, "{}: {report:?}", s.backend);
+        assert!(verify(&mut admin).await.intact, "{}", s.backend);
         sqlx::query("UPDATE audit_records SET request_id = 'forged' WHERE request_id = $1")
             .bind(&id)
             .execute(s.state.store.pool())
             .await
             .unwrap();
-        let report = admin
-            .verify_audit(pb::VerifyAuditRequest::default())
-            .await
-            .unwrap();
+        let report = verify(&mut admin).await;
         assert!(!report.intact, "{report:?}");
         assert!(report.problem.contains("altered"), "{report:?}");
         s
