@@ -11,8 +11,11 @@
 # service cleanly.
 #
 # Only on a host where the package was just installed (an empty
-# /var/lib/brandkms and no /etc/brandkms/pin): it never touches a deployment.
+# /var/lib/brandkms and no /etc/brandkms/pin): it never touches a deployment,
+# and removes what it made (the PIN, the token, the database, the TLS files)
+# when it ends, so that it runs again on the same host.
 set -euo pipefail
+umask 077
 fail() { echo "smoke-deb.sh: FAILED: $*" >&2; exit 1; }
 if [ -e /etc/brandkms/pin ] || [ -n "$(ls -A /var/lib/brandkms 2>/dev/null)" ]; then
   echo "smoke-deb.sh: /var/lib/brandkms or /etc/brandkms/pin exists: not a fresh install; skipped"
@@ -29,7 +32,9 @@ chmod 0711 "$work"
 server=""
 cleanup() {
   [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  rm -rf "$work"
+  rm -rf "$work" /etc/brandkms/pki
+  rm -f /etc/brandkms/pin
+  find /var/lib/brandkms -mindepth 1 -delete 2>/dev/null || true
 }
 trap cleanup EXIT
 as_kms() { runuser -u brandkms -- env CREDENTIALS_DIRECTORY="$work/credentials" "$@"; }
@@ -41,22 +46,25 @@ chmod 600 /etc/brandkms/pin
 install -d -o brandkms -g brandkms -m 0700 "$work/credentials"
 install -o brandkms -g brandkms -m 0400 /etc/brandkms/pin "$work/credentials/kms-pin"
 
-# The token, as the service account.
-runuser -u brandkms -- env BRANDKMS_PIN="$(cat /etc/brandkms/pin)" \
+# The token, as the service account (the PINs in its environment, not on a
+# command line).
+BRANDKMS_PIN="$(cat /etc/brandkms/pin)" \
   BRANDKMS_SO_PIN="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" \
-  /usr/share/brandkms/mktoken.sh --dir /var/lib/brandkms/softhsm --label brandkms >/dev/null
+  runuser -u brandkms -- /usr/share/brandkms/mktoken.sh \
+  --dir /var/lib/brandkms/softhsm --label brandkms >/dev/null
 
 # TLS: a CA, the server's certificate, an officer's (SAN URI names the entity).
 pki=/etc/brandkms/pki
 install -d -o root -g brandkms -m 0750 "$pki"
 cd "$work"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=brandkms smoke CA" -keyout ca-key.pem -out "$pki/ca.pem" 2>/dev/null
+  -subj "/CN=brandkms smoke CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+install -o root -g brandkms -m 0640 ca.pem "$pki/ca.pem"
 issue() { # name subject san
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
     -keyout "$1-key.pem" -out "$1.csr" 2>/dev/null
   printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=%s\n' "$3" "$4" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA "$pki/ca.pem" -CAkey ca-key.pem -CAcreateserial \
+  openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
     -days 2 -extfile "$1.ext" -out "$1.pem" 2>/dev/null
 }
 issue server localhost "DNS:localhost,IP:127.0.0.1" serverAuth

@@ -202,6 +202,17 @@ impl AuditVerifier {
                         "does not link to the previous record".into(),
                     );
                 }
+                if chain.format > super::FORMAT {
+                    return broken(
+                        report,
+                        row.seq,
+                        format!(
+                            "chain format {} is newer than this kms ({}): verify with an upgraded kms",
+                            chain.format,
+                            super::FORMAT
+                        ),
+                    );
+                }
                 let hash = record_hash(row, chain.format);
                 if hex::encode(hash) != row.hash {
                     return broken(

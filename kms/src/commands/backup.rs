@@ -56,6 +56,12 @@ pub async fn backup(
         return Err(format!("{} is not empty", out.display()));
     }
     create_private_dir(out)?;
+    // An empty directory given may be open to others: the copy is not.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+    }
     let started = crate::store::now_ms();
 
     // The token first, so that its audit anchors are not ahead of the records.
@@ -115,6 +121,14 @@ fn copy_softhsm_token(conf: &Path, out: &Path) -> Result<PathBuf, String> {
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
     let tokens = super::doctor::token_directory(conf, &cwd)
         .ok_or_else(|| format!("{} names no directories.tokendir", conf.display()))?;
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    if canonical(out).starts_with(canonical(&tokens)) {
+        return Err(format!(
+            "{} lies inside the token directory {}: choose another",
+            out.display(),
+            tokens.display()
+        ));
+    }
     let softhsm = out.join("softhsm");
     let copy = softhsm.join("tokens");
     copy_tree(&tokens, &copy)?;

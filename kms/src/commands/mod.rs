@@ -281,9 +281,12 @@ fn dev_deployment(_dir: &Path, _officers: &mut Vec<String>) -> Result<PathBuf, F
 /// there, so a copy of a deployment uses its own token. Every path of the
 /// configuration itself is already absolute by then.
 fn settings(path: &Path) -> Result<Settings, Failure> {
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    // Absolute, symbolic links kept: relative paths in the file stay relative
+    // to the directory the operator named.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let settings = Settings::load(&path, &ProcessEnv).map_err(Failure::usage)?;
     warn_if_token_delayed(&settings);
+    absolutise_process_env(&settings.module_env);
     apply_module_env(&settings.module_env);
     let deployment = deployment_dir(&path);
     std::env::set_current_dir(&deployment)
@@ -293,11 +296,35 @@ fn settings(path: &Path) -> Result<Settings, Failure> {
 
 /// The deployment a configuration file belongs to: its directory.
 fn deployment_dir(config: &Path) -> PathBuf {
-    config
-        .canonicalize()
+    std::path::absolute(config)
         .ok()
         .and_then(|c| c.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A module variable the process environment gives as a relative path (e.g.
+/// `SOFTHSM2_CONF=dev/softhsm/softhsm2.conf`) meant the directory the command
+/// was given in: made absolute before `kms` moves into the deployment.
+#[allow(unsafe_code)]
+fn absolutise_process_env(vars: &[(String, String)]) {
+    let names = vars
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .chain(["SOFTHSM2_CONF", "OPENSSL_CONF"]);
+    for name in names {
+        let Some(value) = std::env::var_os(name) else {
+            continue;
+        };
+        let path = Path::new(&value);
+        if path.is_relative()
+            && path.exists()
+            && let Ok(absolute) = std::path::absolute(path)
+        {
+            // SAFETY: called from `main` before the Tokio runtime or any other
+            // thread exists, and before the PKCS#11 module (the reader) is loaded.
+            unsafe { std::env::set_var(name, absolute) };
+        }
+    }
 }
 
 /// Says loudly, on stderr and in the log, that a benchmark delay slows every token

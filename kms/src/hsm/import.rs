@@ -146,7 +146,12 @@ impl HsmSession<'_> {
         let (ecb, zero) = match key_type {
             KeyType::AES => (Mechanism::AesEcb, &[0u8; 16][..]),
             KeyType::DES => (Mechanism::DesEcb, &[0u8; 8][..]),
-            _ => (Mechanism::Des3Ecb, &[0u8; 8][..]),
+            KeyType::DES2 | KeyType::DES3 => (Mechanism::Des3Ecb, &[0u8; 8][..]),
+            _ => {
+                return Err(HsmError::InvalidInput(
+                    "no ECB check value for this key type",
+                ));
+            }
         };
         let block = self.session.encrypt(&ecb, key, zero)?;
         Kcv::try_from(block.get(..3).unwrap_or_default())
@@ -159,7 +164,7 @@ impl HsmSession<'_> {
     /// (as an import computes it: SoftHSM2 keeps no check value for unwrapped
     /// keys). For `kms verify-restore`; a token that refuses the copy answers
     /// with its error.
-    pub fn computed_kcv(&self, id: &super::ObjectId) -> Result<Kcv, HsmError> {
+    pub(crate) fn computed_kcv(&self, id: &super::ObjectId) -> Result<Kcv, HsmError> {
         match self.kcv(id) {
             Err(HsmError::NoCheckValue(_)) => {}
             other => return other,
@@ -174,12 +179,26 @@ impl HsmSession<'_> {
                 _ => None,
             })
             .ok_or(HsmError::InvalidInput("not a secret key object"))?;
-        let copy = self
-            .session
-            .copy_object(handle, &[Attribute::Token(false), Attribute::Encrypt(true)])?;
+        // The copy may encrypt and not derive (no card keys from it); it
+        // inherits the rest (sensitive, the original's extractability and
+        // wrap-with-trusted): SoftHSM2 refuses other changes on a copy.
+        let copy = self.session.copy_object(
+            handle,
+            &[
+                Attribute::Token(false),
+                Attribute::Encrypt(true),
+                Attribute::Derive(false),
+            ],
+        )?;
         let kcv = self.ecb_check_value(copy, key_type);
         if let Err(d) = self.session.destroy_object(copy) {
-            tracing::error!(error = %d, "could not destroy a check-value copy");
+            // A session object lives as long as its session: end the session
+            // (a session-lost error makes the pool drop it), never pool it.
+            tracing::error!(error = %d, "could not destroy a check-value copy; dropping its session");
+            return Err(HsmError::Pkcs11 {
+                function: cryptoki::context::Function::DestroyObject,
+                rv: cryptoki::error::RvError::SessionClosed,
+            });
         }
         kcv.map_err(|e| e.with_id(*id))
     }

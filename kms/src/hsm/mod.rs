@@ -93,6 +93,13 @@ struct Inner {
     pin: Zeroizing<String>,
     /// A health probe is waiting for the token.
     probing: std::sync::atomic::AtomicBool,
+    /// Recovery: one at a time, no new attempt within a second of a failed
+    /// one, and none at all once the token refused the PIN (each attempt
+    /// would spend a PIN try: a real HSM locks the PIN after a few).
+    recovery: Mutex<RecoveryState>,
+    /// The token's serial number when opened: a token found again by label
+    /// must be the same token.
+    serial: String,
     raw: raw::RawFunctions,
     /// The token's slot, found again by label when the token comes back.
     slot: Mutex<Slot>,
@@ -143,6 +150,11 @@ impl Hsm {
         }
         let raw = raw::RawFunctions::bind(&params.module)?;
         let sessions = params.sessions.max(1);
+        let serial = pkcs11
+            .get_token_info(slot)?
+            .serial_number()
+            .trim()
+            .to_string();
         Ok(Hsm {
             inner: Arc::new(Inner {
                 idle: Mutex::new(Vec::with_capacity(sessions)),
@@ -154,6 +166,8 @@ impl Hsm {
                 sessions,
                 pin: Zeroizing::new(params.pin.as_str().to_string()),
                 probing: std::sync::atomic::AtomicBool::new(false),
+                recovery: Mutex::new(RecoveryState::default()),
+                serial,
                 raw,
                 slot: Mutex::new(slot),
                 pkcs11,
@@ -277,7 +291,7 @@ impl Hsm {
             drop(permits);
             match (relogin, result) {
                 (Err(e), _) => {
-                    tracing::error!(error = %e, "could not log the user in again after a security-officer call: token calls will fail until the service restarts");
+                    tracing::error!(error = %e, "could not log the user in again after a security-officer call: token calls fail until a recovery (the health probe's) succeeds");
                     Err(e)
                 }
                 (Ok(()), Ok(done)) => done,
@@ -314,6 +328,7 @@ impl Hsm {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let _done = ProbeDone(&inner.probing);
+            let generation = inner.generation();
             let state = lock(&inner._login)
                 .get_session_info()
                 .map(|i| i.session_state());
@@ -324,7 +339,6 @@ impl Hsm {
                         Ok(s) => HsmError::LoginLost(format!("{s:?}")),
                         Err(e) => e.into(),
                     };
-                    let generation = inner.generation();
                     inner.recover(generation, &why);
                     Err(why)
                 }
@@ -357,6 +371,15 @@ impl Hsm {
         .await
         .map_err(|e| HsmError::Worker(e.to_string()))?
     }
+}
+
+/// What recovery remembers between attempts.
+#[derive(Debug, Default)]
+struct RecoveryState {
+    /// When the last attempt failed (none since one succeeded).
+    failed_at: Option<std::time::Instant>,
+    /// The token refused the PIN: no more attempts until a restart.
+    pin_refused: bool,
 }
 
 /// Clears the probe-in-flight flag when the probe's blocking call ends.
@@ -400,7 +423,8 @@ fn as_so<T>(
     }
 }
 
-/// Logs whoever is in out and the user in, trying three times.
+/// Logs whoever is in out and the user in, trying three times; a refused
+/// PIN is never tried again (it would count against the PIN's tries).
 fn relogin_user(login: &Session, pin: &str) -> Result<(), HsmError> {
     let mut attempt = 0;
     loop {
@@ -409,6 +433,14 @@ fn relogin_user(login: &Session, pin: &str) -> Result<(), HsmError> {
             Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
                 return Ok(());
             }
+            Err(cryptoki::error::Error::Pkcs11(
+                rv @ (RvError::PinIncorrect
+                | RvError::PinInvalid
+                | RvError::PinLenRange
+                | RvError::PinLocked
+                | RvError::PinExpired),
+                _,
+            )) => return Err(HsmError::PinRefused(rv)),
             Err(e) if attempt >= 3 => return Err(e.into()),
             Err(_) => {
                 let _ = login.logout();
@@ -452,10 +484,11 @@ impl Inner {
         &self,
         f: impl FnOnce(&HsmSession<'_>) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
+        let before = self.generation();
         let (generation, session) = match self.checkout() {
             Ok(s) => s,
             Err(e) if e.is_session_lost() => {
-                self.recover(self.generation(), &e);
+                self.recover(before, &e);
                 return Err(e);
             }
             Err(e) => return Err(e),
@@ -480,6 +513,8 @@ impl Inner {
                 self.forget_handles();
                 drop(session);
             }
+            // Sessions opened before a recovery are not kept.
+            _ if generation != self.generation() => drop(session),
             _ => lock(&self.idle).push((generation, session)),
         }
         result
@@ -494,20 +529,23 @@ impl Inner {
     /// logged; the health probe tries again on its next period.
     fn recover(&self, generation: u64, why: &HsmError) {
         use std::sync::atomic::Ordering;
-        if self
-            .generation
-            .compare_exchange(
-                generation,
-                generation + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_err()
+        // One recovery at a time; a failure seen on a session of an older
+        // generation was dealt with by the recovery that moved it on.
+        let mut state = lock(&self.recovery);
+        if self.generation() != generation || state.pin_refused {
+            return;
+        }
+        if state
+            .failed_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
         {
             return;
         }
+        // Sessions of this generation are given up; calls from now on open
+        // new ones (and may fail until the login is back: they start no second
+        // recovery while this one holds the lock, nor after it succeeded).
+        self.generation.fetch_add(1, Ordering::AcqRel);
         lock(&self.idle).clear();
-        self.forget_handles();
         let mut login = lock(&self._login);
         let restored = match login.get_session_info().map(|i| i.session_state()) {
             Ok(SessionState::RwUser) => Ok("sessions reopened"),
@@ -517,13 +555,27 @@ impl Inner {
                 "login session reopened and logged in again"
             }),
         };
+        drop(login);
+        // Handles found while the login was gone go with the rest.
+        self.forget_handles();
         metrics::counter!("brandkms_hsm_recoveries_total").increment(1);
         match restored {
-            Ok(done) => tracing::warn!(error = %why, "token session or login lost: {done}"),
+            Ok(done) => {
+                if state.failed_at.take().is_some() {
+                    tracing::warn!(error = %why, "token recovered: {done}");
+                } else {
+                    tracing::warn!(error = %why, "token session or login lost: {done}");
+                }
+            }
+            Err(HsmError::PinRefused(rv)) => {
+                state.pin_refused = true;
+                tracing::error!(?rv, lost = %why, "token login lost and the token refuses the PIN: no further login attempts (each would spend a PIN try); restart kms with the right PIN");
+            }
             Err(e) => {
-                tracing::error!(error = %e, lost = %why, "token session or login lost; recovery failed, retried by the health probe");
-                // Let the next failure (or probe) try again.
-                self.generation.fetch_add(1, Ordering::AcqRel);
+                // Logged once per outage, not per attempt.
+                if state.failed_at.replace(std::time::Instant::now()).is_none() {
+                    tracing::error!(error = %e, lost = %why, "token session or login lost; recovery failed, tried again at most every second");
+                }
             }
         }
     }
@@ -532,6 +584,18 @@ impl Inner {
     /// the token labelled as configured now.
     fn new_login(&self) -> Result<Session, HsmError> {
         let slot = find_slot(&self.pkcs11, &self.token_label)?;
+        let serial = self
+            .pkcs11
+            .get_token_info(slot)?
+            .serial_number()
+            .trim()
+            .to_string();
+        if serial != self.serial {
+            return Err(HsmError::LoginLost(format!(
+                "the token labelled {} now has serial {serial}, not {}: not logging in to another token",
+                self.token_label, self.serial
+            )));
+        }
         let fresh = self.pkcs11.open_rw_session(slot)?;
         relogin_user(&fresh, &self.pin)?;
         *lock(&self.slot) = slot;

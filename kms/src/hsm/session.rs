@@ -136,7 +136,19 @@ impl<'a> HsmSession<'a> {
         let _timer = self.timer("find");
         let found = self.session.find_objects(&[Attribute::Id(id.0.to_vec())])?;
         let handle = match found.as_slice() {
-            [] => return Err(HsmError::ObjectNotFound(*id)),
+            // A session that is not logged in finds no private object: a lost
+            // login must not read as a missing key (a destruction would record
+            // a key destroyed that still exists).
+            [] => {
+                let state = self.session.get_session_info()?.session_state();
+                if state != cryptoki::session::SessionState::RwUser {
+                    return Err(HsmError::Pkcs11 {
+                        function: cryptoki::context::Function::FindObjects,
+                        rv: cryptoki::error::RvError::UserNotLoggedIn,
+                    });
+                }
+                return Err(HsmError::ObjectNotFound(*id));
+            }
             [one] => *one,
             many => {
                 return Err(HsmError::AmbiguousObject {

@@ -178,8 +178,7 @@ impl From<HsmError> for OpsError {
             lost if lost.is_session_lost() => {
                 tracing::warn!(error = %lost, "token call failed: session or login lost");
                 OpsError::Unavailable(
-                    "the HSM session was lost and has been reopened; nothing was done: retry"
-                        .into(),
+                    "the HSM session or login was lost; the service is restoring it: retry".into(),
                 )
             }
             other => OpsError::Internal(format!("hsm: {other}")),
@@ -191,6 +190,7 @@ impl From<AuditError> for OpsError {
     fn from(e: AuditError) -> Self {
         match e {
             AuditError::ApprovalNotPending(_) => OpsError::FailedPrecondition(e.to_string()),
+            AuditError::Hsm(h) if h.is_session_lost() => h.into(),
             other => OpsError::Internal(format!("audit: {other}")),
         }
     }
