@@ -508,6 +508,21 @@ pub fn protocol_card(service_code: u16) -> brandkms_clients::card::Card {
     card_with(&hex::decode(PROTOCOL_KM).unwrap(), service_code, cid, 5000)
 }
 
+/// Makes the service's import key and returns its parameters.
+pub async fn import_parameters(officer: &Client) -> brandkms_proto::v1::ImportParameters {
+    use brandkms_proto::v1 as pb;
+    officer
+        .admin()
+        .create_import_key(pb::CreateImportKeyRequest {})
+        .await
+        .unwrap();
+    officer
+        .admin()
+        .get_import_parameters(pb::GetImportParametersRequest {})
+        .await
+        .unwrap()
+}
+
 /// Runs `tests/old_hsm.py` (the brand's old HSM, Python `cryptography`) with
 /// `args` and `stdin`; its standard output.
 pub fn old_hsm(args: &[&str], stdin: &str) -> String {

@@ -72,16 +72,7 @@ async fn keys(officer: &Client, suffix: &str) {
 /// imported as `imported` (an unwrapped key: SoftHSM2 keeps no check value for
 /// it, so verify-restore computes one).
 async fn import_km(officer: &Client) {
-    officer
-        .admin()
-        .create_import_key(pb::CreateImportKeyRequest {})
-        .await
-        .unwrap();
-    let p = officer
-        .admin()
-        .get_import_parameters(pb::GetImportParametersRequest {})
-        .await
-        .unwrap();
+    let p = brandkms_tests::import_parameters(officer).await;
     let out = brandkms_tests::old_hsm(
         &[
             &hex::encode(&p.spki_der),

@@ -49,16 +49,7 @@ fn import(alias: &str, wrapped: Vec<u8>, kcv: &str) -> pb::ImportKeyRequest {
 
 /// The import key's parameters, after making one.
 async fn parameters(officer: &Client) -> pb::ImportParameters {
-    officer
-        .admin()
-        .create_import_key(pb::CreateImportKeyRequest {})
-        .await
-        .unwrap();
-    let p = officer
-        .admin()
-        .get_import_parameters(pb::GetImportParametersRequest {})
-        .await
-        .unwrap();
+    let p = brandkms_tests::import_parameters(officer).await;
     assert_eq!(
         p.fingerprint_sha256,
         <sha2::Sha256 as sha2::Digest>::digest(&p.spki_der).to_vec()

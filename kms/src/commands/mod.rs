@@ -234,8 +234,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             runtime()?.block_on(cmd_verify_restore(settings))
         }
         Command::Doctor { config } => {
-            let deployment = deployment_dir(&config);
             let settings = settings(&config)?;
+            // `settings` moved into the deployment.
+            let deployment = std::env::current_dir().map_err(Failure::runtime)?;
             runtime()?.block_on(cmd_doctor(settings, &deployment))
         }
         Command::Bench {
@@ -502,16 +503,11 @@ async fn cmd_doctor(settings: Settings, deployment: &Path) -> Result<ExitCode, F
     let mut probes = doctor::run(&hsm).await.map_err(Failure::runtime)?;
     let softhsm2_conf = std::env::var_os("SOFTHSM2_CONF").map(PathBuf::from);
     // A SQLite database's directory is the deployment's state directory.
-    let state = settings
-        .database
-        .url
-        .strip_prefix("sqlite://")
-        .map(|rest| Path::new(rest.split('?').next().unwrap_or_default()))
-        .and_then(Path::parent);
+    let database = crate::store::sqlite_path(&settings.database.url);
     probes.extend(doctor::token_directory_probe(
         softhsm2_conf.as_deref(),
         deployment,
-        state,
+        database.as_deref().and_then(Path::parent),
     ));
     for p in &probes {
         match &p.result {

@@ -62,9 +62,10 @@ pub fn parse(uri: &str) -> Result<Pkcs11Uri, String> {
         Ok(())
     };
     for attribute in path.split(';').filter(|a| !a.is_empty()) {
+        // Not echoed: a malformed attribute may hold a PIN typed in the wrong place.
         let (name, value) = attribute
             .split_once('=')
-            .ok_or_else(|| format!("path attribute {attribute:?} has no value (NAME=VALUE)"))?;
+            .ok_or("a path attribute has no value (NAME=VALUE)")?;
         once(name)?;
         let value = decode(name, value)?;
         match name {
@@ -98,7 +99,7 @@ pub fn parse(uri: &str) -> Result<Pkcs11Uri, String> {
     for attribute in query.split('&').filter(|a| !a.is_empty()) {
         let (name, value) = attribute
             .split_once('=')
-            .ok_or_else(|| format!("query attribute {attribute:?} has no value (NAME=VALUE)"))?;
+            .ok_or("a query attribute has no value (NAME=VALUE)")?;
         once(name)?;
         if name == "pin-value" {
             return Err(

@@ -134,20 +134,7 @@ impl Hsm {
         }
         let slot = find_slot(&pkcs11, &params.token_label)?;
         let login = pkcs11.open_rw_session(slot)?;
-        let pin = AuthPin::from(params.pin.as_str());
-        match login.login(UserType::User, Some(&pin)) {
-            Ok(()) => {}
-            Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(cryptoki::error::Error::Pkcs11(
-                rv @ (RvError::PinIncorrect
-                | RvError::PinInvalid
-                | RvError::PinLenRange
-                | RvError::PinLocked
-                | RvError::PinExpired),
-                _,
-            )) => return Err(HsmError::PinRefused(rv)),
-            Err(e) => return Err(e.into()),
-        }
+        user_login(&login, &params.pin)?;
         let raw = raw::RawFunctions::bind(&params.module)?;
         let sessions = params.sessions.max(1);
         let serial = pkcs11
@@ -423,25 +410,33 @@ fn as_so<T>(
     }
 }
 
+/// Logs the user in; already logged in is fine, a refused PIN is
+/// [`HsmError::PinRefused`].
+fn user_login(login: &Session, pin: &str) -> Result<(), HsmError> {
+    match login.login(UserType::User, Some(&AuthPin::from(pin))) {
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(cryptoki::error::Error::Pkcs11(
+            rv @ (RvError::PinIncorrect
+            | RvError::PinInvalid
+            | RvError::PinLenRange
+            | RvError::PinLocked
+            | RvError::PinExpired),
+            _,
+        )) => Err(HsmError::PinRefused(rv)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Logs whoever is in out and the user in, trying three times; a refused
 /// PIN is never tried again (it would count against the PIN's tries).
 fn relogin_user(login: &Session, pin: &str) -> Result<(), HsmError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match login.login(UserType::User, Some(&AuthPin::from(pin))) {
-            Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
-                return Ok(());
-            }
-            Err(cryptoki::error::Error::Pkcs11(
-                rv @ (RvError::PinIncorrect
-                | RvError::PinInvalid
-                | RvError::PinLenRange
-                | RvError::PinLocked
-                | RvError::PinExpired),
-                _,
-            )) => return Err(HsmError::PinRefused(rv)),
-            Err(e) if attempt >= 3 => return Err(e.into()),
+        match user_login(login, pin) {
+            Ok(()) => return Ok(()),
+            Err(e @ HsmError::PinRefused(_)) => return Err(e),
+            Err(e) if attempt >= 3 => return Err(e),
             Err(_) => {
                 let _ = login.logout();
                 std::thread::sleep(Duration::from_millis(10 * attempt));
